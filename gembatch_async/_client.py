@@ -1,0 +1,274 @@
+"""The one seam to google-genai: builds the client, calls it, maps its errors to ours.
+
+Nothing else in the package touches the SDK's exceptions. Every message we build
+from an SDK error is passed through :func:`redact` so the API key cannot leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from ._errors import (
+    AlreadyExistsApiError,
+    AmbiguousApiError,
+    ApiError,
+    MissingApiKeyError,
+    NotFoundApiError,
+    PermanentApiError,
+    TransientApiError,
+)
+from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env
+
+_TRANSIENT_CODES = frozenset({408, 429})
+_RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def _transport_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions of the SDK's transports that mean "no usable answer arrived"."""
+    found: list[type[BaseException]] = [OSError, asyncio.TimeoutError, TimeoutError, EOFError]
+    for module_name, attr in (
+        ("httpx", "TransportError"),
+        ("httpx2", "TransportError"),
+        ("aiohttp", "ClientError"),
+    ):
+        with contextlib.suppress(ImportError, AttributeError):
+            module = __import__(module_name)
+            found.append(getattr(module, attr))
+    return tuple(found)
+
+
+_TRANSPORT_ERRORS = _transport_error_types()
+_CONNECT_ERROR_NAMES = frozenset({"ConnectError", "ClientConnectorError", "ConnectionRefusedError"})
+
+
+def redact(text: str, secret: str | None) -> str:
+    """The text with the secret replaced, so it can be shown or logged."""
+    if secret and len(secret) >= 4:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
+def _retry_after_seconds(error: genai_errors.APIError) -> float | None:
+    """The server's requested delay: the Retry-After header, else RetryInfo in the body."""
+    headers = getattr(error.response, "headers", None)
+    if headers is not None:
+        value = headers.get("retry-after") or headers.get("Retry-After")
+        with contextlib.suppress(TypeError, ValueError):
+            if value is not None:
+                return float(value)
+    body = error.details if isinstance(error.details, dict) else {}
+    inner = body.get("error", body)
+    for detail in inner.get("details", []) if isinstance(inner, dict) else []:
+        match = (
+            _RETRY_DELAY.match(str(detail.get("retryDelay", "")))
+            if isinstance(detail, dict)
+            else None
+        )
+        if match:
+            return float(match.group(1))
+    return None
+
+
+def _from_api_error(
+    error: genai_errors.APIError, missing_is_403: bool, secret: str | None
+) -> ApiError:
+    code = int(error.code or 0)
+    status = error.status if isinstance(error.status, str) else None
+    message = redact(f"{code} {status or ''}: {error.message or ''}".strip(), secret)
+    kwargs: dict[str, Any] = {"code": code, "status": status}
+    if code in _TRANSIENT_CODES:
+        return TransientApiError(message, retry_after=_retry_after_seconds(error), **kwargs)
+    if code >= 500:
+        return AmbiguousApiError(message, retry_after=_retry_after_seconds(error), **kwargs)
+    if code == 404 or (missing_is_403 and code == 403 and status == "PERMISSION_DENIED"):
+        return NotFoundApiError(message, **kwargs)
+    if code == 409:
+        return AlreadyExistsApiError(message, **kwargs)
+    return PermanentApiError(message, **kwargs)
+
+
+def _from_transport_error(error: BaseException, secret: str | None) -> ApiError:
+    name = type(error).__name__
+    text = redact(str(error) or name, secret)
+    if name in _CONNECT_ERROR_NAMES:
+        return TransientApiError(f"cannot connect: {text}")
+    return AmbiguousApiError(f"no response ({name}): {text}")
+
+
+@contextlib.contextmanager
+def translate_errors(*, missing_is_403: bool = False, secret: str | None = None) -> Iterator[None]:
+    """Re-raise SDK and transport errors as ApiError subclasses, chained with ``from``.
+
+    ``missing_is_403``: the Files API answers 403 PERMISSION_DENIED for a file
+    that does not exist, so for file calls that means "not found".
+    """
+    try:
+        yield
+    except genai_errors.APIError as exc:
+        raise _from_api_error(exc, missing_is_403, secret) from exc
+    except _TRANSPORT_ERRORS as exc:
+        raise _from_transport_error(exc, secret) from exc
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """What we need to know about an uploaded file."""
+
+    name: str
+    sha256: str | None
+    size_bytes: int | None
+    state: str | None
+    expires_in_seconds: float | None
+
+
+def _hex_sha256(wire: str | None) -> str | None:
+    """The file's sha256 as lowercase hex, whichever way the service encoded it."""
+    if not wire:
+        return None
+    try:
+        raw = base64.b64decode(wire, validate=True)
+    except (binascii.Error, ValueError):
+        return wire.lower()
+    if len(raw) == 32:
+        return raw.hex()
+    return raw.decode("ascii", "replace").lower()
+
+
+def _remote_file(file: types.File) -> RemoteFile:
+    expires = None
+    if file.expiration_time is not None:
+        from datetime import datetime, timezone
+
+        expires = (file.expiration_time - datetime.now(timezone.utc)).total_seconds()
+    state = file.state.value if file.state is not None else None
+    return RemoteFile(
+        name=file.name or "",
+        sha256=_hex_sha256(file.sha256_hash),
+        size_bytes=file.size_bytes,
+        state=state,
+        expires_in_seconds=expires,
+    )
+
+
+def batch_to_dict(batch: types.BatchJob) -> dict[str, Any]:
+    """The batch as the original gembatch tool records it (datetimes as ISO 8601)."""
+    data = batch.model_dump(mode="python", exclude_none=True)
+    return {key: _jsonable(value) for key, value in data.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "value") and not isinstance(value, (int, float, str)):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class GeminiApi:
+    """The calls gembatch-async makes, each returning plain data or raising ApiError."""
+
+    def __init__(self, client: genai.Client, api_key: str | None = None) -> None:
+        self._client = client
+        self._secret = api_key
+
+    @property
+    def client(self) -> genai.Client:
+        return self._client
+
+    async def upload_file(
+        self, path: str, *, name: str, display_name: str, mime_type: str
+    ) -> RemoteFile:
+        config = types.UploadFileConfig(name=name, display_name=display_name, mime_type=mime_type)
+        with translate_errors(secret=self._secret), _upload_protocol_errors(self._secret):
+            file = await self._client.aio.files.upload(file=path, config=config)
+        return _remote_file(file)
+
+    async def get_file(self, name: str) -> RemoteFile:
+        with translate_errors(missing_is_403=True, secret=self._secret):
+            file = await self._client.aio.files.get(name=name)
+        return _remote_file(file)
+
+    async def delete_file(self, name: str) -> bool:
+        """Delete the file; False when it was already gone."""
+        try:
+            with translate_errors(missing_is_403=True, secret=self._secret):
+                await self._client.aio.files.delete(name=name)
+        except NotFoundApiError:
+            return False
+        return True
+
+    async def create_batch(self, *, model: str, src: str, display_name: str) -> types.BatchJob:
+        config = types.CreateBatchJobConfig(display_name=display_name)
+        with translate_errors(secret=self._secret):
+            return await self._client.aio.batches.create(model=model, src=src, config=config)
+
+    async def get_batch(self, name: str) -> types.BatchJob:
+        with translate_errors(secret=self._secret):
+            return await self._client.aio.batches.get(name=name)
+
+    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
+        """Every batch job of the project, paging explicitly (USERS.md P6)."""
+        found: list[types.BatchJob] = []
+        with translate_errors(secret=self._secret):
+            pager = await self._client.aio.batches.list(config={"page_size": page_size})
+            async for batch in pager:
+                found.append(batch)
+        return found
+
+    async def get_model(self, model: str) -> types.Model:
+        with translate_errors(secret=self._secret):
+            return await self._client.aio.models.get(model=model)
+
+
+@contextlib.contextmanager
+def _upload_protocol_errors(secret: str | None) -> Iterator[None]:
+    """The SDK's upload loop raises KeyError/ValueError/TypeError when the final
+    response went missing or was garbled: the file may exist anyway."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, ApiError):
+            raise
+        raise AmbiguousApiError(redact(f"upload not confirmed: {exc}", secret)) from exc
+
+
+def model_supports_batch(model: types.Model) -> bool:
+    actions: Sequence[str] = model.supported_actions or []
+    return "batchGenerateContent" in actions
+
+
+EMULATOR_API_KEY = "gembatch-emulator"
+
+
+def open_client(
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> GeminiApi:
+    """A client for the Gemini Developer API (or the emulator at ``base_url``).
+
+    Without ``api_key`` the key comes from GOOGLE_API_KEY / GEMINI_API_KEY; without
+    ``base_url`` the SDK honours GOOGLE_GEMINI_BASE_URL. The SDK's own retries
+    stay off: ours (``_retry``) are the only ones.
+    """
+    key = api_key or api_key_from_env()
+    if not key:
+        raise MissingApiKeyError()
+    options = types.HttpOptions(base_url=base_url, timeout=int(timeout_s * 1000))
+    return GeminiApi(genai.Client(api_key=key, http_options=options), api_key=key)

@@ -1,0 +1,130 @@
+"""Frozen records the library emits; the CLI decides how to show them.
+
+Completion events (:class:`FileSubmitted`, :class:`FileSkipped`,
+:class:`FileFailed`) carry ``n`` and ``total``: ``n`` counts completions in the
+order they happened, 1..total, each exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, TypeAlias, Union
+
+
+@dataclass(frozen=True)
+class FileSubmitted:
+    """A batch job exists for the file and is recorded in the journal."""
+
+    path: str
+    batch_name: str
+    uploaded_file_name: str
+    n: int
+    total: int
+    #: True when the batch was created by an earlier attempt or run and found again.
+    adopted: bool = False
+    kind: Literal["submitted"] = field(default="submitted", init=False)
+
+
+@dataclass(frozen=True)
+class FileSkipped:
+    """The journal already records a batch for the file."""
+
+    path: str
+    batch_name: str
+    n: int
+    total: int
+    #: The file's content differs from what was submitted then.
+    changed: bool = False
+    kind: Literal["skipped"] = field(default="skipped", init=False)
+
+
+@dataclass(frozen=True)
+class FileFailed:
+    """No batch was created for the file."""
+
+    path: str
+    reason: str
+    n: int
+    total: int
+    #: An upload that could not be cleaned up, or None.
+    left_behind: str | None = None
+    kind: Literal["error"] = field(default="error", init=False)
+
+
+@dataclass(frozen=True)
+class Retrying:
+    """A step failed transiently and will be tried again after ``delay`` seconds."""
+
+    path: str
+    step: str
+    attempt: int
+    delay: float
+    reason: str
+    kind: Literal["retrying"] = field(default="retrying", init=False)
+
+
+@dataclass(frozen=True)
+class CleanupFailed:
+    """An upload we made could not be deleted; it is left on the server."""
+
+    path: str
+    file_name: str
+    reason: str
+    kind: Literal["cleanup_failed"] = field(default="cleanup_failed", init=False)
+
+
+@dataclass(frozen=True)
+class JournalProblem:
+    """A line of the journal could not be read (and what was done about it)."""
+
+    journal: str
+    line: int
+    message: str
+    kind: Literal["journal_problem"] = field(default="journal_problem", init=False)
+
+
+@dataclass(frozen=True)
+class WouldSubmit:
+    """Dry run: the file passed pre-flight and would be submitted."""
+
+    path: str
+    count: int
+    size_bytes: int
+    kind: Literal["would_submit"] = field(default="would_submit", init=False)
+
+
+Event: TypeAlias = Union[  # noqa: UP007 (a runtime alias must work on Python 3.10 too)
+    FileSubmitted, FileSkipped, FileFailed, Retrying, CleanupFailed, JournalProblem, WouldSubmit
+]
+EventHandler = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class SubmitSummary:
+    """What one submit run did."""
+
+    submitted: int
+    skipped: int
+    failed: int
+    elapsed: float
+    #: The run was stopped (stop request or cancellation) before every file was done.
+    interrupted: bool = False
+    #: Files that were neither submitted, skipped nor failed because the run stopped.
+    not_started: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed and nothing was left undone."""
+        return self.failed == 0 and not self.interrupted
+
+
+def event_to_dict(event: Event | SubmitSummary) -> dict[str, Any]:
+    """A JSON-ready dict of an event, with its ``kind`` first."""
+    data = asdict(event)
+    kind = data.pop("kind", "summary")
+    return {"event": kind, **data}
+
+
+def ignore_events(event: Event) -> None:
+    """The default handler: a library caller that does not listen."""

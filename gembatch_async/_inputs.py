@@ -1,0 +1,208 @@
+"""Find, stat, hash, count and validate JSONL inputs. No network.
+
+Every file is read once, streaming, in a worker thread: memory stays flat in the
+file's size (one line at a time, plus 8 bytes per request key for the duplicate
+check) and the event loop is never blocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import stat
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+
+from ._errors import Problem
+from ._settings import MAX_INPUT_BYTES
+
+#: Beyond this many problems in one file the rest are summarised in one line.
+MAX_PROBLEMS_PER_FILE = 20
+_READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input that passed pre-flight, with what was learned reading it."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+    count: int
+
+
+def normalise_path(path: str | os.PathLike[str]) -> str:
+    """The path as given, normalised, so ``./a.jsonl`` and ``a.jsonl`` are one file."""
+    return os.path.normpath(os.fspath(path))
+
+
+def unique_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Normalised paths in first-seen order, each once."""
+    return list(dict.fromkeys(normalise_path(p) for p in paths))
+
+
+def check_regular_file(path: str) -> Problem | None:
+    """A problem when the path is missing, not a regular file, or unreadable."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return Problem(path, "no such file")
+    except OSError as exc:
+        return Problem(path, f"cannot stat: {exc.strerror}")
+    if stat.S_ISDIR(mode):
+        return Problem(path, "is a directory, not a JSONL file")
+    if not stat.S_ISREG(mode):
+        return Problem(path, "is not a regular file")
+    if not os.access(path, os.R_OK):
+        return Problem(path, "is not readable (permission denied)")
+    return None
+
+
+class _Validator:
+    """Checks request lines one by one and remembers what it needs for the end."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+        self.suppressed = 0
+        self.count = 0
+        self.key_hashes: array[int] = array("q")
+
+    def add_problem(self, line: int, message: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS_PER_FILE:
+            self.problems.append(Problem(self.path, message, line))
+        else:
+            self.suppressed += 1
+
+    def check_line(self, number: int, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        self.count += 1
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.add_problem(number, f"not valid JSON ({_short_json_error(exc)})")
+            return
+        if not isinstance(obj, dict):
+            self.add_problem(number, f"expected a JSON object, got {type(obj).__name__}")
+            return
+        request = obj.get("request")
+        if request is None:
+            self.add_problem(number, 'missing "request" object')
+        elif not isinstance(request, dict):
+            self.add_problem(number, '"request" must be a JSON object')
+        if "key" in obj:
+            self.check_key(number, obj["key"])
+
+    def check_key(self, number: int, key: object) -> None:
+        if not isinstance(key, str):
+            self.add_problem(number, '"key" must be a string')
+            return
+        self.key_hashes.append(_key_hash(key))
+
+
+def _short_json_error(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    return str(exc)
+
+
+def _key_hash(key: str) -> int:
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _iter_lines(path: str, hasher: hashlib._Hash) -> Iterator[bytes]:
+    """Lines of the file, feeding every byte to the hasher on the way."""
+    with open(path, "rb", buffering=_READ_SIZE) as handle:
+        for line in handle:
+            hasher.update(line)
+            yield line
+
+
+def _duplicate_keys(path: str, key_hashes: array[int]) -> list[Problem]:
+    """Problems for keys seen twice; a second pass only runs when hashes collide."""
+    if len(key_hashes) < 2:
+        return []
+    ordered = sorted(key_hashes)
+    suspects = {a for a, b in itertools.pairwise(ordered) if a == b}
+    if not suspects:
+        return []
+    first_line: dict[str, int] = {}
+    problems: list[Problem] = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            key = _key_of(raw)
+            if key is None or _key_hash(key) not in suspects:
+                continue
+            if key in first_line:
+                problems.append(
+                    Problem(
+                        path, f"duplicate key {key!r} (first on line {first_line[key]})", number
+                    )
+                )
+            else:
+                first_line[key] = number
+    return problems
+
+
+def _key_of(raw: bytes) -> str | None:
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None
+    key = obj.get("key") if isinstance(obj, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def scan_file(
+    path: str, max_bytes: int = MAX_INPUT_BYTES
+) -> tuple[InputFile | None, list[Problem]]:
+    """Read one file once: hash, count and validate it. Blocking; run it in a thread."""
+    problem = check_regular_file(path)
+    if problem is not None:
+        return None, [problem]
+    size = os.stat(path).st_size
+    if size > max_bytes:
+        return None, [Problem(path, f"is {size} bytes, over the API's limit of {max_bytes}")]
+    hasher = hashlib.sha256()
+    validator = _Validator(path)
+    try:
+        for number, raw in enumerate(_iter_lines(path, hasher), start=1):
+            validator.check_line(number, raw)
+    except OSError as exc:
+        return None, [Problem(path, f"cannot read: {exc.strerror or exc}")]
+    problems = validator.problems + _duplicate_keys(path, validator.key_hashes)
+    if validator.suppressed:
+        problems.append(Problem(path, f"... and {validator.suppressed} more problems"))
+    if validator.count == 0:
+        problems.append(Problem(path, "is empty: no request lines"))
+    if problems:
+        return None, problems
+    return InputFile(path, size, hasher.hexdigest(), validator.count), []
+
+
+async def scan_inputs(
+    paths: Sequence[str], limiter: anyio.CapacityLimiter
+) -> tuple[dict[str, InputFile], list[Problem]]:
+    """Scan every path in worker threads; return the good ones and every problem."""
+    found: dict[str, InputFile] = {}
+    problems: dict[str, list[Problem]] = {}
+
+    async def scan_one(path: str) -> None:
+        item, file_problems = await anyio.to_thread.run_sync(scan_file, path, limiter=limiter)
+        if item is not None:
+            found[path] = item
+        problems[path] = file_problems
+
+    async with anyio.create_task_group() as tg:
+        for path in paths:
+            tg.start_soon(scan_one, path)
+    ordered = [p for path in paths for p in problems.get(path, [])]
+    return found, ordered

@@ -1,0 +1,312 @@
+"""job-info.jsonl: one JSON line per created batch job, shared safely between processes.
+
+- Appends are one ``write`` of whole lines on an O_APPEND descriptor, under an
+  exclusive lock, then ``fsync``: a crash can tear only the last line, and the
+  next reader repairs that (and says so).
+- Lines that cannot be parsed elsewhere are reported with their number and kept
+  verbatim by any rewrite.
+- Rewrites re-read under the lock, go through a temporary file, fsync and an
+  atomic rename, so lines appended meanwhile by another process are not lost.
+- Cross-process claims on single inputs use POSIX record locks on one lock
+  file: the kernel drops them when a process dies, so a crash never leaves a
+  stale lock behind (the original gembatch's did).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._errors import JournalError
+from ._events import JournalProblem
+from ._inputs import normalise_path
+
+JobLine = dict[str, Any]
+_CLAIM_SPACE = 1 << 40  # byte offsets used as claim slots in the lock file
+_CLAIM_POLL_MAX = 0.5
+
+
+@dataclass
+class JournalView:
+    """What the journal says, folded by input file: the latest line wins."""
+
+    latest: dict[str, JobLine] = field(default_factory=dict)
+    history: dict[str, int] = field(default_factory=dict)
+    uploads_in_use: set[str] = field(default_factory=set)
+    problems: list[JournalProblem] = field(default_factory=list)
+    #: Bytes of the journal this view has read.
+    offset: int = 0
+    lines_read: int = 0
+
+    def add(self, line: JobLine) -> None:
+        path = normalise_path(str(line["input_file"]))
+        self.latest[path] = line
+        self.history[path] = self.history.get(path, 0) + 1
+        upload = line.get("uploaded_file_name")
+        if isinstance(upload, str):
+            self.uploads_in_use.add(upload)
+
+
+def batch_name_of(line: JobLine) -> str:
+    """The batch name recorded on a job line ("" if none)."""
+    batch = line.get("batch")
+    name = batch.get("name") if isinstance(batch, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def batch_state_of(line: JobLine) -> str:
+    batch = line.get("batch")
+    state = batch.get("state") if isinstance(batch, dict) else None
+    return state if isinstance(state, str) else ""
+
+
+def _parse_line(raw: bytes) -> JobLine | str:
+    """The job line, or a message saying why it is not one."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        return f"not valid JSON ({exc})"
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    if not isinstance(obj.get("input_file"), str):
+        return 'no "input_file"'
+    return obj
+
+
+def encode_line(line: JobLine) -> bytes:
+    return (json.dumps(line, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
+
+
+class Journal:
+    """The job-info journal at ``path`` and its lock file beside it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fd: int | None = None
+        self._view = JournalView()
+
+    # -- lifecycle -----------------------------------------------------------
+    def open(self) -> JournalView:
+        """Take the lock file, repair a torn tail, and read everything. Blocking."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise JournalError(f"cannot open {self.lock_path}: {exc.strerror}") from exc
+        problems = self._repair_torn_tail()
+        self._view = JournalView(problems=problems)
+        self._read_from(0)
+        return self._view
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def view(self) -> JournalView:
+        return self._view
+
+    # -- locking -------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The whole-journal lock (byte 0 of the lock file), blocking."""
+        fd = self._require_lock_fd()
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+
+    def _require_lock_fd(self) -> int:
+        if self._lock_fd is None:
+            raise JournalError(f"journal {self.path} is not open")
+        return self._lock_fd
+
+    def try_claim(self, identity: str) -> bool:
+        """Claim one input for this process without waiting; False if another holds it."""
+        slot = _claim_slot(identity)
+        try:
+            fcntl.lockf(self._require_lock_fd(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+        except OSError:
+            return False
+        return True
+
+    def release_claim(self, identity: str) -> None:
+        slot = _claim_slot(identity)
+        if self._lock_fd is not None:
+            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, slot)
+
+    @contextlib.asynccontextmanager
+    async def claim(self, identity: str) -> AsyncIterator[None]:
+        """Hold the input ``identity`` against other processes, waiting if needed."""
+        delay = 0.02
+        while not self.try_claim(identity):
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _CLAIM_POLL_MAX)
+        try:
+            yield
+        finally:
+            self.release_claim(identity)
+
+    # -- reading -------------------------------------------------------------
+    def _repair_torn_tail(self) -> list[JournalProblem]:
+        """Cut a last line that a crash left unfinished; report it once."""
+        with self._locked():
+            try:
+                with open(self.path, "rb+") as handle:
+                    return self._cut_torn_tail(handle)
+            except FileNotFoundError:
+                return []
+            except OSError as exc:
+                raise JournalError(f"cannot read {self.path}: {exc.strerror}") from exc
+
+    def _cut_torn_tail(self, handle: Any) -> list[JournalProblem]:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return []
+        start = max(0, size - (1 << 16))
+        while True:
+            handle.seek(start)
+            tail = handle.read(size - start)
+            if tail.endswith(b"\n"):
+                return []
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                break
+            start = max(0, start - (1 << 16))
+        line_start = start + cut + 1
+        fragment = tail[cut + 1 :]
+        line_number = self._count_lines_before(handle, line_start) + 1
+        if isinstance(_parse_line(fragment), dict):
+            handle.write(b"\n")  # a whole line that only lacked its newline
+            message = "last line had no newline; added one"
+        else:
+            handle.truncate(line_start)
+            message = f"removed an unfinished last line ({len(fragment)} bytes) left by a crash"
+        handle.flush()
+        os.fsync(handle.fileno())
+        return [JournalProblem(str(self.path), line_number, message)]
+
+    @staticmethod
+    def _count_lines_before(handle: Any, offset: int) -> int:
+        handle.seek(0)
+        return int(handle.read(offset).count(b"\n"))
+
+    def _read_from(self, offset: int) -> None:
+        """Fold complete lines from ``offset`` into the view."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise JournalError(f"cannot read {self.path}: {exc.strerror}") from exc
+        end = data.rfind(b"\n") + 1  # an unfinished line is another writer's, mid-append
+        view = self._view
+        for raw in data[:end].splitlines():
+            view.lines_read += 1
+            if not raw.strip():
+                continue
+            parsed = _parse_line(raw)
+            if isinstance(parsed, str):
+                view.problems.append(
+                    JournalProblem(str(self.path), view.lines_read, f"{parsed}; line skipped")
+                )
+            else:
+                view.add(parsed)
+        view.offset = offset + end
+
+    def refresh(self) -> JournalView:
+        """Fold in lines other processes appended since the last read. Cheap when none."""
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            return self._view
+        if size < self._view.offset:  # rewritten under us: read it all again
+            self._view = JournalView()
+            self._read_from(0)
+        elif size > self._view.offset:
+            self._read_from(self._view.offset)
+        return self._view
+
+    # -- writing -------------------------------------------------------------
+    def append(self, lines: list[JobLine]) -> None:
+        """Append job lines durably: one write, one fsync, under the lock. Blocking."""
+        data = b"".join(encode_line(line) for line in lines)
+        try:
+            with self._locked():
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    start = os.fstat(fd).st_size
+                    os.write(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            raise JournalError(f"cannot append to {self.path}: {exc.strerror}") from exc
+        if start == self._view.offset:  # nobody else wrote in between: no need to re-read
+            self._view.lines_read += len(lines)
+            for line in lines:
+                self._view.add(line)
+            self._view.offset = start + len(data)
+
+    def rewrite(self, transform: Callable[[JobLine], JobLine]) -> None:
+        """Apply ``transform`` to every job line, atomically; unreadable lines kept as they are."""
+        with self._locked():
+            try:
+                raw_lines = self.path.read_bytes().splitlines(keepends=True)
+            except FileNotFoundError:
+                return
+            out = [self._transform_raw(raw, transform) for raw in raw_lines]
+            self._replace_atomically(b"".join(out))
+            self._view = JournalView()
+            self._read_from(0)
+
+    @staticmethod
+    def _transform_raw(raw: bytes, transform: Callable[[JobLine], JobLine]) -> bytes:
+        parsed = _parse_line(raw)
+        if isinstance(parsed, str):
+            return raw if raw.endswith(b"\n") else raw + b"\n"
+        return encode_line(transform(parsed))
+
+    def _replace_atomically(self, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _claim_slot(identity: str) -> int:
+    """A byte of the lock file that stands for one input (byte 0 is the journal lock)."""
+    digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
+    return 1 + int.from_bytes(digest, "little") % _CLAIM_SPACE
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

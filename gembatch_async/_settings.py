@@ -1,0 +1,86 @@
+"""Defaults in one place, and the frozen settings a run is built from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ._errors import UsageError
+
+#: The original gembatch defaulted to gemini-2.5-flash-lite-preview-06-17, which
+#: Google has shut down (a create with it now answers 404). This is the current
+#: cheap GA model; override with -m/--model or GEMBATCH_MODEL.
+DEFAULT_MODEL = "gemini-3.1-flash-lite"
+DEFAULT_CONCURRENCY = 8
+#: The original tool's "jsonl" was rejected by the service for a while
+#: (USERS.md P4); application/jsonl is the documented JSONL type.
+DEFAULT_MIME_TYPE = "application/jsonl"
+DEFAULT_JOB_INFO = "job-info.jsonl"
+#: The Batch API refuses input files over 2 GB.
+MAX_INPUT_BYTES = 2 * 10**9
+#: Per HTTP request; a chunk is at most 8 MiB, so this bounds a stalled upload.
+DEFAULT_REQUEST_TIMEOUT_S = 120.0
+MODEL_ENV = "GEMBATCH_MODEL"
+API_KEY_ENVS = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # the SDK's own order of preference
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How hard to try a call that failed transiently."""
+
+    attempts: int = 6
+    total_seconds: float = 300.0
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+    #: Server-requested delays beyond this are not honoured (the storage-quota
+    #: 429 asks for int64-max seconds, USERS.md P1).
+    retry_after_cap: float = 60.0
+    jitter: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise UsageError("retry attempts must be at least 1")
+        if self.total_seconds <= 0 or self.initial_delay < 0 or self.max_delay < 0:
+            raise UsageError("retry delays must be positive")
+
+
+@dataclass(frozen=True)
+class SubmitSettings:
+    """Everything one submit run needs besides the paths and the client."""
+
+    model: str = DEFAULT_MODEL
+    concurrency: int = DEFAULT_CONCURRENCY
+    mime_type: str = DEFAULT_MIME_TYPE
+    force: bool = False
+    retry_failed: bool = False
+    dry_run: bool = False
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    #: How long in-flight files get to finish or clean up after a stop request
+    #: or cancellation.
+    cleanup_seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
+        if not self.model.strip():
+            raise UsageError("model name is empty")
+
+    @property
+    def model_resource(self) -> str:
+        """The model as the API names it: ``models/NAME``."""
+        name = self.model.strip()
+        return name if name.startswith(("models/", "tunedModels/")) else f"models/{name}"
+
+
+def default_model() -> str:
+    """The model to use when none is given: GEMBATCH_MODEL, else DEFAULT_MODEL."""
+    return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
+
+
+def api_key_from_env() -> str | None:
+    """The API key the SDK itself would pick, or None."""
+    for name in API_KEY_ENVS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None

@@ -1,0 +1,158 @@
+"""The library entry point: pre-flight, then the pipeline, then a summary.
+
+Pre-flight runs local checks first (files, API key, journal: nothing is sent),
+then one ``models.get``; any problem stops the run before the first upload.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import anyio
+import anyio.to_thread
+from google import genai
+
+from ._client import GeminiApi, model_supports_batch, open_client
+from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
+from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
+from ._inputs import InputFile, check_regular_file, scan_inputs, unique_paths
+from ._journal import Journal, JournalView, batch_name_of
+from ._pipeline import SubmitRun
+from ._retry import call_with_retries, describe
+from ._settings import DEFAULT_JOB_INFO, SubmitSettings, api_key_from_env
+
+_SCAN_THREADS = 4
+
+
+async def submit(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    settings: SubmitSettings | None = None,
+    job_info: str | os.PathLike[str] = DEFAULT_JOB_INFO,
+    client: genai.Client | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    on_event: EventHandler = ignore_events,
+    stop: anyio.Event | None = None,
+) -> SubmitSummary:
+    """Upload each JSONL file and create one batch job per file, recording each in ``job_info``.
+
+    Pass a ``genai.Client``, or let one be built from ``api_key`` (else
+    GEMINI_API_KEY / GOOGLE_API_KEY) and ``base_url``. Each file's outcome is
+    reported to ``on_event``. Setting ``stop`` starts no new file and gives those
+    in flight ``settings.cleanup_seconds`` to finish; cancelling the caller's
+    scope cleans up the same way, then re-raises.
+
+    Raises :class:`PreflightError` (nothing was sent) or another
+    :class:`GembatchError` for setup failures; per-file API failures are events.
+    """
+    settings = settings or SubmitSettings()
+    started = time.monotonic()
+    journal = Journal(job_info)
+    wanted = _without_journal(unique_paths(paths), journal)
+    try:
+        view = await anyio.to_thread.run_sync(journal.open)
+        for problem in view.problems:
+            on_event(problem)
+        items = await _check_locally(wanted, view, settings, client, api_key)
+        owned = client is None
+        api = _api_for(client, api_key, base_url)
+        try:
+            await _check_model(api, settings)
+            if settings.dry_run:
+                return _dry_run(items, view, settings, on_event, started)
+            run = SubmitRun(api, journal, settings, on_event, stop or anyio.Event())
+            tally = await run.run(items)
+        finally:
+            if owned:
+                with anyio.CancelScope(shield=True):
+                    await api.client.aio.aclose()
+    finally:
+        journal.close()
+    return SubmitSummary(
+        submitted=tally.submitted,
+        skipped=tally.skipped,
+        failed=tally.failed,
+        elapsed=time.monotonic() - started,
+        interrupted=run.interrupted,
+        not_started=tally.not_started,
+    )
+
+
+def _without_journal(paths: list[str], journal: Journal) -> list[str]:
+    """``*.jsonl`` in the project folder matches the journal itself: never submit it."""
+    own = {os.path.realpath(journal.path), os.path.realpath(journal.lock_path)}
+    return [p for p in paths if os.path.realpath(p) not in own]
+
+
+def _api_for(client: genai.Client | None, api_key: str | None, base_url: str | None) -> GeminiApi:
+    if client is not None:
+        return GeminiApi(client, api_key=api_key)
+    return open_client(api_key=api_key, base_url=base_url)
+
+
+async def _check_locally(
+    paths: list[str],
+    view: JournalView,
+    settings: SubmitSettings,
+    client: genai.Client | None,
+    api_key: str | None,
+) -> list[InputFile]:
+    """Every local problem at once: files, their content, the API key. Sends nothing."""
+    problems = [p for p in map(check_regular_file, paths) if p is not None]
+    readable = [p for p in paths if check_regular_file(p) is None]
+    found, content_problems = await scan_inputs(readable, anyio.CapacityLimiter(_SCAN_THREADS))
+    will_skip = {
+        p for p in readable if p in view.latest and not settings.force and not settings.retry_failed
+    }
+    # A file the journal already covers is skipped, so its content does not matter.
+    problems += [p for p in content_problems if p.path not in will_skip]
+    if not paths:
+        problems.append(Problem("(arguments)", "no input files given"))
+    if client is None and not (api_key or api_key_from_env()):
+        problems.append(
+            Problem("GEMINI_API_KEY", "not set: set it (or GOOGLE_API_KEY), or use --emulator")
+        )
+    if problems:
+        raise PreflightError(problems)
+    return [found[p] for p in readable if p in found]
+
+
+async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
+    """One models.get, so a typo or a retired model fails once, before any upload."""
+    model = settings.model_resource
+    try:
+        info = await call_with_retries(settings.retry, lambda: api.get_model(model))
+    except NotFoundApiError as exc:
+        raise PreflightError(
+            [
+                Problem(
+                    model, f"model not found (misspelled, or retired by Google?): {describe(exc)}"
+                )
+            ]
+        ) from exc
+    except ApiError as exc:
+        raise PreflightError([Problem(model, f"cannot check the model: {describe(exc)}")]) from exc
+    if not model_supports_batch(info):
+        raise PreflightError([Problem(model, "model does not support batchGenerateContent")])
+
+
+def _dry_run(
+    items: list[InputFile],
+    view: JournalView,
+    settings: SubmitSettings,
+    on_event: EventHandler,
+    started: float,
+) -> SubmitSummary:
+    skipped = 0
+    for n, item in enumerate(items, start=1):
+        latest = view.latest.get(item.path)
+        if latest is not None and not settings.force and not settings.retry_failed:
+            changed = latest.get("sha256") not in (None, item.sha256)
+            on_event(FileSkipped(item.path, batch_name_of(latest), n, len(items), changed))
+            skipped += 1
+        else:
+            on_event(WouldSubmit(item.path, item.count, item.size_bytes))
+    return SubmitSummary(0, skipped, 0, time.monotonic() - started)

@@ -1,0 +1,250 @@
+"""The command line: parse, run, render events, own the exit codes.
+
+This is the only module that prints or exits. Exit codes: 0 all good, 1 some
+file failed, 2 usage or pre-flight error (nothing was sent), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+
+import anyio
+
+from ._client import EMULATOR_API_KEY
+from ._errors import GembatchError, single_error
+from ._events import Event, SubmitSummary
+from ._render import render_json, render_summary, render_text
+from ._settings import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_JOB_INFO,
+    DEFAULT_MIME_TYPE,
+    RetrySettings,
+    SubmitSettings,
+    default_model,
+)
+from ._submit import submit
+from ._version import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EMULATOR_STATE_DIR = ".gembatch-emulator"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gembatch-async",
+        description="Submit JSONL request files to the Gemini Batch API, many at once, exactly once.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--job-info",
+        default=DEFAULT_JOB_INFO,
+        metavar="PATH",
+        help=f"the journal of submitted jobs (default: {DEFAULT_JOB_INFO})",
+    )
+    parser.add_argument(
+        "--emulator",
+        action="store_true",
+        help="run against a built-in Gemini API emulator (offline, no API key needed)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_submit(commands)
+    _add_emulator(commands)
+    return parser
+
+
+def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sub = commands.add_parser("submit", help="upload files and create one batch job per file")
+    sub.add_argument("files", nargs="+", metavar="FILE", help="JSONL request files")
+    sub.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help=f"model name (default: $GEMBATCH_MODEL or {default_model()})",
+    )
+    sub.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"files in flight at once (default: {DEFAULT_CONCURRENCY})",
+    )
+    sub.add_argument("--force", action="store_true", help="submit files already recorded again")
+    sub.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="submit again files whose batch ended FAILED, CANCELLED or EXPIRED",
+    )
+    sub.add_argument("--dry-run", action="store_true", help="only run the pre-flight checks")
+    sub.add_argument("--json", action="store_true", help="print one JSON event per line")
+    sub.add_argument(
+        "--mime-type",
+        default=DEFAULT_MIME_TYPE,
+        help=f"MIME type sent with uploads (default: {DEFAULT_MIME_TYPE})",
+    )
+    sub.add_argument(
+        "--retry-attempts",
+        type=int,
+        default=RetrySettings.attempts,
+        help="attempts per step before giving up (default: %(default)s)",
+    )
+    sub.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=RetrySettings.total_seconds,
+        help="time budget per step for retries (default: %(default)s)",
+    )
+
+
+def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    emu = commands.add_parser("emulator", help="serve a local Gemini API emulator")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    emu.add_argument("--state-dir", type=Path, default=None, help="keep state on disk here")
+    emu.add_argument("--latency-ms", type=float, default=0.0, help="delay every request")
+    emu.add_argument(
+        "--processing-seconds", type=float, default=30.0, help="time from PENDING to SUCCEEDED"
+    )
+    emu.add_argument("--faults", default="", help="ENDPOINT:PROBABILITY:KIND,... to inject")
+    emu.add_argument("--fault-seed", type=int, default=None, help="make faults repeatable")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (the console script passes it to sys.exit)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Beside the journal, so each project folder keeps its own offline state.
+    args.emulator_state_dir = Path(os.path.abspath(args.job_info)).parent / EMULATOR_STATE_DIR
+    command = _serve_emulator if args.command == "emulator" else _submit_command
+    try:
+        return anyio.run(command, args, backend="asyncio")
+    except KeyboardInterrupt:
+        _print("interrupted", sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        error = single_error(exc)
+        if not isinstance(error, GembatchError):
+            raise
+        _print(f"error: {error}", sys.stderr)
+        return error.exit_code
+
+
+def _print(text: str, stream: TextIO) -> None:
+    print(text, file=stream, flush=True)
+
+
+def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
+    retry = replace(RetrySettings(), attempts=args.retry_attempts, total_seconds=args.retry_seconds)
+    return SubmitSettings(
+        model=args.model or default_model(),
+        concurrency=args.concurrency,
+        mime_type=args.mime_type,
+        force=args.force,
+        retry_failed=args.retry_failed,
+        dry_run=args.dry_run,
+        retry=retry,
+    )
+
+
+async def _submit_command(args: argparse.Namespace) -> int:
+    settings = _submit_settings(args)
+    show = _event_printer(args.json)
+    stop = anyio.Event()
+    async with _api_endpoint(args) as (api_key, base_url), anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, stop)
+        summary = await submit(
+            args.files,
+            settings=settings,
+            job_info=args.job_info,
+            api_key=api_key,
+            base_url=base_url,
+            on_event=show,
+            stop=stop,
+        )
+        tg.cancel_scope.cancel()
+    _print(
+        render_json(summary) if args.json else render_summary(summary, settings.dry_run), sys.stdout
+    )
+    return _exit_code(summary)
+
+
+def _exit_code(summary: SubmitSummary) -> int:
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _event_printer(as_json: bool) -> Callable[[Event], None]:
+    def show(event: Event) -> None:
+        if as_json:
+            _print(render_json(event), sys.stdout)
+            return
+        text, to_stderr = render_text(event)
+        _print(text, sys.stderr if to_stderr else sys.stdout)
+
+    return show
+
+
+async def _stop_on_signals(stop: anyio.Event) -> None:
+    """First Ctrl-C: start nothing new, let in-flight files settle. Second: leave at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if stop.is_set():
+                _print("interrupted again: exiting now; run submit again to settle", sys.stderr)
+                sys.stdout.flush()
+                os._exit(EXIT_INTERRUPTED)
+            _print(
+                "stopping: no new files; waiting for those in flight (Ctrl-C again to abort)",
+                sys.stderr,
+            )
+            stop.set()
+
+
+@contextlib.asynccontextmanager
+async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str | None, str | None]]:
+    """(api key, base URL): the real API from the environment, or an in-process emulator."""
+    if not args.emulator:
+        yield None, None
+        return
+    from .emulator import EmulatorConfig, serve_emulator
+
+    state_dir: Path = args.emulator_state_dir
+    config = EmulatorConfig(host="127.0.0.1", port=0, state_dir=state_dir)
+    async with serve_emulator(config) as running:
+        _print(
+            f"using the built-in Gemini API emulator at {running.base_url} (state in {state_dir})",
+            sys.stderr,
+        )
+        yield EMULATOR_API_KEY, running.base_url
+
+
+async def _serve_emulator(args: argparse.Namespace) -> int:
+    from .emulator import EmulatorConfig, FaultSpecError, serve_emulator
+
+    try:
+        config = EmulatorConfig(
+            host=args.host,
+            port=args.port,
+            state_dir=args.state_dir,
+            latency_ms=args.latency_ms,
+            processing_seconds=args.processing_seconds,
+            faults=args.faults,
+            fault_seed=args.fault_seed,
+        )
+        server = serve_emulator(config)
+    except FaultSpecError as exc:
+        _print(f"error: --faults: {exc}", sys.stderr)
+        return EXIT_USAGE
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with server as running:
+            _print(f"Gemini API emulator listening on {running.base_url}", sys.stdout)
+            async for _ in signals:
+                break
+    return EXIT_OK

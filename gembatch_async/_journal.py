@@ -190,6 +190,7 @@ class Journal:
         fragment = tail[cut + 1 :]
         line_number = self._count_lines_before(handle, line_start) + 1
         if isinstance(_parse_line(fragment), dict):
+            handle.seek(0, os.SEEK_END)
             handle.write(b"\n")  # a whole line that only lacked its newline
             message = "last line had no newline; added one"
         else:

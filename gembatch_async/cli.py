@@ -96,6 +96,12 @@ def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="attempts per step before giving up (default: %(default)s)",
     )
     sub.add_argument(
+        "--retry-max-delay",
+        type=float,
+        default=RetrySettings.max_delay,
+        help="longest wait between attempts, server-requested delays included (default: %(default)s)",
+    )
+    sub.add_argument(
         "--retry-seconds",
         type=float,
         default=RetrySettings.total_seconds,
@@ -141,7 +147,15 @@ def _print(text: str, stream: TextIO) -> None:
 
 
 def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
-    retry = replace(RetrySettings(), attempts=args.retry_attempts, total_seconds=args.retry_seconds)
+    cap = args.retry_max_delay
+    retry = replace(
+        RetrySettings(),
+        attempts=args.retry_attempts,
+        total_seconds=args.retry_seconds,
+        initial_delay=min(RetrySettings.initial_delay, cap),
+        max_delay=cap,
+        retry_after_cap=min(RetrySettings.retry_after_cap, cap),
+    )
     return SubmitSettings(
         model=args.model or default_model(),
         concurrency=args.concurrency,

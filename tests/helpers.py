@@ -1,0 +1,88 @@
+"""Small shared helpers for tests: input files, the CLI as a subprocess, server truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gembatch_async import RetrySettings
+from gembatch_async.emulator import RunningEmulator
+
+TEST_API_KEY = "test-key-7d1c0a5e"
+#: Quick retries: the emulator's faults are the scenario, not the wait.
+FAST_RETRY = RetrySettings(
+    attempts=8, total_seconds=30, initial_delay=0.01, max_delay=0.05, retry_after_cap=0.05, jitter=0.01
+)
+LIVE_STATES = {"BATCH_STATE_PENDING", "BATCH_STATE_RUNNING", "BATCH_STATE_SUCCEEDED"}
+
+
+def write_jsonl(path: Path, lines: int, *, tag: str = "") -> Path:
+    """A valid batch input with ``lines`` keyed requests."""
+    with path.open("w") as handle:
+        for i in range(lines):
+            request = {"contents": [{"parts": [{"text": f"question {i} {tag}"}]}]}
+            handle.write(json.dumps({"key": f"k{i}", "request": request}) + "\n")
+    return path
+
+
+def make_inputs(folder: Path, count: int, lines: int = 3, prefix: str = "in") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [write_jsonl(folder / f"{prefix}-{i:03d}.jsonl", lines, tag=str(i)) for i in range(count)]
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def cli_env(emulator: RunningEmulator | None, **extra: str) -> dict[str, str]:
+    """The environment for a CLI subprocess pointed at the emulator."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GEMINI_", "GEMBATCH_"))}
+    if emulator is not None:
+        env["GEMINI_API_KEY"] = TEST_API_KEY
+        env["GOOGLE_GEMINI_BASE_URL"] = emulator.base_url
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    args: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``gembatch-async ARGS`` in a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "gembatch_async", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def request_total(state: dict[str, Any]) -> int:
+    return sum(int(v["count"]) for v in state["requests"].values())
+
+
+def assert_converged(state: dict[str, Any], journal: list[dict[str, Any]], inputs: Sequence[str]) -> None:
+    """Server truth and the journal agree: one live batch per input, no stray uploads."""
+    batches = [b for b in state["batches"] if b["state"] in LIVE_STATES]
+    by_input: dict[str, list[dict[str, Any]]] = {}
+    for batch in batches:
+        path = batch["displayName"].rsplit(" [gba-", 1)[0]
+        by_input.setdefault(path, []).append(batch)
+    duplicates = {k: [b["name"] for b in v] for k, v in by_input.items() if len(v) > 1}
+    assert not duplicates, f"inputs with more than one live batch: {duplicates}"
+    assert sorted(by_input) == sorted(inputs), "every input has exactly one live batch"
+    used = {b["inputFile"] for b in state["batches"]}
+    stray = [f["name"] for f in state["files"] if f["source"] == "UPLOADED" and f["name"] not in used]
+    assert not stray, f"uploads no batch uses: {stray}"
+    latest = {line["input_file"]: line["batch"]["name"] for line in journal}
+    server = {path: found[0]["name"] for path, found in by_input.items()}
+    assert latest == server, "the journal records exactly the server's batches"

@@ -1,0 +1,89 @@
+"""Input validation: every line checked, streamed, with line numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gembatch_async._inputs import scan_file, unique_paths
+
+requests = st.fixed_dictionaries({"contents": st.just([{"parts": [{"text": "hi"}]}])})
+good_lines = st.lists(
+    st.builds(lambda k, r: {"key": k, "request": r}, st.text(min_size=1, max_size=8), requests),
+    min_size=1,
+    max_size=20,
+    unique_by=lambda obj: obj["key"],
+)
+bad_values = st.one_of(
+    st.just("not json"),
+    st.just("[1, 2]"),
+    st.just('{"key": "x"}'),
+    st.just('{"request": 5}'),
+    st.just('{"key": 7, "request": {}}'),
+)
+
+
+@given(lines=good_lines)
+@settings(max_examples=40, deadline=None)
+def test_valid_files_pass_with_count_and_hash(tmp_path_factory: object, lines: list[dict[str, object]]) -> None:
+    """Any file of keyed request objects passes; count and sha256 are exact."""
+    folder = tmp_path_factory.mktemp("v")  # type: ignore[attr-defined]
+    path = folder / "a.jsonl"
+    data = "".join(json.dumps(obj) + "\n" for obj in lines).encode()
+    path.write_bytes(data)
+    item, problems = scan_file(str(path))
+    assert problems == []
+    assert item is not None
+    assert item.count == len(lines)
+    assert item.sha256 == hashlib.sha256(data).hexdigest()
+
+
+@given(lines=good_lines, bad=bad_values, position=st.integers(min_value=0, max_value=20))
+@settings(max_examples=40, deadline=None)
+def test_one_bad_line_is_found_at_its_number(
+    tmp_path_factory: object, lines: list[dict[str, object]], bad: str, position: int
+) -> None:
+    """A broken line anywhere is reported with its exact line number."""
+    folder = tmp_path_factory.mktemp("b")  # type: ignore[attr-defined]
+    path = folder / "a.jsonl"
+    text = [json.dumps(obj) for obj in lines]
+    index = min(position, len(text))
+    text.insert(index, bad)
+    path.write_text("\n".join(text) + "\n")
+    item, problems = scan_file(str(path))
+    assert item is None
+    assert [p.line for p in problems] == [index + 1]
+
+
+def test_blank_lines_do_not_count(tmp_path: Path) -> None:
+    """Blank lines are ignored but line numbers still count them."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('\n{"request": {}}\n\n  \n{"request": 1}\n')
+    item, problems = scan_file(str(path))
+    assert [(p.line, p.message) for p in problems] == [(5, '"request" must be a JSON object')]
+
+
+def test_many_problems_are_capped(tmp_path: Path) -> None:
+    """A file of garbage gives 20 problems and a count of the rest, not a flood."""
+    path = tmp_path / "a.jsonl"
+    path.write_text("x\n" * 100)
+    _, problems = scan_file(str(path))
+    assert len(problems) == 21
+    assert "80 more" in problems[-1].message
+
+
+def test_oversized_file_is_refused(tmp_path: Path) -> None:
+    """Over the size limit: refused without reading."""
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"request": {}}\n')
+    _, problems = scan_file(str(path), max_bytes=5)
+    assert "over the API's limit" in problems[0].message
+
+
+def test_paths_normalised_and_unique() -> None:
+    """./a and a are one path; order kept."""
+    assert unique_paths(["./a.jsonl", "b.jsonl", "a.jsonl", "x/../b.jsonl"]) == ["a.jsonl", "b.jsonl"]

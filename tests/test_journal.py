@@ -1,0 +1,138 @@
+"""job-info.jsonl: torn lines, garbage, the original tool's format, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+from gembatch_async._journal import Journal
+
+ORIGINAL_LINE = (
+    '{"input_file": "examples/basic.jsonl", "count": 5, "uploaded_file_name": "files/abc123", '
+    '"batch": {"name": "batches/xyz", "display_name": "examples/basic.jsonl", "model": '
+    '"models/gemini-2.5-flash-lite-preview-06-17", "state": "JOB_STATE_PENDING", "create_time": '
+    '"2025-07-12T19:20:35.001992+00:00", "update_time": "2025-07-12T19:25:11.084462+00:00"}}'
+)
+
+
+def line(path: str, batch: str) -> dict[str, object]:
+    return {"input_file": path, "count": 1, "batch": {"name": batch, "state": "JOB_STATE_PENDING"}}
+
+
+def test_reads_original_gembatch_format(tmp_path: Path) -> None:
+    """A line the original gembatch tool wrote is read as a recorded job."""
+    path = tmp_path / "job-info.jsonl"
+    path.write_text(ORIGINAL_LINE + "\n")
+    journal = Journal(path)
+    view = journal.open()
+    assert view.latest["examples/basic.jsonl"]["batch"]["name"] == "batches/xyz"
+    assert view.uploads_in_use == {"files/abc123"}
+    assert view.problems == []
+
+
+def test_torn_last_line_is_repaired_and_reported_once(tmp_path: Path) -> None:
+    """A crash mid-append leaves half a line: it is cut, reported once, and appends go on."""
+    path = tmp_path / "job-info.jsonl"
+    path.write_text(json.dumps(line("a.jsonl", "batches/a")) + "\n" + '{"input_file": "b.js')
+    journal = Journal(path)
+    view = journal.open()
+    assert [(p.line, "unfinished" in p.message) for p in view.problems] == [(2, True)]
+    assert list(view.latest) == ["a.jsonl"]
+    journal.append([line("c.jsonl", "batches/c")])
+    journal.close()
+    again = Journal(path).open()
+    assert again.problems == []
+    assert sorted(again.latest) == ["a.jsonl", "c.jsonl"]
+
+
+def test_whole_last_line_without_newline_is_kept(tmp_path: Path) -> None:
+    """A complete last line that lacks only its newline is kept."""
+    path = tmp_path / "job-info.jsonl"
+    path.write_text(ORIGINAL_LINE)
+    view = Journal(path).open()
+    assert "examples/basic.jsonl" in view.latest
+    assert path.read_text().endswith("}\n")
+
+
+def test_garbage_in_the_middle_is_reported_and_kept(tmp_path: Path) -> None:
+    """A bad line elsewhere is reported with its number, skipped, and survives a rewrite."""
+    path = tmp_path / "job-info.jsonl"
+    good = json.dumps(line("a.jsonl", "batches/a"))
+    path.write_text(f"{good}\nthis is not json\n{json.dumps(line('b.jsonl', 'batches/b'))}\n")
+    journal = Journal(path)
+    view = journal.open()
+    assert [(p.line, p.message.startswith("not valid JSON")) for p in view.problems] == [(2, True)]
+    assert sorted(view.latest) == ["a.jsonl", "b.jsonl"]
+    journal.rewrite(lambda job: {**job, "note": "refreshed"})
+    lines = path.read_text().splitlines()
+    assert lines[1] == "this is not json"
+    assert json.loads(lines[0])["note"] == "refreshed"
+
+
+def test_latest_line_wins_and_history_counts(tmp_path: Path) -> None:
+    """Resubmissions append; the newest line is the file's record."""
+    path = tmp_path / "job-info.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.append([line("a.jsonl", "batches/1")])
+    journal.append([line("a.jsonl", "batches/2")])
+    view = Journal(path).open()
+    assert view.latest["a.jsonl"]["batch"]["name"] == "batches/2"
+    assert view.history["a.jsonl"] == 2
+
+
+def _append_many(path: str, worker: int, count: int) -> None:
+    journal = Journal(path)
+    journal.open()
+    for i in range(count):
+        journal.append([line(f"w{worker}-{i}.jsonl", f"batches/{worker}-{i}")])
+    journal.close()
+
+
+def test_concurrent_processes_lose_no_line(tmp_path: Path) -> None:
+    """Four processes appending at once: every line arrives whole."""
+    path = tmp_path / "job-info.jsonl"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(str(path), w, 50)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+    view = Journal(path).open()
+    assert view.problems == []
+    assert len(view.latest) == 200
+
+
+def test_rewrite_keeps_lines_appended_by_others(tmp_path: Path) -> None:
+    """A rewrite re-reads under the lock, so another writer's new line survives it."""
+    path = tmp_path / "job-info.jsonl"
+    mine = Journal(path)
+    mine.open()
+    mine.append([line("a.jsonl", "batches/a")])
+    _append_many(str(path), 9, 1)  # another process's append, after our read
+    mine.rewrite(lambda job: job)
+    assert sorted(Journal(path).open().latest) == ["a.jsonl", "w9-0.jsonl"]
+
+
+def test_claims_exclude_other_processes(tmp_path: Path) -> None:
+    """A claim held by one process is refused to another, and freed when it exits."""
+    path = tmp_path / "job-info.jsonl"
+    journal = Journal(path)
+    journal.open()
+    assert journal.try_claim("gba-1")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        assert pool.apply(_try_claim, (str(path), "gba-1")) is False
+        assert pool.apply(_try_claim, (str(path), "gba-2")) is True
+        journal.release_claim("gba-1")
+        assert pool.apply(_try_claim, (str(path), "gba-1")) is True
+
+
+def _try_claim(path: str, identity: str) -> bool:
+    journal = Journal(path)
+    journal.open()
+    try:
+        return journal.try_claim(identity)
+    finally:
+        journal.close()

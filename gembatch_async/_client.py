@@ -253,6 +253,11 @@ def model_supports_batch(model: types.Model) -> bool:
 
 
 EMULATOR_API_KEY = "gembatch-emulator"
+#: One attempt, i.e. the SDK retries nothing. Leaving retry_options unset is not
+#: the same: on aiohttp the SDK then re-sends a request once, after 1-10 s, when
+#: the connection drops, which turns a lost ``batches.create`` into a second
+#: batch behind our back. With this set, every retry is ours (``_retry``).
+NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
 
 
 def open_client(
@@ -270,5 +275,9 @@ def open_client(
     key = api_key or api_key_from_env()
     if not key:
         raise MissingApiKeyError()
-    options = types.HttpOptions(base_url=base_url, timeout=int(timeout_s * 1000))
+    options = types.HttpOptions(
+        base_url=base_url,
+        timeout=int(timeout_s * 1000),
+        retry_options=NO_SDK_RETRIES,
+    )
     return GeminiApi(genai.Client(api_key=key, http_options=options), api_key=key)

@@ -1,0 +1,211 @@
+"""Exactly once against the server's truth: faults, kills, concurrent processes, retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gembatch_async import Event, FileSubmitted, SubmitSettings, SubmitSummary, submit
+from gembatch_async.emulator import EmulatorConfig, RunningEmulator
+
+from .helpers import (
+    FAST_RETRY,
+    TEST_API_KEY,
+    assert_converged,
+    cli_env,
+    make_inputs,
+    read_journal,
+    run_cli,
+)
+
+CHAOS = ",".join(
+    [
+        "upload:0.08:503",
+        "upload:0.05:reset",
+        "upload:0.10:lost",
+        "upload:0.03:429",
+        "create:0.12:lost",
+        "create:0.05:500",
+        "create:0.04:reset",
+        "create:0.05:429",
+        "create:0.03:400",
+        "get:0.10:503",
+        "get:0.05:lost",
+        "list:0.10:503",
+        "list:0.05:reset",
+        "delete:0.15:503",
+        "delete:0.10:lost",
+        "*:0.02:504",
+    ]
+)
+KILL_ROUNDS = int(os.environ.get("GEMBATCH_KILL_ROUNDS", "10"))
+CHAOS_SEEDS = [int(s) for s in os.environ.get("GEMBATCH_CHAOS_SEEDS", "1,2,3").split(",")]
+
+
+async def submit_until_done(
+    emulator: RunningEmulator, paths: list[Path], journal: Path, rounds: int = 6, **changes: object
+) -> list[SubmitSummary]:
+    """Run submit again while files fail (a 400 fault fails a file for that run)."""
+    settings = dataclasses.replace(SubmitSettings(retry=FAST_RETRY, cleanup_seconds=10), **changes)  # type: ignore[arg-type]
+    summaries = []
+    for _ in range(rounds):
+        summary = await submit(
+            [str(p) for p in paths],
+            settings=settings,
+            job_info=journal,
+            api_key=TEST_API_KEY,
+            base_url=emulator.base_url,
+        )
+        summaries.append(summary)
+        if summary.failed == 0:
+            break
+    return summaries
+
+
+@pytest.mark.asyncio
+@pytest.mark.slow
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, max_unfinished_batches=10_000)])
+@pytest.mark.parametrize("seed", CHAOS_SEEDS)
+async def test_chaos_converges_to_exactly_once(
+    emulator: RunningEmulator, tmp_path: Path, seed: int
+) -> None:
+    """110 files, every fault kind on every endpoint, concurrency 16: one batch each, no orphans."""
+    emulator.set_faults(CHAOS, seed=seed)
+    paths = make_inputs(tmp_path / "in", 110)
+    journal = tmp_path / "job-info.jsonl"
+    summaries = await submit_until_done(emulator, paths, journal, concurrency=16)
+    assert summaries[-1].failed == 0, summaries
+    emulator.set_faults("")
+    state = emulator.state()
+    assert state["requests"]["create"]["count"] > 110  # faults really hit
+    assert_converged(state, read_journal(journal), [str(p) for p in paths])
+
+
+@pytest.mark.asyncio
+async def test_lost_create_is_adopted_not_repeated(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """Every create's response is lost once: each batch is found by lookup, none doubled."""
+    emulator.set_faults("create:1:lost")
+    paths = make_inputs(tmp_path / "in", 5)
+    journal = tmp_path / "j.jsonl"
+    events: list[Event] = []
+    summary = await submit(
+        [str(p) for p in paths],
+        settings=SubmitSettings(retry=FAST_RETRY),
+        job_info=journal,
+        api_key=TEST_API_KEY,
+        base_url=emulator.base_url,
+        on_event=events.append,
+    )
+    assert summary.submitted == 5
+    assert all(e.adopted for e in events if isinstance(e, FileSubmitted))
+    emulator.set_faults("")
+    state = emulator.state()
+    assert state["requests"]["create"]["count"] == 5
+    assert_converged(state, read_journal(journal), [str(p) for p in paths])
+
+
+@pytest.mark.asyncio
+async def test_common_path_sends_only_upload_and_create(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """No faults, no earlier run: no look-ups beyond the one model check."""
+    paths = make_inputs(tmp_path / "in", 10)
+    await submit_until_done(emulator, paths, tmp_path / "j.jsonl")
+    requests = emulator.state()["requests"]
+    assert requests["create"]["count"] == 10
+    assert requests["list"]["count"] == 0
+    assert requests["delete"]["count"] == 0
+    assert requests["get"]["count"] <= 1  # models.get, if the emulator counts it as a get
+
+
+@pytest.mark.asyncio
+async def test_upload_left_by_a_crash_is_reused(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """An upload of the same content under our name is reused, not uploaded again."""
+    paths = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    await submit_until_done(emulator, paths, journal)
+    first = emulator.state()
+    journal.unlink()  # as if the run died before recording; the server kept everything
+    await submit_until_done(emulator, paths, journal)
+    state = emulator.state()
+    assert state["files"] == first["files"]
+    assert [b["name"] for b in state["batches"]] == [b["name"] for b in first["batches"]]
+    assert read_journal(journal)[0]["adopted"] is True
+
+
+@pytest.mark.asyncio
+async def test_retry_failed_resubmits_ended_jobs(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """--retry-failed: a cancelled job's file gets a new batch, on a new journal line."""
+    paths = make_inputs(tmp_path / "in", 2)
+    journal = tmp_path / "j.jsonl"
+    await submit_until_done(emulator, paths, journal)
+    from google import genai
+    from google.genai import types
+
+    client = genai.Client(api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url))
+    cancelled = read_journal(journal)[0]
+    client.batches.cancel(name=cancelled["batch"]["name"])
+    await submit_until_done(emulator, paths, journal, retry_failed=True)
+    lines = read_journal(journal)
+    assert len(lines) == 3
+    assert lines[-1]["input_file"] == cancelled["input_file"]
+    assert lines[-1]["batch"]["name"] != cancelled["batch"]["name"]
+    assert_converged(emulator.state(), lines, [str(p) for p in paths])
+
+
+def _start_cli(tmp_path: Path, emulator: RunningEmulator, names: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gembatch_async", "submit", "-c", "4", "--retry-max-delay", "0.05", *names],
+        cwd=tmp_path,
+        env=cli_env(emulator),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=60, max_unfinished_batches=10_000), id="latency")]
+)
+def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """SIGKILL the CLI at random moments, then rerun: exactly one batch per file, no orphans."""
+    rng = random.Random(int(os.environ.get("GEMBATCH_KILL_SEED", "1234")))
+    names: list[str] = []
+    kills = 0
+    for round_ in range(KILL_ROUNDS):
+        # Fresh files each round, so every kill lands in real work.
+        names += [p.name for p in make_inputs(tmp_path, 16, prefix=f"r{round_:02d}")]
+        process = _start_cli(tmp_path, emulator, names)
+        try:
+            process.wait(timeout=rng.uniform(0.5, 1.7))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+    final = run_cli(["submit", "--retry-max-delay", "0.05", *names], cwd=tmp_path, env=cli_env(emulator))
+    assert final.returncode == 0, final.stderr
+    assert kills >= KILL_ROUNDS * 0.7, f"only {kills} of {KILL_ROUNDS} kills landed mid-run"
+    assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=20, max_unfinished_batches=10_000), id="latency")]
+)
+def test_two_processes_overlapping_files(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """Two CLI runs at once over overlapping files: one batch per file, no lost line."""
+    names = [p.name for p in make_inputs(tmp_path, 24)]
+    first = _start_cli(tmp_path, emulator, names[:16])
+    second = _start_cli(tmp_path, emulator, names[8:])
+    assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
+    assert second.wait(timeout=120) == 0, second.stderr.read() if second.stderr else ""
+    journal = read_journal(tmp_path / "job-info.jsonl")
+    assert len(journal) == 24
+    assert_converged(emulator.state(), journal, names)

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -209,3 +210,29 @@ def test_two_processes_overlapping_files(emulator: RunningEmulator, tmp_path: Pa
     journal = read_journal(tmp_path / "job-info.jsonl")
     assert len(journal) == 24
     assert_converged(emulator.state(), journal, names)
+
+
+@pytest.mark.parametrize(
+    "emulator_config",
+    [pytest.param(EmulatorConfig(port=0, latency_ms=80, max_unfinished_batches=10_000), id="latency")],
+)
+def test_first_ctrl_c_settles_in_flight_and_exits_130(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """SIGINT once: nothing new starts, in-flight files settle, every created batch is recorded."""
+    names = [p.name for p in make_inputs(tmp_path, 40)]
+    process = _start_cli(tmp_path, emulator, names)
+    deadline = time.monotonic() + 30
+    while emulator.state()["requests"]["create"]["count"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 130
+    stderr = process.stderr.read() if process.stderr else ""
+    assert "stopping: no new files" in stderr
+    state = emulator.state()
+    journal = read_journal(tmp_path / "job-info.jsonl")
+    assert {line["batch"]["name"] for line in journal} == {b["name"] for b in state["batches"]}
+    used = {b["inputFile"] for b in state["batches"]}
+    assert {f["name"] for f in state["files"]} == used
+    assert 4 <= len(journal) < 40
+    final = run_cli(["submit", *names], cwd=tmp_path, env=cli_env(emulator))
+    assert final.returncode == 0
+    assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)

@@ -16,7 +16,12 @@ from gembatch_async.emulator import RunningEmulator
 TEST_API_KEY = "test-key-7d1c0a5e"
 #: Quick retries: the emulator's faults are the scenario, not the wait.
 FAST_RETRY = RetrySettings(
-    attempts=8, total_seconds=30, initial_delay=0.01, max_delay=0.05, retry_after_cap=0.05, jitter=0.01
+    attempts=8,
+    total_seconds=30,
+    initial_delay=0.01,
+    max_delay=0.05,
+    retry_after_cap=0.05,
+    jitter=0.01,
 )
 LIVE_STATES = {"BATCH_STATE_PENDING", "BATCH_STATE_RUNNING", "BATCH_STATE_SUCCEEDED"}
 
@@ -32,7 +37,9 @@ def write_jsonl(path: Path, lines: int, *, tag: str = "") -> Path:
 
 def make_inputs(folder: Path, count: int, lines: int = 3, prefix: str = "in") -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [write_jsonl(folder / f"{prefix}-{i:03d}.jsonl", lines, tag=str(i)) for i in range(count)]
+    return [
+        write_jsonl(folder / f"{prefix}-{i:03d}.jsonl", lines, tag=str(i)) for i in range(count)
+    ]
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
@@ -43,7 +50,9 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 
 def cli_env(emulator: RunningEmulator | None, **extra: str) -> dict[str, str]:
     """The environment for a CLI subprocess pointed at the emulator."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GEMINI_", "GEMBATCH_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GEMINI_", "GEMBATCH_"))
+    }
     if emulator is not None:
         env["GEMINI_API_KEY"] = TEST_API_KEY
         env["GOOGLE_GEMINI_BASE_URL"] = emulator.base_url
@@ -70,7 +79,9 @@ def request_total(state: dict[str, Any]) -> int:
     return sum(int(v["count"]) for v in state["requests"].values())
 
 
-def assert_converged(state: dict[str, Any], journal: list[dict[str, Any]], inputs: Sequence[str]) -> None:
+def assert_converged(
+    state: dict[str, Any], journal: list[dict[str, Any]], inputs: Sequence[str]
+) -> None:
     """Server truth and the journal agree: one live batch per input, no stray uploads."""
     batches = [b for b in state["batches"] if b["state"] in LIVE_STATES]
     by_input: dict[str, list[dict[str, Any]]] = {}
@@ -81,7 +92,9 @@ def assert_converged(state: dict[str, Any], journal: list[dict[str, Any]], input
     assert not duplicates, f"inputs with more than one live batch: {duplicates}"
     assert sorted(by_input) == sorted(inputs), "every input has exactly one live batch"
     used = {b["inputFile"] for b in state["batches"]}
-    stray = [f["name"] for f in state["files"] if f["source"] == "UPLOADED" and f["name"] not in used]
+    stray = [
+        f["name"] for f in state["files"] if f["source"] == "UPLOADED" and f["name"] not in used
+    ]
     assert not stray, f"uploads no batch uses: {stray}"
     latest = {line["input_file"]: line["batch"]["name"] for line in journal}
     server = {path: found[0]["name"] for path, found in by_input.items()}

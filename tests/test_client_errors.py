@@ -23,7 +23,10 @@ SECRET = "fake-secret-key-0123456789"
 
 
 def translated(error: BaseException, *, missing_is_403: bool = False) -> ApiError:
-    with pytest.raises(ApiError) as caught, translate_errors(missing_is_403=missing_is_403, secret=SECRET):
+    with (
+        pytest.raises(ApiError) as caught,
+        translate_errors(missing_is_403=missing_is_403, secret=SECRET),
+    ):
         raise error
     assert caught.value.__cause__ is error
     return caught.value
@@ -61,7 +64,9 @@ def test_every_sdk_api_error_class_is_mapped() -> None:
         pytest.param(504, "DEADLINE_EXCEEDED", AmbiguousApiError, id="504"),
     ],
 )
-def test_status_codes_map_to_the_right_class(code: int, status: str, expected: type[ApiError]) -> None:
+def test_status_codes_map_to_the_right_class(
+    code: int, status: str, expected: type[ApiError]
+) -> None:
     """Transient vs permanent vs ambiguous follows the HTTP status."""
     error = translated(api_error(code, status))
     assert type(error) is expected
@@ -71,7 +76,10 @@ def test_status_codes_map_to_the_right_class(code: int, status: str, expected: t
 
 def test_403_means_missing_only_for_files() -> None:
     """The Files API's 403 for a missing file is "not found"; elsewhere it is permanent."""
-    assert type(translated(api_error(403, "PERMISSION_DENIED"), missing_is_403=True)) is NotFoundApiError
+    assert (
+        type(translated(api_error(403, "PERMISSION_DENIED"), missing_is_403=True))
+        is NotFoundApiError
+    )
     assert type(translated(api_error(403, "PERMISSION_DENIED"))) is PermanentApiError
 
 

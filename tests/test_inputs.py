@@ -29,7 +29,9 @@ bad_values = st.one_of(
 
 @given(lines=good_lines)
 @settings(max_examples=40, deadline=None)
-def test_valid_files_pass_with_count_and_hash(tmp_path_factory: object, lines: list[dict[str, object]]) -> None:
+def test_valid_files_pass_with_count_and_hash(
+    tmp_path_factory: object, lines: list[dict[str, object]]
+) -> None:
     """Any file of keyed request objects passes; count and sha256 are exact."""
     folder = tmp_path_factory.mktemp("v")  # type: ignore[attr-defined]
     path = folder / "a.jsonl"
@@ -63,7 +65,7 @@ def test_blank_lines_do_not_count(tmp_path: Path) -> None:
     """Blank lines are ignored but line numbers still count them."""
     path = tmp_path / "a.jsonl"
     path.write_text('\n{"request": {}}\n\n  \n{"request": 1}\n')
-    item, problems = scan_file(str(path))
+    _item, problems = scan_file(str(path))
     assert [(p.line, p.message) for p in problems] == [(5, '"request" must be a JSON object')]
 
 
@@ -86,4 +88,7 @@ def test_oversized_file_is_refused(tmp_path: Path) -> None:
 
 def test_paths_normalised_and_unique() -> None:
     """./a and a are one path; order kept."""
-    assert unique_paths(["./a.jsonl", "b.jsonl", "a.jsonl", "x/../b.jsonl"]) == ["a.jsonl", "b.jsonl"]
+    assert unique_paths(["./a.jsonl", "b.jsonl", "a.jsonl", "x/../b.jsonl"]) == [
+        "a.jsonl",
+        "b.jsonl",
+    ]

@@ -50,7 +50,7 @@ async def test_many_files_all_submitted_once(emulator: RunningEmulator, tmp_path
     """52 files at concurrency 8: one batch each, journal = server, n counts 1..N once."""
     paths = make_inputs(tmp_path / "in", 52)
     journal = tmp_path / "job-info.jsonl"
-    events, summary = await run_submit(emulator, paths, journal, concurrency=8)
+    events, _summary = await run_submit(emulator, paths, journal, concurrency=8)
     done = [e for e in events if isinstance(e, FileSubmitted)]
     assert len(done) == 52
     assert sorted(e.n for e in done) == list(range(1, 53))
@@ -74,7 +74,9 @@ async def test_concurrency_limit_holds(emulator: RunningEmulator, tmp_path: Path
     assert 1 < requests["create"]["maxInFlight"] <= 3
 
 
-async def test_rerun_skips_reports_changes_and_force(emulator: RunningEmulator, tmp_path: Path) -> None:
+async def test_rerun_skips_reports_changes_and_force(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
     """A rerun skips everything; changed content is flagged; --force submits again."""
     paths = make_inputs(tmp_path / "in", 4)
     journal = tmp_path / "job-info.jsonl"
@@ -114,12 +116,14 @@ async def test_transient_faults_still_submit_everything(
     assert_converged(emulator.state(), read_journal(journal), [str(p) for p in paths])
 
 
-async def test_permanent_create_error_deletes_upload(emulator: RunningEmulator, tmp_path: Path) -> None:
+async def test_permanent_create_error_deletes_upload(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
     """A 400 on create fails the file, is not retried, and its upload is deleted."""
     emulator.set_faults("create:1.0:400")
     paths = make_inputs(tmp_path / "in", 3)
     journal = tmp_path / "j.jsonl"
-    events, summary = await run_submit(emulator, paths, journal)
+    events, _summary = await run_submit(emulator, paths, journal)
     failed = [e for e in events if isinstance(e, FileFailed)]
     assert len(failed) == 3
     assert all("400" in e.reason and e.left_behind is None for e in failed)
@@ -130,7 +134,9 @@ async def test_permanent_create_error_deletes_upload(emulator: RunningEmulator, 
     assert read_journal(journal) == []
 
 
-async def test_cancelling_the_call_leaves_no_orphan(emulator: RunningEmulator, tmp_path: Path) -> None:
+async def test_cancelling_the_call_leaves_no_orphan(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
     """Cancelling mid-run: every upload left on the server belongs to a recorded batch."""
     emulator.set_faults("")
     paths = make_inputs(tmp_path / "in", 30)
@@ -163,7 +169,7 @@ async def test_cancelling_the_call_leaves_no_orphan(emulator: RunningEmulator, t
 async def test_unknown_model_fails_before_upload(emulator: RunningEmulator, tmp_path: Path) -> None:
     """A retired model is refused by one models.get, before any upload."""
     paths = make_inputs(tmp_path / "in", 3)
-    with pytest.raises(PreflightError, match="gemini-2.5-flash-lite-preview-06-17"):
+    with pytest.raises(PreflightError, match=r"gemini-2\.5-flash-lite-preview-06-17"):
         await run_submit(
             emulator, paths, tmp_path / "j.jsonl", model="gemini-2.5-flash-lite-preview-06-17"
         )

@@ -120,6 +120,18 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     emu.add_argument("--faults", default="", help="ENDPOINT:PROBABILITY:KIND,... to inject")
     emu.add_argument("--fault-seed", type=int, default=None, help="make faults repeatable")
+    emu.add_argument(
+        "--max-unfinished-batches",
+        type=int,
+        default=100,
+        help="unfinished batch jobs allowed at once, as the real service (default: %(default)s)",
+    )
+    emu.add_argument(
+        "--storage-quota-bytes",
+        type=int,
+        default=20 * 10**9,
+        help="total size of uploaded files allowed (default: %(default)s, 20 GB)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,6 +263,8 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             processing_seconds=args.processing_seconds,
             faults=args.faults,
             fault_seed=args.fault_seed,
+            max_unfinished_batches=args.max_unfinished_batches,
+            storage_quota_bytes=args.storage_quota_bytes,
         )
         server = serve_emulator(config)
     except FaultSpecError as exc:

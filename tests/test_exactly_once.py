@@ -90,7 +90,9 @@ async def test_chaos_converges_to_exactly_once(
 
 
 @pytest.mark.asyncio
-async def test_lost_create_is_adopted_not_repeated(emulator: RunningEmulator, tmp_path: Path) -> None:
+async def test_lost_create_is_adopted_not_repeated(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
     """Every create's response is lost once: each batch is found by lookup, none doubled."""
     emulator.set_faults("create:1:lost")
     paths = make_inputs(tmp_path / "in", 5)
@@ -150,7 +152,9 @@ async def test_retry_failed_resubmits_ended_jobs(emulator: RunningEmulator, tmp_
     from google import genai
     from google.genai import types
 
-    client = genai.Client(api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url))
+    client = genai.Client(
+        api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url)
+    )
     cancelled = read_journal(journal)[0]
     client.batches.cancel(name=cancelled["batch"]["name"])
     await submit_until_done(emulator, paths, journal, retry_failed=True)
@@ -161,9 +165,21 @@ async def test_retry_failed_resubmits_ended_jobs(emulator: RunningEmulator, tmp_
     assert_converged(emulator.state(), lines, [str(p) for p in paths])
 
 
-def _start_cli(tmp_path: Path, emulator: RunningEmulator, names: list[str]) -> subprocess.Popen[str]:
+def _start_cli(
+    tmp_path: Path, emulator: RunningEmulator, names: list[str]
+) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "submit", "-c", "4", "--retry-max-delay", "0.05", *names],
+        [
+            sys.executable,
+            "-m",
+            "gembatch_async",
+            "submit",
+            "-c",
+            "4",
+            "--retry-max-delay",
+            "0.05",
+            *names,
+        ],
         cwd=tmp_path,
         env=cli_env(emulator),
         stdout=subprocess.DEVNULL,
@@ -174,7 +190,12 @@ def _start_cli(tmp_path: Path, emulator: RunningEmulator, names: list[str]) -> s
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=60, max_unfinished_batches=10_000), id="latency")]
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, latency_ms=60, max_unfinished_batches=10_000), id="latency"
+        )
+    ],
 )
 def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_path: Path) -> None:
     """SIGKILL the CLI at random moments, then rerun: exactly one batch per file, no orphans."""
@@ -191,14 +212,21 @@ def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_pa
             process.send_signal(signal.SIGKILL)
             process.wait()
             kills += 1
-    final = run_cli(["submit", "--retry-max-delay", "0.05", *names], cwd=tmp_path, env=cli_env(emulator))
+    final = run_cli(
+        ["submit", "--retry-max-delay", "0.05", *names], cwd=tmp_path, env=cli_env(emulator)
+    )
     assert final.returncode == 0, final.stderr
     assert kills >= KILL_ROUNDS * 0.7, f"only {kills} of {KILL_ROUNDS} kills landed mid-run"
     assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)
 
 
 @pytest.mark.parametrize(
-    "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=20, max_unfinished_batches=10_000), id="latency")]
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, latency_ms=20, max_unfinished_batches=10_000), id="latency"
+        )
+    ],
 )
 def test_two_processes_overlapping_files(emulator: RunningEmulator, tmp_path: Path) -> None:
     """Two CLI runs at once over overlapping files: one batch per file, no lost line."""
@@ -214,9 +242,15 @@ def test_two_processes_overlapping_files(emulator: RunningEmulator, tmp_path: Pa
 
 @pytest.mark.parametrize(
     "emulator_config",
-    [pytest.param(EmulatorConfig(port=0, latency_ms=80, max_unfinished_batches=10_000), id="latency")],
+    [
+        pytest.param(
+            EmulatorConfig(port=0, latency_ms=80, max_unfinished_batches=10_000), id="latency"
+        )
+    ],
 )
-def test_first_ctrl_c_settles_in_flight_and_exits_130(emulator: RunningEmulator, tmp_path: Path) -> None:
+def test_first_ctrl_c_settles_in_flight_and_exits_130(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
     """SIGINT once: nothing new starts, in-flight files settle, every created batch is recorded."""
     names = [p.name for p in make_inputs(tmp_path, 40)]
     process = _start_cli(tmp_path, emulator, names)

@@ -106,7 +106,7 @@ async def test_transient_faults_still_submit_everything(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
     """429 and 503 on upload and create are retried until everything is in."""
-    emulator.set_faults("upload:0.25:429,upload:0.15:503,create:0.3:429,create:0.2:503", seed=7)
+    emulator.set_faults("upload:0.1:429,upload:0.1:503,create:0.2:429,create:0.1:503", seed=7)
     paths = make_inputs(tmp_path / "in", 20)
     journal = tmp_path / "j.jsonl"
     events, summary = await run_submit(emulator, paths, journal)

@@ -1,0 +1,479 @@
+"""Benchmarks for gembatch-async: ratios measured in one run, because machines are noisy.
+
+Prints a table and one JSON line per measurement. Run with ``nox -s bench`` or
+``python bench/run.py [--quick]``. The emulator runs in its own process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import hashlib
+import json
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bare_sdk import submit_bare
+
+from gembatch_async import SubmitSettings, submit
+from gembatch_async._journal import Journal
+
+API_KEY = "bench-key"
+RESULTS: list[dict[str, Any]] = []
+
+
+# -- the emulator, in its own process ---------------------------------------------------
+@dataclass
+class Emulator:
+    process: subprocess.Popen[str]
+    base_url: str
+
+    def admin(self, action: str) -> dict[str, Any]:
+        method = "GET" if action == "state" else "POST"
+        request = urllib.request.Request(
+            f"{self.base_url}/_emulator/{action}", method=method, data=None
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+        return json.loads(body) if body else {}
+
+    def requests(self) -> int:
+        return sum(int(v["count"]) for v in self.admin("state")["requests"].values())
+
+
+@contextmanager
+def emulator(latency_ms: float, state_dir: Path | None = None) -> Iterator[Emulator]:
+    args = [
+        sys.executable,
+        "-m",
+        "gembatch_async",
+        "emulator",
+        "--port",
+        "0",
+        "--latency-ms",
+        str(latency_ms),
+        "--processing-seconds",
+        "86400",
+        "--max-unfinished-batches",
+        "100000000",
+        "--storage-quota-bytes",
+        str(10**13),
+    ]
+    if state_dir is not None:
+        args += ["--state-dir", str(state_dir)]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    base_url = line.strip().rsplit(" ", 1)[-1]
+    try:
+        yield Emulator(process, base_url)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+# -- inputs -------------------------------------------------------------------------------
+def make_files(folder: Path, count: int, lines: int = 3) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"f{i:05d}.jsonl"
+        with path.open("w") as handle:
+            for k in range(lines):
+                request = {"contents": [{"parts": [{"text": f"question {k} of file {i}"}]}]}
+                handle.write(json.dumps({"key": f"k{k}", "request": request}) + "\n")
+        paths.append(str(path))
+    return paths
+
+
+def make_big_file(path: Path, size: int) -> Path:
+    """A valid JSONL file of about ``size`` bytes, in ~4 KiB lines."""
+    filler = "lorem ipsum dolor sit amet " * 150
+    with path.open("w") as handle:
+        written, k = 0, 0
+        while written < size:
+            line = (
+                json.dumps(
+                    {"key": f"k{k}", "request": {"contents": [{"parts": [{"text": filler}]}]}}
+                )
+                + "\n"
+            )
+            handle.write(line)
+            written += len(line)
+            k += 1
+    return path
+
+
+# -- runners ------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    wall: float
+    cpu: float
+
+
+def run_library(paths: list[str], base_url: str, concurrency: int, journal: Path) -> Timing:
+    settings = SubmitSettings(concurrency=concurrency)
+
+    async def go() -> None:
+        summary = await submit(
+            paths, settings=settings, job_info=journal, api_key=API_KEY, base_url=base_url
+        )
+        assert summary.submitted == len(paths), summary
+
+    return timed(lambda: anyio.run(go, backend="asyncio"))
+
+
+def run_bare(paths: list[str], base_url: str, concurrency: int) -> Timing:
+    import asyncio
+
+    return timed(lambda: asyncio.run(submit_bare(paths, base_url, concurrency)))
+
+
+def timed(call: Callable[[], object]) -> Timing:
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def run_process(args: list[str], env: dict[str, str], cwd: Path) -> tuple[Timing, int]:
+    """Wall, CPU (user+sys) and peak RSS (KiB) of one child process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        detail = process.stderr.read().decode(errors="replace") if process.stderr else ""
+        raise RuntimeError(f"{args[:4]} failed: {detail}")
+    return Timing(wall, usage.ru_utime + usage.ru_stime), usage.ru_maxrss
+
+
+def client_env(base_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GEMINI_"))}
+    env.update(GEMINI_API_KEY=API_KEY, GOOGLE_GEMINI_BASE_URL=base_url)
+    return env
+
+
+def record(name: str, **values: Any) -> None:
+    entry = {"measurement": name, **values}
+    RESULTS.append(entry)
+    print(json.dumps(entry), flush=True)
+
+
+# -- 1. against the bare SDK -------------------------------------------------------------------
+def bench_vs_bare(work: Path, n: int, latency: float, rounds: int) -> None:
+    paths = make_files(work / "vs-bare", n)
+    with emulator(latency) as emu:
+        for concurrency in (16, 64):
+            walls, cpus = [], []
+            for r in range(rounds):
+                order = ("bare", "ours") if r % 2 == 0 else ("ours", "bare")
+                got: dict[str, Timing] = {}
+                for who in order:
+                    emu.admin("reset")
+                    if who == "bare":
+                        got[who] = run_bare(paths, emu.base_url, concurrency)
+                    else:
+                        got[who] = run_library(
+                            paths, emu.base_url, concurrency, work / f"j-{concurrency}-{r}.jsonl"
+                        )
+                walls.append(got["ours"].wall / got["bare"].wall)
+                cpus.append(got["ours"].cpu / got["bare"].cpu)
+            record(
+                "library_vs_bare_sdk",
+                n=n,
+                latency_ms=latency,
+                concurrency=concurrency,
+                rounds=rounds,
+                wall_ratio=round(statistics.median(walls), 3),
+                cpu_ratio=round(statistics.median(cpus), 3),
+                goal_wall=1.10,
+                goal_cpu=1.30,
+            )
+        concurrency = 16
+        walls = []
+        for r in range(rounds):
+            emu.admin("reset")
+            bare, _ = run_process(
+                [
+                    sys.executable,
+                    str(Path(__file__).parent / "bare_sdk.py"),
+                    emu.base_url,
+                    str(concurrency),
+                    *paths,
+                ],
+                client_env(emu.base_url),
+                work,
+            )
+            emu.admin("reset")
+            journal = work / f"cli-{r}.jsonl"
+            ours, _ = run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "gembatch_async",
+                    "--job-info",
+                    str(journal),
+                    "submit",
+                    "-c",
+                    str(concurrency),
+                    *paths,
+                ],
+                client_env(emu.base_url),
+                work,
+            )
+            walls.append(ours.wall / bare.wall)
+        record(
+            "cli_process_vs_bare_process",
+            n=n,
+            latency_ms=latency,
+            concurrency=concurrency,
+            rounds=rounds,
+            wall_ratio=round(statistics.median(walls), 3),
+            goal_wall=1.25,
+        )
+
+
+# -- 2. scaling against the latency ideal -------------------------------------------------------
+def bench_scaling(work: Path, n: int, latency: float) -> None:
+    with emulator(latency) as emu:
+        for concurrency in (1, 4, 16, 64):
+            count = max(10, n // 10) if concurrency == 1 else n
+            paths = make_files(work / f"scale-{concurrency}", count)
+            emu.admin("reset")
+            timing = run_library(
+                paths, emu.base_url, concurrency, work / f"scale-{concurrency}.jsonl"
+            )
+            requests = emu.requests()
+            ideal = requests * (latency / 1000) / concurrency
+            record(
+                "scaling_vs_latency_ideal",
+                n=count,
+                latency_ms=latency,
+                concurrency=concurrency,
+                requests_per_file=round(requests / count, 2),
+                wall=round(timing.wall, 3),
+                ideal=round(ideal, 3),
+                ratio=round(timing.wall / ideal, 3),
+                cpu_ms_per_file=round(1000 * timing.cpu / count, 2),
+            )
+
+
+# -- 3. where the time goes ------------------------------------------------------------------
+CATEGORIES = (
+    ("journal", ("gembatch_async/_journal",)),
+    ("hashing/validation", ("gembatch_async/_inputs", "hashlib", "json/")),
+    ("sdk+http", ("google/genai", "aiohttp", "httpx", "pydantic", "multidict", "yarl", "http/")),
+    ("event plumbing", ("anyio", "asyncio", "gembatch_async", "tenacity", "selectors")),
+)
+
+
+def categorise(path: str) -> str:
+    for name, needles in CATEGORIES:
+        if any(needle in path for needle in needles):
+            return name
+    return "other"
+
+
+def bench_profile(work: Path, n: int) -> None:
+    paths = make_files(work / "profile", n)
+    with emulator(0) as emu:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        timing = run_library(paths, emu.base_url, 16, work / "profile.jsonl")
+        profiler.disable()
+    stats = pstats.Stats(profiler)
+    split: dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        key = categorise(filename)
+        split[key] = split.get(key, 0.0) + tottime
+    total = sum(split.values())
+    record(
+        "cpu_split_zero_latency",
+        n=n,
+        concurrency=16,
+        wall=round(timing.wall, 3),
+        cpu_ms_per_file=round(1000 * timing.cpu / n, 3),
+        split_ms_per_file={k: round(1000 * v / n, 3) for k, v in sorted(split.items())},
+        split_share={k: round(v / total, 3) for k, v in sorted(split.items())},
+    )
+    bench_fsync(work, n)
+
+
+def bench_fsync(work: Path, n: int) -> None:
+    """How many fsyncs a zero-latency run at C=64 makes, and what they cost."""
+    paths = make_files(work / "fsync", n)
+    calls: list[tuple[int, float]] = []
+    original = Journal.append
+
+    def counting(self: Journal, lines: list[dict[str, Any]]) -> None:
+        start = time.perf_counter()
+        original(self, lines)
+        calls.append((len(lines), time.perf_counter() - start))
+
+    Journal.append = counting  # type: ignore[method-assign]
+    try:
+        with emulator(0) as emu:
+            timing = run_library(paths, emu.base_url, 64, work / "fsync.jsonl")
+    finally:
+        Journal.append = original  # type: ignore[method-assign]
+    spent = sum(t for _, t in calls)
+    record(
+        "journal_fsync_c64",
+        n=n,
+        appends=len(calls),
+        lines=sum(c for c, _ in calls),
+        lines_per_fsync=round(sum(c for c, _ in calls) / max(1, len(calls)), 2),
+        append_seconds=round(spent, 4),
+        share_of_wall=round(spent / timing.wall, 4),
+    )
+
+
+# -- 4. memory flat in size -----------------------------------------------------------------------
+def bench_memory(work: Path, big: int) -> None:
+    folder = work / "memory"
+    folder.mkdir(parents=True, exist_ok=True)
+    small = make_big_file(folder / "small.jsonl", 10 * 2**20)
+    large = make_big_file(folder / "large.jsonl", big)
+    with emulator(0) as emu:
+        env = client_env(emu.base_url)
+        rss = {}
+        for label, path, extra in (
+            ("validate_10MiB", small, ["--dry-run"]),
+            ("validate_big", large, ["--dry-run"]),
+            ("submit_10MiB", small, []),
+            ("submit_big", large, []),
+        ):
+            args = [
+                sys.executable,
+                "-m",
+                "gembatch_async",
+                "--job-info",
+                str(folder / f"{label}.jsonl"),
+                "submit",
+                *extra,
+                str(path),
+            ]
+            timing, peak_kib = run_process(args, env, folder)
+            rss[label] = (peak_kib / 1024, timing.wall)
+    size_mib = round(big / 2**20)
+    for what in ("validate", "submit"):
+        small_mib, _ = rss[f"{what}_10MiB"]
+        big_mib, wall = rss[f"{what}_big"]
+        record(
+            f"peak_rss_{what}",
+            small_file_mib=10,
+            big_file_mib=size_mib,
+            rss_small_mib=round(small_mib, 1),
+            rss_big_mib=round(big_mib, 1),
+            difference_mib=round(big_mib - small_mib, 1),
+            goal_difference_mib=32,
+            big_wall=round(wall, 2),
+        )
+    large.unlink()
+
+
+# -- 5. journal scale -------------------------------------------------------------------------------
+def bench_journal_scale(work: Path, existing: int, skipped: int) -> None:
+    folder = work / "journal-scale"
+    paths = make_files(folder / "recorded", skipped)
+    journal = folder / "job-info.jsonl"
+    with journal.open("w") as handle:
+        for i in range(existing - skipped):
+            handle.write(json.dumps(fake_line(f"old/f{i:06d}.jsonl", "0" * 64)) + "\n")
+        for path in paths:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            handle.write(json.dumps(fake_line(os.path.normpath(path), digest)) + "\n")
+    (new,) = make_files(folder / "new", 1)
+    with emulator(0) as emu:
+        first = run_library([new], emu.base_url, 8, journal)
+        skip = timed(lambda: anyio.run(skip_all, paths, journal, emu.base_url, backend="asyncio"))
+    record(
+        "journal_scale",
+        existing_lines=existing,
+        time_to_first_upload_upper_bound=round(first.wall, 3),
+        skip_files=skipped,
+        skip_seconds=round(skip.wall, 3),
+        goal_seconds=1.0,
+    )
+
+
+async def skip_all(paths: list[str], journal: Path, base_url: str) -> None:
+    summary = await submit(paths, job_info=journal, api_key=API_KEY, base_url=base_url)
+    assert summary.skipped == len(paths), summary
+
+
+def fake_line(path: str, digest: str) -> dict[str, Any]:
+    return {
+        "input_file": path,
+        "count": 3,
+        "uploaded_file_name": "files/gba-x",
+        "sha256": digest,
+        "size_bytes": 300,
+        "model": "models/gemini-3.1-flash-lite",
+        "submitted_at": "2026-11-28T00:00:00+00:00",
+        "batch": {
+            "name": f"batches/{hashlib.md5(path.encode()).hexdigest()}",
+            "state": "JOB_STATE_PENDING",
+            "display_name": path,
+            "model": "models/gemini-3.1-flash-lite",
+        },
+    }
+
+
+# -- main ---------------------------------------------------------------------------------------------
+def print_table() -> None:
+    print()
+    print(
+        f"# gembatch-async benchmarks, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    for entry in RESULTS:
+        values = ", ".join(f"{k}={v}" for k, v in entry.items() if k != "measurement")
+        print(f"| {entry['measurement']} | {values} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--only", default="", help="comma list: bare,scaling,profile,memory,journal"
+    )
+    args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    quick = args.quick
+    with tempfile.TemporaryDirectory(prefix="gembatch-bench-") as tmp:
+        work = Path(tmp)
+        steps: dict[str, Callable[[], None]] = {
+            "bare": lambda: bench_vs_bare(work, 40 if quick else 200, 100, 2 if quick else 4),
+            "scaling": lambda: bench_scaling(work, 40 if quick else 200, 100),
+            "profile": lambda: bench_profile(work, 100 if quick else 1000),
+            "memory": lambda: bench_memory(work, 64 * 2**20 if quick else 2**30),
+            "journal": lambda: bench_journal_scale(
+                work, 5000 if quick else 50_000, 100 if quick else 1000
+            ),
+        }
+        for name, step in steps.items():
+            if not only or name in only:
+                step()
+    print_table()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,825 @@
+"""The ASGI app: routing, API-key checks, faults, and the Files/Batches/Models handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import datetime
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from gembatch_async.emulator._config import EmulatorConfig
+from gembatch_async.emulator._errors import ApiError, fault_message, quota_error
+from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
+from gembatch_async.emulator._store import (
+    BatchRecord,
+    FileRecord,
+    Store,
+    UploadSession,
+    count_requests_blocking,
+    generate_output_blocking,
+    inline_results,
+    new_id,
+    snapshot_input,
+)
+
+logger = logging.getLogger(__name__)
+
+# Set by the server's protocol (see _serve.py): a callable that drops the TCP connection.
+ABORT_EXTENSION = "gembatch.abort"
+
+PUBLIC_HOST = "https://generativelanguage.googleapis.com"
+BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
+BATCH_OUTPUT_TYPE = (
+    "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
+)
+CHUNK_GRANULARITY = 8 * 1024 * 1024
+FILE_LIFETIME_SECONDS = 48 * 3600
+
+_VER = r"(?P<ver>v1|v1beta|v1alpha)"
+_PREFIX = r"^(?P<prefix>(?:/[^/]+)*?)"
+_FILE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+_MIME = re.compile(
+    r"^(application|audio|font|image|message|model|multipart|text|video)"
+    r"/[a-z0-9][a-z0-9!#$&^_.+-]*(\s*;.*)?$"
+)
+# MIME types without a slash that the real service accepts for JSONL batch input.
+_BARE_MIME_TYPES = ("jsonl",)
+_UNFINISHED = ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+_ENDED = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED", "BATCH_STATE_FAILED")
+
+T = TypeVar("T")
+Handler = Callable[[Request, "re.Match[str]"], Awaitable[Response]]
+
+
+def rfc3339(epoch: float) -> str:
+    """RFC 3339 UTC timestamp with microseconds and a `Z`, as Google APIs send."""
+    moment = datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _pick(obj: dict[str, Any], snake: str, camel: str) -> Any:
+    """A field in either spelling (the SDK sends a mix of snake_case and camelCase)."""
+    return obj[snake] if snake in obj else obj.get(camel)
+
+
+def _json(data: Any) -> JSONResponse:
+    return JSONResponse(data, status_code=200)
+
+
+def _error_response(err: ApiError, upload: bool) -> JSONResponse:
+    response = JSONResponse(err.body(), status_code=err.code, headers=err.headers)
+    if upload:
+        # Without this header the SDK resends the chunk three times (1, 2, 4 s sleeps).
+        response.raw_headers.append((b"X-Goog-Upload-Status", b"final"))
+    return response
+
+
+def _page(request: Request, default: int, maximum: int) -> tuple[str | None, int]:
+    """(pageToken or None, page size) from the query, with the service's default and cap."""
+    raw_size = request.query_params.get("pageSize") or request.query_params.get("page_size")
+    try:
+        size = int(raw_size) if raw_size else default
+    except ValueError:
+        raise ApiError(400, f"Invalid value for pageSize: {raw_size!r}") from None
+    size = default if size <= 0 else min(size, maximum)
+    token = request.query_params.get("pageToken") or request.query_params.get("page_token")
+    return token or None, size
+
+
+SortKey = tuple[float, str]
+
+
+def _encode_token(key: SortKey) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> SortKey:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        return float(raw[0]), str(raw[1])
+    except (ValueError, TypeError, IndexError, KeyError):
+        raise ApiError(400, "Invalid page token.") from None
+
+
+def _keyset_page(
+    records: list[T], sort_key: Callable[[T], SortKey], token: str | None, size: int
+) -> tuple[list[T], str | None]:
+    """One page plus the next token. The token names the last item seen (not an offset),
+    so concurrent creates and deletes never make a pager skip or repeat an item."""
+    ordered = sorted(records, key=sort_key)
+    if token is not None:
+        after = _decode_token(token)
+        ordered = [r for r in ordered if sort_key(r) > after]
+    chunk = ordered[:size]
+    more = len(ordered) > size
+    # Never an empty page with a token: the SDK pager would raise IndexError.
+    return chunk, (_encode_token(sort_key(chunk[-1])) if chunk and more else None)
+
+
+def _page_body(items: list[Any], next_token: str | None, key: str) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if items:
+        body[key] = items
+    if next_token:
+        body["nextPageToken"] = next_token
+    return body
+
+
+class _RawEndpoint:
+    """ASGI adapter to EmulatorApp._asgi_entry."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app._asgi_entry(scope, receive, send)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Route:
+    method: str
+    pattern: re.Pattern[str]
+    endpoint: str  # name used by faults and the request log
+    handler: Handler
+
+
+class EmulatorApp:
+    """Holds the store, faults and counters; `asgi` is the Starlette app uvicorn serves."""
+
+    def __init__(self, config: EmulatorConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.log = RequestLog()
+        self.faults = FaultInjector(parse_fault_spec(config.faults), config.fault_seed)
+        self._generate_lock = anyio.Lock()
+        self._routes = self._build_routes()
+        # A class instance (not a function) makes Starlette pass the raw ASGI call through,
+        # for every HTTP method.
+        self.asgi = Starlette(routes=[Route("/{path:path}", endpoint=_RawEndpoint(self))])
+
+    # ----- routing -----------------------------------------------------------------------
+
+    def _build_routes(self) -> list[_Route]:
+        def r(method: str, tail: str, endpoint: str, handler: Handler) -> _Route:
+            return _Route(method, re.compile(_PREFIX + tail + "$"), endpoint, handler)
+
+        file_id = r"(?P<id>[^/:]+)"
+        return [
+            r("POST", rf"/upload/{_VER}/files", "upload", self._upload),
+            r("GET", rf"/download/{_VER}/files/{file_id}:download", "download", self._download),
+            r("GET", rf"/{_VER}/files/{file_id}:download", "download", self._download),
+            r("GET", rf"/{_VER}/files/{file_id}", "get", self._get_file),
+            r("DELETE", rf"/{_VER}/files/{file_id}", "delete", self._delete_file),
+            r("GET", rf"/{_VER}/files", "list", self._list_files),
+            r(
+                "POST",
+                rf"/{_VER}/models/(?P<model>[^/:]+):batchGenerateContent",
+                "create",
+                self._create_batch,
+            ),
+            r("GET", rf"/{_VER}/models/(?P<model>[^/:]+)", "get", self._get_model),
+            r("GET", rf"/{_VER}/models", "list", self._list_models),
+            r("POST", rf"/{_VER}/batches/(?P<id>[^/:]+):cancel", "cancel", self._cancel_batch),
+            r("GET", rf"/{_VER}/batches/(?P<id>[^/:]+)", "get", self._get_batch),
+            r("DELETE", rf"/{_VER}/batches/(?P<id>[^/:]+)", "delete", self._delete_batch),
+            r("GET", rf"/{_VER}/batches", "list", self._list_batches),
+        ]
+
+    async def _asgi_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Raw ASGI endpoint, so a handler may also answer by dropping the connection."""
+        request = Request(scope, receive)
+        response = await self._dispatch(request)
+        if response is None:
+            await self._drop_connection(scope)
+            return
+        await response(scope, receive, send)
+
+    async def _dispatch(self, request: Request) -> Response | None:
+        path = request.url.path
+        admin = re.match(_PREFIX + r"/_emulator/(?P<action>state|reset|faults)$", path)
+        if admin:
+            return await self._admin(request, admin.group("action"))
+        for route in self._routes:
+            match = route.pattern.match(path)
+            if match and route.method == request.method:
+                return await self._api(request, route, match)
+        for route in self._routes:
+            if route.pattern.match(path):
+                err = ApiError(405, f"Method {request.method} not allowed on {path}.")
+                return _error_response(err, upload=False)
+        return _error_response(ApiError(404, f"Method not found: {path}"), upload=False)
+
+    async def _drop_connection(self, scope: Scope) -> None:
+        """Close the TCP connection without an HTTP response (the `reset`/`lost` faults)."""
+        abort = scope.get("extensions", {}).get(ABORT_EXTENSION)
+        if abort is None:  # served by something other than serve_emulator
+            raise RuntimeError("dropping connections needs serve_emulator's protocol")
+        abort()
+        # Let the loop run connection_lost, so uvicorn sees the disconnect and stays quiet.
+        await asyncio.sleep(0.01)
+
+    # ----- the common request pipeline ---------------------------------------------------
+
+    async def _api(self, request: Request, route: _Route, match: re.Match[str]) -> Response | None:
+        is_upload = route.endpoint == "upload"
+        is_chunk = is_upload and "upload_id" in request.query_params
+        final_chunk = is_chunk and "finalize" in request.headers.get("x-goog-upload-command", "")
+        with self.log.track(route.endpoint):
+            if self.config.latency_ms > 0:
+                await anyio.sleep(self.config.latency_ms / 1000)
+            # `lost` on uploads hits the finalizing chunk: the file is stored, the answer lost.
+            rule = self.faults.decide(route.endpoint, allow_lost=not is_upload or final_chunk)
+            if rule is not None and rule.kind == "reset":
+                return None
+            response = await self._run_handler(request, route, match, rule, is_chunk, is_upload)
+            if rule is not None and rule.kind == "lost":
+                if self.faults.lost_drops_connection():
+                    return None
+                return _error_response(ApiError(503, fault_message(503)), upload=is_upload)
+            return response
+
+    async def _run_handler(
+        self,
+        request: Request,
+        route: _Route,
+        match: re.Match[str],
+        rule: FaultRule | None,
+        is_chunk: bool,
+        is_upload: bool,
+    ) -> Response:
+        try:
+            if rule is not None and rule.kind == "status" and rule.status is not None:
+                raise _fault_error(rule.status)
+            if not is_chunk:  # the upload URL itself is the credential for chunks
+                _check_api_key(request)
+            return await route.handler(request, match)
+        except ApiError as err:
+            if is_chunk:
+                await _drain(request)  # read the body so the client sees our answer
+            return _error_response(err, upload=is_upload)
+        except ClientDisconnect:
+            raise
+        except Exception:
+            logger.exception("emulator handler failed")
+            return _error_response(ApiError(500, fault_message(500)), upload=is_upload)
+
+    # ----- rendering ---------------------------------------------------------------------
+
+    def _file_json(self, record: FileRecord, ver: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": record.name}
+        if record.display_name:
+            body["displayName"] = record.display_name
+        body.update(
+            {
+                "mimeType": record.mime_type,
+                "sizeBytes": str(record.size_bytes),
+                "createTime": rfc3339(record.create_time),
+                "updateTime": rfc3339(record.create_time),
+                "expirationTime": rfc3339(record.create_time + FILE_LIFETIME_SECONDS),
+                "sha256Hash": record.sha256_hash,
+                "uri": f"{PUBLIC_HOST}/{ver}/{record.name}",
+                "state": "ACTIVE",
+                "source": record.source,
+            }
+        )
+        if record.source == "GENERATED":
+            body["downloadUri"] = f"{PUBLIC_HOST}/download/{ver}/{record.name}:download?alt=media"
+        return body
+
+    def _batch_stats(self, batch: BatchRecord, state: str) -> dict[str, str]:
+        counts = {"requestCount": batch.request_count}
+        if state in _UNFINISHED:
+            counts["pendingRequestCount"] = batch.request_count
+        elif state == "BATCH_STATE_SUCCEEDED":
+            counts["successfulRequestCount"] = batch.request_count - batch.malformed_count
+            counts["failedRequestCount"] = batch.malformed_count
+        # proto3 JSON: int64 as strings, zero values omitted.
+        return {k: str(v) for k, v in counts.items() if v}
+
+    def _transition_times(self, batch: BatchRecord, state: str) -> tuple[float, float | None]:
+        """(updateTime, endTime) for the current state."""
+        if state == "BATCH_STATE_CANCELLED" and batch.cancel_time is not None:
+            return batch.cancel_time, batch.cancel_time
+        if state == "BATCH_STATE_SUCCEEDED":
+            end = batch.create_time + self.store.processing_seconds
+            return end, end
+        if state == "BATCH_STATE_RUNNING":
+            return batch.create_time + self.store.processing_seconds / 3, None
+        return batch.create_time, None
+
+    def _batch_json(self, batch: BatchRecord) -> dict[str, Any]:
+        state = self.store.batch_state(batch)
+        update, end = self._transition_times(batch, state)
+        meta: dict[str, Any] = {"@type": BATCH_TYPE, "name": batch.name, "model": batch.model}
+        if batch.display_name:
+            meta["displayName"] = batch.display_name
+        if batch.input_file:
+            meta["inputConfig"] = {"fileName": batch.input_file}
+        meta.update(
+            {
+                "createTime": rfc3339(batch.create_time),
+                "updateTime": rfc3339(update),
+                "batchStats": self._batch_stats(batch, state),
+                "state": state,
+            }
+        )
+        if end is not None:
+            meta["endTime"] = rfc3339(end)
+        op: dict[str, Any] = {"name": batch.name, "metadata": meta}
+        output = self._batch_output(batch, state)
+        if output is not None:
+            meta["output"] = output
+            op["response"] = {"@type": BATCH_OUTPUT_TYPE, **output}
+        if state in _ENDED:
+            op["done"] = True
+        if state == "BATCH_STATE_CANCELLED":
+            op["error"] = {"code": 1, "message": "The batch was cancelled."}
+        return op
+
+    def _batch_output(self, batch: BatchRecord, state: str) -> dict[str, Any] | None:
+        if state != "BATCH_STATE_SUCCEEDED":
+            return None
+        if batch.inline_requests is not None:
+            return {"inlinedResponses": {"inlinedResponses": inline_results(batch)}}
+        if batch.output_file:
+            return {"responsesFile": batch.output_file}
+        return None
+
+    async def _observe(self, batch: BatchRecord) -> None:
+        """Generate a finished batch's output file the first time anyone looks at it."""
+        if (
+            batch.input_file is None
+            or batch.output_file is not None
+            or self.store.batch_state(batch) != "BATCH_STATE_SUCCEEDED"
+        ):
+            return
+        async with self._generate_lock:
+            if batch.output_file is not None or batch.batch_id not in self.store.batches:
+                return
+            file_id = self.store.output_file_id(batch)
+            size, digest = await anyio.to_thread.run_sync(
+                generate_output_blocking,
+                self.store.batch_input_path(batch.batch_id),
+                self.store.blob_path(file_id),
+                batch.batch_id,
+                batch.model.removeprefix("models/"),
+            )
+            self.store.register_output(batch, size, digest)
+
+    async def _observe_all(self) -> None:
+        for batch in list(self.store.batches.values()):
+            await self._observe(batch)
+
+    # ----- files -------------------------------------------------------------------------
+
+    async def _upload(self, request: Request, match: re.Match[str]) -> Response:
+        if "upload_id" in request.query_params:
+            return await self._upload_chunk(request)
+        return await self._upload_start(request, match)
+
+    async def _upload_start(self, request: Request, match: re.Match[str]) -> Response:
+        if request.headers.get("x-goog-upload-command", "").strip().lower() != "start":
+            raise ApiError(400, "Only resumable uploads (X-Goog-Upload-Command: start) are served.")
+        body = await _json_body(request)
+        spec = body.get("file") or {}
+        if not isinstance(spec, dict):
+            raise ApiError(400, "Invalid value at 'file'.")
+        mime = _pick(spec, "mime_type", "mimeType") or request.headers.get(
+            "x-goog-upload-header-content-type", ""
+        )
+        size = self._declared_size(spec, request)
+        file_id = self._requested_file_id(spec)
+        _check_mime(str(mime))
+        if size > self.config.max_file_bytes:
+            raise ApiError(
+                400,
+                f"File size {size} bytes exceeds the maximum of "
+                f"{self.config.max_file_bytes} bytes.",
+            )
+        if self.store.uploaded_bytes() + size > self.config.storage_quota_bytes:
+            raise quota_error(
+                "Storage quota exceeded: the project's files would use more than "
+                f"{self.config.storage_quota_bytes} bytes. Delete files and retry."
+            )
+        display_name = _pick(spec, "display_name", "displayName")
+        session = self.store.start_upload(
+            file_id, str(display_name) if display_name else None, str(mime), size
+        )
+        url = (
+            f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+            f"{match.group('prefix')}/upload/{match.group('ver')}/files"
+            f"?upload_id={session.upload_id}&upload_protocol=resumable"
+        )
+        response = _json({})
+        # Exact spelling matters: the SDK's aiohttp path looks the header up case-sensitively,
+        # and Starlette would lower-case it, so append the raw header ourselves.
+        response.raw_headers += [
+            (b"X-Goog-Upload-URL", url.encode("latin-1")),
+            (b"X-Goog-Upload-Status", b"active"),
+            (b"X-Goog-Upload-Chunk-Granularity", str(CHUNK_GRANULARITY).encode()),
+        ]
+        return response
+
+    def _declared_size(self, spec: dict[str, Any], request: Request) -> int:
+        raw = _pick(spec, "size_bytes", "sizeBytes")
+        if raw is None:
+            raw = request.headers.get("x-goog-upload-header-content-length")
+        try:
+            size = int(raw) if raw is not None else -1
+        except (TypeError, ValueError):
+            size = -1
+        if size < 0:
+            raise ApiError(400, "The upload size (sizeBytes) is missing or invalid.")
+        return size
+
+    def _requested_file_id(self, spec: dict[str, Any]) -> str:
+        """The client-chosen id (validated, must be free) or a fresh 12-character one."""
+        name = spec.get("name")
+        if not name:
+            return new_id(12)
+        file_id = str(name).removeprefix("files/")
+        if not _FILE_ID.match(file_id):
+            raise ApiError(
+                400,
+                f"Invalid file name {name!r}: the id must be 1-40 characters of lowercase "
+                "letters, digits or dashes, and must not start or end with a dash.",
+            )
+        # An unfinished upload session does not hold the name: a client whose
+        # upload was cut off must be able to start again. Finalize re-checks.
+        if file_id in self.store.files:
+            raise ApiError(409, f"File files/{file_id} already exists.")
+        return file_id
+
+    async def _upload_chunk(self, request: Request) -> Response:
+        session = self.store.uploads.get(request.query_params["upload_id"])
+        if session is None:
+            raise ApiError(404, "No upload session with this upload_id (finished or unknown).")
+        offset_header = request.headers.get("x-goog-upload-offset", "0")
+        if not offset_header.isdigit() or int(offset_header) != session.received:
+            raise ApiError(
+                400,
+                f"Invalid upload offset {offset_header}: {session.received} bytes received so far.",
+            )
+        try:
+            await self._append_body(request, session)
+        except ApiError:
+            self.store.abandon_upload(session)
+            raise
+        command = request.headers.get("x-goog-upload-command", "")
+        if "finalize" not in command:
+            response = _json({})
+            response.raw_headers.append((b"X-Goog-Upload-Status", b"active"))
+            return response
+        if session.received != session.total:
+            self.store.abandon_upload(session)
+            raise ApiError(
+                400,
+                f"Upload finalized after {session.received} bytes, "
+                f"but {session.total} were declared.",
+            )
+        record = self.store.finish_upload(session)
+        response = _json({"file": self._file_json(record, _ver_of(request))})
+        response.raw_headers.append((b"X-Goog-Upload-Status", b"final"))
+        return response
+
+    async def _append_body(self, request: Request, session: UploadSession) -> None:
+        """Stream the chunk body to the part file, hashing as we go (never the whole file)."""
+        with session.part_path.open("ab") as fh:
+            async for piece in request.stream():
+                if not piece:
+                    continue
+                if session.received + len(piece) > session.total:
+                    raise ApiError(
+                        400, f"Upload exceeds the declared size of {session.total} bytes."
+                    )
+                fh.write(piece)
+                session.hasher.update(piece)
+                session.received += len(piece)
+
+    async def _get_file(self, request: Request, match: re.Match[str]) -> Response:
+        await self._observe_all()
+        record = self.store.get_file(match.group("id"))
+        return _json(self._file_json(record, match.group("ver")))
+
+    async def _delete_file(self, request: Request, match: re.Match[str]) -> Response:
+        self.store.delete_file(match.group("id"))
+        return _json({})
+
+    async def _list_files(self, request: Request, match: re.Match[str]) -> Response:
+        token, size = _page(request, default=10, maximum=100)
+        await self._observe_all()
+        # Newest first, as the real service lists.
+        records, next_token = _keyset_page(
+            list(self.store.files.values()), lambda f: (-f.create_time, f.name), token, size
+        )
+        items = [self._file_json(f, match.group("ver")) for f in records]
+        return _json(_page_body(items, next_token, "files"))
+
+    async def _download(self, request: Request, match: re.Match[str]) -> Response:
+        file_id = match.group("id")
+        if file_id not in self.store.files and file_id.startswith("batch-"):
+            batch = self.store.batches.get(file_id.removeprefix("batch-"))
+            if batch is not None:
+                await self._observe(batch)
+        record = self.store.get_file(file_id)
+        if record.source != "GENERATED":
+            raise ApiError(
+                400,
+                f"File {record.name} cannot be downloaded: only files generated by the "
+                "service (such as batch output) can be downloaded.",
+                "FAILED_PRECONDITION",
+            )
+        return FileResponse(self.store.blob_path(file_id), media_type="application/octet-stream")
+
+    # ----- models ------------------------------------------------------------------------
+
+    def _model_json(self, model: str) -> dict[str, Any]:
+        pretty = " ".join(p.capitalize() for p in model.split("-"))
+        return {
+            "name": f"models/{model}",
+            "baseModelId": model,
+            "version": "001",
+            "displayName": pretty,
+            "description": f"{pretty} (served by the local gembatch-async emulator).",
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": [
+                "generateContent",
+                "countTokens",
+                "createCachedContent",
+                "batchGenerateContent",
+            ],
+            "temperature": 1.0,
+            "topP": 0.95,
+            "topK": 64,
+            "maxTemperature": 2.0,
+            "thinking": True,
+        }
+
+    def _require_model(self, model: str, ver: str, method: str | None = None) -> str:
+        bare = model.removeprefix("models/")
+        if bare not in self.config.models:
+            suffix = f", or is not supported for {method}" if method else ""
+            raise ApiError(
+                404,
+                f"models/{bare} is not found for API version {ver}{suffix}. Call ListModels "
+                "to see the list of available models and their supported methods.",
+            )
+        return bare
+
+    async def _get_model(self, request: Request, match: re.Match[str]) -> Response:
+        model = self._require_model(match.group("model"), match.group("ver"))
+        return _json(self._model_json(model))
+
+    async def _list_models(self, request: Request, match: re.Match[str]) -> Response:
+        token, size = _page(request, default=50, maximum=1000)
+        order = {m: float(i) for i, m in enumerate(self.config.models)}
+        models, next_token = _keyset_page(
+            list(self.config.models), lambda m: (order[m], m), token, size
+        )
+        items = [self._model_json(m) for m in models]
+        return _json(_page_body(items, next_token, "models"))
+
+    # ----- batches -----------------------------------------------------------------------
+
+    async def _create_batch(self, request: Request, match: re.Match[str]) -> Response:
+        ver = match.group("ver")
+        model = self._require_model(match.group("model"), ver, "batchGenerateContent")
+        body = await _json_body(request)
+        spec = body.get("batch", body)
+        if not isinstance(spec, dict):
+            raise ApiError(400, "Invalid value at 'batch'.")
+        input_config = _pick(spec, "input_config", "inputConfig")
+        if not isinstance(input_config, dict):
+            raise ApiError(400, "batch.input_config is required.")
+        if self.store.unfinished_batches() >= self.config.max_unfinished_batches:
+            raise quota_error(
+                "Too many unfinished batch jobs: at most "
+                f"{self.config.max_unfinished_batches} may be pending or running at once."
+            )
+        batch_id = new_id(40)
+        display_name = _pick(spec, "display_name", "displayName")
+        batch = BatchRecord(
+            batch_id=batch_id,
+            model=f"models/{model}",
+            display_name=str(display_name) if display_name else None,
+            input_file=None,
+            inline_requests=None,
+            create_time=_now(),
+            request_count=0,
+            malformed_count=0,
+        )
+        file_name = _pick(input_config, "file_name", "fileName")
+        if file_name:
+            await self._attach_input_file(batch, str(file_name))
+        else:
+            batch.inline_requests = _inline_requests(input_config)
+            batch.request_count = len(batch.inline_requests)
+            batch.malformed_count = sum(
+                1
+                for item in batch.inline_requests
+                if not (isinstance(item, dict) and isinstance(item.get("request"), dict))
+            )
+        batch.create_time = _now()  # after any slow input scan
+        self.store.add_batch(batch)
+        return _json(self._batch_json(batch))
+
+    async def _attach_input_file(self, batch: BatchRecord, file_name: str) -> None:
+        """Snapshot and count a file-sourced batch's input (400 if the file is missing)."""
+        file_id = file_name.removeprefix("files/")
+        record = self.store.files.get(file_id)
+        if record is None:
+            raise ApiError(400, f"Input file {file_name} does not exist or is not accessible.")
+        snapshot = self.store.batch_input_path(batch.batch_id)
+        await anyio.to_thread.run_sync(snapshot_input, self.store.blob_path(file_id), snapshot)
+        total, malformed = await anyio.to_thread.run_sync(count_requests_blocking, snapshot)
+        batch.input_file = record.name
+        batch.request_count = total
+        batch.malformed_count = malformed
+
+    async def _get_batch(self, request: Request, match: re.Match[str]) -> Response:
+        batch = self.store.get_batch(match.group("id"))
+        await self._observe(batch)
+        return _json(self._batch_json(batch))
+
+    async def _list_batches(self, request: Request, match: re.Match[str]) -> Response:
+        token, size = _page(request, default=10, maximum=100)
+        await self._observe_all()
+        batches, next_token = _keyset_page(
+            list(self.store.batches.values()), lambda b: (-b.create_time, b.name), token, size
+        )
+        items = [self._batch_json(b) for b in batches]
+        return _json(_page_body(items, next_token, "operations"))
+
+    async def _cancel_batch(self, request: Request, match: re.Match[str]) -> Response:
+        batch = self.store.get_batch(match.group("id"))
+        state = self.store.batch_state(batch)
+        if state not in _UNFINISHED:
+            raise ApiError(
+                400,
+                f"Batch {batch.name} is already in terminal state {state} and cannot be cancelled.",
+                "FAILED_PRECONDITION",
+            )
+        batch.cancel_time = _now()
+        self.store.save()
+        return _json({})
+
+    async def _delete_batch(self, request: Request, match: re.Match[str]) -> Response:
+        self.store.delete_batch(match.group("id"))
+        return _json({})
+
+    # ----- admin -------------------------------------------------------------------------
+
+    async def _admin(self, request: Request, action: str) -> Response:
+        if action == "state" and request.method == "GET":
+            await self._observe_all()
+            return _json(self.state())
+        if action == "reset" and request.method == "POST":
+            self.store.clear()
+            self.log.reset()
+            self.faults = FaultInjector(
+                parse_fault_spec(self.config.faults), self.config.fault_seed
+            )
+            return _json({})
+        if action == "faults" and request.method == "POST":
+            return await self._admin_faults(request)
+        return _error_response(ApiError(405, f"Method {request.method} not allowed."), False)
+
+    async def _admin_faults(self, request: Request) -> Response:
+        try:
+            body = await _json_body(request)
+            spec = body.get("faults", "")
+            seed = body.get("seed")
+            if not isinstance(spec, str) or not (seed is None or isinstance(seed, int)):
+                raise ApiError(400, "Expected {'faults': str, 'seed': int | null}.")
+            rules = parse_fault_spec(spec)
+        except ValueError as exc:
+            return _error_response(ApiError(400, str(exc)), upload=False)
+        except ApiError as err:
+            return _error_response(err, upload=False)
+        self.faults = FaultInjector(rules, seed)
+        return _json({"faults": spec, "seed": seed})
+
+    def state(self) -> dict[str, Any]:
+        """The /_emulator/state document (sizes as JSON numbers, states as wire enums)."""
+        files = [
+            {
+                "name": f.name,
+                "displayName": f.display_name,
+                "sizeBytes": f.size_bytes,
+                "sha256Hash": f.sha256_hash,
+                "source": f.source,
+                "mimeType": f.mime_type,
+                "createTime": rfc3339(f.create_time),
+            }
+            for f in self.store.files.values()
+        ]
+        batches = [
+            {
+                "name": b.name,
+                "displayName": b.display_name,
+                "model": b.model,
+                "state": self.store.batch_state(b),
+                "inputFile": b.input_file,
+                "outputFile": b.output_file,
+                "requestCount": b.request_count,
+                "createTime": rfc3339(b.create_time),
+            }
+            for b in self.store.batches.values()
+        ]
+        return {"files": files, "batches": batches, "requests": self.log.snapshot()}
+
+
+# ----- small helpers -------------------------------------------------------------------------
+
+
+def _now() -> float:
+    """Wall-clock seconds (batch progress is timed from this, so it survives restarts)."""
+    return time.time()
+
+
+def _ver_of(request: Request) -> str:
+    found = re.search(r"/(v1|v1beta|v1alpha)/", request.url.path + "/")
+    return found.group(1) if found else "v1"
+
+
+def _fault_error(status: int) -> ApiError:
+    if status == 429:
+        return quota_error(fault_message(429))
+    return ApiError(status, fault_message(status))
+
+
+def _check_api_key(request: Request) -> None:
+    """Reject requests without a usable key the way the real service does."""
+    key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+    if not key:
+        raise ApiError(
+            403,
+            "Method doesn't allow unregistered callers (callers without established identity). "
+            "Please use API Key or other form of API consumer identity to call this API.",
+        )
+    if key == "invalid":
+        raise ApiError(
+            400,
+            "API key not valid. Please pass a valid API key.",
+            details=[
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }
+            ],
+        )
+
+
+def _check_mime(mime: str) -> None:
+    normalized = mime.strip().lower()
+    if normalized in _BARE_MIME_TYPES or _MIME.match(normalized):
+        return
+    raise ApiError(400, f"Unsupported MIME type: {mime}")
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "Invalid JSON payload received.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "Invalid JSON payload received: expected an object.")
+    return data
+
+
+def _inline_requests(input_config: dict[str, Any]) -> list[Any]:
+    """`inputConfig.requests.requests` (also tolerating a bare list)."""
+    outer = input_config.get("requests")
+    inner = outer.get("requests") if isinstance(outer, dict) else outer
+    if not isinstance(inner, list) or not inner:
+        raise ApiError(400, "batch.input_config needs file_name or a non-empty requests list.")
+    return inner
+
+
+async def _drain(request: Request) -> None:
+    """Consume an unread request body so the connection stays usable for the answer."""
+    try:
+        async for _ in request.stream():
+            pass
+    except (RuntimeError, ClientDisconnect):
+        pass

@@ -1,0 +1,93 @@
+"""Plausible model output for batch requests (no model runs; text is derived from the prompt)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def _prompt_text(request: dict[str, Any]) -> str:
+    """All text parts of the request's contents, joined."""
+    texts: list[str] = []
+    contents = request.get("contents")
+    if isinstance(contents, list):
+        for content in contents:
+            parts = content.get("parts") if isinstance(content, dict) else None
+            if isinstance(parts, list):
+                texts.extend(str(p["text"]) for p in parts if isinstance(p, dict) and "text" in p)
+    return "\n".join(texts)
+
+
+def _wants_json(request: dict[str, Any]) -> bool:
+    """True when the request asks for JSON output (either spelling of the fields)."""
+    config = request.get("generationConfig", request.get("generation_config"))
+    if not isinstance(config, dict):
+        return False
+    mime = config.get("responseMimeType", config.get("response_mime_type"))
+    return mime == "application/json"
+
+
+def _tokens(text: str) -> int:
+    """A rough token count (about four characters per token)."""
+    return max(1, len(text) // 4)
+
+
+def fake_response(
+    request: dict[str, Any], batch_id: str, model: str, position: int
+) -> dict[str, Any]:
+    """A GenerateContentResponse in camelCase, deterministic per batch and line."""
+    prompt = _prompt_text(request)
+    if _wants_json(request):
+        text = json.dumps({"emulated": True, "prompt": prompt[:200]})
+    else:
+        text = f"Emulated answer from {model} to: {prompt[:200]}"
+    prompt_tokens = _tokens(prompt)
+    answer_tokens = _tokens(text)
+    response_id = hashlib.sha256(f"{batch_id}/{position}".encode()).hexdigest()[:22]
+    return {
+        "candidates": [
+            {
+                "content": {"parts": [{"text": text}], "role": "model"},
+                "finishReason": "STOP",
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": answer_tokens,
+            "totalTokenCount": prompt_tokens + answer_tokens,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
+        },
+        "modelVersion": model,
+        "responseId": response_id,
+    }
+
+
+def parse_line(raw: bytes) -> tuple[Any, dict[str, Any] | None, str | None]:
+    """(key or None, request or None, error message or None) for one input line."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return None, None, "Invalid JSON payload: the line is not valid JSON."
+    if not isinstance(obj, dict):
+        return None, None, "Invalid request: each line must be a JSON object."
+    key = obj.get("key")
+    request = obj.get("request")
+    if not isinstance(request, dict):
+        return key, None, "Invalid request: the line has no `request` object."
+    return key, request, None
+
+
+def line_result(raw: bytes, batch_id: str, model: str, position: int) -> dict[str, Any]:
+    """One output line: `{"key"?, "response"}` or `{"key"?, "error": {code, message}}`."""
+    key, request, error = parse_line(raw)
+    result: dict[str, Any] = {}
+    if request is None:
+        result["error"] = {"code": 400, "message": error}
+    else:
+        result["response"] = fake_response(request, batch_id, model, position)
+    # Lines without a key get none back, as on the real service.
+    if key is not None:
+        result["key"] = key
+    return result

@@ -31,6 +31,7 @@ from ._errors import (
 from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env
 
 _TRANSIENT_CODES = frozenset({408, 429})
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
@@ -133,16 +134,19 @@ class RemoteFile:
 
 
 def _hex_sha256(wire: str | None) -> str | None:
-    """The file's sha256 as lowercase hex, whichever way the service encoded it."""
+    """The file's sha256 as lowercase hex, or None when the encoding is not one we know.
+
+    The wire field is proto bytes in base64; whether those bytes are the raw
+    digest or its hex text is not documented, so both are accepted.
+    """
     if not wire:
         return None
     try:
         raw = base64.b64decode(wire, validate=True)
     except (binascii.Error, ValueError):
-        return wire.lower()
-    if len(raw) == 32:
-        return raw.hex()
-    return raw.decode("ascii", "replace").lower()
+        return None
+    text = raw.hex() if len(raw) == 32 else raw.decode("ascii", "replace").lower()
+    return text if _HEX64.fullmatch(text) else None
 
 
 def _remote_file(file: types.File) -> RemoteFile:

@@ -11,10 +11,10 @@ that was created or deletes the upload that no batch uses.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -41,8 +41,10 @@ from ._events import (
 )
 from ._inputs import InputFile
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
-from ._retry import OnRetry, describe, retrying
+from ._retry import OnRetry, call_with_retries, describe, retrying
 from ._settings import SubmitSettings
+
+T = TypeVar("T")
 
 #: Recorded states after which --retry-failed submits the file again.
 RETRYABLE_END_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
@@ -251,11 +253,11 @@ class SubmitRun:
     # -- upload --------------------------------------------------------------
     async def _upload_or_reuse(self, sub: Submission, progress: _Progress) -> bool:
         """Upload the file under its own name; True when an earlier upload was reused."""
-        async for attempt in retrying(self.settings.retry, self._on_retry(sub, "upload")):
+        async for attempt in retrying(self.settings.retry, self._on_retry(sub.item.path, "upload")):
             with attempt:
                 progress.upload_may_exist = True
                 try:
-                    await self.api.upload_file(
+                    remote = await self.api.upload_file(
                         sub.item.path,
                         name=sub.upload_name,
                         display_name=sub.item.path,
@@ -266,6 +268,11 @@ class SubmitRun:
                 except PermanentApiError:
                     progress.upload_may_exist = False
                     raise
+                if remote.sha256 not in (None, sub.item.sha256):
+                    await self.api.delete_file(sub.upload_name)
+                    raise TransientApiError(
+                        "the server's sha256 differs from the file's; uploading again"
+                    )
                 progress.uploaded = sub.upload_name
                 return False
         raise AssertionError("unreachable")  # pragma: no cover
@@ -293,7 +300,7 @@ class SubmitRun:
     ) -> tuple[types.BatchJob, bool]:
         """Create the batch; after an ambiguous failure, look it up before trying again."""
         lookup = lookup_first
-        async for attempt in retrying(self.settings.retry, self._on_retry(sub, "create")):
+        async for attempt in retrying(self.settings.retry, self._on_retry(sub.item.path, "create")):
             with attempt:
                 if lookup:
                     found = await self._find_batch(sub)
@@ -375,24 +382,14 @@ class SubmitRun:
 
         return _Completion(event, line)
 
-    def _on_retry(self, sub: Submission, step: str) -> OnRetry:
-        def report(attempt: int, delay: float, error: BaseException) -> None:
-            self.emit(Retrying(sub.item.path, step, attempt, delay, describe(error)))
-
-        return report
-
-    async def _with_retries(self, step: str, path: str, call: Callable[[], Any]) -> Any:
-        settings = self.settings.retry
-        async for attempt in retrying(settings, self._on_retry_path(path, step)):
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _on_retry_path(self, path: str, step: str) -> OnRetry:
+    def _on_retry(self, path: str, step: str) -> OnRetry:
         def report(attempt: int, delay: float, error: BaseException) -> None:
             self.emit(Retrying(path, step, attempt, delay, describe(error)))
 
         return report
+
+    async def _with_retries(self, step: str, path: str, call: Callable[[], Awaitable[T]]) -> T:
+        return await call_with_retries(self.settings.retry, call, self._on_retry(path, step))
 
 
 def _skipped(item: InputFile, latest: JobLine) -> _Completion:

@@ -316,32 +316,46 @@ def bench_profile(work: Path, n: int) -> None:
     bench_fsync(work, n)
 
 
-def bench_fsync(work: Path, n: int) -> None:
-    """How many fsyncs a zero-latency run at C=64 makes, and what they cost."""
-    paths = make_files(work / "fsync", n)
-    calls: list[tuple[int, float]] = []
-    original = Journal.append
+def bench_fsync(work: Path, n: int, rounds: int = 3) -> None:
+    """What durable appends cost at C=64, zero latency: appends, lines per fsync, and the
+    wall time of the same run with the sync turned into a no-op (bench only)."""
+    import gembatch_async._journal as journal_module
 
-    def counting(self: Journal, lines: list[dict[str, Any]]) -> None:
-        start = time.perf_counter()
-        original(self, lines)
-        calls.append((len(lines), time.perf_counter() - start))
+    calls: list[int] = []
+    original_append, original_sync = Journal.append, journal_module._sync_data
 
+    def counting(self: Journal, lines: list[dict[str, Any]]) -> Any:
+        calls.append(len(lines))
+        return original_append(self, lines)
+
+    walls: dict[str, list[float]] = {"fsync": [], "no_sync": []}
     Journal.append = counting  # type: ignore[method-assign]
     try:
         with emulator(0) as emu:
-            timing = run_library(paths, emu.base_url, 64, work / "fsync.jsonl")
+            for r in range(rounds):
+                for mode in ("fsync", "no_sync") if r % 2 == 0 else ("no_sync", "fsync"):
+                    journal_module._sync_data = (
+                        original_sync if mode == "fsync" else (lambda fd: None)
+                    )
+                    paths = make_files(work / f"fsync-{mode}-{r}", n)
+                    calls.clear()
+                    emu.admin("reset")
+                    timing = run_library(paths, emu.base_url, 64, work / f"fsync-{mode}-{r}.jsonl")
+                    walls[mode].append(timing.wall)
     finally:
-        Journal.append = original  # type: ignore[method-assign]
-    spent = sum(t for _, t in calls)
+        Journal.append = original_append  # type: ignore[method-assign]
+        journal_module._sync_data = original_sync
+    with_sync, without = statistics.median(walls["fsync"]), statistics.median(walls["no_sync"])
     record(
         "journal_fsync_c64",
         n=n,
+        rounds=rounds,
         appends=len(calls),
-        lines=sum(c for c, _ in calls),
-        lines_per_fsync=round(sum(c for c, _ in calls) / max(1, len(calls)), 2),
-        append_seconds=round(spent, 4),
-        share_of_wall=round(spent / timing.wall, 4),
+        lines=sum(calls),
+        lines_per_fsync=round(sum(calls) / max(1, len(calls)), 2),
+        wall_fsync=round(with_sync, 3),
+        wall_no_sync=round(without, 3),
+        fsync_cost_ratio=round(with_sync / without, 3),
     )
 
 

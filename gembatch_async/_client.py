@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -27,6 +28,7 @@ from ._errors import (
     NotFoundApiError,
     PermanentApiError,
     TransientApiError,
+    UsageError,
 )
 from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env
 
@@ -37,7 +39,13 @@ _RETRY_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 def _transport_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions of the SDK's transports that mean "no usable answer arrived"."""
-    found: list[type[BaseException]] = [OSError, asyncio.TimeoutError, TimeoutError, EOFError]
+    # ConnectionError, not OSError: a local file that cannot be read is not a network fault.
+    found: list[type[BaseException]] = [
+        ConnectionError,
+        asyncio.TimeoutError,
+        TimeoutError,
+        EOFError,
+    ]
     for module_name, attr in (
         ("httpx", "TransportError"),
         ("httpx2", "TransportError"),
@@ -188,7 +196,25 @@ class GeminiApi:
 
     def __init__(self, client: genai.Client, api_key: str | None = None) -> None:
         self._client = client
-        self._secret = api_key
+        self._secret = api_key or _key_of(client)
+
+    @classmethod
+    def for_caller_client(cls, client: genai.Client) -> GeminiApi:
+        """Wrap a client the caller built, refusing one whose own retries are on.
+
+        The SDK's retries re-send a create whose answer was lost (a second
+        batch), and on aiohttp it re-sends a dropped request even with retries
+        unset; only ``HttpRetryOptions(attempts=1)`` turns both off.
+        """
+        options = getattr(getattr(client, "_api_client", None), "_http_options", None)
+        retry = getattr(options, "retry_options", None)
+        if retry is None or (retry.attempts or 0) > 1:
+            raise UsageError(
+                "pass a genai.Client built with http_options=HttpOptions("
+                "retry_options=HttpRetryOptions(attempts=1)): the SDK's own retries "
+                "can create a batch twice; gembatch-async retries (and checks) itself"
+            )
+        return cls(client)
 
     @property
     def client(self) -> genai.Client:
@@ -218,7 +244,7 @@ class GeminiApi:
 
     async def create_batch(self, *, model: str, src: str, display_name: str) -> types.BatchJob:
         config = types.CreateBatchJobConfig(display_name=display_name)
-        with translate_errors(secret=self._secret):
+        with translate_errors(secret=self._secret), _unreadable_answer(self._secret):
             return await self._client.aio.batches.create(model=model, src=src, config=config)
 
     async def get_batch(self, name: str) -> types.BatchJob:
@@ -240,6 +266,15 @@ class GeminiApi:
 
 
 @contextlib.contextmanager
+def _unreadable_answer(secret: str | None) -> Iterator[None]:
+    """A 200 whose body the SDK could not parse: the action happened, the answer is lost."""
+    try:
+        yield
+    except pydantic.ValidationError as exc:
+        raise AmbiguousApiError(redact(f"unreadable response: {exc}", secret)) from exc
+
+
+@contextlib.contextmanager
 def _upload_protocol_errors(secret: str | None) -> Iterator[None]:
     """The SDK's upload loop raises KeyError/ValueError/TypeError when the final
     response went missing or was garbled: the file may exist anyway."""
@@ -249,6 +284,11 @@ def _upload_protocol_errors(secret: str | None) -> Iterator[None]:
         if isinstance(exc, ApiError):
             raise
         raise AmbiguousApiError(redact(f"upload not confirmed: {exc}", secret)) from exc
+
+
+def _key_of(client: genai.Client) -> str | None:
+    key = getattr(getattr(client, "_api_client", None), "api_key", None)
+    return key if isinstance(key, str) else None
 
 
 def model_supports_batch(model: types.Model) -> bool:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +45,9 @@ class JournalView:
     history: dict[str, int] = field(default_factory=dict)
     uploads_in_use: set[str] = field(default_factory=set)
     problems: list[JournalProblem] = field(default_factory=list)
-    #: Bytes of the journal this view has read.
+    #: Bytes of the journal this view has read, and the inode they came from.
     offset: int = 0
+    inode: int = 0
     lines_read: int = 0
 
     def add(self, line: JobLine) -> None:
@@ -87,13 +89,67 @@ def encode_line(line: JobLine) -> bytes:
     return (json.dumps(line, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
 
 
+class _LockFile:
+    """The lock file as this process holds it.
+
+    POSIX record locks belong to the process, not to a descriptor: two Journal
+    objects of one process on the same file would not exclude each other, and
+    closing either descriptor would drop both objects' locks. So every Journal
+    of this process on one lock file shares this: one descriptor, a thread lock
+    for the journal byte, and the set of claims this process holds.
+    """
+
+    def __init__(self, fd: int, key: tuple[int, int]) -> None:
+        self.fd = fd
+        self.key = key
+        self.users = 1
+        self.mutex = threading.Lock()
+        self.claimed: set[str] = set()
+
+
+_LOCK_FILES: dict[tuple[int, int], _LockFile] = {}
+_LOCK_FILES_GUARD = threading.Lock()
+
+
+def _acquire_lock_file(path: Path) -> _LockFile:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    info = os.fstat(fd)
+    key = (info.st_dev, info.st_ino)
+    with _LOCK_FILES_GUARD:
+        shared = _LOCK_FILES.get(key)
+        if shared is None:
+            shared = _LOCK_FILES[key] = _LockFile(fd, key)
+            return shared
+        shared.users += 1
+    os.close(fd)
+    return shared
+
+
+def _release_lock_file(shared: _LockFile) -> None:
+    with _LOCK_FILES_GUARD:
+        shared.users -= 1
+        if shared.users:
+            return
+        del _LOCK_FILES[shared.key]
+    os.close(shared.fd)
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where an append landed: byte span and the file's identity."""
+
+    start: int
+    end: int
+    inode: int
+
+
 class Journal:
     """The job-info journal at ``path`` and its lock file beside it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock_fd: int | None = None
+        self._lock: _LockFile | None = None
         self._view = JournalView()
 
     # -- lifecycle -----------------------------------------------------------
@@ -101,7 +157,7 @@ class Journal:
         """Take the lock file, repair a torn tail, and read everything. Blocking."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock = _acquire_lock_file(self.lock_path)
         except OSError as exc:
             raise JournalError(f"cannot open {self.lock_path}: {exc.strerror}") from exc
         problems = self._repair_torn_tail()
@@ -110,9 +166,9 @@ class Journal:
         return self._view
 
     def close(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            _release_lock_file(self._lock)
+            self._lock = None
 
     @property
     def view(self) -> JournalView:
@@ -121,36 +177,41 @@ class Journal:
     # -- locking -------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """The whole-journal lock (byte 0 of the lock file), blocking."""
-        fd = self._require_lock_fd()
-        fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0)
-        try:
-            yield
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0)
+        """The whole-journal lock (byte 0 of the lock file): threads, then processes."""
+        lock = self._require_lock()
+        with lock.mutex:
+            fcntl.lockf(lock.fd, fcntl.LOCK_EX, 1, 0)
+            try:
+                yield
+            finally:
+                fcntl.lockf(lock.fd, fcntl.LOCK_UN, 1, 0)
 
-    def _require_lock_fd(self) -> int:
-        if self._lock_fd is None:
+    def _require_lock(self) -> _LockFile:
+        if self._lock is None:
             raise JournalError(f"journal {self.path} is not open")
-        return self._lock_fd
+        return self._lock
 
     def try_claim(self, identity: str) -> bool:
-        """Claim one input for this process without waiting; False if another holds it."""
-        slot = _claim_slot(identity)
+        """Claim one input without waiting; False if this or another process holds it."""
+        lock = self._require_lock()
+        if identity in lock.claimed:
+            return False
         try:
-            fcntl.lockf(self._require_lock_fd(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
+            fcntl.lockf(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _claim_slot(identity))
         except OSError:
             return False
+        lock.claimed.add(identity)
         return True
 
     def release_claim(self, identity: str) -> None:
-        slot = _claim_slot(identity)
-        if self._lock_fd is not None:
-            fcntl.lockf(self._lock_fd, fcntl.LOCK_UN, 1, slot)
+        lock = self._lock
+        if lock is not None and identity in lock.claimed:
+            lock.claimed.discard(identity)
+            fcntl.lockf(lock.fd, fcntl.LOCK_UN, 1, _claim_slot(identity))
 
     @contextlib.asynccontextmanager
     async def claim(self, identity: str) -> AsyncIterator[None]:
-        """Hold the input ``identity`` against other processes, waiting if needed."""
+        """Hold the input ``identity`` against other tasks and processes, waiting if needed."""
         delay = 0.02
         while not self.try_claim(identity):
             await anyio.sleep(delay)
@@ -209,6 +270,7 @@ class Journal:
         """Fold complete lines from ``offset`` into the view."""
         try:
             with open(self.path, "rb") as handle:
+                inode = os.fstat(handle.fileno()).st_ino
                 handle.seek(offset)
                 data = handle.read()
         except FileNotFoundError:
@@ -229,40 +291,59 @@ class Journal:
             else:
                 view.add(parsed)
         view.offset = offset + end
+        view.inode = inode
 
     def refresh(self) -> JournalView:
         """Fold in lines other processes appended since the last read. Cheap when none."""
         try:
-            size = os.stat(self.path).st_size
+            info = os.stat(self.path)
         except FileNotFoundError:
             return self._view
-        if size < self._view.offset:  # rewritten under us: read it all again
-            self._view = JournalView()
+        view = self._view
+        if info.st_ino != view.inode or info.st_size < view.offset:  # replaced by a rewrite
+            self._view = JournalView(problems=view.problems)
             self._read_from(0)
-        elif size > self._view.offset:
-            self._read_from(self._view.offset)
+        elif info.st_size > view.offset:
+            self._read_from(view.offset)
         return self._view
 
     # -- writing -------------------------------------------------------------
-    def append(self, lines: list[JobLine]) -> None:
-        """Append job lines durably: one write, one fsync, under the lock. Blocking."""
+    def append(self, lines: list[JobLine]) -> Appended:
+        """Append job lines durably: one write, one fdatasync, under the lock. Blocking.
+
+        If the file does not end with a newline (another writer died mid-line),
+        a newline goes first, so the fragment stays a line of its own (reported
+        on reading) instead of swallowing ours.
+        """
         data = b"".join(encode_line(line) for line in lines)
         try:
             with self._locked():
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
+                    info = os.fstat(fd)
+                    if info.st_size and os.pread(fd, 1, info.st_size - 1) != b"\n":
+                        _write_all(fd, b"\n")
                     start = os.fstat(fd).st_size
-                    os.write(fd, data)
-                    os.fsync(fd)
+                    _write_all(fd, data)
+                    _sync_data(fd)
                 finally:
                     os.close(fd)
         except OSError as exc:
             raise JournalError(f"cannot append to {self.path}: {exc.strerror}") from exc
-        if start == self._view.offset:  # nobody else wrote in between: no need to re-read
-            self._view.lines_read += len(lines)
+        return Appended(start, start + len(data), info.st_ino)
+
+    def note_appended(self, lines: list[JobLine], where: Appended) -> None:
+        """Fold our own append into the view, unless others wrote too (then refresh reads it)."""
+        view = self._view
+        if where.start == view.offset and where.inode == view.inode:
+            view.lines_read += len(lines)
             for line in lines:
-                self._view.add(line)
-            self._view.offset = start + len(data)
+                view.add(line)
+            view.offset = where.end
+
+    def record(self, lines: list[JobLine]) -> None:
+        """Append and fold in, in one call (for callers outside the event loop)."""
+        self.note_appended(lines, self.append(lines))
 
     def rewrite(self, transform: Callable[[JobLine], JobLine]) -> None:
         """Apply ``transform`` to every job line, atomically; unreadable lines kept as they are."""
@@ -296,6 +377,18 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _sync_data(fd: int) -> None:
+    """fdatasync where there is one: it also flushes the size, which is all an append changes."""
+    sync = getattr(os, "fdatasync", os.fsync)
+    sync(fd)
 
 
 def _claim_slot(identity: str) -> int:

@@ -11,6 +11,7 @@ that was created or deletes the upload that no batch uses.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from ._errors import (
     NotFoundApiError,
     PermanentApiError,
     TransientApiError,
+    single_error,
 )
 from ._events import (
     CleanupFailed,
@@ -43,6 +45,9 @@ from ._inputs import InputFile
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
 from ._retry import OnRetry, call_with_retries, describe, retrying
 from ._settings import SubmitSettings
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 T = TypeVar("T")
 
@@ -99,6 +104,8 @@ class _Progress:
     """What a worker knows about what may exist on the server, for cleanup."""
 
     upload_may_exist: bool = False
+    #: An upload attempt got no answer: the file may exist whatever came after.
+    upload_ambiguous: bool = False
     batch_unknown: bool = False
     uploaded: str | None = None
 
@@ -133,6 +140,16 @@ class SubmitRun:
 
     # -- the task group ------------------------------------------------------
     async def run(self, items: list[InputFile]) -> Tally:
+        """Submit every item; a single failure comes out as itself, not as a group."""
+        try:
+            return await self._run(items)
+        except BaseExceptionGroup as group:
+            error = single_error(group)
+            if error is group:
+                raise
+            raise error from None
+
+    async def _run(self, items: list[InputFile]) -> Tally:
         send, receive = anyio.create_memory_object_stream[_Completion](_WRITER_BUFFER)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._write_journal, receive, len(items))
@@ -158,28 +175,42 @@ class SubmitRun:
     async def _write_journal(
         self, receive: MemoryObjectReceiveStream[_Completion], total: int
     ) -> None:
-        """The single writer: append waiting lines with one fsync, then report them in order."""
+        """The single writer: append waiting lines with one fsync, then report them in order.
+
+        Shielded, so it outlives cancelled workers and records their batches. It
+        never stops early: a failing append or event handler is remembered and
+        raised once every sender is done, so no worker waits for it forever.
+        """
         done = 0
-        with anyio.CancelScope(
-            shield=True
-        ):  # must outlive cancelled workers to record their batches
+        failures: list[Exception] = []
+        with anyio.CancelScope(shield=True):
             async with receive:
                 async for first in receive:
                     batch = [first, *_drain(receive)]
                     try:
-                        lines = [c.line for c in batch if c.line is not None]
-                        if lines:
-                            await anyio.to_thread.run_sync(self.journal.append, lines)
-                        for completion in batch:
-                            done += 1
-                            self._count(self.emit_event(completion.make_event(done, total)))
-                    finally:
-                        for completion in batch:
-                            completion.written.set()
+                        await self._append(batch)
+                    except Exception as exc:  # disk full, say: stop starting files, finish, raise
+                        failures.append(exc)
+                        self.stop.set()
+                    for completion in batch:
+                        done += 1
+                        event = completion.make_event(done, total)
+                        self._count(event)
+                        completion.written.set()
+                        try:
+                            if not failures:
+                                self.emit(event)
+                        except Exception as exc:  # the caller's handler: same treatment
+                            failures.append(exc)
+                            self.stop.set()
+        if failures:
+            raise failures[0]
 
-    def emit_event(self, event: Event) -> Event:
-        self.emit(event)
-        return event
+    async def _append(self, batch: list[_Completion]) -> None:
+        lines = [c.line for c in batch if c.line is not None]
+        if lines:
+            where = await anyio.to_thread.run_sync(self.journal.append, lines)
+            self.journal.note_appended(lines, where)
 
     def _count(self, event: Event) -> None:
         if isinstance(event, FileSubmitted):
@@ -193,12 +224,12 @@ class SubmitRun:
     async def _submit_file(
         self, item: InputFile, send: MemoryObjectSendStream[_Completion]
     ) -> None:
-        async with send:
-            upload_id = upload_id_for(item)
-            async with self.journal.claim(upload_id):
-                completion = await self._decide_and_submit(item, upload_id, send)
-                if completion is not None:
-                    await _deliver(send, completion)
+        # Claimed by path, the key of the journal's skip decision: two processes
+        # that read different contents of one path still exclude each other.
+        async with send, self.journal.claim(item.path):
+            completion = await self._decide_and_submit(item, upload_id_for(item), send)
+            if completion is not None:
+                await _deliver(send, completion)
 
     async def _decide_and_submit(
         self, item: InputFile, upload_id: str, send: MemoryObjectSendStream[_Completion]
@@ -209,8 +240,13 @@ class SubmitRun:
             if self.stop.is_set():
                 self.tally.not_started += 1
                 return None
-            if latest is not None and not await self._should_resubmit(latest):
-                return _skipped(item, latest)
+            try:
+                if latest is not None and not await self._should_resubmit(latest):
+                    return _skipped(item, latest)
+            except ApiError as exc:
+                return _failed(
+                    item, f"cannot read the recorded batch's state: {describe(exc)}", None
+                )
             generation = view.history.get(item.path, 0)
             display = display_name_for(item, upload_id, self.settings.model_resource, generation)
             return await self._submit(Submission(item, upload_id, display), send)
@@ -239,16 +275,24 @@ class SubmitRun:
             batch, adopted = await self._create_or_adopt(sub, progress, lookup_first=reused)
             return self._submitted(sub, batch, adopted)
         except anyio.get_cancelled_exc_class():
-            with anyio.move_on_after(self.settings.cleanup_seconds, shield=True):
-                await _deliver(send, await self._settle(sub, progress, "cancelled"))
+            await _deliver(send, await self._settle_in_time(sub, progress, "cancelled"))
             raise
         except ApiError as exc:
-            with anyio.move_on_after(self.settings.cleanup_seconds, shield=True) as scope:
-                return await self._settle(sub, progress, describe(exc))
-            left = sub.upload_name if progress.upload_may_exist else None
-            if scope.cancelled_caught and left:
-                self.emit(CleanupFailed(sub.item.path, left, "cleanup timed out"))
-            return _failed(sub.item, describe(exc), left)
+            return await self._settle_in_time(sub, progress, describe(exc))
+        except BaseException as exc:  # a bug or a local failure: clean up, then let it out
+            await _deliver(send, await self._settle_in_time(sub, progress, describe(exc)))
+            raise
+
+    async def _settle_in_time(
+        self, sub: Submission, progress: _Progress, reason: str
+    ) -> _Completion:
+        """_settle, shielded from cancellation but bounded by cleanup_seconds."""
+        with anyio.move_on_after(self.settings.cleanup_seconds, shield=True):
+            return await self._settle(sub, progress, reason)
+        left = sub.upload_name if progress.upload_may_exist else None
+        if left:
+            self.emit(CleanupFailed(sub.item.path, left, "cleanup timed out"))
+        return _failed(sub.item, f"{reason}; cleanup timed out", left)
 
     # -- upload --------------------------------------------------------------
     async def _upload_or_reuse(self, sub: Submission, progress: _Progress) -> bool:
@@ -265,8 +309,12 @@ class SubmitRun:
                     )
                 except AlreadyExistsApiError:
                     return await self._reuse_or_replace(sub, progress)
+                except AmbiguousApiError:
+                    progress.upload_ambiguous = True
+                    raise
                 except PermanentApiError:
-                    progress.upload_may_exist = False
+                    # Refused, so this attempt stored nothing; an earlier lost one may have.
+                    progress.upload_may_exist = progress.upload_ambiguous
                     raise
                 if remote.sha256 not in (None, sub.item.sha256):
                     await self.api.delete_file(sub.upload_name)
@@ -278,7 +326,14 @@ class SubmitRun:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _reuse_or_replace(self, sub: Submission, progress: _Progress) -> bool:
-        """An upload with our name exists: reuse it when it is intact, else replace it."""
+        """An upload with our name exists, so an earlier attempt or run got this far.
+
+        It may also have created the batch: the create step looks first. The
+        upload is reused when intact; when it is not (expiring, not ACTIVE,
+        other bytes) it is replaced, unless a batch already exists for this
+        submission, which may be reading it.
+        """
+        progress.batch_unknown = True
         try:
             remote = await self.api.get_file(sub.upload_name)
         except NotFoundApiError as exc:  # deleted between our two calls
@@ -287,10 +342,10 @@ class SubmitRun:
         fresh = (
             remote.expires_in_seconds is None or remote.expires_in_seconds > MIN_REUSE_LIFETIME_S
         )
-        if intact and fresh:
+        if (intact and fresh) or await self._find_batch(sub) is not None:
             progress.uploaded = sub.upload_name
-            progress.batch_unknown = True  # an earlier attempt may also have created the batch
             return True
+        progress.batch_unknown = False
         await self.api.delete_file(sub.upload_name)
         raise TransientApiError("an earlier upload was stale; uploading again")
 

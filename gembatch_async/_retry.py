@@ -1,6 +1,6 @@
 """The one retry policy: what is transient, how long to wait, when to give up.
 
-Built on tenacity. The SDK's own ``retry_options`` stay unset (see ``_client``)
+Built on tenacity. The SDK's own retries are off (``_client.NO_SDK_RETRIES``)
 so that retries never stack.
 """
 
@@ -16,7 +16,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_after_delay,
+    stop_before_delay,
 )
 
 from ._errors import TransientApiError
@@ -68,7 +68,7 @@ def retrying(settings: RetrySettings, on_retry: OnRetry = _ignore_retry) -> Asyn
     return AsyncRetrying(
         sleep=anyio.sleep,
         retry=retry_if_exception_type(TransientApiError),
-        stop=stop_after_attempt(settings.attempts) | stop_after_delay(settings.total_seconds),
+        stop=stop_after_attempt(settings.attempts) | stop_before_delay(settings.total_seconds),
         wait=wait,
         before_sleep=before_sleep,
         reraise=True,

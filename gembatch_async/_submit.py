@@ -89,7 +89,7 @@ def _without_journal(paths: list[str], journal: Journal) -> list[str]:
 
 def _api_for(client: genai.Client | None, api_key: str | None, base_url: str | None) -> GeminiApi:
     if client is not None:
-        return GeminiApi(client, api_key=api_key)
+        return GeminiApi.for_caller_client(client)
     return open_client(api_key=api_key, base_url=base_url)
 
 

@@ -155,7 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print(text: str, stream: TextIO) -> None:
-    print(text, file=stream, flush=True)
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        # The reader went away (`| head`): keep working and recording, silently.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _submit_settings(args: argparse.Namespace) -> SubmitSettings:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -252,3 +254,23 @@ def test_journal_is_never_an_input(emulator: RunningEmulator, tmp_path: Path) ->
     result = run_cli(["submit", "a.jsonl", "job-info.jsonl"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert "[1/1] skipped a.jsonl" in result.stdout
+
+
+def test_closed_stdout_does_not_stop_the_run(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """``submit --json | head -1``: the reader leaves, the run still finishes and records."""
+    names = [p.name for p in make_inputs(tmp_path, 8)]
+    env = cli_env(emulator)
+    command = f"{sys.executable} -m gembatch_async submit --json {' '.join(names)} | head -1"
+    result = subprocess.run(
+        command,
+        shell=True,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert json.loads(result.stdout)["event"] == "submitted"
+    assert len(read_journal(tmp_path / "job-info.jsonl")) == 8
+    assert "Traceback" not in result.stderr

@@ -270,3 +270,31 @@ def test_first_ctrl_c_settles_in_flight_and_exits_130(
     final = run_cli(["submit", *names], cwd=tmp_path, env=cli_env(emulator))
     assert final.returncode == 0
     assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)
+
+
+@pytest.mark.parametrize(
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, latency_ms=200, max_unfinished_batches=10_000), id="latency"
+        )
+    ],
+)
+def test_second_ctrl_c_exits_at_once_and_rerun_settles(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """SIGINT twice: exit 130 at once; the next run finds what the aborted one left."""
+    names = [p.name for p in make_inputs(tmp_path, 30)]
+    process = _start_cli(tmp_path, emulator, names)
+    deadline = time.monotonic() + 30
+    while emulator.state()["requests"]["create"]["count"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=10) == 130
+    assert time.monotonic() - started < 2
+    final = run_cli(["submit", *names], cwd=tmp_path, env=cli_env(emulator))
+    assert final.returncode == 0, final.stderr
+    assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)

@@ -39,7 +39,7 @@ def test_torn_last_line_is_repaired_and_reported_once(tmp_path: Path) -> None:
     view = journal.open()
     assert [(p.line, "unfinished" in p.message) for p in view.problems] == [(2, True)]
     assert list(view.latest) == ["a.jsonl"]
-    journal.append([line("c.jsonl", "batches/c")])
+    journal.record([line("c.jsonl", "batches/c")])
     journal.close()
     again = Journal(path).open()
     assert again.problems == []
@@ -75,8 +75,8 @@ def test_latest_line_wins_and_history_counts(tmp_path: Path) -> None:
     path = tmp_path / "job-info.jsonl"
     journal = Journal(path)
     journal.open()
-    journal.append([line("a.jsonl", "batches/1")])
-    journal.append([line("a.jsonl", "batches/2")])
+    journal.record([line("a.jsonl", "batches/1")])
+    journal.record([line("a.jsonl", "batches/2")])
     view = Journal(path).open()
     assert view.latest["a.jsonl"]["batch"]["name"] == "batches/2"
     assert view.history["a.jsonl"] == 2
@@ -86,7 +86,7 @@ def _append_many(path: str, worker: int, count: int) -> None:
     journal = Journal(path)
     journal.open()
     for i in range(count):
-        journal.append([line(f"w{worker}-{i}.jsonl", f"batches/{worker}-{i}")])
+        journal.record([line(f"w{worker}-{i}.jsonl", f"batches/{worker}-{i}")])
     journal.close()
 
 
@@ -109,7 +109,7 @@ def test_rewrite_keeps_lines_appended_by_others(tmp_path: Path) -> None:
     path = tmp_path / "job-info.jsonl"
     mine = Journal(path)
     mine.open()
-    mine.append([line("a.jsonl", "batches/a")])
+    mine.record([line("a.jsonl", "batches/a")])
     _append_many(str(path), 9, 1)  # another process's append, after our read
     mine.rewrite(lambda job: job)
     assert sorted(Journal(path).open().latest) == ["a.jsonl", "w9-0.jsonl"]
@@ -136,3 +136,31 @@ def _try_claim(path: str, identity: str) -> bool:
         return journal.try_claim(identity)
     finally:
         journal.close()
+
+
+def test_append_after_a_dead_writers_fragment_stays_whole(tmp_path: Path) -> None:
+    """Another writer died mid-line while we run: our next line is not glued to its fragment."""
+    path = tmp_path / "job-info.jsonl"
+    journal = Journal(path)
+    journal.open()
+    journal.record([line("a.jsonl", "batches/a")])
+    with path.open("ab") as handle:
+        handle.write(b'{"input_file": "dead.js')
+    journal.record([line("b.jsonl", "batches/b")])
+    view = Journal(path).open()
+    assert sorted(view.latest) == ["a.jsonl", "b.jsonl"]
+    assert [p.line for p in view.problems] == [2]
+
+
+def test_two_journals_in_one_process_exclude_each_other(tmp_path: Path) -> None:
+    """Claims are per process in POSIX; ours also hold between two Journal objects."""
+    path = tmp_path / "job-info.jsonl"
+    first, second = Journal(path), Journal(path)
+    first.open()
+    second.open()
+    assert first.try_claim("a.jsonl")
+    assert not second.try_claim("a.jsonl")
+    second.close()  # must not drop the first one's lock
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        assert pool.apply(_try_claim, (str(path), "a.jsonl")) is False

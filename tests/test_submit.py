@@ -9,12 +9,14 @@ import anyio
 import pytest
 
 from gembatch_async import (
+    CleanupFailed,
     Event,
     FileFailed,
     FileSkipped,
     FileSubmitted,
     PreflightError,
     SubmitSettings,
+    UsageError,
     submit,
 )
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
@@ -183,3 +185,76 @@ async def test_models_prefix_accepted(emulator: RunningEmulator, tmp_path: Path)
     paths = make_inputs(tmp_path / "in", 1)
     await run_submit(emulator, paths, tmp_path / "j.jsonl", model="models/gemini-3.5-flash")
     assert emulator.state()["batches"][0]["model"] == "models/gemini-3.5-flash"
+
+
+async def test_cleanup_that_fails_names_what_is_left(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Create refused and every delete failing: the file fails naming the upload left behind."""
+    emulator.set_faults("create:1:400,delete:1:503")
+    paths = make_inputs(tmp_path / "in", 1)
+    events, _ = await run_submit(emulator, paths, tmp_path / "j.jsonl")
+    (failed,) = [e for e in events if isinstance(e, FileFailed)]
+    (cleanup,) = [e for e in events if isinstance(e, CleanupFailed)]
+    assert failed.left_behind == cleanup.file_name
+    assert [f["name"] for f in emulator.state()["files"]] == [failed.left_behind]
+
+
+async def test_two_calls_in_one_process_share_claims(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Two submit() calls at once in one process, same files: one batch per file."""
+    paths = make_inputs(tmp_path / "in", 12)
+    journal = tmp_path / "j.jsonl"
+    async with anyio.create_task_group() as tg:
+        for _ in range(2):
+            tg.start_soon(run_submit, emulator, paths, journal)
+    assert_converged(emulator.state(), read_journal(journal), [str(p) for p in paths])
+    assert len(read_journal(journal)) == 12
+
+
+async def test_failing_event_handler_does_not_hang_or_lose_records(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """An on_event that raises: the error comes out, every created batch is still recorded."""
+    paths = make_inputs(tmp_path / "in", 10)
+    journal = tmp_path / "j.jsonl"
+
+    def explode(event: Event) -> None:
+        raise RuntimeError("handler bug")
+
+    with anyio.fail_after(30), pytest.raises(Exception, match="handler bug"):
+        await submit(
+            [str(p) for p in paths],
+            settings=settings(),
+            job_info=journal,
+            api_key=TEST_API_KEY,
+            base_url=emulator.base_url,
+            on_event=explode,
+        )
+    recorded = {line["batch"]["name"] for line in read_journal(journal)}
+    assert recorded == {b["name"] for b in emulator.state()["batches"]}
+
+
+async def test_caller_client_with_sdk_retries_is_refused(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A genai.Client whose own retries are on could double a batch: refused up front."""
+    from google import genai
+    from google.genai import types
+
+    paths = make_inputs(tmp_path / "in", 1)
+    loose = genai.Client(
+        api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url)
+    )
+    with pytest.raises(UsageError, match="attempts=1"):
+        await submit([str(paths[0])], job_info=tmp_path / "j.jsonl", client=loose)
+    strict = genai.Client(
+        api_key=TEST_API_KEY,
+        http_options=types.HttpOptions(
+            base_url=emulator.base_url, retry_options=types.HttpRetryOptions(attempts=1)
+        ),
+    )
+    summary = await submit([str(paths[0])], job_info=tmp_path / "j.jsonl", client=strict)
+    assert summary.submitted == 1
+    assert emulator.state()["requests"]["upload"]["count"] >= 1

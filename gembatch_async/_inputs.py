@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -118,14 +118,6 @@ def _key_hash(key: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _iter_lines(path: str, hasher: hashlib._Hash) -> Iterator[bytes]:
-    """Lines of the file, feeding every byte to the hasher on the way."""
-    with open(path, "rb", buffering=_READ_SIZE) as handle:
-        for line in handle:
-            hasher.update(line)
-            yield line
-
-
 def _duplicate_keys(path: str, key_hashes: array[int]) -> list[Problem]:
     """Problems for keys seen twice; a second pass only runs when hashes collide."""
     if len(key_hashes) < 2:
@@ -162,20 +154,27 @@ def _key_of(raw: bytes) -> str | None:
 
 
 def scan_file(
-    path: str, max_bytes: int = MAX_INPUT_BYTES
+    path: str, max_bytes: int = MAX_INPUT_BYTES, *, checked: bool = False
 ) -> tuple[InputFile | None, list[Problem]]:
-    """Read one file once: hash, count and validate it. Blocking; run it in a thread."""
-    problem = check_regular_file(path)
+    """Read one file once: hash, count and validate it. Blocking; run it in a thread.
+
+    ``checked``: :func:`check_regular_file` already passed for this path.
+    """
+    problem = None if checked else check_regular_file(path)
     if problem is not None:
         return None, [problem]
-    size = os.stat(path).st_size
-    if size > max_bytes:
-        return None, [Problem(path, f"is {size} bytes, over the API's limit of {max_bytes}")]
     hasher = hashlib.sha256()
     validator = _Validator(path)
     try:
-        for number, raw in enumerate(_iter_lines(path, hasher), start=1):
-            validator.check_line(number, raw)
+        with open(path, "rb", buffering=_READ_SIZE) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                return None, [
+                    Problem(path, f"is {size} bytes, over the API's limit of {max_bytes}")
+                ]
+            for number, raw in enumerate(handle, start=1):
+                hasher.update(raw)
+                validator.check_line(number, raw)
     except OSError as exc:
         return None, [Problem(path, f"cannot read: {exc.strerror or exc}")]
     problems = validator.problems + _duplicate_keys(path, validator.key_hashes)
@@ -188,21 +187,33 @@ def scan_file(
     return InputFile(path, size, hasher.hexdigest(), validator.count), []
 
 
+def _scan_many(paths: list[str]) -> list[tuple[InputFile | None, list[Problem]]]:
+    return [scan_file(path, checked=True) for path in paths]
+
+
 async def scan_inputs(
     paths: Sequence[str], limiter: anyio.CapacityLimiter
 ) -> tuple[dict[str, InputFile], list[Problem]]:
-    """Scan every path in worker threads; return the good ones and every problem."""
+    """Scan paths that passed :func:`check_regular_file` in worker threads.
+
+    Small files go to a thread in groups (one hop per file costs more than
+    reading it); with few files, each gets its own thread so big ones hash in
+    parallel.
+    """
     found: dict[str, InputFile] = {}
     problems: dict[str, list[Problem]] = {}
+    size = max(1, -(-len(paths) // (4 * int(limiter.total_tokens))))
+    groups = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
 
-    async def scan_one(path: str) -> None:
-        item, file_problems = await anyio.to_thread.run_sync(scan_file, path, limiter=limiter)
-        if item is not None:
-            found[path] = item
-        problems[path] = file_problems
+    async def scan_group(group: list[str]) -> None:
+        results = await anyio.to_thread.run_sync(_scan_many, group, limiter=limiter)
+        for path, (item, file_problems) in zip(group, results, strict=True):
+            if item is not None:
+                found[path] = item
+            problems[path] = file_problems
 
     async with anyio.create_task_group() as tg:
-        for path in paths:
-            tg.start_soon(scan_one, path)
+        for group in groups:
+            tg.start_soon(scan_group, group)
     ordered = [p for path in paths for p in problems.get(path, [])]
     return found, ordered

@@ -43,7 +43,7 @@ from ._events import (
 )
 from ._inputs import InputFile
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
-from ._retry import OnRetry, call_with_retries, describe, retrying
+from ._retry import OnRetry, call_with_retries, describe
 from ._settings import SubmitSettings
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -56,6 +56,10 @@ RETRYABLE_END_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JO
 #: An upload this close to its 48 h expiry is replaced rather than reused.
 MIN_REUSE_LIFETIME_S = 3600.0
 _MAX_DISPLAY_PATH = 400
+#: The longest a sent create is waited for, even under cancellation.
+CREATE_WAIT_SECONDS = 60.0
+#: How long after a cut-off upload the cleanup looks again for a late-finishing file.
+LATE_UPLOAD_GRACE_SECONDS = 0.5
 _WRITER_BUFFER = 64
 
 
@@ -108,6 +112,9 @@ class _Progress:
     upload_ambiguous: bool = False
     batch_unknown: bool = False
     uploaded: str | None = None
+    #: The batch, once a create answered (it may answer inside a shield while
+    #: the run is being cancelled).
+    created: types.BatchJob | None = None
 
 
 @dataclass
@@ -271,8 +278,8 @@ class SubmitRun:
     ) -> _Completion:
         progress = _Progress()
         try:
-            reused = await self._upload_or_reuse(sub, progress)
-            batch, adopted = await self._create_or_adopt(sub, progress, lookup_first=reused)
+            await self._upload_or_reuse(sub, progress)
+            batch, adopted = await self._create_or_adopt(sub, progress)
             return self._submitted(sub, batch, adopted)
         except anyio.get_cancelled_exc_class():
             await _deliver(send, await self._settle_in_time(sub, progress, "cancelled"))
@@ -297,33 +304,33 @@ class SubmitRun:
     # -- upload --------------------------------------------------------------
     async def _upload_or_reuse(self, sub: Submission, progress: _Progress) -> bool:
         """Upload the file under its own name; True when an earlier upload was reused."""
-        async for attempt in retrying(self.settings.retry, self._on_retry(sub.item.path, "upload")):
-            with attempt:
-                progress.upload_may_exist = True
-                try:
-                    remote = await self.api.upload_file(
-                        sub.item.path,
-                        name=sub.upload_name,
-                        display_name=sub.item.path,
-                        mime_type=self.settings.mime_type,
-                    )
-                except AlreadyExistsApiError:
-                    return await self._reuse_or_replace(sub, progress)
-                except AmbiguousApiError:
-                    progress.upload_ambiguous = True
-                    raise
-                except PermanentApiError:
-                    # Refused, so this attempt stored nothing; an earlier lost one may have.
-                    progress.upload_may_exist = progress.upload_ambiguous
-                    raise
-                if remote.sha256 not in (None, sub.item.sha256):
-                    await self.api.delete_file(sub.upload_name)
-                    raise TransientApiError(
-                        "the server's sha256 differs from the file's; uploading again"
-                    )
-                progress.uploaded = sub.upload_name
-                return False
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await self._with_retries(
+            "upload", sub.item.path, lambda: self._upload_once(sub, progress)
+        )
+
+    async def _upload_once(self, sub: Submission, progress: _Progress) -> bool:
+        progress.upload_may_exist = True
+        try:
+            remote = await self.api.upload_file(
+                sub.item.path,
+                name=sub.upload_name,
+                display_name=sub.item.path,
+                mime_type=self.settings.mime_type,
+            )
+        except AlreadyExistsApiError:
+            return await self._reuse_or_replace(sub, progress)
+        except AmbiguousApiError:
+            progress.upload_ambiguous = True
+            raise
+        except PermanentApiError:
+            # Refused, so this attempt stored nothing; an earlier lost one may have.
+            progress.upload_may_exist = progress.upload_ambiguous
+            raise
+        if remote.sha256 not in (None, sub.item.sha256):
+            await self.api.delete_file(sub.upload_name)
+            raise TransientApiError("the server's sha256 differs from the file's; uploading again")
+        progress.uploaded = sub.upload_name
+        return False
 
     async def _reuse_or_replace(self, sub: Submission, progress: _Progress) -> bool:
         """An upload with our name exists, so an earlier attempt or run got this far.
@@ -351,32 +358,42 @@ class SubmitRun:
 
     # -- create --------------------------------------------------------------
     async def _create_or_adopt(
-        self, sub: Submission, progress: _Progress, *, lookup_first: bool
+        self, sub: Submission, progress: _Progress
     ) -> tuple[types.BatchJob, bool]:
-        """Create the batch; after an ambiguous failure, look it up before trying again."""
-        lookup = lookup_first
-        async for attempt in retrying(self.settings.retry, self._on_retry(sub.item.path, "create")):
-            with attempt:
-                if lookup:
-                    found = await self._find_batch(sub)
-                    if found is not None:
-                        return found, True
-                    progress.batch_unknown = False
-                progress.batch_unknown = True
-                try:
-                    batch = await self.api.create_batch(
-                        model=self.settings.model_resource,
-                        src=sub.upload_name,
-                        display_name=sub.display_name,
-                    )
-                except AmbiguousApiError:
-                    lookup = True
-                    raise
-                except ApiError:
-                    progress.batch_unknown = False
-                    raise
-                return batch, False
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Create the batch; while one may exist already, look it up before trying."""
+        return await self._with_retries(
+            "create", sub.item.path, lambda: self._create_once(sub, progress)
+        )
+
+    async def _create_once(
+        self, sub: Submission, progress: _Progress
+    ) -> tuple[types.BatchJob, bool]:
+        if progress.batch_unknown:  # an earlier attempt or run may have created it
+            found = await self._find_batch(sub)
+            if found is not None:
+                return found, True
+        progress.batch_unknown = True
+        try:
+            batch = await self._create_shielded(sub, progress)
+        except AmbiguousApiError:
+            raise  # batch_unknown stays set: the next attempt looks first
+        except ApiError:
+            progress.batch_unknown = False
+            raise
+        return batch, False
+
+    async def _create_shielded(self, sub: Submission, progress: _Progress) -> types.BatchJob:
+        """Once sent, a create is waited for even under cancellation: its answer is the
+        only quick way to know whether the batch exists (a look-up right after may not
+        see a create the server is still finishing)."""
+        with anyio.move_on_after(CREATE_WAIT_SECONDS, shield=True):
+            progress.created = await self.api.create_batch(
+                model=self.settings.model_resource,
+                src=sub.upload_name,
+                display_name=sub.display_name,
+            )
+            return progress.created
+        raise AmbiguousApiError(f"no answer to create within {CREATE_WAIT_SECONDS:.0f}s")
 
     async def _find_batch(self, sub: Submission) -> types.BatchJob | None:
         """The batch an earlier attempt created for this submission, if any."""
@@ -387,6 +404,8 @@ class SubmitRun:
     # -- failure -------------------------------------------------------------
     async def _settle(self, sub: Submission, progress: _Progress, reason: str) -> _Completion:
         """After a failure: record the batch if one was created, else delete the upload."""
+        if progress.created is not None:
+            return self._submitted(sub, progress.created, adopted=False)
         if progress.batch_unknown:
             try:
                 found = await self._with_retries(
@@ -399,18 +418,25 @@ class SubmitRun:
             if found is not None:
                 return self._submitted(sub, found, adopted=True)
         if progress.upload_may_exist:
-            left = await self._delete_upload(sub)
+            left = await self._delete_upload(sub, progress)
             return _failed(sub.item, reason, left)
         return _failed(sub.item, reason, None)
 
-    async def _delete_upload(self, sub: Submission) -> str | None:
+    async def _delete_upload(self, sub: Submission, progress: _Progress) -> str | None:
         """Delete our upload unless a recorded job uses it; the name if it stayed behind."""
         if sub.upload_name in self.journal.refresh().uploads_in_use:
             return None
+
+        async def delete() -> bool:
+            return await self.api.delete_file(sub.upload_name)
+
         try:
-            await self._with_retries(
-                "cleanup", sub.item.path, lambda: self.api.delete_file(sub.upload_name)
-            )
+            deleted = await self._with_retries("cleanup", sub.item.path, delete)
+            if not deleted and progress.uploaded is None:
+                # Cut off mid-upload: the server may still be finishing the last
+                # chunk it received. Look once more, a moment later.
+                await anyio.sleep(LATE_UPLOAD_GRACE_SECONDS)
+                await self._with_retries("cleanup", sub.item.path, delete)
         except ApiError as exc:
             self.emit(CleanupFailed(sub.item.path, sub.upload_name, describe(exc)))
             return sub.upload_name

@@ -7,6 +7,7 @@ so that retries never stack.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -50,25 +51,35 @@ def _ignore_retry(attempt: int, delay: float, error: BaseException) -> None:
     """Default: nobody listens to retries."""
 
 
-def retrying(settings: RetrySettings, on_retry: OnRetry = _ignore_retry) -> AsyncRetrying:
-    """A tenacity controller for one step; iterate it with ``async for attempt in ...``."""
+def retrying(
+    settings: RetrySettings,
+    on_retry: OnRetry = _ignore_retry,
+    *,
+    done: int = 0,
+    elapsed: float = 0.0,
+) -> AsyncRetrying:
+    """A tenacity controller for one step; iterate it with ``async for attempt in ...``.
+
+    ``done`` attempts taking ``elapsed`` seconds already happened outside it.
+    """
 
     def wait(state: RetryCallState) -> float:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
-        return backoff_delay(settings, state.attempt_number, error)
+        return backoff_delay(settings, state.attempt_number + done, error)
 
     def before_sleep(state: RetryCallState) -> None:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         delay = state.next_action.sleep if state.next_action is not None else 0.0
         if error is not None:
-            on_retry(state.attempt_number, delay, error)
+            on_retry(state.attempt_number + done, delay, error)
 
     return AsyncRetrying(
         sleep=anyio.sleep,
         retry=retry_if_exception_type(TransientApiError),
-        stop=stop_after_attempt(settings.attempts) | stop_before_delay(settings.total_seconds),
+        stop=stop_after_attempt(max(1, settings.attempts - done))
+        | stop_before_delay(max(0.0, settings.total_seconds - elapsed)),
         wait=wait,
         before_sleep=before_sleep,
         reraise=True,
@@ -80,8 +91,21 @@ async def call_with_retries(
     call: Callable[[], Awaitable[T]],
     on_retry: OnRetry = _ignore_retry,
 ) -> T:
-    """Run ``call`` until it succeeds, fails permanently, or the budget runs out."""
-    async for attempt in retrying(settings, on_retry):
+    """Run ``call`` until it succeeds, fails permanently, or the budget runs out.
+
+    The first attempt runs bare: tenacity's machinery costs CPU on every call,
+    and most calls succeed at once (see bench/). It takes over after a failure.
+    """
+    started = time.monotonic()
+    try:
+        return await call()
+    except TransientApiError as error:
+        delay = backoff_delay(settings, 1, error)
+        if settings.attempts <= 1 or time.monotonic() - started + delay >= settings.total_seconds:
+            raise
+        on_retry(1, delay, error)
+        await anyio.sleep(delay)
+    async for attempt in retrying(settings, on_retry, done=1, elapsed=time.monotonic() - started):
         with attempt:
             return await call()
     raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover

@@ -101,8 +101,9 @@ async def _check_locally(
     api_key: str | None,
 ) -> list[InputFile]:
     """Every local problem at once: files, their content, the API key. Sends nothing."""
-    problems = [p for p in map(check_regular_file, paths) if p is not None]
-    readable = [p for p in paths if check_regular_file(p) is None]
+    checks = {path: check_regular_file(path) for path in paths}
+    problems = [p for p in checks.values() if p is not None]
+    readable = [path for path, problem in checks.items() if problem is None]
     found, content_problems = await scan_inputs(readable, anyio.CapacityLimiter(_SCAN_THREADS))
     will_skip = {
         p for p in readable if p in view.latest and not settings.force and not settings.retry_failed

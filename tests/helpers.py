@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -14,6 +15,17 @@ from gembatch_async import RetrySettings
 from gembatch_async.emulator import RunningEmulator
 
 TEST_API_KEY = "test-key-7d1c0a5e"
+
+
+def _sdk_httpx() -> Any:
+    """The httpx the SDK uses: httpx2 with google-genai 3.x, httpx with 2.x (Python 3.10)."""
+    try:
+        return importlib.import_module("httpx2")
+    except ImportError:  # pragma: no cover - Python 3.10
+        return importlib.import_module("httpx")
+
+
+sdk_httpx = _sdk_httpx()
 #: Quick retries: the emulator's faults are the scenario, not the wait.
 FAST_RETRY = RetrySettings(
     attempts=8,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 
 import aiohttp
-import httpx2
 import pytest
 from google.genai import errors as genai_errors
 
@@ -18,6 +17,7 @@ from gembatch_async import (
     TransientApiError,
 )
 from gembatch_async._client import translate_errors
+from tests.helpers import sdk_httpx as httpx2
 
 SECRET = "fake-secret-key-0123456789"
 

@@ -9,7 +9,6 @@ import urllib.error
 
 import aiohttp
 import anyio
-import httpx2
 import pytest
 from google.genai import errors
 
@@ -19,6 +18,7 @@ from gembatch_async.emulator import (
     RunningEmulator,
     parse_fault_spec,
 )
+from tests.helpers import sdk_httpx as httpx2
 from tests.test_emulator_support import (
     AIO_TRANSPORTS,
     AIOHTTP_SUBCLASS_WARNING,

@@ -7,11 +7,11 @@ import pathlib
 import time
 from typing import Any
 
-import httpx2
 from google import genai
 from google.genai import types
 
 from gembatch_async.emulator import RunningEmulator
+from tests.helpers import sdk_httpx as httpx2
 
 API_KEY = "test-key-7d1c0a5e"
 # google-genai subclasses aiohttp.ClientSession, which aiohttp deprecates; the project's
@@ -71,10 +71,10 @@ def write(tmp_path: pathlib.Path, name: str, data: bytes) -> pathlib.Path:
     return path
 
 
-def raw_get(emu: RunningEmulator, path: str, **headers: str) -> httpx2.Response:
+def raw_get(emu: RunningEmulator, path: str, **headers: str) -> Any:
     """A plain HTTP GET (for what the SDK hides: headers, raw bodies, missing keys)."""
     with httpx2.Client(base_url=emu.base_url, timeout=30) as http:
-        response: httpx2.Response = http.get(path, headers=headers)
+        response: Any = http.get(path, headers=headers)
         return response
 
 

@@ -30,6 +30,18 @@ from ._events import (
     SubmitSummary,
     WouldSubmit,
 )
+from ._jobs import (
+    Cleaned,
+    JobsContext,
+    JobStatus,
+    ResultFile,
+    cancel_jobs,
+    cleanup_files,
+    download_results,
+    open_jobs,
+    refresh_status,
+    watch_status,
+)
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._submit import submit
 from ._version import __version__
@@ -39,6 +51,7 @@ __all__ = [
     "AlreadyExistsApiError",
     "AmbiguousApiError",
     "ApiError",
+    "Cleaned",
     "CleanupFailed",
     "Event",
     "EventHandler",
@@ -47,6 +60,8 @@ __all__ = [
     "FileSubmitted",
     "GembatchError",
     "GeminiApi",
+    "JobStatus",
+    "JobsContext",
     "JournalError",
     "JournalProblem",
     "MissingApiKeyError",
@@ -54,6 +69,7 @@ __all__ = [
     "PermanentApiError",
     "PreflightError",
     "Problem",
+    "ResultFile",
     "RetrySettings",
     "Retrying",
     "SubmitSettings",
@@ -62,6 +78,12 @@ __all__ = [
     "UsageError",
     "WouldSubmit",
     "__version__",
+    "cancel_jobs",
+    "cleanup_files",
+    "download_results",
     "open_client",
+    "open_jobs",
+    "refresh_status",
     "submit",
+    "watch_status",
 ]

@@ -251,6 +251,15 @@ class GeminiApi:
         with translate_errors(secret=self._secret):
             return await self._client.aio.batches.get(name=name)
 
+    async def cancel_batch(self, name: str) -> None:
+        with translate_errors(secret=self._secret):
+            await self._client.aio.batches.cancel(name=name)
+
+    async def download_file(self, name: str, destination: str) -> None:
+        """Stream a (generated) file to ``destination`` without holding it in memory."""
+        with translate_errors(missing_is_403=True, secret=self._secret):
+            await self._client.aio.files.download(file=name, destination=destination)
+
     async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
         """Every batch job of the project, paging explicitly (USERS.md P6)."""
         found: list[types.BatchJob] = []

@@ -104,7 +104,7 @@ class _Validator:
         if not isinstance(key, str):
             self.add_problem(number, '"key" must be a string')
             return
-        self.key_hashes.append(_key_hash(key))
+        self.key_hashes.append(key_hash(key))
 
 
 def _short_json_error(exc: Exception) -> str:
@@ -113,7 +113,8 @@ def _short_json_error(exc: Exception) -> str:
     return str(exc)
 
 
-def _key_hash(key: str) -> int:
+def key_hash(key: str) -> int:
+    """A stable 64-bit hash of a request key: 8 bytes a key instead of the key itself."""
     digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
@@ -131,7 +132,7 @@ def _duplicate_keys(path: str, key_hashes: array[int]) -> list[Problem]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             key = _key_of(raw)
-            if key is None or _key_hash(key) not in suspects:
+            if key is None or key_hash(key) not in suspects:
                 continue
             if key in first_line:
                 problems.append(

@@ -16,6 +16,7 @@ from ._events import (
     WouldSubmit,
     event_to_dict,
 )
+from ._jobs import Cleaned, JobStatus, ResultFile
 
 
 def render_text(event: Event) -> tuple[str, bool]:
@@ -66,6 +67,49 @@ def render_summary(summary: SubmitSummary, dry_run: bool = False) -> str:
     if summary.interrupted:
         text += f"; interrupted, {summary.not_started} not started (run again to finish)"
     return text
+
+
+def _short_state(state: str) -> str:
+    return state.removeprefix("JOB_STATE_")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def render_status(status: JobStatus) -> str:
+    line = f"{_short_state(status.state):<10} {_age(status.age_seconds):>7}  {status.path} -> {status.batch_name}"
+    if status.error:
+        line += f" (could not refresh: {status.error})"
+    return line
+
+
+def render_result(result: ResultFile) -> str:
+    if result.error:
+        return f"error {result.path}: {result.error}"
+    if result.skipped:
+        return f"skipped {result.path}: {result.output_path} exists (--force to download again)"
+    line = (
+        f"downloaded {result.path} -> {result.output_path} "
+        f"({result.responses} responses, {result.errors} errors"
+    )
+    if result.missing_keys:
+        shown = ", ".join(result.missing_keys[:5])
+        more = f" and {len(result.missing_keys) - 5} more" if len(result.missing_keys) > 5 else ""
+        line += f", {len(result.missing_keys)} keys missing: {shown}{more}"
+    if result.unexpected_keys:
+        line += f", {result.unexpected_keys} unexpected keys"
+    return line + ")"
+
+
+def render_cleaned(item: Cleaned) -> str:
+    if item.error and item.error != "already gone":
+        return f"error {item.file_name} ({item.path}): {item.error}"
+    verb = "deleted" if item.deleted else ("already gone" if item.error else "would delete")
+    return f"{verb} {item.file_name} ({item.path})"
 
 
 def render_json(event: Event | SubmitSummary) -> str:

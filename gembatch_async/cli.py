@@ -8,20 +8,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import anyio
 
 from ._client import EMULATOR_API_KEY
 from ._errors import GembatchError, single_error
 from ._events import Event, SubmitSummary
-from ._render import render_json, render_summary, render_text
+from ._jobs import (
+    JobsContext,
+    cancel_jobs,
+    cleanup_files,
+    download_results,
+    open_jobs,
+    refresh_status,
+    watch_status,
+)
+from ._render import (
+    render_cleaned,
+    render_json,
+    render_result,
+    render_status,
+    render_summary,
+    render_text,
+)
 from ._settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_JOB_INFO,
@@ -34,6 +52,7 @@ from ._submit import submit
 from ._version import __version__
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+T = TypeVar("T")
 EMULATOR_STATE_DIR = ".gembatch-emulator"
 
 
@@ -56,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_submit(commands)
+    _add_job_commands(commands)
     _add_emulator(commands)
     return parser
 
@@ -109,6 +129,29 @@ def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
 
 
+def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    files_help = "input files whose jobs to act on (default: every recorded job)"
+    status = commands.add_parser("status", help="show (and record) the state of submitted jobs")
+    status.add_argument("files", nargs="*", metavar="FILE", help=files_help)
+    status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
+    status.add_argument("--interval", type=float, default=30.0, help="seconds between refreshes")
+    status.add_argument("--json", action="store_true", help="print one JSON object per job")
+    download = commands.add_parser("download", help="download the results of succeeded jobs")
+    download.add_argument("files", nargs="*", metavar="FILE", help=files_help)
+    download.add_argument("--out", default="results", help="folder for results (default: results)")
+    download.add_argument("--force", action="store_true", help="download again what is there")
+    download.add_argument("--json", action="store_true", help="print one JSON object per file")
+    cancel = commands.add_parser("cancel", help="cancel submitted jobs that have not ended")
+    cancel.add_argument("files", nargs="*", metavar="FILE", help=files_help)
+    cancel.add_argument("--json", action="store_true", help="print one JSON object per job")
+    cleanup = commands.add_parser(
+        "cleanup", help="delete the uploads of ended jobs (only those this journal records)"
+    )
+    cleanup.add_argument("--outputs", action="store_true", help="delete their result files too")
+    cleanup.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+    cleanup.add_argument("--json", action="store_true", help="print one JSON object per file")
+
+
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emu = commands.add_parser("emulator", help="serve a local Gemini API emulator")
     emu.add_argument("--host", default="127.0.0.1")
@@ -140,7 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Beside the journal, so each project folder keeps its own offline state.
     args.emulator_state_dir = Path(os.path.abspath(args.job_info)).parent / EMULATOR_STATE_DIR
-    command = _serve_emulator if args.command == "emulator" else _submit_command
+    command = {
+        "emulator": _serve_emulator,
+        "submit": _submit_command,
+    }.get(args.command, _jobs_command)
     try:
         return anyio.run(command, args, backend="asyncio")
     except KeyboardInterrupt:
@@ -255,6 +301,74 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str | N
             sys.stderr,
         )
         yield EMULATOR_API_KEY, running.base_url
+
+
+async def _jobs_command(args: argparse.Namespace) -> int:
+    """status, download, cancel, cleanup: each from the journal, against the same API."""
+    async with (
+        _api_endpoint(args) as (api_key, base_url),
+        open_jobs(args.job_info, api_key=api_key, base_url=base_url) as jobs,
+    ):
+        return await _JOB_COMMANDS[args.command](jobs, args)
+
+
+async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
+    show = _printer(args.json, render_status)
+    if args.watch:
+        statuses = await watch_status(jobs, show, paths=args.files, interval=args.interval)
+    else:
+        statuses = await refresh_status(jobs, args.files)
+        for status in statuses:
+            show(status)
+    if not statuses:
+        _print(f"no jobs recorded in {args.job_info}", sys.stderr)
+    return EXIT_FAILED if any(s.error for s in statuses) else EXIT_OK
+
+
+async def _download(jobs: JobsContext, args: argparse.Namespace) -> int:
+    results = await download_results(
+        jobs,
+        args.out,
+        paths=args.files,
+        force=args.force,
+        on_result=_printer(args.json, render_result),
+    )
+    if not results:
+        _print("no succeeded jobs to download yet (see: gembatch-async status)", sys.stderr)
+    return EXIT_FAILED if any(r.error for r in results) else EXIT_OK
+
+
+async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:
+    statuses = await cancel_jobs(jobs, args.files)
+    show = _printer(args.json, render_status)
+    for status in statuses:
+        show(status)
+    return EXIT_FAILED if any(s.error for s in statuses) else EXIT_OK
+
+
+async def _cleanup(jobs: JobsContext, args: argparse.Namespace) -> int:
+    cleaned = await cleanup_files(jobs, outputs=args.outputs, dry_run=args.dry_run)
+    show = _printer(args.json, render_cleaned)
+    for item in cleaned:
+        show(item)
+    if not cleaned:
+        _print("nothing to clean up: no ended job has files left", sys.stderr)
+    return EXIT_FAILED if any(c.error and c.error != "already gone" for c in cleaned) else EXIT_OK
+
+
+_JOB_COMMANDS: dict[str, Callable[[JobsContext, argparse.Namespace], Awaitable[int]]] = {
+    "status": _status,
+    "download": _download,
+    "cancel": _cancel,
+    "cleanup": _cleanup,
+}
+
+
+def _printer(as_json: bool, render: Callable[[T], str]) -> Callable[[T], None]:
+    def show(item: T) -> None:
+        _print(json.dumps(dataclasses.asdict(item)) if as_json else render(item), sys.stdout)  # type: ignore[call-overload]
+
+    return show
 
 
 async def _serve_emulator(args: argparse.Namespace) -> int:

@@ -34,6 +34,16 @@ EXPECTED = {
     "__version__",
     "open_client",
     "submit",
+    "Cleaned",
+    "JobsContext",
+    "JobStatus",
+    "ResultFile",
+    "cancel_jobs",
+    "cleanup_files",
+    "download_results",
+    "open_jobs",
+    "refresh_status",
+    "watch_status",
 }
 
 

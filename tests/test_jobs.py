@@ -1,0 +1,124 @@
+"""After submit: status, download, cancel and cleanup, as a user runs them."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+from google import genai
+from google.genai import types
+
+from gembatch_async.emulator import EmulatorConfig, RunningEmulator
+
+from .helpers import TEST_API_KEY, cli_env, make_inputs, read_journal, run_cli
+
+FAST_JOBS = pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=1.0), id="fast")]
+)
+
+
+def submitted(emulator: RunningEmulator, folder: Path, count: int = 3) -> list[str]:
+    names = [p.name for p in make_inputs(folder, count, lines=4)]
+    result = run_cli(["submit", *names], cwd=folder, env=cli_env(emulator))
+    assert result.returncode == 0, result.stderr
+    return names
+
+
+def wait_until_done(emulator: RunningEmulator) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]):
+            return
+        time.sleep(0.1)
+    raise AssertionError("batches did not finish")
+
+
+@FAST_JOBS
+def test_status_refreshes_and_records_state(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """status shows each job's state and writes it back to the journal."""
+    names = submitted(emulator, tmp_path)
+    wait_until_done(emulator)
+    result = run_cli(["status"], cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("SUCCEEDED") == 3
+    journal = read_journal(tmp_path / "job-info.jsonl")
+    assert {line["batch"]["state"] for line in journal} == {"JOB_STATE_SUCCEEDED"}
+    assert all(line["batch"]["dest"]["file_name"].startswith("files/batch-") for line in journal)
+    assert sorted(line["input_file"] for line in journal) == sorted(names)
+
+
+@FAST_JOBS
+def test_watch_until_done(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """status --watch prints changes until every job has ended, then exits 0."""
+    submitted(emulator, tmp_path, 2)
+    result = run_cli(
+        ["status", "--watch", "--interval", "0.2", "--json"], cwd=tmp_path, env=cli_env(emulator)
+    )
+    assert result.returncode == 0, result.stderr
+    states = [json.loads(line)["state"] for line in result.stdout.splitlines()]
+    assert states[-2:] == ["JOB_STATE_SUCCEEDED", "JOB_STATE_SUCCEEDED"]
+
+
+@FAST_JOBS
+def test_download_matches_keys(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """download streams each output to results/ and matches every line to its key."""
+    names = submitted(emulator, tmp_path)
+    # A request added after submission has no answer: download must say so.
+    with (tmp_path / names[0]).open("a") as handle:
+        handle.write(json.dumps({"key": "late", "request": {"contents": []}}) + "\n")
+    wait_until_done(emulator)
+    result = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("downloaded") == 3
+    assert "1 keys missing: late" in result.stdout
+    for name in names:
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / "results" / name.replace(".jsonl", ".results.jsonl"))
+            .read_text()
+            .splitlines()
+        ]
+        assert sorted(row["key"] for row in rows) == [f"k{i}" for i in range(4)]
+        assert all("response" in row for row in rows)
+    again = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
+    assert again.stdout.count("skipped") == 3
+
+
+def test_cancel_ends_unfinished_jobs(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """cancel cancels the recorded jobs still pending, and records it."""
+    emulator.reset()
+    names = submitted(emulator, tmp_path, 2)
+    result = run_cli(["cancel", names[0]], cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 0, result.stderr
+    assert "CANCELLED" in result.stdout
+    states = {b["displayName"].split(" [")[0]: b["state"] for b in emulator.state()["batches"]}
+    assert states[names[0]] == "BATCH_STATE_CANCELLED"
+    assert states[names[1]] in {"BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"}
+
+
+@FAST_JOBS
+def test_cleanup_touches_only_our_ended_jobs(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """cleanup deletes uploads (and outputs) of ended recorded jobs, nothing else."""
+    submitted(emulator, tmp_path, 2)
+    client = genai.Client(
+        api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url)
+    )
+    foreign = client.files.upload(file=io.BytesIO(b"{}\n"), config={"mime_type": "text/plain"})
+    wait_until_done(emulator)
+    dry = run_cli(["cleanup", "--dry-run"], cwd=tmp_path, env=cli_env(emulator))
+    assert dry.stdout.count("would delete") == 2
+    assert len(emulator.state()["files"]) == 5
+    result = run_cli(["cleanup", "--outputs"], cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("deleted") == 4
+    assert [f["name"] for f in emulator.state()["files"]] == [foreign.name]
+
+
+def test_job_commands_need_a_journal(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """status with nothing submitted here: a clear message and exit 2."""
+    result = run_cli(["status"], cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 2
+    assert "nothing has been submitted from here" in result.stderr

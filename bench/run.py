@@ -57,7 +57,9 @@ class Emulator:
 
 
 @contextmanager
-def emulator(latency_ms: float, state_dir: Path | None = None) -> Iterator[Emulator]:
+def emulator(
+    latency_ms: float, state_dir: Path | None = None, processing: float = 86400
+) -> Iterator[Emulator]:
     args = [
         sys.executable,
         "-m",
@@ -68,7 +70,7 @@ def emulator(latency_ms: float, state_dir: Path | None = None) -> Iterator[Emula
         "--latency-ms",
         str(latency_ms),
         "--processing-seconds",
-        "86400",
+        str(processing),
         "--max-unfinished-batches",
         "100000000",
         "--storage-quota-bytes",
@@ -400,7 +402,83 @@ def bench_memory(work: Path, big: int) -> None:
             goal_difference_mib=32,
             big_wall=round(wall, 2),
         )
+    bench_download_memory(folder, big)
     large.unlink()
+
+
+def make_short_lines(path: Path, count: int) -> Path:
+    """Many short requests: the emulator answers each with ~600 bytes, so results are big."""
+    with path.open("w") as handle:
+        for k in range(count):
+            handle.write(
+                json.dumps({"key": f"k{k}", "request": {"contents": [{"parts": [{"text": "hi"}]}]}})
+                + "\n"
+            )
+    return path
+
+
+def bench_download_memory(folder: Path, result_bytes: int) -> None:
+    """Peak RSS of `download` for a ~10 MiB result and a result of ``result_bytes``."""
+    per_line = 600
+    small = make_short_lines(folder / "short-small.jsonl", 10 * 2**20 // per_line)
+    large = make_short_lines(folder / "short-big.jsonl", result_bytes // per_line)
+    peaks: dict[str, tuple[float, float, int]] = {}
+    validate: dict[str, tuple[float, float]] = {}
+    with emulator(0, processing=1) as emu:
+        env = client_env(emu.base_url)
+        for label, path in (("small", small), ("big", large)):
+            dry = [
+                sys.executable,
+                "-m",
+                "gembatch_async",
+                "--job-info",
+                str(folder / "dry.jsonl"),
+                "submit",
+                "--dry-run",
+                str(path),
+            ]
+            timing, peak_kib = run_process(dry, env, folder)
+            validate[label] = (peak_kib / 1024, timing.wall)
+            work = folder / f"download-{label}"
+            work.mkdir()
+            journal = str(work / "job-info.jsonl")
+            run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "gembatch_async",
+                    "--job-info",
+                    journal,
+                    "submit",
+                    str(path),
+                ],
+                env,
+                work,
+            )
+            time.sleep(1.5)
+            args = [
+                sys.executable,
+                "-m",
+                "gembatch_async",
+                "--job-info",
+                journal,
+                "download",
+                "--out",
+                str(work / "out"),
+            ]
+            timing, peak_kib = run_process(args, env, work)
+            size = sum(f.stat().st_size for f in (work / "out").iterdir())
+            peaks[label] = (peak_kib / 1024, timing.wall, size)
+    record(
+        "peak_rss_download",
+        result_small_mib=round(peaks["small"][2] / 2**20, 1),
+        result_big_mib=round(peaks["big"][2] / 2**20, 1),
+        rss_small_mib=round(peaks["small"][0], 1),
+        rss_big_mib=round(peaks["big"][0], 1),
+        difference_mib=round(peaks["big"][0] - peaks["small"][0], 1),
+        goal_difference_mib=32,
+        big_wall=round(peaks["big"][1], 2),
+    )
 
 
 # -- 5. journal scale -------------------------------------------------------------------------------

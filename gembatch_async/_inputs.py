@@ -1,18 +1,17 @@
 """Find, stat, hash, count and validate JSONL inputs. No network.
 
 Every file is read once, streaming, in a worker thread: memory stays flat in the
-file's size (one line at a time, plus 8 bytes per request key for the duplicate
-check) and the event loop is never blocked.
+file's size (one line at a time; request keys are checked for duplicates by an
+external sort of their hashes, see ``_keysort``) and the event loop is never
+blocked.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import stat
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from ._errors import Problem
+from ._keysort import SortedHashes, repeated
 from ._settings import MAX_INPUT_BYTES
 
 #: Beyond this many problems in one file the rest are summarised in one line.
@@ -72,7 +72,7 @@ class _Validator:
         self.problems: list[Problem] = []
         self.suppressed = 0
         self.count = 0
-        self.key_hashes: array[int] = array("q")
+        self.key_hashes = SortedHashes()
 
     def add_problem(self, line: int, message: str) -> None:
         if len(self.problems) < MAX_PROBLEMS_PER_FILE:
@@ -104,7 +104,7 @@ class _Validator:
         if not isinstance(key, str):
             self.add_problem(number, '"key" must be a string')
             return
-        self.key_hashes.append(key_hash(key))
+        self.key_hashes.add(key_hash(key))
 
 
 def _short_json_error(exc: Exception) -> str:
@@ -119,12 +119,9 @@ def key_hash(key: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _duplicate_keys(path: str, key_hashes: array[int]) -> list[Problem]:
-    """Problems for keys seen twice; a second pass only runs when hashes collide."""
-    if len(key_hashes) < 2:
-        return []
-    ordered = sorted(key_hashes)
-    suspects = {a for a, b in itertools.pairwise(ordered) if a == b}
+def _duplicate_keys(path: str, key_hashes: SortedHashes) -> list[Problem]:
+    """Problems for keys seen twice; a second pass names them, only when there are any."""
+    suspects = repeated(key_hashes, MAX_PROBLEMS_PER_FILE * 4)
     if not suspects:
         return []
     first_line: dict[str, int] = {}
@@ -142,7 +139,7 @@ def _duplicate_keys(path: str, key_hashes: array[int]) -> list[Problem]:
                 )
             else:
                 first_line[key] = number
-    return problems
+    return problems[:MAX_PROBLEMS_PER_FILE]
 
 
 def _key_of(raw: bytes) -> str | None:
@@ -178,7 +175,8 @@ def scan_file(
                 validator.check_line(number, raw)
     except OSError as exc:
         return None, [Problem(path, f"cannot read: {exc.strerror or exc}")]
-    problems = validator.problems + _duplicate_keys(path, validator.key_hashes)
+    with validator.key_hashes:
+        problems = validator.problems + _duplicate_keys(path, validator.key_hashes)
     if validator.suppressed:
         problems.append(Problem(path, f"... and {validator.suppressed} more problems"))
     if validator.count == 0:

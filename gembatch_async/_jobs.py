@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from array import array
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from ._client import GeminiApi, batch_to_dict, open_client
 from ._errors import ApiError, UsageError
 from ._inputs import key_hash, normalise_path
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
+from ._keysort import SortedHashes, difference
 from ._retry import call_with_retries, describe
 from ._settings import DEFAULT_JOB_INFO, RetrySettings
 
@@ -36,6 +36,7 @@ END_STATES = frozenset(
     {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 )
 _CONCURRENCY = 8
+MAX_LISTED_KEYS = 100
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,12 @@ class ResultFile:
     output_path: str
     responses: int
     errors: int
+    #: The first MAX_LISTED_KEYS input keys with no output line; missing_count has them all.
     missing_keys: tuple[str, ...]
     unexpected_keys: int
     skipped: bool = False
     error: str | None = None
+    missing_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -274,43 +277,50 @@ async def _download_one(jobs: JobsContext, status: JobStatus, target: Path) -> R
 
 
 def _match_keys(status: JobStatus, target: Path) -> ResultFile:
-    """Count responses and errors, and which input keys have no output line (streaming)."""
+    """Count responses and errors, and match output keys to input keys (streaming).
+
+    Keys are compared as externally sorted 8-byte hashes (``_keysort``), so a
+    result of millions of lines needs a few MiB; a second pass over the input
+    names the first missing keys.
+    """
     responses = errors = 0
-    seen: array[int] = array("q")
-    with target.open("rb") as handle:
-        for raw in handle:
-            if not raw.strip():
-                continue
-            row = json.loads(raw)
-            errors += "error" in row
-            responses += "response" in row
-            if isinstance(row.get("key"), str):
-                seen.append(key_hash(row["key"]))
-    wanted = _input_keys(status.path)
-    if wanted is None:
-        return ResultFile(status.path, status.batch_name, str(target), responses, errors, (), 0)
-    got = set(seen)
-    missing = tuple(key for key in wanted if key_hash(key) not in got)
-    expected = {key_hash(key) for key in wanted}
-    unexpected = sum(1 for h in seen if h not in expected)
+    with SortedHashes() as answered, SortedHashes() as wanted:
+        with target.open("rb") as handle:
+            for raw in handle:
+                if not raw.strip():
+                    continue
+                row = json.loads(raw)
+                errors += "error" in row
+                responses += "response" in row
+                if isinstance(row.get("key"), str):
+                    answered.add(key_hash(row["key"]))
+        try:
+            for key in _input_keys(status.path):
+                wanted.add(key_hash(key))
+        except (OSError, ValueError):  # the input is gone or changed shape: nothing to match
+            return ResultFile(status.path, status.batch_name, str(target), responses, errors, (), 0)
+        missing, missing_count, unexpected = difference(wanted, answered, MAX_LISTED_KEYS)
+    named = [key for key in _input_keys(status.path) if key_hash(key) in missing] if missing else []
     return ResultFile(
-        status.path, status.batch_name, str(target), responses, errors, missing, unexpected
+        status.path,
+        status.batch_name,
+        str(target),
+        responses,
+        errors,
+        tuple(named[:MAX_LISTED_KEYS]),
+        unexpected,
+        missing_count=missing_count,
     )
 
 
-def _input_keys(path: str) -> list[str] | None:
-    """The request keys of the input, or None when the input is gone."""
-    try:
-        with open(path, "rb") as handle:
-            keys = []
-            for raw in handle:
-                if raw.strip():
-                    key = json.loads(raw).get("key")
-                    if isinstance(key, str):
-                        keys.append(key)
-            return keys
-    except (OSError, ValueError):
-        return None
+def _input_keys(path: str) -> Iterator[str]:
+    """The request keys of the input file, streaming."""
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                key = json.loads(raw).get("key")
+                if isinstance(key, str):
+                    yield key
 
 
 # -- cancel ------------------------------------------------------------------------------

@@ -96,10 +96,10 @@ def render_result(result: ResultFile) -> str:
         f"downloaded {result.path} -> {result.output_path} "
         f"({result.responses} responses, {result.errors} errors"
     )
-    if result.missing_keys:
+    if result.missing_count:
         shown = ", ".join(result.missing_keys[:5])
-        more = f" and {len(result.missing_keys) - 5} more" if len(result.missing_keys) > 5 else ""
-        line += f", {len(result.missing_keys)} keys missing: {shown}{more}"
+        more = f" and {result.missing_count - 5} more" if result.missing_count > 5 else ""
+        line += f", {result.missing_count} keys missing: {shown}{more}"
     if result.unexpected_keys:
         line += f", {result.unexpected_keys} unexpected keys"
     return line + ")"

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -92,3 +93,42 @@ def test_paths_normalised_and_unique() -> None:
         "a.jsonl",
         "b.jsonl",
     ]
+
+
+def test_duplicate_keys_found_beyond_one_sort_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys far apart, past the in-memory run size, are still found as duplicates."""
+    from gembatch_async import _keysort
+
+    monkeypatch.setattr(_keysort, "RUN_SIZE", 256)
+    path = tmp_path / "a.jsonl"
+    lines = [json.dumps({"key": f"k{i}", "request": {}}) for i in range(3000)]
+    lines.append(json.dumps({"key": "k7", "request": {}}))
+    path.write_text("\n".join(lines) + "\n")
+    _, problems = scan_file(str(path))
+    assert [(p.line, p.message) for p in problems] == [
+        (3001, "duplicate key 'k7' (first on line 8)")
+    ]
+
+
+@given(
+    wanted=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
+    got=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
+)
+@settings(max_examples=60, deadline=None)
+def test_external_sort_difference_matches_sets(wanted: list[int], got: list[int]) -> None:
+    """Spilled, merged runs give exactly what set arithmetic gives."""
+    from gembatch_async._keysort import SortedHashes, difference, repeated
+
+    with SortedHashes(run_size=16) as a, SortedHashes(run_size=16) as b:
+        for value in wanted:
+            a.add(value)
+        for value in got:
+            b.add(value)
+        assert list(a) == sorted(wanted)
+        missing, count, unexpected = difference(a, b, limit=10_000)
+        assert missing == set(wanted) - set(got)
+        assert count == len(set(wanted) - set(got))
+        assert unexpected == len(set(got) - set(wanted))
+        assert repeated(a, 10_000) == {v for v in wanted if wanted.count(v) > 1}

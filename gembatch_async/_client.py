@@ -11,10 +11,11 @@ import base64
 import binascii
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import pydantic
 from google import genai
 from google.genai import errors as genai_errors
@@ -311,6 +312,25 @@ EMULATOR_API_KEY = "gembatch-emulator"
 #: the connection drops, which turns a lost ``batches.create`` into a second
 #: batch behind our back. With this set, every retry is ours (``_retry``).
 NO_SDK_RETRIES = types.HttpRetryOptions(attempts=1)
+
+
+@contextlib.asynccontextmanager
+async def api_session(
+    client: genai.Client | None = None,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+) -> AsyncIterator[GeminiApi]:
+    """The caller's client (checked), or one of ours that is closed afterwards."""
+    if client is not None:
+        yield GeminiApi.for_caller_client(client)
+        return
+    api = open_client(api_key=api_key, base_url=base_url)
+    try:
+        yield api
+    finally:
+        with anyio.CancelScope(shield=True):  # close even when the run is being cancelled
+            await api.client.aio.aclose()
 
 
 def open_client(

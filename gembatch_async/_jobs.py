@@ -22,7 +22,7 @@ import anyio.to_thread
 from google import genai
 from google.genai import types
 
-from ._client import GeminiApi, batch_to_dict, open_client
+from ._client import GeminiApi, api_session, batch_to_dict
 from ._errors import ApiError, UsageError
 from ._inputs import key_hash, normalise_path
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
@@ -109,19 +109,9 @@ async def open_jobs(
         raise UsageError(f"no journal at {job_info}: nothing has been submitted from here")
     journal = Journal(job_info)
     await anyio.to_thread.run_sync(journal.open)
-    owned = client is None
     try:
-        api = (
-            GeminiApi.for_caller_client(client)
-            if client
-            else open_client(api_key=api_key, base_url=base_url)
-        )
-        try:
+        async with api_session(client, api_key=api_key, base_url=base_url) as api:
             yield JobsContext(journal, api, retry or RetrySettings())
-        finally:
-            if owned:
-                with anyio.CancelScope(shield=True):
-                    await api.client.aio.aclose()
     finally:
         journal.close()
 

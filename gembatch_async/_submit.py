@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 from google import genai
 
-from ._client import GeminiApi, model_supports_batch, open_client
+from ._client import GeminiApi, api_session, model_supports_batch
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._inputs import InputFile, check_regular_file, scan_inputs, unique_paths
@@ -57,18 +57,12 @@ async def submit(
         for problem in view.problems:
             on_event(problem)
         items = await _check_locally(wanted, view, settings, client, api_key)
-        owned = client is None
-        api = _api_for(client, api_key, base_url)
-        try:
+        async with api_session(client, api_key=api_key, base_url=base_url) as api:
             await _check_model(api, settings)
             if settings.dry_run:
                 return _dry_run(items, view, settings, on_event, started)
             run = SubmitRun(api, journal, settings, on_event, stop or anyio.Event())
             tally = await run.run(items)
-        finally:
-            if owned:
-                with anyio.CancelScope(shield=True):
-                    await api.client.aio.aclose()
     finally:
         journal.close()
     return SubmitSummary(
@@ -85,12 +79,6 @@ def _without_journal(paths: list[str], journal: Journal) -> list[str]:
     """``*.jsonl`` in the project folder matches the journal itself: never submit it."""
     own = {os.path.realpath(journal.path), os.path.realpath(journal.lock_path)}
     return [p for p in paths if os.path.realpath(p) not in own]
-
-
-def _api_for(client: genai.Client | None, api_key: str | None, base_url: str | None) -> GeminiApi:
-    if client is not None:
-        return GeminiApi.for_caller_client(client)
-    return open_client(api_key=api_key, base_url=base_url)
 
 
 async def _check_locally(

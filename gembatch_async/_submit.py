@@ -57,10 +57,13 @@ async def submit(
         for problem in view.problems:
             on_event(problem)
         items = await _check_locally(wanted, view, settings, client, api_key)
+        if not settings.dry_run and all(_recorded(item, view, settings) for item in items):
+            # Nothing to upload: no client, no model check, no request at all.
+            return _report_without_api(items, view, settings, on_event, started)
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
             await _check_model(api, settings)
             if settings.dry_run:
-                return _dry_run(items, view, settings, on_event, started)
+                return _report_without_api(items, view, settings, on_event, started)
             run = SubmitRun(api, journal, settings, on_event, stop or anyio.Event())
             tally = await run.run(items)
     finally:
@@ -128,17 +131,23 @@ async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
         raise PreflightError([Problem(model, "model does not support batchGenerateContent")])
 
 
-def _dry_run(
+def _recorded(item: InputFile, view: JournalView, settings: SubmitSettings) -> bool:
+    """The journal covers the file and nothing asks to submit it again."""
+    return item.path in view.latest and not settings.force and not settings.retry_failed
+
+
+def _report_without_api(
     items: list[InputFile],
     view: JournalView,
     settings: SubmitSettings,
     on_event: EventHandler,
     started: float,
 ) -> SubmitSummary:
+    """Skips, and for a dry run what would be submitted: all known without the API."""
     skipped = 0
     for n, item in enumerate(items, start=1):
         latest = view.latest.get(item.path)
-        if latest is not None and not settings.force and not settings.retry_failed:
+        if latest is not None and _recorded(item, view, settings):
             changed = latest.get("sha256") not in (None, item.sha256)
             on_event(FileSkipped(item.path, batch_name_of(latest), n, len(items), changed))
             skipped += 1

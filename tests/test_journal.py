@@ -164,3 +164,13 @@ def test_two_journals_in_one_process_exclude_each_other(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
         assert pool.apply(_try_claim, (str(path), "a.jsonl")) is False
+
+
+def test_line_with_two_values_is_reported(tmp_path: Path) -> None:
+    """A line holding two JSON values is caught even though the batch parse would accept it."""
+    path = tmp_path / "job-info.jsonl"
+    first = json.dumps(line("a.jsonl", "batches/a"))
+    path.write_text(f"{first}\n{first}, {first}\n")
+    view = Journal(path).open()
+    assert [p.line for p in view.problems] == [2]
+    assert list(view.latest) == ["a.jsonl"]

@@ -302,13 +302,11 @@ class SubmitRun:
         return _failed(sub.item, f"{reason}; cleanup timed out", left)
 
     # -- upload --------------------------------------------------------------
-    async def _upload_or_reuse(self, sub: Submission, progress: _Progress) -> bool:
-        """Upload the file under its own name; True when an earlier upload was reused."""
-        return await self._with_retries(
-            "upload", sub.item.path, lambda: self._upload_once(sub, progress)
-        )
+    async def _upload_or_reuse(self, sub: Submission, progress: _Progress) -> None:
+        """Upload the file under its own name, or reuse an earlier upload of it."""
+        await self._with_retries("upload", sub.item.path, lambda: self._upload_once(sub, progress))
 
-    async def _upload_once(self, sub: Submission, progress: _Progress) -> bool:
+    async def _upload_once(self, sub: Submission, progress: _Progress) -> None:
         progress.upload_may_exist = True
         try:
             remote = await self.api.upload_file(
@@ -318,7 +316,8 @@ class SubmitRun:
                 mime_type=self.settings.mime_type,
             )
         except AlreadyExistsApiError:
-            return await self._reuse_or_replace(sub, progress)
+            await self._reuse_or_replace(sub, progress)
+            return
         except AmbiguousApiError:
             progress.upload_ambiguous = True
             raise
@@ -330,9 +329,8 @@ class SubmitRun:
             await self.api.delete_file(sub.upload_name)
             raise TransientApiError("the server's sha256 differs from the file's; uploading again")
         progress.uploaded = sub.upload_name
-        return False
 
-    async def _reuse_or_replace(self, sub: Submission, progress: _Progress) -> bool:
+    async def _reuse_or_replace(self, sub: Submission, progress: _Progress) -> None:
         """An upload with our name exists, so an earlier attempt or run got this far.
 
         It may also have created the batch: the create step looks first. The
@@ -351,7 +349,7 @@ class SubmitRun:
         )
         if (intact and fresh) or await self._find_batch(sub) is not None:
             progress.uploaded = sub.upload_name
-            return True
+            return
         progress.batch_unknown = False
         await self.api.delete_file(sub.upload_name)
         raise TransientApiError("an earlier upload was stale; uploading again")

@@ -204,7 +204,7 @@ def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_pa
     kills = 0
     for round_ in range(KILL_ROUNDS):
         # Fresh files each round, so every kill lands in real work.
-        names += [p.name for p in make_inputs(tmp_path, 16, prefix=f"r{round_:02d}")]
+        names += [p.name for p in make_inputs(tmp_path, 24, prefix=f"r{round_:02d}")]
         process = _start_cli(tmp_path, emulator, names)
         try:
             process.wait(timeout=rng.uniform(0.5, 1.7))

@@ -13,6 +13,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -161,8 +162,6 @@ def _hex_sha256(wire: str | None) -> str | None:
 def _remote_file(file: types.File) -> RemoteFile:
     expires = None
     if file.expiration_time is not None:
-        from datetime import datetime, timezone
-
         expires = (file.expiration_time - datetime.now(timezone.utc)).total_seconds()
     state = file.state.value if file.state is not None else None
     return RemoteFile(

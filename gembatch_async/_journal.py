@@ -192,10 +192,6 @@ class Journal:
             _release_lock_file(self._lock)
             self._lock = None
 
-    @property
-    def view(self) -> JournalView:
-        return self._view
-
     # -- locking -------------------------------------------------------------
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

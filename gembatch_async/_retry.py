@@ -27,19 +27,9 @@ T = TypeVar("T")
 #: Called before each sleep: (attempt number, delay in seconds, the error).
 OnRetry = Callable[[int, float, BaseException], None]
 
-_testing_no_wait = False
-
-
-def set_testing(no_wait: bool) -> None:
-    """Test switch: keep the attempts but skip the waiting between them."""
-    global _testing_no_wait
-    _testing_no_wait = no_wait
-
 
 def backoff_delay(settings: RetrySettings, attempt: int, error: BaseException | None) -> float:
     """Exponential backoff with jitter, or the server's Retry-After, both capped."""
-    if _testing_no_wait:
-        return 0.0
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, (int, float)) and retry_after >= 0:
         return float(min(retry_after, settings.retry_after_cap))

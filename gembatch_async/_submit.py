@@ -57,7 +57,7 @@ async def submit(
         for problem in view.problems:
             on_event(problem)
         items = await _check_locally(wanted, view, settings, client, api_key)
-        if not settings.dry_run and all(_recorded(item, view, settings) for item in items):
+        if not settings.dry_run and all(_recorded(item.path, view, settings) for item in items):
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
@@ -96,11 +96,8 @@ async def _check_locally(
     problems = [p for p in checks.values() if p is not None]
     readable = [path for path, problem in checks.items() if problem is None]
     found, content_problems = await scan_inputs(readable, anyio.CapacityLimiter(_SCAN_THREADS))
-    will_skip = {
-        p for p in readable if p in view.latest and not settings.force and not settings.retry_failed
-    }
     # A file the journal already covers is skipped, so its content does not matter.
-    problems += [p for p in content_problems if p.path not in will_skip]
+    problems += [p for p in content_problems if not _recorded(p.path, view, settings)]
     if not paths:
         problems.append(Problem("(arguments)", "no input files given"))
     if client is None and not (api_key or api_key_from_env()):
@@ -131,9 +128,9 @@ async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
         raise PreflightError([Problem(model, "model does not support batchGenerateContent")])
 
 
-def _recorded(item: InputFile, view: JournalView, settings: SubmitSettings) -> bool:
+def _recorded(path: str, view: JournalView, settings: SubmitSettings) -> bool:
     """The journal covers the file and nothing asks to submit it again."""
-    return item.path in view.latest and not settings.force and not settings.retry_failed
+    return path in view.latest and not settings.force and not settings.retry_failed
 
 
 def _report_without_api(
@@ -147,7 +144,7 @@ def _report_without_api(
     skipped = 0
     for n, item in enumerate(items, start=1):
         latest = view.latest.get(item.path)
-        if latest is not None and _recorded(item, view, settings):
+        if latest is not None and _recorded(item.path, view, settings):
             changed = latest.get("sha256") not in (None, item.sha256)
             on_event(FileSkipped(item.path, batch_name_of(latest), n, len(items), changed))
             skipped += 1

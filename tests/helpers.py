@@ -7,7 +7,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,20 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30, poll: float = 0.02) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(poll)
+
+
+def creates_reached(emulator: RunningEmulator, count: int) -> Callable[[], bool]:
+    """A condition: the emulator has seen at least ``count`` batch creates."""
+    return lambda: emulator.state()["requests"]["create"]["count"] >= count
 
 
 def request_total(state: dict[str, Any]) -> int:

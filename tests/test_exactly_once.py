@@ -21,9 +21,11 @@ from .helpers import (
     TEST_API_KEY,
     assert_converged,
     cli_env,
+    creates_reached,
     make_inputs,
     read_journal,
     run_cli,
+    wait_until,
 )
 
 CHAOS = ",".join(
@@ -254,9 +256,7 @@ def test_first_ctrl_c_settles_in_flight_and_exits_130(
     """SIGINT once: nothing new starts, in-flight files settle, every created batch is recorded."""
     names = [p.name for p in make_inputs(tmp_path, 40)]
     process = _start_cli(tmp_path, emulator, names)
-    deadline = time.monotonic() + 30
-    while emulator.state()["requests"]["create"]["count"] < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(creates_reached(emulator, 4))
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) == 130
     stderr = process.stderr.read() if process.stderr else ""
@@ -286,9 +286,7 @@ def test_second_ctrl_c_exits_at_once_and_rerun_settles(
     """SIGINT twice: exit 130 at once; the next run finds what the aborted one left."""
     names = [p.name for p in make_inputs(tmp_path, 30)]
     process = _start_cli(tmp_path, emulator, names)
-    deadline = time.monotonic() + 30
-    while emulator.state()["requests"]["create"]["count"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(creates_reached(emulator, 2))
     process.send_signal(signal.SIGINT)
     time.sleep(0.05)
     started = time.monotonic()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from google.genai import types
 
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from .helpers import TEST_API_KEY, cli_env, make_inputs, read_journal, run_cli
+from .helpers import TEST_API_KEY, cli_env, make_inputs, read_journal, run_cli, wait_until
 
 FAST_JOBS = pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=1.0), id="fast")]
@@ -28,12 +27,11 @@ def submitted(emulator: RunningEmulator, folder: Path, count: int = 3) -> list[s
 
 
 def wait_until_done(emulator: RunningEmulator) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]):
-            return
-        time.sleep(0.1)
-    raise AssertionError("batches did not finish")
+    wait_until(
+        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]),
+        timeout=20,
+        poll=0.1,
+    )
 
 
 @FAST_JOBS

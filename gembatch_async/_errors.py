@@ -9,6 +9,7 @@ each class carries the exit code the CLI uses for it::
     ├── PreflightError(ValueError)     (exit 2)  inputs or model refused before any upload;
     │                                            carries every problem found
     ├── JournalError(OSError)          (exit 2)  job-info.jsonl cannot be read or written
+    ├── InputChangedError(OSError)     (exit 1)  an input vanished or changed after pre-flight
     └── ApiError                       (exit 1)  the API or the network failed a call
         ├── TransientApiError          (exit 1)  worth retrying: 408/429/5xx, dropped, timed out
         │   └── AmbiguousApiError      (exit 1)  the action may have happened anyway
@@ -79,6 +80,10 @@ class JournalError(GembatchError, OSError):
     """The job-info journal could not be read or written."""
 
     exit_code = 2
+
+
+class InputChangedError(GembatchError, OSError):
+    """An input is no longer the file pre-flight checked; that file alone fails."""
 
 
 class ApiError(GembatchError):

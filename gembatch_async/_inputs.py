@@ -8,23 +8,38 @@ blocked.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
 
-from ._errors import Problem
+from ._errors import InputChangedError, Problem
 from ._keysort import SortedHashes, repeated
 from ._settings import MAX_INPUT_BYTES
 
 #: Beyond this many problems in one file the rest are summarised in one line.
 MAX_PROBLEMS_PER_FILE = 20
 _READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Which file, in which version: what the upload checks it still has."""
+
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> Fingerprint:
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,10 @@ class InputFile:
     size_bytes: int
     sha256: str
     count: int
+    #: The file as it was read; None only for inputs made without reading a file.
+    fingerprint: Fingerprint | None = None
+    #: The identity the journal knows it by (see ``_identity``); set by submit.
+    identity: str = ""
 
 
 def normalise_path(path: str | os.PathLike[str]) -> str:
@@ -50,6 +69,37 @@ def normalise_path(path: str | os.PathLike[str]) -> str:
 def unique_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     """Normalised paths in first-seen order, each once."""
     return list(dict.fromkeys(normalise_path(p) for p in paths))
+
+
+@contextlib.contextmanager
+def open_as_checked(item: InputFile) -> Iterator[str]:
+    """A path to exactly the file pre-flight read, for the SDK to upload from.
+
+    The file is opened here and compared with what pre-flight saw (device, inode,
+    size, mtime); the path yielded is ``/dev/fd/N`` for that descriptor. So the
+    upload reads this very file even if its name is replaced meanwhile, and the
+    file name the SDK puts in an HTTP header is plain ASCII, whatever the user's
+    file is called (httpx refuses non-ASCII header values). Raises
+    :class:`InputChangedError` when the file vanished or changed since
+    pre-flight, or changed while it was open.
+    """
+    try:
+        fd = os.open(item.path, os.O_RDONLY)
+    except OSError as exc:
+        reason = "vanished" if isinstance(exc, FileNotFoundError) else exc.strerror
+        raise InputChangedError(f"{item.path}: {reason} since pre-flight; not submitted") from exc
+    try:
+        _require_unchanged(item, fd, "since pre-flight")
+        by_descriptor = f"/dev/fd/{fd}"
+        yield by_descriptor if os.path.exists(by_descriptor) else item.path
+        _require_unchanged(item, fd, "while it was being uploaded")
+    finally:
+        os.close(fd)
+
+
+def _require_unchanged(item: InputFile, fd: int, when: str) -> None:
+    if item.fingerprint is not None and Fingerprint.of(os.fstat(fd)) != item.fingerprint:
+        raise InputChangedError(f"{item.path}: changed {when}; not submitted (run submit again)")
 
 
 def check_regular_file(path: str) -> Problem | None:
@@ -89,8 +139,14 @@ class _Validator:
         if not raw.strip():
             return
         self.count += 1
+        if number == 1 and raw.startswith(_UTF8_BOM):
+            self.add_problem(
+                number,
+                "starts with a UTF-8 byte order mark (BOM): save the file as UTF-8 without one",
+            )
+            return
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             self.add_problem(number, f"not valid JSON ({_short_json_error(exc)})")
             return
@@ -110,6 +166,14 @@ class _Validator:
             self.add_problem(number, '"key" must be a string')
             return
         self.key_hashes.add(key_hash(key))
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _refuse_constant(name: str) -> object:
+    """NaN and the infinities are not JSON (RFC 8259); Python's parser takes them by default."""
+    raise ValueError(f"{name} is not valid JSON (RFC 8259 has no NaN or Infinity)")
 
 
 def _short_json_error(exc: Exception) -> str:
@@ -170,7 +234,8 @@ def scan_file(
     validator = _Validator(path)
     try:
         with open(path, "rb", buffering=_READ_SIZE) as handle:
-            size = os.fstat(handle.fileno()).st_size
+            before = Fingerprint.of(os.fstat(handle.fileno()))
+            size = before.size
             if size > max_bytes:
                 return None, [
                     Problem(path, f"is {size} bytes, over the API's limit of {max_bytes}")
@@ -178,6 +243,8 @@ def scan_file(
             for number, raw in enumerate(handle, start=1):
                 hasher.update(raw)
                 validator.check_line(number, raw)
+            if Fingerprint.of(os.fstat(handle.fileno())) != before:
+                return None, [Problem(path, "changed while it was being read; try again")]
     except OSError as exc:
         return None, [Problem(path, f"cannot read: {exc.strerror or exc}")]
     with validator.key_hashes:
@@ -188,7 +255,7 @@ def scan_file(
         problems.append(Problem(path, "is empty: no request lines"))
     if problems:
         return None, problems
-    return InputFile(path, size, hasher.hexdigest(), validator.count), []
+    return InputFile(path, size, hasher.hexdigest(), validator.count, before), []
 
 
 def _scan_many(paths: list[str]) -> list[tuple[InputFile | None, list[Problem]]]:

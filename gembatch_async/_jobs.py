@@ -24,7 +24,8 @@ from google.genai import types
 
 from ._client import GeminiApi, api_session, batch_to_dict
 from ._errors import ApiError, UsageError
-from ._inputs import key_hash, normalise_path
+from ._identity import identity_of_path
+from ._inputs import key_hash
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
 from ._keysort import SortedHashes, difference
 from ._retry import call_with_retries, describe
@@ -85,11 +86,11 @@ class JobsContext:
         view = self.journal.refresh()
         if not paths:
             return list(view.latest.values())
-        wanted = [normalise_path(p) for p in paths]
-        missing = [p for p in wanted if p not in view.latest]
+        wanted = {identity_of_path(p, self.journal.root): p for p in paths}
+        missing = [p for identity, p in wanted.items() if identity not in view.latest]
         if missing:
-            raise UsageError(f"not in {self.journal.path}: {', '.join(missing)}")
-        return [view.latest[p] for p in wanted]
+            raise UsageError(f"not in {self.journal.given}: {', '.join(missing)}")
+        return [view.latest[identity] for identity in wanted]
 
     async def call(self, call: Callable[[], Awaitable[T]]) -> T:
         return await call_with_retries(self.retry, call)
@@ -134,25 +135,26 @@ async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) 
     """Ask the API for each recorded job's state and write it back to the journal."""
     lines = jobs.recorded(paths)
     fresh: dict[str, types.BatchJob] = {}
-    statuses: dict[str, JobStatus] = {}
+    statuses: list[JobStatus | None] = [None] * len(lines)
 
-    async def check(line: JobLine) -> None:
+    async def check(index: int) -> None:
+        line = lines[index]
         path, name = str(line["input_file"]), batch_name_of(line)
         if batch_state_of(line) in END_STATES:  # settled: nothing can change any more
-            statuses[path] = _status_from_line(line)
+            statuses[index] = _status_from_line(line)
             return
         try:
             batch = await jobs.call(lambda: jobs.api.get_batch(name))
         except ApiError as exc:
-            statuses[path] = _status_from_line(line, error=describe(exc))
+            statuses[index] = _status_from_line(line, error=describe(exc))
             return
         fresh[name] = batch
-        statuses[path] = _status_from_batch(path, batch)
+        statuses[index] = _status_from_batch(path, batch)
 
-    await _for_each(lines, check)
+    await _for_each(range(len(lines)), check)
     if fresh:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_fresh_batches(fresh))
-    return [statuses[str(line["input_file"])] for line in lines]
+    return [status for status in statuses if status is not None]
 
 
 def _with_fresh_batches(fresh: dict[str, types.BatchJob]) -> Callable[[JobLine], JobLine]:

@@ -9,7 +9,12 @@
   atomic rename, so lines appended meanwhile by another process are not lost.
 - Cross-process claims on single inputs use POSIX record locks on one lock
   file: the kernel drops them when a process dies, so a crash never leaves a
-  stale lock behind (the original gembatch's did).
+  stale lock behind (the original gembatch's did). The lock file also holds the
+  journal's scope id (see ``_identity``), written once, before any upload.
+- Nothing of the user's is damaged: a file that is not a journal (a request
+  JSONL given by mistake, ``/dev/null``) is refused before anything is written,
+  a read-only open (``--dry-run``) writes nothing at all, and a rewrite keeps the
+  file's permission bits and owner.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -30,43 +36,56 @@ import anyio
 
 from ._errors import JournalError
 from ._events import JournalProblem
-from ._inputs import normalise_path
+from ._identity import identity_of_line, journal_root, new_scope_id
 
 JobLine = dict[str, Any]
 _CLAIM_SPACE = 1 << 40  # byte offsets used as claim slots in the lock file
 _CLAIM_POLL_MAX = 0.5
+#: Every line we (and the original tool) write starts so; a torn first append does too.
+_JOB_LINE_START = b'{"input_file"'
+#: A file whose first this-many lines hold no job record is not a journal.
+_SNIFF_LINES = 100
 
 
 @dataclass
 class JournalView:
-    """What the journal says, folded by input file: the latest line wins."""
+    """What the journal says, folded by input identity: the latest line wins."""
 
+    #: The journal's resolved folder: identities of old lines are relative to it.
+    root: str = ""
     latest: dict[str, JobLine] = field(default_factory=dict)
     history: dict[str, int] = field(default_factory=dict)
     uploads_in_use: set[str] = field(default_factory=set)
     problems: list[JournalProblem] = field(default_factory=list)
+    #: The scope id the first line carrying one recorded (see ``_identity``).
+    recorded_scope_id: str | None = None
     #: Bytes of the journal this view has read, and the inode they came from.
     offset: int = 0
     inode: int = 0
     lines_read: int = 0
 
     def add(self, line: JobLine) -> None:
-        path = normalise_path(str(line["input_file"]))
-        self.latest[path] = line
-        self.history[path] = self.history.get(path, 0) + 1
+        identity = identity_of_line(line, self.root)
+        self.latest[identity] = line
+        self.history[identity] = self.history.get(identity, 0) + 1
         upload = line.get("uploaded_file_name")
         if isinstance(upload, str):
             self.uploads_in_use.add(upload)
+        if self.recorded_scope_id is None and isinstance(line.get("journal_id"), str):
+            self.recorded_scope_id = line["journal_id"]
 
 
 def batch_name_of(line: JobLine) -> str:
-    """The batch name recorded on a job line ("" if none)."""
+    """The batch name recorded on a job line: ``batch.name``, or the older ``job_name``."""
     batch = line.get("batch")
     name = batch.get("name") if isinstance(batch, dict) else None
+    if not name:
+        name = line.get("job_name")
     return name if isinstance(name, str) else ""
 
 
 def batch_state_of(line: JobLine) -> str:
+    """The last recorded state ("" when the line never had one, as in the older format)."""
     batch = line.get("batch")
     state = batch.get("state") if isinstance(batch, dict) else None
     return state if isinstance(state, str) else ""
@@ -100,11 +119,37 @@ def _parse_lines(raws: list[bytes]) -> list[JobLine | str | None]:
 
 
 def _check_line(obj: object) -> JobLine | str:
+    """The job line, or why it is not one: every field we act on has the shape we expect."""
     if not isinstance(obj, dict):
         return "not a JSON object"
-    if not isinstance(obj.get("input_file"), str):
+    path = obj.get("input_file")
+    if not isinstance(path, str) or not path:
         return 'no "input_file"'
+    if "\0" in path:
+        return '"input_file" holds a NUL character'
+    if "batch" in obj and not isinstance(obj["batch"], dict):
+        return '"batch" is not a JSON object'
+    for name in ("job_name", "uploaded_file_name", "input_identity", "journal_id", "sha256"):
+        if name in obj and not isinstance(obj[name], str):
+            return f'"{name}" is not a string'
+    batch = obj.get("batch") or {}
+    for name in ("name", "state"):
+        if name in batch and not isinstance(batch[name], str):
+            return f'"batch.{name}" is not a string'
+    if not batch_name_of(obj):
+        return 'no batch name ("batch.name" or "job_name")'
     return obj
+
+
+def _is_torn_job_line(fragment: bytes) -> bool:
+    """A fragment a crash left mid-append: one of our lines, cut short."""
+    if not fragment.lstrip().startswith(_JOB_LINE_START):
+        return False
+    try:
+        json.loads(fragment)
+    except ValueError:
+        return True
+    return False
 
 
 def encode_line(line: JobLine) -> bytes:
@@ -169,28 +214,132 @@ class Journal:
     """The job-info journal at ``path`` and its lock file beside it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        #: As the user named it, for messages.
+        self.given = os.fspath(path)
+        # A symlinked journal is written through to its target, never replaced by a copy.
+        self.path = Path(os.path.realpath(path))
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.root = journal_root(self.path)
         self._lock: _LockFile | None = None
-        self._view = JournalView()
+        self._view = JournalView(root=self.root)
+        #: The id every server-side name of this journal carries (None when read-only).
+        self.scope_id: str | None = None
 
     # -- lifecycle -----------------------------------------------------------
-    def open(self) -> JournalView:
-        """Take the lock file, repair a torn tail, and read everything. Blocking."""
+    def open(self, *, read_only: bool = False) -> JournalView:
+        """Check it is a journal, take the lock file, repair a torn tail, read it. Blocking.
+
+        ``read_only`` (a dry run): nothing is created, repaired or locked.
+        """
+        self._refuse_if_not_a_journal()
+        if read_only:
+            self._view = JournalView(root=self.root, problems=self._torn_tail_notice())
+            self._read_from(0)
+            return self._view
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _acquire_lock_file(self.lock_path)
         except OSError as exc:
             raise JournalError(f"cannot open {self.lock_path}: {exc.strerror}") from exc
         problems = self._repair_torn_tail()
-        self._view = JournalView(problems=problems)
+        self._view = JournalView(root=self.root, problems=problems)
         self._read_from(0)
+        self.scope_id = self._settle_scope_id(self._view.recorded_scope_id)
         return self._view
 
     def close(self) -> None:
         if self._lock is not None:
             _release_lock_file(self._lock)
             self._lock = None
+
+    # -- what the file is ----------------------------------------------------
+    def _refuse_if_not_a_journal(self) -> None:
+        """Refuse a path that is not a regular file, or whose lines are not job records.
+
+        Read before anything is written: a request JSONL passed as ``--job-info``
+        must come out byte for byte as it went in.
+        """
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise JournalError(f"cannot read {self.given}: {exc.strerror}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise JournalError(f"{self.given} is not a regular file; a journal must be one")
+        reason = self._why_not_a_journal()
+        if reason is not None:
+            raise JournalError(
+                f"{self.given} is not a gembatch journal ({reason}); refusing to use it: "
+                "pass --job-info with a journal or a new file name"
+            )
+
+    def _why_not_a_journal(self) -> str | None:
+        """None if the file is empty or holds a job record; else what its first line is.
+
+        Reads only as far as the first job record: a real journal is told from
+        its first line.
+        """
+        first_reason: str | None = None
+        number = 0
+        try:
+            with open(self.path, "rb") as handle:
+                for raw in handle:
+                    number += 1
+                    if not raw.strip():
+                        continue
+                    torn = not raw.endswith(b"\n")  # a torn last line: ours if it starts as ours
+                    if torn and first_reason is None and raw.lstrip().startswith(_JOB_LINE_START):
+                        return None
+                    parsed = _parse_line(raw)
+                    if isinstance(parsed, dict):
+                        return None
+                    if first_reason is None:
+                        first_reason = f"line {number}: {parsed}"
+                    if number >= _SNIFF_LINES:
+                        break
+        except OSError as exc:
+            raise JournalError(f"cannot read {self.given}: {exc.strerror}") from exc
+        return first_reason
+
+    def _torn_tail_notice(self) -> list[JournalProblem]:
+        """A read-only open leaves a torn tail alone, but says so."""
+        try:
+            with open(self.path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - 1))
+                if size == 0 or handle.read(1) == b"\n":
+                    return []
+                lines = self._count_lines_before(handle, size) + 1
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise JournalError(f"cannot read {self.given}: {exc.strerror}") from exc
+        return [
+            JournalProblem(
+                self.given, lines, "last line is unfinished; left as it is (read-only run)"
+            )
+        ]
+
+    def _settle_scope_id(self, recorded: str | None) -> str:
+        """The journal's scope id: kept in the lock file, else the journal's, else new.
+
+        Written under the journal lock before any upload, so a crash after an
+        upload and before the first line still finds that upload's name again.
+        """
+        lock = self._require_lock()
+        with self._locked():
+            stored = os.pread(lock.fd, 256, 0).decode("ascii", "replace").strip()
+            if stored.isalnum():
+                return stored
+            scope_id = recorded if recorded and recorded.isalnum() else new_scope_id()
+            try:
+                os.ftruncate(lock.fd, 0)
+                _write_all_at(lock.fd, scope_id.encode() + b"\n")
+                os.fsync(lock.fd)
+            except OSError as exc:
+                raise JournalError(f"cannot write {self.lock_path}: {exc.strerror}") from exc
+            return scope_id
 
     # -- locking -------------------------------------------------------------
     @contextlib.contextmanager
@@ -206,7 +355,7 @@ class Journal:
 
     def _require_lock(self) -> _LockFile:
         if self._lock is None:
-            raise JournalError(f"journal {self.path} is not open")
+            raise JournalError(f"journal {self.given} is not open")
         return self._lock
 
     def try_claim(self, identity: str) -> bool:
@@ -249,7 +398,7 @@ class Journal:
             except FileNotFoundError:
                 return []
             except OSError as exc:
-                raise JournalError(f"cannot read {self.path}: {exc.strerror}") from exc
+                raise JournalError(f"cannot read {self.given}: {exc.strerror}") from exc
 
     def _cut_torn_tail(self, handle: Any) -> list[JournalProblem]:
         size = handle.seek(0, os.SEEK_END)
@@ -268,16 +417,16 @@ class Journal:
         line_start = start + cut + 1
         fragment = tail[cut + 1 :]
         line_number = self._count_lines_before(handle, line_start) + 1
-        if isinstance(_parse_line(fragment), dict):
-            handle.seek(0, os.SEEK_END)
-            handle.write(b"\n")  # a whole line that only lacked its newline
-            message = "last line had no newline; added one"
-        else:
+        if _is_torn_job_line(fragment):
             handle.truncate(line_start)
             message = f"removed an unfinished last line ({len(fragment)} bytes) left by a crash"
+        else:  # a whole line that only lacked its newline, or someone else's text: keep it
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+            message = "last line had no newline; added one"
         handle.flush()
         os.fsync(handle.fileno())
-        return [JournalProblem(str(self.path), line_number, message)]
+        return [JournalProblem(self.given, line_number, message)]
 
     @staticmethod
     def _count_lines_before(handle: Any, offset: int) -> int:
@@ -294,7 +443,7 @@ class Journal:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise JournalError(f"cannot read {self.path}: {exc.strerror}") from exc
+            raise JournalError(f"cannot read {self.given}: {exc.strerror}") from exc
         end = data.rfind(b"\n") + 1  # an unfinished line is another writer's, mid-append
         view = self._view
         for parsed in _parse_lines(data[:end].splitlines()):
@@ -303,7 +452,7 @@ class Journal:
                 continue
             if isinstance(parsed, str):
                 view.problems.append(
-                    JournalProblem(str(self.path), view.lines_read, f"{parsed}; line skipped")
+                    JournalProblem(self.given, view.lines_read, f"{parsed}; line skipped")
                 )
             else:
                 view.add(parsed)
@@ -318,7 +467,7 @@ class Journal:
             return self._view
         view = self._view
         if info.st_ino != view.inode or info.st_size < view.offset:  # replaced by a rewrite
-            self._view = JournalView(problems=view.problems)
+            self._view = JournalView(root=self.root, problems=view.problems)
             self._read_from(0)
         elif info.st_size > view.offset:
             self._read_from(view.offset)
@@ -346,7 +495,7 @@ class Journal:
                 finally:
                     os.close(fd)
         except OSError as exc:
-            raise JournalError(f"cannot append to {self.path}: {exc.strerror}") from exc
+            raise JournalError(f"cannot append to {self.given}: {exc.strerror}") from exc
         return Appended(start, start + len(data), info.st_ino)
 
     def note_appended(self, lines: list[JobLine], where: Appended) -> None:
@@ -371,7 +520,7 @@ class Journal:
                 return
             out = [self._transform_raw(raw, transform) for raw in raw_lines]
             self._replace_atomically(b"".join(out))
-            self._view = JournalView()
+            self._view = JournalView(root=self.root)
             self._read_from(0)
 
     @staticmethod
@@ -385,6 +534,7 @@ class Journal:
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
         try:
             with os.fdopen(fd, "wb") as handle:
+                _copy_mode_and_owner(self.path, handle.fileno())
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -394,6 +544,13 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _write_all_at(fd: int, data: bytes, offset: int = 0) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -412,6 +569,17 @@ def _claim_slot(identity: str) -> int:
     """A byte of the lock file that stands for one input (byte 0 is the journal lock)."""
     digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
     return 1 + int.from_bytes(digest, "little") % _CLAIM_SPACE
+
+
+def _copy_mode_and_owner(original: Path, fd: int) -> None:
+    """The replacement keeps the journal's permission bits and, where allowed, its owner."""
+    try:
+        info = os.stat(original)
+    except FileNotFoundError:
+        return
+    os.fchmod(fd, stat.S_IMODE(info.st_mode))
+    with contextlib.suppress(PermissionError):
+        os.fchown(fd, info.st_uid, info.st_gid)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -10,7 +10,6 @@ that was created or deletes the upload that no batch uses.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
     ApiError,
+    InputChangedError,
     NotFoundApiError,
     PermanentApiError,
     TransientApiError,
@@ -41,7 +41,8 @@ from ._events import (
     FileSubmitted,
     Retrying,
 )
-from ._inputs import InputFile
+from ._identity import carries_token, display_name_for, submission_token, upload_id_for
+from ._inputs import InputFile, open_as_checked
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
 from ._retry import OnRetry, call_with_retries, describe
 from ._settings import SubmitSettings
@@ -55,7 +56,6 @@ T = TypeVar("T")
 RETRYABLE_END_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
 #: An upload this close to its 48 h expiry is replaced rather than reused.
 MIN_REUSE_LIFETIME_S = 3600.0
-_MAX_DISPLAY_PATH = 400
 #: The longest a sent create is waited for, even under cancellation.
 CREATE_WAIT_SECONDS = 60.0
 #: How long after a cut-off upload the cleanup looks again for a late-finishing file.
@@ -65,33 +65,22 @@ _WRITER_BUFFER = 64
 
 @dataclass(frozen=True)
 class Submission:
-    """One file to submit, with the identity the server will know it by."""
+    """One file to submit, with the names the server will know it by (see ``_identity``)."""
 
     item: InputFile
-    #: Upload id chosen by us: the same path and content always map to it, so a
-    #: repeated or retried upload is found by its name (a 409 on upload).
+    #: Upload id: one journal, input and content always map to it, so a repeated
+    #: or retried upload is found by its name (a 409 on upload).
     upload_id: str
-    #: Batch display name carrying the submission id, so an ambiguous create is
-    #: found by listing batches.
-    display_name: str
+    #: Ends the batch's display name, so an ambiguous create is found by listing.
+    token: str
 
     @property
     def upload_name(self) -> str:
         return f"files/{self.upload_id}"
 
-
-def upload_id_for(item: InputFile) -> str:
-    digest = hashlib.sha256(f"{item.path}\0{item.sha256}".encode()).hexdigest()
-    return f"gba-{digest[:36]}"
-
-
-def display_name_for(item: InputFile, upload_id: str, model: str, generation: int) -> str:
-    """``PATH [gba-ID]``: readable, and unique per path, content, model and generation."""
-    token = hashlib.sha256(f"{upload_id}\0{model}\0{generation}".encode()).hexdigest()[:16]
-    path = (
-        item.path if len(item.path) <= _MAX_DISPLAY_PATH else "..." + item.path[-_MAX_DISPLAY_PATH:]
-    )
-    return f"{path} [gba-{token}]"
+    @property
+    def display_name(self) -> str:
+        return display_name_for(self.item.path, self.token)
 
 
 @dataclass
@@ -231,18 +220,19 @@ class SubmitRun:
     async def _submit_file(
         self, item: InputFile, send: MemoryObjectSendStream[_Completion]
     ) -> None:
-        # Claimed by path, the key of the journal's skip decision: two processes
-        # that read different contents of one path still exclude each other.
-        async with send, self.journal.claim(item.path):
-            completion = await self._decide_and_submit(item, upload_id_for(item), send)
+        # Claimed by identity, the key of the journal's skip decision: two processes
+        # (or two spellings of one file) that read different contents still exclude
+        # each other.
+        async with send, self.journal.claim(item.identity):
+            completion = await self._decide_and_submit(item, send)
             if completion is not None:
                 await _deliver(send, completion)
 
     async def _decide_and_submit(
-        self, item: InputFile, upload_id: str, send: MemoryObjectSendStream[_Completion]
+        self, item: InputFile, send: MemoryObjectSendStream[_Completion]
     ) -> _Completion | None:
         view = self.journal.refresh()
-        latest = view.latest.get(item.path)
+        latest = view.latest.get(item.identity)
         async with self.limiter:
             if self.stop.is_set():
                 self.tally.not_started += 1
@@ -254,9 +244,16 @@ class SubmitRun:
                 return _failed(
                     item, f"cannot read the recorded batch's state: {describe(exc)}", None
                 )
-            generation = view.history.get(item.path, 0)
-            display = display_name_for(item, upload_id, self.settings.model_resource, generation)
-            return await self._submit(Submission(item, upload_id, display), send)
+            return await self._submit(
+                self._submission(item, view.history.get(item.identity, 0)), send
+            )
+
+    def _submission(self, item: InputFile, generation: int) -> Submission:
+        scope = self.journal.scope_id
+        assert scope is not None, "the journal is open for writing"
+        upload_id = upload_id_for(scope, item.identity, item.sha256)
+        token = submission_token(upload_id, self.settings.model_resource, generation)
+        return Submission(item, upload_id, token)
 
     async def _should_resubmit(self, latest: JobLine) -> bool:
         if self.settings.force:
@@ -284,7 +281,7 @@ class SubmitRun:
         except anyio.get_cancelled_exc_class():
             await _deliver(send, await self._settle_in_time(sub, progress, "cancelled"))
             raise
-        except ApiError as exc:
+        except (ApiError, InputChangedError) as exc:
             return await self._settle_in_time(sub, progress, describe(exc))
         except BaseException as exc:  # a bug or a local failure: clean up, then let it out
             await _deliver(send, await self._settle_in_time(sub, progress, describe(exc)))
@@ -309,12 +306,13 @@ class SubmitRun:
     async def _upload_once(self, sub: Submission, progress: _Progress) -> None:
         progress.upload_may_exist = True
         try:
-            remote = await self.api.upload_file(
-                sub.item.path,
-                name=sub.upload_name,
-                display_name=sub.item.path,
-                mime_type=self.settings.mime_type,
-            )
+            with open_as_checked(sub.item) as source:
+                remote = await self.api.upload_file(
+                    source,
+                    name=sub.upload_name,
+                    display_name=sub.item.path,
+                    mime_type=self.settings.mime_type,
+                )
         except AlreadyExistsApiError:
             await self._reuse_or_replace(sub, progress)
             return
@@ -395,7 +393,9 @@ class SubmitRun:
 
     async def _find_batch(self, sub: Submission) -> types.BatchJob | None:
         """The batch an earlier attempt created for this submission, if any."""
-        matches = [b for b in await self.api.list_batches() if b.display_name == sub.display_name]
+        matches = [
+            b for b in await self.api.list_batches() if carries_token(b.display_name, sub.token)
+        ]
         matches.sort(key=lambda b: (b.create_time is None, b.create_time), reverse=True)
         return matches[0] if matches else None
 
@@ -444,6 +444,8 @@ class SubmitRun:
     def _submitted(self, sub: Submission, batch: types.BatchJob, adopted: bool) -> _Completion:
         line: JobLine = {
             "input_file": sub.item.path,
+            "input_identity": sub.item.identity,
+            "journal_id": self.journal.scope_id,
             "count": sub.item.count,
             "uploaded_file_name": sub.upload_name,
             "sha256": sub.item.sha256,

@@ -6,9 +6,11 @@ then one ``models.get``; any problem stops the run before the first upload.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import anyio
 import anyio.to_thread
@@ -17,6 +19,7 @@ from google import genai
 from ._client import GeminiApi, api_session, model_supports_batch
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
+from ._identity import identity_of_path
 from ._inputs import InputFile, check_regular_file, scan_inputs, unique_paths
 from ._journal import Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
@@ -53,11 +56,14 @@ async def submit(
     journal = Journal(job_info)
     wanted = _without_journal(unique_paths(paths), journal)
     try:
-        view = await anyio.to_thread.run_sync(journal.open)
+        # A dry run writes nothing: no lock file, no repair, no scope id.
+        view = await anyio.to_thread.run_sync(
+            functools.partial(journal.open, read_only=settings.dry_run)
+        )
         for problem in view.problems:
             on_event(problem)
-        items = await _check_locally(wanted, view, settings, client, api_key)
-        if not settings.dry_run and all(_recorded(item.path, view, settings) for item in items):
+        items = await _check_locally(wanted, journal, view, settings, client, api_key)
+        if not settings.dry_run and all(_recorded(item.identity, view, settings) for item in items):
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
@@ -84,8 +90,21 @@ def _without_journal(paths: list[str], journal: Journal) -> list[str]:
     return [p for p in paths if os.path.realpath(p) not in own]
 
 
+def _one_path_per_identity(paths: list[str], root: str) -> dict[str, str]:
+    """Path -> identity, keeping the first spelling of each file named twice."""
+    chosen: dict[str, str] = {}
+    seen: set[str] = set()
+    for path in paths:
+        identity = identity_of_path(path, root)
+        if identity not in seen:
+            seen.add(identity)
+            chosen[path] = identity
+    return chosen
+
+
 async def _check_locally(
     paths: list[str],
+    journal: Journal,
     view: JournalView,
     settings: SubmitSettings,
     client: genai.Client | None,
@@ -94,10 +113,13 @@ async def _check_locally(
     """Every local problem at once: files, their content, the API key. Sends nothing."""
     checks = {path: check_regular_file(path) for path in paths}
     problems = [p for p in checks.values() if p is not None]
-    readable = [path for path, problem in checks.items() if problem is None]
+    identities = _one_path_per_identity(
+        [path for path, problem in checks.items() if problem is None], journal.root
+    )
+    readable = list(identities)
     found, content_problems = await scan_inputs(readable, anyio.CapacityLimiter(_SCAN_THREADS))
     # A file the journal already covers is skipped, so its content does not matter.
-    problems += [p for p in content_problems if not _recorded(p.path, view, settings)]
+    problems += [p for p in content_problems if not _recorded(identities[p.path], view, settings)]
     if not paths:
         problems.append(Problem("(arguments)", "no input files given"))
     if client is None and not (api_key or api_key_from_env()):
@@ -106,7 +128,7 @@ async def _check_locally(
         )
     if problems:
         raise PreflightError(problems)
-    return [found[p] for p in readable if p in found]
+    return [replace(found[p], identity=identities[p]) for p in readable if p in found]
 
 
 async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
@@ -128,9 +150,9 @@ async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
         raise PreflightError([Problem(model, "model does not support batchGenerateContent")])
 
 
-def _recorded(path: str, view: JournalView, settings: SubmitSettings) -> bool:
+def _recorded(identity: str, view: JournalView, settings: SubmitSettings) -> bool:
     """The journal covers the file and nothing asks to submit it again."""
-    return path in view.latest and not settings.force and not settings.retry_failed
+    return identity in view.latest and not settings.force and not settings.retry_failed
 
 
 def _report_without_api(
@@ -143,8 +165,8 @@ def _report_without_api(
     """Skips, and for a dry run what would be submitted: all known without the API."""
     skipped = 0
     for n, item in enumerate(items, start=1):
-        latest = view.latest.get(item.path)
-        if latest is not None and _recorded(item.path, view, settings):
+        latest = view.latest.get(item.identity)
+        if latest is not None and _recorded(item.identity, view, settings):
             changed = latest.get("sha256") not in (None, item.sha256)
             on_event(FileSkipped(item.path, batch_name_of(latest), n, len(items), changed))
             skipped += 1

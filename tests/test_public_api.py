@@ -17,6 +17,7 @@ EXPECTED = {
     "FileSubmitted",
     "GembatchError",
     "GeminiApi",
+    "InputChangedError",
     "JournalError",
     "JournalProblem",
     "MissingApiKeyError",

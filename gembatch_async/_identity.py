@@ -1,0 +1,86 @@
+"""What makes an input "the same", and the names the server knows it by.
+
+An input's **identity** is its resolved path (symlinks followed, ``..`` and ``.``
+gone) relative to the journal's resolved folder. ``a.jsonl``, ``./a.jsonl``,
+``sub/../a.jsonl``, ``/abs/a.jsonl``, a symlink to it, and the same file named from
+another working directory are one identity; moving the whole project folder keeps
+it. The path as the user gave it stays in the journal's ``input_file`` (the
+original gembatch reads it); the identity goes beside it in ``input_identity``.
+
+Every name we give the server also carries the journal's **scope id**, a random
+id made once per journal, so a batch or upload made for another journal (another
+project folder on the same API project, same relative path and content) never
+matches ours and is never adopted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from typing import Any
+
+#: Display names keep at most this much of the path (the service caps them).
+_MAX_DISPLAY_PATH = 400
+#: What every upload id and display-name token of ours starts with.
+NAME_PREFIX = "gba-"
+
+
+def journal_root(journal_path: str | os.PathLike[str]) -> str:
+    """The journal's folder, resolved: identities are relative to it."""
+    return os.path.realpath(os.path.dirname(os.path.abspath(journal_path)))
+
+
+def identity_of_path(path: str, root: str) -> str:
+    """The identity of an input file given by any spelling."""
+    return os.path.relpath(os.path.realpath(path), root)
+
+
+def identity_of_line(line: Mapping[str, Any], root: str) -> str:
+    """The identity a journal line records.
+
+    Lines written before identities existed (ours, and the original tool's) have
+    only ``input_file``, relative to the folder the tool ran in: the journal's
+    folder, as both tools default to ``job-info.jsonl`` in the working directory.
+    Plain string work, no file system calls: a 50 000-line journal folds fast.
+    """
+    recorded = line.get("input_identity")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    path = str(line["input_file"])
+    if os.path.isabs(path):
+        return os.path.relpath(os.path.normpath(path), root)
+    return os.path.normpath(path)
+
+
+def upload_id_for(scope_id: str, identity: str, sha256: str) -> str:
+    """The upload's id: one journal, one input, one content -> one name (a retry answers 409)."""
+    digest = hashlib.sha256(f"{scope_id}\0{identity}\0{sha256}".encode()).hexdigest()
+    return f"{NAME_PREFIX}{digest[:36]}"
+
+
+def submission_token(upload_id: str, model: str, generation: int) -> str:
+    """The token a batch's display name ends with: unique per upload, model and resubmission."""
+    digest = hashlib.sha256(f"{upload_id}\0{model}\0{generation}".encode()).hexdigest()
+    return f"{NAME_PREFIX}{digest[:16]}"
+
+
+def display_name_for(path: str, token: str) -> str:
+    """``PATH [gba-TOKEN]``: readable, and found again by its token whatever the spelling."""
+    shown = path if len(path) <= _MAX_DISPLAY_PATH else "..." + path[-_MAX_DISPLAY_PATH:]
+    return f"{shown} [{token}]"
+
+
+def carries_token(display_name: str | None, token: str) -> bool:
+    """Whether a batch's display name is the one we gave a submission."""
+    return bool(display_name) and str(display_name).endswith(f" [{token}]")
+
+
+def new_scope_id() -> str:
+    """A fresh journal scope id."""
+    return os.urandom(12).hex()
+
+
+def input_location(line: Mapping[str, Any], root: str) -> str:
+    """Where a recorded input is, whatever folder the command runs in."""
+    return os.path.normpath(os.path.join(root, identity_of_line(line, root)))

@@ -24,6 +24,7 @@ from google.genai import types
 
 from ._client import GeminiApi, api_session, batch_to_dict
 from ._errors import ApiError, UsageError
+from ._events import JournalProblem
 from ._identity import identity_of_path
 from ._inputs import key_hash
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
@@ -80,6 +81,8 @@ class JobsContext:
     journal: Journal
     api: GeminiApi
     retry: RetrySettings
+    #: Lines of the journal that could not be read, found on opening it.
+    problems: tuple[JournalProblem, ...] = ()
 
     def recorded(self, paths: Sequence[str] | None = None) -> list[JobLine]:
         """The latest job line of each input (of ``paths`` when given)."""
@@ -109,10 +112,10 @@ async def open_jobs(
     if not await anyio.Path(job_info).exists():
         raise UsageError(f"no journal at {job_info}: nothing has been submitted from here")
     journal = Journal(job_info)
-    await anyio.to_thread.run_sync(journal.open)
+    view = await anyio.to_thread.run_sync(journal.open)
     try:
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
-            yield JobsContext(journal, api, retry or RetrySettings())
+            yield JobsContext(journal, api, retry or RetrySettings(), tuple(view.problems))
     finally:
         journal.close()
 

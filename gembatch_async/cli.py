@@ -293,11 +293,14 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str | N
         return
     from .emulator import EmulatorConfig, serve_emulator
 
-    state_dir: Path = args.emulator_state_dir
+    state_dir: Path | None = args.emulator_state_dir
+    if getattr(args, "dry_run", False) and not args.emulator_state_dir.is_dir():
+        state_dir = None  # a dry run writes nothing, not even the emulator's folder
     config = EmulatorConfig(host="127.0.0.1", port=0, state_dir=state_dir)
     async with serve_emulator(config) as running:
         _print(
-            f"using the built-in Gemini API emulator at {running.base_url} (state in {state_dir})",
+            f"using the built-in Gemini API emulator at {running.base_url} "
+            f"(state {f'in {state_dir}' if state_dir else 'in memory'})",
             sys.stderr,
         )
         yield EMULATOR_API_KEY, running.base_url
@@ -309,6 +312,8 @@ async def _jobs_command(args: argparse.Namespace) -> int:
         _api_endpoint(args) as (api_key, base_url),
         open_jobs(args.job_info, api_key=api_key, base_url=base_url) as jobs,
     ):
+        for problem in jobs.problems:
+            _print(render_text(problem)[0], sys.stderr)
         return await _JOB_COMMANDS[args.command](jobs, args)
 
 

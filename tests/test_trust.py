@@ -107,3 +107,159 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 def _mode(path: Path) -> int:
     return os.stat(path).st_mode & 0o7777
+
+
+# -- never damage what the user owns ------------------------------------------------------
+REQUEST_LINE = '{"key": "k0", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}'
+
+
+def test_a_request_file_as_journal_is_refused_untouched(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """--job-info naming a request JSONL (no final newline): exit 2, byte-identical, nothing sent."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    victim = tmp_path / "requests.jsonl"
+    victim.write_text("\n".join([REQUEST_LINE] * 50))  # no final newline
+    before = victim.read_bytes()
+    env = cli_env(emulator)
+    for args in (
+        ["--job-info", "requests.jsonl", "submit", "a.jsonl"],
+        ["--job-info", "requests.jsonl", "submit", "--dry-run", "a.jsonl"],
+        ["--job-info", "requests.jsonl", "status"],
+        ["--job-info", "requests.jsonl", "download"],
+        ["--job-info", "requests.jsonl", "cleanup"],
+    ):
+        result = run_cli(args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "not a gembatch journal" in result.stderr
+        assert "line 1" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert victim.read_bytes() == before
+    assert not (tmp_path / "requests.jsonl.lock").exists()
+    assert emulator.state()["files"] == []
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    """--dry-run against the built-in emulator leaves the folder exactly as it was."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    result = run_cli(["--emulator", "submit", "--dry-run", "a.jsonl"], cwd=tmp_path, env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    assert "would submit a.jsonl" in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_dry_run_leaves_a_torn_journal_alone(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """A dry run reports a torn last line but does not repair (write) it."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    journal = tmp_path / "job-info.jsonl"
+    with journal.open("a") as handle:
+        handle.write('{"input_file": "b.jso')
+    before = journal.read_bytes()
+    result = run_cli(["submit", "--dry-run", "a.jsonl"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "unfinished" in result.stderr
+    assert journal.read_bytes() == before
+
+
+def test_rewrite_keeps_mode_and_owner(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """status rewrites the journal: its permission bits and owner stay as they were."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    journal = tmp_path / "job-info.jsonl"
+    journal.chmod(0o640)
+    owner = (os.stat(journal).st_uid, os.stat(journal).st_gid)
+    if os.geteuid() == 0:  # root can give it away, as a shared project folder might
+        os.chown(journal, 4321, 4322)
+        owner = (4321, 4322)
+    inode = os.stat(journal).st_ino
+    result = run_cli(["status"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert os.stat(journal).st_ino != inode, "status rewrote the journal"
+    assert _mode(journal) == 0o640
+    assert (os.stat(journal).st_uid, os.stat(journal).st_gid) == owner
+
+
+def test_symlinked_journal_stays_a_symlink(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """A journal reached through a symlink is rewritten in place of its target."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "job-info.jsonl").symlink_to("store/real.jsonl")
+    env = cli_env(emulator)
+    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    assert run_cli(["status"], cwd=tmp_path, env=env).returncode == 0
+    assert (tmp_path / "job-info.jsonl").is_symlink()
+    assert len(read_journal(tmp_path / "store" / "real.jsonl")) == 1
+
+
+def test_non_regular_journals_are_refused(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """/dev/null or a folder as --job-info: exit 2 with one clear line."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    (tmp_path / "folder").mkdir()
+    for journal in ("/dev/null", "folder"):
+        result = run_cli(["--job-info", journal, "submit", "a.jsonl"], cwd=tmp_path, env=cli_env(emulator))
+        assert result.returncode == 2, result.stderr
+        assert "not a regular file" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert emulator.state()["files"] == []
+
+
+# -- journal lines of every shape ---------------------------------------------------------
+def test_older_line_format_is_read(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """The original tool's older lines (job_name, no batch object) are records like any other."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    (line,) = read_journal(tmp_path / "job-info.jsonl")
+    old = {
+        "input_file": "a.jsonl",
+        "job_name": line["batch"]["name"],
+        "uploaded_file_name": line["uploaded_file_name"],
+    }
+    (tmp_path / "job-info.jsonl").write_text(json.dumps(old) + "\n")
+    again = run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    assert f"already submitted as {line['batch']['name']}" in again.stdout
+    status = run_cli(["status", "--json"], cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr
+    (shown,) = _json_lines(status.stdout)
+    assert shown["batch_name"] == line["batch"]["name"]
+    assert shown["state"] in {"JOB_STATE_PENDING", "JOB_STATE_RUNNING"}
+    assert len(live_batches(emulator)) == 1
+
+
+def test_wrong_shape_lines_are_reported_and_kept(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Valid JSON of the wrong shape: reported once with its number, kept, no crash anywhere."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    journal = tmp_path / "job-info.jsonl"
+    bad = [
+        '{"input_file": "b.jsonl", "batch": "notadict"}',
+        '{"input_file": "c\\u0000.jsonl", "batch": {"name": "batches/x"}}',
+        '{"input_file": "d.jsonl", "batch": {"state": "JOB_STATE_PENDING"}}',
+        '{"input_file": "e.jsonl", "batch": {"name": 7}}',
+        "[1, 2]",
+    ]
+    with journal.open("a") as handle:
+        handle.write("\n".join(bad) + "\n")
+    write_jsonl(tmp_path / "d.jsonl", 2)
+    for args in (["submit", "a.jsonl", "d.jsonl"], ["status"], ["download"], ["cancel"], ["cleanup"]):
+        result = run_cli(args, cwd=tmp_path, env=env)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.returncode in (0, 1), (args, result.stderr)
+        warned = sorted(
+            int(w.split(":")[2]) for w in result.stderr.splitlines() if w.startswith("warning: ")
+            and "job-info.jsonl:" in w
+        )
+        assert warned == [2, 3, 4, 5, 6], (args, result.stderr)
+        assert "already submitted as )" not in result.stdout
+        assert "already submitted as  " not in result.stdout
+    lines = journal.read_text().splitlines()
+    for raw in bad:
+        assert raw in lines, "every unreadable line is kept verbatim"
+    assert any(b["displayName"].startswith("d.jsonl ") for b in live_batches(emulator))

@@ -91,7 +91,13 @@ def open_as_checked(item: InputFile) -> Iterator[str]:
     try:
         _require_unchanged(item, fd, "since pre-flight")
         by_descriptor = f"/dev/fd/{fd}"
-        yield by_descriptor if os.path.exists(by_descriptor) else item.path
+        try:
+            yield by_descriptor if os.path.exists(by_descriptor) else item.path
+        except Exception:
+            # A file rewritten mid-upload makes the service refuse it ("exceeds the
+            # declared size"): the change is the reason worth reporting.
+            _require_unchanged(item, fd, "while it was being uploaded")
+            raise
         _require_unchanged(item, fd, "while it was being uploaded")
     finally:
         os.close(fd)

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gembatch_async import Event, FileFailed, Retrying, SubmitSettings, submit
 from gembatch_async.emulator import RunningEmulator
 
-from .helpers import cli_env, read_journal, run_cli, write_jsonl
+from .helpers import FAST_RETRY, TEST_API_KEY, cli_env, read_journal, run_cli, write_jsonl
 
 FAST = ["--retry-max-delay", "0.05"]
 
@@ -263,3 +268,98 @@ def test_wrong_shape_lines_are_reported_and_kept(
     for raw in bad:
         assert raw in lines, "every unreadable line is kept verbatim"
     assert any(b["displayName"].startswith("d.jsonl ") for b in live_batches(emulator))
+
+
+# -- inputs -------------------------------------------------------------------------------
+NO_AIOHTTP = (
+    "import sys; sys.modules['aiohttp'] = None; "  # the quick start installs no aiohttp
+    "from gembatch_async.cli import main; sys.exit(main())"
+)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_non_ascii_file_names_submit(
+    emulator: RunningEmulator, tmp_path: Path, transport: str
+) -> None:
+    """Accents and CJK in folder and file names, on both of the SDK's async transports."""
+    folder = tmp_path / "résumé"
+    folder.mkdir()
+    write_jsonl(folder / "données-日本.jsonl", 2)
+    args = ["submit", "--retry-attempts", "1", "résumé/données-日本.jsonl"]
+    if transport == "httpx":
+        result = subprocess.run(
+            [sys.executable, "-c", NO_AIOHTTP, *args],
+            cwd=tmp_path,
+            env=cli_env(emulator),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    else:
+        result = run_cli(args, cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (line,) = read_journal(tmp_path / "job-info.jsonl")
+    assert line["input_file"] == "résumé/données-日本.jsonl"
+    (batch,) = live_batches(emulator)
+    assert batch["displayName"].startswith("résumé/données-日本.jsonl [gba-")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param('{"key": "a", "request": {"x": NaN}}', "NaN", id="nan"),
+        pytest.param('{"key": "a", "request": {"x": Infinity}}', "Infinity", id="inf"),
+        pytest.param('{"key": "a", "request": {"x": -Infinity}}', "-Infinity", id="-inf"),
+        pytest.param(
+            '\ufeff{"key": "a", "request": {"contents": []}}', "byte order mark", id="bom"
+        ),
+    ],
+)
+def test_not_quite_json_is_refused(
+    emulator: RunningEmulator, tmp_path: Path, text: str, expected: str
+) -> None:
+    """NaN and the infinities are not JSON; a BOM is refused clearly: exit 2, file and line."""
+    good = '{"key": "b", "request": {"contents": []}}'
+    (tmp_path / "a.jsonl").write_text(f"{good}\n{text}\n" if "\ufeff" not in text else f"{text}\n")
+    result = run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 2, result.stderr
+    where = "a.jsonl:1:" if "\ufeff" in text else "a.jsonl:2:"
+    (problem,) = [line for line in result.stderr.splitlines() if where in line]
+    assert expected in problem
+    assert emulator.state()["files"] == []
+
+
+@pytest.mark.asyncio
+async def test_a_file_that_vanishes_or_changes_after_preflight_fails_alone(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Pre-flight passed; then one file is deleted and one rewritten: those two fail, the
+    third is submitted, and nothing of the two is left on the server."""
+    paths = [write_jsonl(tmp_path / f"{name}.jsonl", 3, tag=name) for name in "abc"]
+    emulator.set_faults("upload:1:503")  # every first upload waits for a retry ...
+    events: list[Event] = []
+
+    def mutate_on_first_retry(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, Retrying) and sum(isinstance(e, Retrying) for e in events) == 1:
+            paths[0].unlink()
+            write_jsonl(paths[1], 4, tag="changed")
+            emulator.set_faults("")  # ... and then goes through
+
+    summary = await submit(
+        [str(p) for p in paths],
+        settings=SubmitSettings(concurrency=3, retry=FAST_RETRY),
+        job_info=tmp_path / "job-info.jsonl",
+        api_key=TEST_API_KEY,
+        base_url=emulator.base_url,
+        on_event=mutate_on_first_retry,
+    )
+    failed = {Path(e.path).name: e.reason for e in events if isinstance(e, FileFailed)}
+    assert set(failed) == {"a.jsonl", "b.jsonl"}, events
+    assert "vanished since pre-flight" in failed["a.jsonl"]
+    assert "changed " in failed["b.jsonl"]  # since pre-flight, or while being uploaded
+    assert (summary.submitted, summary.failed) == (1, 2)
+    state = emulator.state()
+    assert len(state["files"]) == 1
+    assert [b["displayName"].split(" [")[0] for b in state["batches"]] == [str(paths[2])]

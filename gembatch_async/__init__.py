@@ -17,6 +17,7 @@ from ._errors import (
     PreflightError,
     Problem,
     TransientApiError,
+    UnansweredApiError,
     UsageError,
 )
 from ._events import (
@@ -77,6 +78,7 @@ __all__ = [
     "SubmitSettings",
     "SubmitSummary",
     "TransientApiError",
+    "UnansweredApiError",
     "UsageError",
     "WouldSubmit",
     "__version__",

@@ -32,7 +32,7 @@ from ._errors import (
     TransientApiError,
     UsageError,
 )
-from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env
+from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, unsendable_key_reason
 
 _TRANSIENT_CODES = frozenset({408, 429})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -347,6 +347,9 @@ def open_client(
     key = api_key or api_key_from_env()
     if not key:
         raise MissingApiKeyError()
+    unsendable = unsendable_key_reason(key)
+    if unsendable:
+        raise UsageError(unsendable)
     options = types.HttpOptions(
         base_url=base_url,
         timeout=int(timeout_s * 1000),

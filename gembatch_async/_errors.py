@@ -13,6 +13,8 @@ each class carries the exit code the CLI uses for it::
     └── ApiError                       (exit 1)  the API or the network failed a call
         ├── TransientApiError          (exit 1)  worth retrying: 408/429/5xx, dropped, timed out
         │   └── AmbiguousApiError      (exit 1)  the action may have happened anyway
+        ├── UnansweredApiError         (exit 1)  we stopped waiting for a sent request: it may
+        │                                        still happen, so it is neither repeated nor undone
         └── PermanentApiError          (exit 1)  4xx that no retry will fix
             ├── NotFoundApiError       (exit 1)  404 (and the Files API's 403 for a missing file)
             └── AlreadyExistsApiError  (exit 1)  409: the name is taken (e.g. an earlier upload)
@@ -115,6 +117,10 @@ class TransientApiError(ApiError):
 
 class AmbiguousApiError(TransientApiError):
     """No usable answer arrived, so the action may or may not have happened."""
+
+
+class UnansweredApiError(ApiError):
+    """A request was sent and we stopped waiting for its answer; it may still take effect."""
 
 
 class PermanentApiError(ApiError):

@@ -49,6 +49,9 @@ class FileFailed:
     total: int
     #: An upload that could not be cleaned up, or None.
     left_behind: str | None = None
+    #: A batch that was created but could not be recorded (the journal refused
+    #: the line); the next submit finds it by name and records it.
+    unrecorded_batch: str | None = None
     kind: Literal["error"] = field(default="error", init=False)
 
 

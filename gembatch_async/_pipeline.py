@@ -27,9 +27,11 @@ from ._errors import (
     AmbiguousApiError,
     ApiError,
     InputChangedError,
+    JournalError,
     NotFoundApiError,
     PermanentApiError,
     TransientApiError,
+    UnansweredApiError,
     single_error,
 )
 from ._events import (
@@ -91,6 +93,18 @@ class _Completion:
     line: JobLine | None = None
     written: anyio.Event = field(default_factory=anyio.Event)
 
+    def event(self, n: int, total: int, unrecorded: str | None) -> Event:
+        """The file's event; when its line could not be appended, a failure naming the batch."""
+        if unrecorded is None or self.line is None:
+            return self.make_event(n, total)
+        name = batch_name_of(self.line)
+        reason = (
+            f"batch {name} was created but could not be recorded in the journal ({unrecorded}); "
+            "run submit again to record it"
+        )
+        path = str(self.line["input_file"])
+        return FileFailed(path, reason, n, total, None, unrecorded_batch=name)
+
 
 @dataclass
 class _Progress:
@@ -104,6 +118,9 @@ class _Progress:
     #: The batch, once a create answered (it may answer inside a shield while
     #: the run is being cancelled).
     created: types.BatchJob | None = None
+    #: A create was sent and we stopped waiting for its answer: the batch may
+    #: still appear, reading our upload, so the upload must stay.
+    create_unanswered: bool = False
 
 
 @dataclass
@@ -133,6 +150,11 @@ class SubmitRun:
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
         self.tally = Tally()
         self.interrupted = False
+        #: Set when the run cannot go on as asked (the journal refuses appends):
+        #: like a stop, no new file starts, but nobody interrupted the run.
+        self.halted = False
+        #: The shielded scopes of creates waiting for their answer.
+        self._create_waits: set[anyio.CancelScope] = set()
 
     # -- the task group ------------------------------------------------------
     async def run(self, items: list[InputFile]) -> Tally:
@@ -161,12 +183,29 @@ class SubmitRun:
         return self.tally
 
     async def _cancel_after_stop(self, work: anyio.CancelScope, watcher: anyio.CancelScope) -> None:
-        """After a stop request, in-flight files get cleanup_seconds to finish."""
+        """The stop bound: in-flight files get cleanup_seconds to finish, then are cut off
+        (an unanswered create too) and get cleanup_seconds more to clean up.
+
+        A caller's cancellation has no first phase: creates already sent get
+        cleanup_seconds to answer, then the same cleanup.
+        """
         with watcher:
-            await self.stop.wait()
-            self.interrupted = True
-            await anyio.sleep(self.settings.cleanup_seconds)
+            try:
+                await self.stop.wait()
+                self.interrupted = True
+                await anyio.sleep(self.settings.cleanup_seconds)
+            except anyio.get_cancelled_exc_class():
+                if not watcher.cancel_called:  # the caller cancelled the run, not us
+                    self._bound_create_waits(self.settings.cleanup_seconds)
+                raise
+            self._bound_create_waits(0.0)
             work.cancel()
+
+    def _bound_create_waits(self, seconds: float) -> None:
+        """Stop waiting for sent creates after ``seconds`` (their shields ignore cancellation)."""
+        deadline = anyio.current_time() + seconds
+        for scope in self._create_waits:
+            scope.deadline = min(scope.deadline, deadline)
 
     async def _write_journal(
         self, receive: MemoryObjectReceiveStream[_Completion], total: int
@@ -183,24 +222,33 @@ class SubmitRun:
             async with receive:
                 async for first in receive:
                     batch = [first, *_drain(receive)]
-                    try:
-                        await self._append(batch)
-                    except Exception as exc:  # disk full, say: stop starting files, finish, raise
-                        failures.append(exc)
-                        self.stop.set()
+                    unrecorded = await self._append_or_why_not(batch)
                     for completion in batch:
                         done += 1
-                        event = completion.make_event(done, total)
+                        event = completion.event(done, total, unrecorded)
                         self._count(event)
                         completion.written.set()
                         try:
                             if not failures:
                                 self.emit(event)
-                        except Exception as exc:  # the caller's handler: same treatment
+                        except (
+                            Exception
+                        ) as exc:  # the caller's handler: stop starting, finish, raise
                             failures.append(exc)
-                            self.stop.set()
+                            self.halted = True
         if failures:
             raise failures[0]
+
+    async def _append_or_why_not(self, batch: list[_Completion]) -> str | None:
+        """Append the batch's lines; if the journal cannot take them (disk full, say),
+        the reason: their files are then reported failed, each naming its batch, and
+        no new file starts. The next run finds those batches by name and records them."""
+        try:
+            await self._append(batch)
+        except JournalError as exc:
+            self.halted = True
+            return describe(exc)
+        return None
 
     async def _append(self, batch: list[_Completion]) -> None:
         lines = [c.line for c in batch if c.line is not None]
@@ -234,7 +282,7 @@ class SubmitRun:
         view = self.journal.refresh()
         latest = view.latest.get(item.identity)
         async with self.limiter:
-            if self.stop.is_set():
+            if self.stop.is_set() or self.halted:
                 self.tally.not_started += 1
                 return None
             try:
@@ -371,8 +419,8 @@ class SubmitRun:
         progress.batch_unknown = True
         try:
             batch = await self._create_shielded(sub, progress)
-        except AmbiguousApiError:
-            raise  # batch_unknown stays set: the next attempt looks first
+        except (AmbiguousApiError, UnansweredApiError):
+            raise  # batch_unknown stays set: the next attempt (or the cleanup) looks first
         except ApiError:
             progress.batch_unknown = False
             raise
@@ -381,15 +429,21 @@ class SubmitRun:
     async def _create_shielded(self, sub: Submission, progress: _Progress) -> types.BatchJob:
         """Once sent, a create is waited for even under cancellation: its answer is the
         only quick way to know whether the batch exists (a look-up right after may not
-        see a create the server is still finishing)."""
-        with anyio.move_on_after(CREATE_WAIT_SECONDS, shield=True):
-            progress.created = await self.api.create_batch(
-                model=self.settings.model_resource,
-                src=sub.upload_name,
-                display_name=sub.display_name,
-            )
-            return progress.created
-        raise AmbiguousApiError(f"no answer to create within {CREATE_WAIT_SECONDS:.0f}s")
+        see a create the server is still finishing). The wait is bounded: by
+        CREATE_WAIT_SECONDS, and by the stop bound (see _cancel_after_stop)."""
+        with anyio.move_on_after(CREATE_WAIT_SECONDS, shield=True) as wait:
+            self._create_waits.add(wait)
+            try:
+                progress.created = await self.api.create_batch(
+                    model=self.settings.model_resource,
+                    src=sub.upload_name,
+                    display_name=sub.display_name,
+                )
+                return progress.created
+            finally:
+                self._create_waits.discard(wait)
+        progress.create_unanswered = True
+        raise UnansweredApiError("the batch create got no answer in time; it may still happen")
 
     async def _find_batch(self, sub: Submission) -> types.BatchJob | None:
         """The batch an earlier attempt created for this submission, if any."""
@@ -415,6 +469,9 @@ class SubmitRun:
                 return _failed(sub.item, why + "; run submit again to settle it", left)
             if found is not None:
                 return self._submitted(sub, found, adopted=True)
+        if progress.create_unanswered:
+            why = f"{reason}; its batch may still be created: run submit again to settle it"
+            return _failed(sub.item, why, sub.upload_name)
         if progress.upload_may_exist:
             left = await self._delete_upload(sub, progress)
             return _failed(sub.item, reason, left)

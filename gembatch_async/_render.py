@@ -66,6 +66,8 @@ def render_summary(summary: SubmitSummary, dry_run: bool = False) -> str:
     )
     if summary.interrupted:
         text += f"; interrupted, {summary.not_started} not started (run again to finish)"
+    elif summary.not_started:
+        text += f"; {summary.not_started} not started (run again to finish)"
     return text
 
 

@@ -77,6 +77,16 @@ def default_model() -> str:
     return os.environ.get(MODEL_ENV, "").strip() or DEFAULT_MODEL
 
 
+def unsendable_key_reason(key: str) -> str | None:
+    """Why an API key cannot go in an HTTP header, or None. Never quotes the key."""
+    if all("!" <= char <= "~" for char in key):
+        return None
+    return (
+        "the API key holds a space, a control character (a newline?) or a non-ASCII "
+        "character, so it cannot be sent; check how it was set"
+    )
+
+
 def api_key_from_env() -> str | None:
     """The API key the SDK itself would pick, or None."""
     for name in API_KEY_ENVS:

@@ -24,7 +24,12 @@ from ._inputs import InputFile, check_regular_file, scan_inputs, unique_paths
 from ._journal import Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
-from ._settings import DEFAULT_JOB_INFO, SubmitSettings, api_key_from_env
+from ._settings import (
+    DEFAULT_JOB_INFO,
+    SubmitSettings,
+    api_key_from_env,
+    unsendable_key_reason,
+)
 
 _SCAN_THREADS = 4
 
@@ -122,10 +127,14 @@ async def _check_locally(
     problems += [p for p in content_problems if not _recorded(identities[p.path], view, settings)]
     if not paths:
         problems.append(Problem("(arguments)", "no input files given"))
-    if client is None and not (api_key or api_key_from_env()):
+    key = api_key or api_key_from_env()
+    if client is None and not key:
         problems.append(
             Problem("GEMINI_API_KEY", "not set: set it (or GOOGLE_API_KEY), or use --emulator")
         )
+    unsendable = unsendable_key_reason(key) if client is None and key else None
+    if unsendable:
+        problems.append(Problem("GEMINI_API_KEY", unsendable))
     if problems:
         raise PreflightError(problems)
     return [replace(found[p], identity=identities[p]) for p in readable if p in found]

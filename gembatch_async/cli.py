@@ -10,7 +10,9 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -20,8 +22,8 @@ from typing import TextIO, TypeVar
 
 import anyio
 
-from ._client import EMULATOR_API_KEY
-from ._errors import GembatchError, single_error
+from ._client import EMULATOR_API_KEY, redact
+from ._errors import GembatchError, UsageError, single_error
 from ._events import Event, SubmitSummary
 from ._jobs import (
     JobsContext,
@@ -46,6 +48,7 @@ from ._settings import (
     DEFAULT_MIME_TYPE,
     RetrySettings,
     SubmitSettings,
+    api_key_from_env,
     default_model,
 )
 from ._submit import submit
@@ -54,6 +57,55 @@ from ._version import __version__
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 T = TypeVar("T")
 EMULATOR_STATE_DIR = ".gembatch-emulator"
+DEBUG_ENV = "GEMBATCH_DEBUG"
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number not below ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _mime_type(text: str) -> str:
+    """An argparse type: TYPE/SUBTYPE, as an HTTP header can carry it."""
+    if not re.fullmatch(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MIME type like application/jsonl")
+    return text
+
+
+def _port(text: str) -> int:
+    value = _at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +144,7 @@ def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sub.add_argument(
         "-c",
         "--concurrency",
-        type=int,
+        type=_at_least(1),
         default=DEFAULT_CONCURRENCY,
         help=f"files in flight at once (default: {DEFAULT_CONCURRENCY})",
     )
@@ -105,25 +157,34 @@ def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     sub.add_argument("--dry-run", action="store_true", help="only run the pre-flight checks")
     sub.add_argument("--json", action="store_true", help="print one JSON event per line")
     sub.add_argument(
+        "--grace",
+        type=_seconds,
+        default=SubmitSettings.cleanup_seconds,
+        metavar="S",
+        help="after Ctrl-C, seconds files in flight get to finish, and again to clean up "
+        "(default: %(default)s)",
+    )
+    sub.add_argument(
         "--mime-type",
+        type=_mime_type,
         default=DEFAULT_MIME_TYPE,
         help=f"MIME type sent with uploads (default: {DEFAULT_MIME_TYPE})",
     )
     sub.add_argument(
         "--retry-attempts",
-        type=int,
+        type=_at_least(1),
         default=RetrySettings.attempts,
         help="attempts per step before giving up (default: %(default)s)",
     )
     sub.add_argument(
         "--retry-max-delay",
-        type=float,
+        type=_seconds,
         default=RetrySettings.max_delay,
         help="longest wait between attempts, server-requested delays included (default: %(default)s)",
     )
     sub.add_argument(
         "--retry-seconds",
-        type=float,
+        type=_positive_seconds,
         default=RetrySettings.total_seconds,
         help="time budget per step for retries (default: %(default)s)",
     )
@@ -134,7 +195,9 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     status = commands.add_parser("status", help="show (and record) the state of submitted jobs")
     status.add_argument("files", nargs="*", metavar="FILE", help=files_help)
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
-    status.add_argument("--interval", type=float, default=30.0, help="seconds between refreshes")
+    status.add_argument(
+        "--interval", type=_positive_seconds, default=30.0, help="seconds between refreshes"
+    )
     status.add_argument("--json", action="store_true", help="print one JSON object per job")
     download = commands.add_parser("download", help="download the results of succeeded jobs")
     download.add_argument("files", nargs="*", metavar="FILE", help=files_help)
@@ -155,23 +218,23 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emu = commands.add_parser("emulator", help="serve a local Gemini API emulator")
     emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    emu.add_argument("--port", type=_port, default=8089, help="0 picks a free port")
     emu.add_argument("--state-dir", type=Path, default=None, help="keep state on disk here")
-    emu.add_argument("--latency-ms", type=float, default=0.0, help="delay every request")
+    emu.add_argument("--latency-ms", type=_seconds, default=0.0, help="delay every request")
     emu.add_argument(
-        "--processing-seconds", type=float, default=30.0, help="time from PENDING to SUCCEEDED"
+        "--processing-seconds", type=_seconds, default=30.0, help="time from PENDING to SUCCEEDED"
     )
     emu.add_argument("--faults", default="", help="ENDPOINT:PROBABILITY:KIND,... to inject")
     emu.add_argument("--fault-seed", type=int, default=None, help="make faults repeatable")
     emu.add_argument(
         "--max-unfinished-batches",
-        type=int,
+        type=_at_least(0),
         default=100,
         help="unfinished batch jobs allowed at once, as the real service (default: %(default)s)",
     )
     emu.add_argument(
         "--storage-quota-bytes",
-        type=int,
+        type=_at_least(0),
         default=20 * 10**9,
         help="total size of uploaded files allowed (default: %(default)s, 20 GB)",
     )
@@ -194,10 +257,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BaseException as exc:
         error = single_error(exc)
-        if not isinstance(error, GembatchError):
+        if isinstance(error, GembatchError):
+            _print(f"error: {error}", sys.stderr)
+            return error.exit_code
+        if isinstance(error, (SystemExit, KeyboardInterrupt)):
             raise
-        _print(f"error: {error}", sys.stderr)
-        return error.exit_code
+        return _unexpected(error)
+
+
+def _unexpected(error: BaseException) -> int:
+    """Not one of ours: still one line, no traceback (unless asked), never the key."""
+    if os.environ.get(DEBUG_ENV):
+        raise error
+    if isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        text = f"{where}{error.strerror}"
+    else:
+        text = f"unexpected {type(error).__name__}: {error}"
+    _print(
+        f"error: {redact(text, api_key_from_env())} (set {DEBUG_ENV}=1 for the traceback)",
+        sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 def _print(text: str, stream: TextIO) -> None:
@@ -228,6 +309,7 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         retry_failed=args.retry_failed,
         dry_run=args.dry_run,
         retry=retry,
+        cleanup_seconds=args.grace,
     )
 
 
@@ -296,6 +378,14 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str | N
     state_dir: Path | None = args.emulator_state_dir
     if getattr(args, "dry_run", False) and not args.emulator_state_dir.is_dir():
         state_dir = None  # a dry run writes nothing, not even the emulator's folder
+    elif state_dir is not None:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--emulator keeps its state in {state_dir}, which cannot be created: "
+                f"{exc.strerror}"
+            ) from exc
     config = EmulatorConfig(host="127.0.0.1", port=0, state_dir=state_dir)
     async with serve_emulator(config) as running:
         _print(

@@ -175,7 +175,7 @@ def test_retired_model_and_concurrency_usage(emulator: RunningEmulator, tmp_path
     assert "model not found" in retired.stderr
     zero = run_cli(["submit", "-c", "0", "a.jsonl"], cwd=tmp_path, env=env)
     assert zero.returncode == 2
-    assert "concurrency must be at least 1" in zero.stderr
+    assert "--concurrency: must be at least 1" in zero.stderr
     assert emulator.state()["requests"]["upload"]["count"] == 0
 
 

@@ -30,6 +30,7 @@ EXPECTED = {
     "SubmitSettings",
     "SubmitSummary",
     "TransientApiError",
+    "UnansweredApiError",
     "UsageError",
     "WouldSubmit",
     "__version__",

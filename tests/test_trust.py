@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,17 @@ import pytest
 from gembatch_async import Event, FileFailed, Retrying, SubmitSettings, submit
 from gembatch_async.emulator import RunningEmulator
 
-from .helpers import FAST_RETRY, TEST_API_KEY, cli_env, read_journal, run_cli, write_jsonl
+from .helpers import (
+    FAST_RETRY,
+    TEST_API_KEY,
+    assert_converged,
+    cli_env,
+    creates_reached,
+    read_journal,
+    run_cli,
+    wait_until,
+    write_jsonl,
+)
 
 FAST = ["--retry-max-delay", "0.05"]
 
@@ -147,7 +160,9 @@ def test_a_request_file_as_journal_is_refused_untouched(
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     """--dry-run against the built-in emulator leaves the folder exactly as it was."""
     write_jsonl(tmp_path / "a.jsonl", 2)
-    result = run_cli(["--emulator", "submit", "--dry-run", "a.jsonl"], cwd=tmp_path, env=cli_env(None))
+    result = run_cli(
+        ["--emulator", "submit", "--dry-run", "a.jsonl"], cwd=tmp_path, env=cli_env(None)
+    )
     assert result.returncode == 0, result.stderr
     assert "would submit a.jsonl" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
@@ -204,7 +219,9 @@ def test_non_regular_journals_are_refused(emulator: RunningEmulator, tmp_path: P
     write_jsonl(tmp_path / "a.jsonl", 2)
     (tmp_path / "folder").mkdir()
     for journal in ("/dev/null", "folder"):
-        result = run_cli(["--job-info", journal, "submit", "a.jsonl"], cwd=tmp_path, env=cli_env(emulator))
+        result = run_cli(
+            ["--job-info", journal, "submit", "a.jsonl"], cwd=tmp_path, env=cli_env(emulator)
+        )
         assert result.returncode == 2, result.stderr
         assert "not a regular file" in result.stderr
         assert "Traceback" not in result.stderr
@@ -235,9 +252,7 @@ def test_older_line_format_is_read(emulator: RunningEmulator, tmp_path: Path) ->
     assert len(live_batches(emulator)) == 1
 
 
-def test_wrong_shape_lines_are_reported_and_kept(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
+def test_wrong_shape_lines_are_reported_and_kept(emulator: RunningEmulator, tmp_path: Path) -> None:
     """Valid JSON of the wrong shape: reported once with its number, kept, no crash anywhere."""
     write_jsonl(tmp_path / "a.jsonl", 2)
     env = cli_env(emulator)
@@ -253,13 +268,20 @@ def test_wrong_shape_lines_are_reported_and_kept(
     with journal.open("a") as handle:
         handle.write("\n".join(bad) + "\n")
     write_jsonl(tmp_path / "d.jsonl", 2)
-    for args in (["submit", "a.jsonl", "d.jsonl"], ["status"], ["download"], ["cancel"], ["cleanup"]):
+    for args in (
+        ["submit", "a.jsonl", "d.jsonl"],
+        ["status"],
+        ["download"],
+        ["cancel"],
+        ["cleanup"],
+    ):
         result = run_cli(args, cwd=tmp_path, env=env)
         assert "Traceback" not in result.stderr, (args, result.stderr)
         assert result.returncode in (0, 1), (args, result.stderr)
         warned = sorted(
-            int(w.split(":")[2]) for w in result.stderr.splitlines() if w.startswith("warning: ")
-            and "job-info.jsonl:" in w
+            int(w.split(":")[2])
+            for w in result.stderr.splitlines()
+            if w.startswith("warning: ") and "job-info.jsonl:" in w
         )
         assert warned == [2, 3, 4, 5, 6], (args, result.stderr)
         assert "already submitted as )" not in result.stdout
@@ -363,3 +385,156 @@ async def test_a_file_that_vanishes_or_changes_after_preflight_fails_alone(
     state = emulator.state()
     assert len(state["files"]) == 1
     assert [b["displayName"].split(" [")[0] for b in state["batches"]] == [str(paths[2])]
+
+
+# -- errors and signals -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        pytest.param(["submit", "-c", "nan", "a.jsonl"], 2, id="concurrency-nan"),
+        pytest.param(["submit", "-c", "-3", "a.jsonl"], 2, id="concurrency-negative"),
+        pytest.param(["submit", "--retry-attempts", "0", "a.jsonl"], 2, id="attempts-0"),
+        pytest.param(["submit", "--retry-max-delay", "nan", "a.jsonl"], 2, id="delay-nan"),
+        pytest.param(["submit", "--retry-seconds", "inf", "a.jsonl"], 2, id="budget-inf"),
+        pytest.param(["submit", "--retry-seconds", "-1", "a.jsonl"], 2, id="budget-negative"),
+        pytest.param(["submit", "--grace", "nan", "a.jsonl"], 2, id="grace-nan"),
+        pytest.param(["submit", "--mime-type", "", "a.jsonl"], 2, id="mime-empty"),
+        pytest.param(["submit", "--mime-type", "text/x\r\nX: y", "a.jsonl"], 2, id="mime-crlf"),
+        pytest.param(["submit", "-m", " ", "a.jsonl"], 2, id="model-blank"),
+        pytest.param(["submit", "a.jsonl", "missing.jsonl"], 2, id="missing-input"),
+        pytest.param(
+            ["--job-info", "blocker/j.jsonl", "submit", "a.jsonl"], 2, id="journal-under-file"
+        ),
+        pytest.param(["status", "--interval", "nan", "--watch"], 2, id="interval-nan"),
+        pytest.param(["status", "--interval", "-1", "--watch"], 2, id="interval-negative"),
+        pytest.param(["download", "--out", "blocker"], 1, id="out-is-a-file"),
+        pytest.param(["emulator", "--port", "99999"], 2, id="port-too-big"),
+        pytest.param(["emulator", "--port", "-1"], 2, id="port-negative"),
+        pytest.param(["emulator", "--latency-ms", "nan"], 2, id="latency-nan"),
+        pytest.param(["emulator", "--max-unfinished-batches", "-5"], 2, id="window-negative"),
+        pytest.param(["emulator", "--faults", "upload:2:503"], 2, id="faults-bad"),
+        pytest.param(["emulator", "--state-dir", "blocker"], 1, id="state-dir-is-a-file"),
+        pytest.param(
+            ["--emulator", "--job-info", "sub/j.jsonl", "status"], 2, id="emulator-dir-blocked"
+        ),
+    ],
+)
+def test_option_fuzz_is_one_clear_line(
+    emulator: RunningEmulator, tmp_path: Path, args: list[str], code: int
+) -> None:
+    """Wrong option values end in their documented exit code and a message, never a traceback."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    (tmp_path / "blocker").write_text("a file where a folder is expected\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".gembatch-emulator").write_text("in the way\n")
+    env = cli_env(emulator)
+    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    (tmp_path / "sub" / "j.jsonl").write_text("")
+    result = run_cli(args, cwd=tmp_path, env=env, timeout=30)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip(), "a failure says why"
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(("error:", "gembatch-async", "  ")), last
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param("secretpart\nvaluepart", id="newline"),
+        pytest.param("secretpart-vålüepart", id="non-ascii"),
+        pytest.param("secretpart valuepart", id="space"),
+    ],
+)
+def test_unsendable_api_key_is_refused_without_showing_it(
+    emulator: RunningEmulator, tmp_path: Path, key: str
+) -> None:
+    """A key that cannot go in a header: exit 2, nothing sent, no part of it in any escaping."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    env = cli_env(emulator, GEMINI_API_KEY=key)
+    for args in (["submit", "a.jsonl"], ["status"]):
+        if args == ["status"]:
+            (tmp_path / "job-info.jsonl").write_text(
+                json.dumps({"input_file": "a.jsonl", "batch": {"name": "batches/x"}}) + "\n"
+            )
+        result = run_cli(args, cwd=tmp_path, env=env)
+        assert result.returncode == 2, result.stderr
+        assert "API key" in result.stderr
+        shown = result.stdout + result.stderr
+        for fragment in ("secretpart", "valuepart", "vålüepart", "v\\xe5", "v\\u00e5"):
+            assert fragment not in shown
+    assert emulator.state()["files"] == []
+
+
+def test_journal_append_failure_names_every_unrecorded_batch(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The journal cannot grow (file size limit, as a full disk): each created batch is
+    named, exit 1; the next run records those batches instead of creating new ones."""
+    names = [write_jsonl(tmp_path / f"f{i}.jsonl", 2, tag=str(i)).name for i in range(3)]
+    journal = tmp_path / "job-info.jsonl"
+    journal.write_text(
+        json.dumps({"input_file": "old.jsonl", "batch": {"name": "batches/old"}, "pad": "x" * 400})
+        + "\n"
+    )
+    limit = 200  # below the journal's size: every append fails, the lock file still fits
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "gembatch_async", "submit", "-c", "1", *names],
+        cwd=tmp_path,
+        env=cli_env(emulator),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    created = {b["name"] for b in emulator.state()["batches"]}
+    assert created, "at least one batch was created before the append failed"
+    for name in created:
+        assert f"batch {name} was created but could not be recorded" in result.stdout
+    assert len(read_journal(journal)) == 1
+    rerun = run_cli(["submit", *names], cwd=tmp_path, env=cli_env(emulator))
+    assert rerun.returncode == 0, rerun.stderr
+    recorded = {line["batch"]["name"] for line in read_journal(journal)[1:]}
+    assert created <= recorded, "the next run records the batches it finds"
+    assert len(emulator.state()["batches"]) == 3, "and creates only the missing ones"
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
+def test_first_stop_signal_ends_within_the_stated_bound(
+    emulator: RunningEmulator, tmp_path: Path, signal_number: int
+) -> None:
+    """A create that takes 4 s is in flight; with --grace 1 the run ends within 2 x grace
+    (plus start-up slack), keeps the upload the create may still use, exits 130, and the
+    next run records the batch the create made after all."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    emulator.set_faults("create:1:slow=4")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gembatch_async", "submit", "--grace", "1", "a.jsonl"],
+        cwd=tmp_path,
+        env=cli_env(emulator),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(creates_reached(emulator, 1))
+    started = time.monotonic()
+    process.send_signal(signal_number)
+    out, err = process.communicate(timeout=30)
+    elapsed = time.monotonic() - started
+    assert process.returncode == 130, out + err
+    assert elapsed < 2 * 1 + 1.5, f"took {elapsed:.1f}s"
+    assert "its batch may still be created" in out
+    emulator.set_faults("")
+    wait_until(lambda: len(emulator.state()["batches"]) == 1, timeout=10)
+    assert len(emulator.state()["files"]) == 1, "the upload stays for the create"
+    rerun = run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=cli_env(emulator))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "adopted" in rerun.stdout
+    assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), ["a.jsonl"])

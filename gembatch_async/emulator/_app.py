@@ -245,6 +245,10 @@ class EmulatorApp:
             rule = self.faults.decide(route.endpoint, allow_lost=not is_upload or final_chunk)
             if rule is not None and rule.kind == "reset":
                 return None
+            if rule is not None and rule.kind == "slow":  # received whole, then handled late:
+                await request.body()  # the action happens even if the client stops waiting
+                await anyio.sleep(rule.seconds)
+                rule = None
             response = await self._run_handler(request, route, match, rule, is_chunk, is_upload)
             if rule is not None and rule.kind == "lost":
                 if self.faults.lost_drops_connection():

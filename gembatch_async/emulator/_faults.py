@@ -12,7 +12,7 @@ from typing import Literal
 # Endpoint names used by the fault spec and by the request log in /_emulator/state.
 ENDPOINTS: tuple[str, ...] = ("upload", "create", "get", "list", "delete", "cancel", "download")
 
-FaultKind = Literal["status", "reset", "lost"]
+FaultKind = Literal["status", "reset", "lost", "slow"]
 
 
 class FaultSpecError(ValueError):
@@ -27,6 +27,7 @@ class FaultRule:
     probability: float
     kind: FaultKind
     status: int | None = None  # only for kind == "status"
+    seconds: float = 0.0  # only for kind == "slow": held this long, then handled as usual
 
     def matches(self, endpoint: str) -> bool:
         """True when this rule applies to requests of `endpoint`."""
@@ -51,12 +52,20 @@ def _parse_item(item: str) -> FaultRule:
     if not math.isfinite(probability) or not 0.0 <= probability <= 1.0:
         raise FaultSpecError(f"fault {item!r}: probability must be between 0 and 1")
     kind_lower = kind_text.lower()
+    if kind_lower.startswith("slow="):
+        try:
+            seconds = float(kind_lower.removeprefix("slow="))
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds < 0:
+            raise FaultSpecError(f"fault {item!r}: slow=SECONDS needs a number of seconds >= 0")
+        return FaultRule(endpoint, probability, "slow", seconds=seconds)
     if kind_lower in ("reset", "lost"):
         kind: FaultKind = "reset" if kind_lower == "reset" else "lost"
         return FaultRule(endpoint, probability, kind)
     if not kind_text.isdigit() or not 400 <= int(kind_text) <= 599:
         raise FaultSpecError(
-            f"fault {item!r}: kind {kind_text!r} must be an HTTP status 400-599, 'reset' or 'lost'"
+            f"fault {item!r}: kind {kind_text!r} must be an HTTP status 400-599, 'reset', 'lost' or 'slow=SECONDS'"
         )
     return FaultRule(endpoint, probability, "status", int(kind_text))
 

@@ -7,16 +7,17 @@ another working directory are one identity; moving the whole project folder keep
 it. The path as the user gave it stays in the journal's ``input_file`` (the
 original gembatch reads it); the identity goes beside it in ``input_identity``.
 
-Every name we give the server also carries the journal's **scope id**, a random
-id made once per journal, so a batch or upload made for another journal (another
-project folder on the same API project, same relative path and content) never
-matches ours and is never adopted.
+Every name we give the server also carries the journal's **scope id**, made once
+per journal (from the machine and the journal's path) and kept with it, so a batch
+or upload made for another journal (another project folder on the same API
+project, same relative path and content) never matches ours and is never adopted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,14 +72,21 @@ def display_name_for(path: str, token: str) -> str:
     return f"{shown} [{token}]"
 
 
-def carries_token(display_name: str | None, token: str) -> bool:
-    """Whether a batch's display name is the one we gave a submission."""
-    return bool(display_name) and str(display_name).endswith(f" [{token}]")
+def token_of(display_name: str | None) -> str | None:
+    """The token a display name of ours ends with (``PATH [gba-TOKEN]``), else None."""
+    if not display_name or not display_name.endswith("]"):
+        return None
+    token = display_name.rsplit(" [", 1)[-1][:-1]
+    return token if token.startswith(NAME_PREFIX) else None
 
 
-def new_scope_id() -> str:
-    """A fresh journal scope id."""
-    return os.urandom(12).hex()
+def derived_scope_id(journal_path: str | os.PathLike[str]) -> str:
+    """The scope id a journal gets when none is recorded yet: from this machine and
+    the journal's resolved path. A journal (with its lock file) lost after a crash
+    gets the same id again and finds its uploads; another folder, or the same path
+    on another machine, gets another id."""
+    place = f"{socket.gethostname()}\0{os.path.realpath(journal_path)}"
+    return hashlib.sha256(place.encode()).hexdigest()[:24]
 
 
 def input_location(line: Mapping[str, Any], root: str) -> str:

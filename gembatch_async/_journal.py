@@ -36,7 +36,7 @@ import anyio
 
 from ._errors import JournalError
 from ._events import JournalProblem
-from ._identity import identity_of_line, journal_root, new_scope_id
+from ._identity import derived_scope_id, identity_of_line, journal_root
 
 JobLine = dict[str, Any]
 _CLAIM_SPACE = 1 << 40  # byte offsets used as claim slots in the lock file
@@ -322,7 +322,7 @@ class Journal:
         ]
 
     def _settle_scope_id(self, recorded: str | None) -> str:
-        """The journal's scope id: kept in the lock file, else the journal's, else new.
+        """The journal's scope id: kept in the lock file, else the journal's, else derived.
 
         Written under the journal lock before any upload, so a crash after an
         upload and before the first line still finds that upload's name again.
@@ -332,7 +332,7 @@ class Journal:
             stored = os.pread(lock.fd, 256, 0).decode("ascii", "replace").strip()
             if stored.isalnum():
                 return stored
-            scope_id = recorded if recorded and recorded.isalnum() else new_scope_id()
+            scope_id = recorded if recorded and recorded.isalnum() else derived_scope_id(self.path)
             try:
                 os.ftruncate(lock.fd, 0)
                 _write_all_at(lock.fd, scope_id.encode() + b"\n")

@@ -43,9 +43,10 @@ from ._events import (
     FileSubmitted,
     Retrying,
 )
-from ._identity import carries_token, display_name_for, submission_token, upload_id_for
+from ._identity import display_name_for, submission_token, upload_id_for
 from ._inputs import InputFile, open_as_checked
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
+from ._lookup import BatchIndex
 from ._retry import OnRetry, call_with_retries, describe
 from ._settings import SubmitSettings
 
@@ -153,6 +154,8 @@ class SubmitRun:
         #: Set when the run cannot go on as asked (the journal refuses appends):
         #: like a stop, no new file starts, but nobody interrupted the run.
         self.halted = False
+        #: Batches earlier attempts made, found by one shared listing.
+        self.batches = BatchIndex(api.list_batches)
         #: The shielded scopes of creates waiting for their answer.
         self._create_waits: set[anyio.CancelScope] = set()
 
@@ -447,11 +450,7 @@ class SubmitRun:
 
     async def _find_batch(self, sub: Submission) -> types.BatchJob | None:
         """The batch an earlier attempt created for this submission, if any."""
-        matches = [
-            b for b in await self.api.list_batches() if carries_token(b.display_name, sub.token)
-        ]
-        matches.sort(key=lambda b: (b.create_time is None, b.create_time), reverse=True)
-        return matches[0] if matches else None
+        return await self.batches.find(sub.token)
 
     # -- failure -------------------------------------------------------------
     async def _settle(self, sub: Submission, progress: _Progress, reason: str) -> _Completion:

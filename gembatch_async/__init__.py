@@ -3,7 +3,7 @@
 The public API is re-exported here; everything else lives in private modules.
 """
 
-from ._client import GeminiApi, open_client
+from ._client import BatchStats, GeminiApi, open_client
 from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
@@ -53,6 +53,7 @@ __all__ = [
     "AlreadyExistsApiError",
     "AmbiguousApiError",
     "ApiError",
+    "BatchStats",
     "Cleaned",
     "CleanupFailed",
     "Event",

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -191,6 +192,53 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class BatchStats:
+    """A job's request counts, as the service reports them in ``batchStats``."""
+
+    requests: int
+    succeeded: int
+    failed: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class BatchDetail:
+    """A batch job with what the SDK's ``BatchJob`` drops: its counts and its error."""
+
+    job: types.BatchJob
+    stats: BatchStats | None
+    error: str | None
+
+
+def _count(stats: dict[str, Any], key: str) -> int:
+    try:
+        return int(stats.get(key) or 0)  # int64 arrives as a JSON string
+    except (TypeError, ValueError):
+        return 0
+
+
+def _batch_detail(raw: dict[str, Any]) -> BatchDetail:
+    """Parse a raw batch operation as ``AsyncBatches.get`` does, keeping stats and error."""
+    from google.genai import batches as sdk_batches  # the SDK's own converter, see get_batch_detail
+
+    job = types.BatchJob._from_response(response=sdk_batches._BatchJob_from_mldev(raw), kwargs={})
+    metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    assert isinstance(metadata, dict)
+    counts = metadata.get("batchStats")
+    stats = None
+    if isinstance(counts, dict):
+        stats = BatchStats(
+            requests=_count(counts, "requestCount"),
+            succeeded=_count(counts, "successfulRequestCount"),
+            failed=_count(counts, "failedRequestCount"),
+            pending=_count(counts, "pendingRequestCount"),
+        )
+    error = raw.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return BatchDetail(job, stats, str(message) if message else None)
+
+
 class GeminiApi:
     """The calls gembatch-async makes, each returning plain data or raising ApiError."""
 
@@ -250,6 +298,27 @@ class GeminiApi:
     async def get_batch(self, name: str) -> types.BatchJob:
         with translate_errors(secret=self._secret):
             return await self._client.aio.batches.get(name=name)
+
+    async def get_batch_detail(self, name: str) -> BatchDetail:
+        """``batches.get`` plus what the SDK drops (python-genai#1323): batchStats and error.
+
+        The SDK seam, the one place we reach past its public API: one raw GET
+        through the client's own transport (``_api_client.async_request``, so
+        its auth, base URL, timeout and retry options apply), parsed with the
+        SDK's own converter (``batches._BatchJob_from_mldev``) exactly as
+        ``AsyncBatches.get`` does. tests/test_client_seam.py fails if an SDK
+        upgrade moves either.
+        """
+        path = name if name.startswith("batches/") else f"batches/{name}"
+        with translate_errors(secret=self._secret), _unreadable_answer(self._secret):
+            response = await self._client.aio._api_client.async_request("get", path, {}, None)
+            try:
+                raw = json.loads(response.body) if response.body else {}
+            except ValueError as exc:
+                raise AmbiguousApiError(f"unreadable batch {name}: {exc}") from exc
+            if not isinstance(raw, dict):
+                raise AmbiguousApiError(f"unreadable batch {name}: not a JSON object")
+            return _batch_detail(raw)
 
     async def cancel_batch(self, name: str) -> None:
         with translate_errors(secret=self._secret):

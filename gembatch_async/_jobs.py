@@ -7,6 +7,7 @@ cleanup deleted every file and batch it could see).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -20,9 +21,8 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 from google import genai
-from google.genai import types
 
-from ._client import GeminiApi, api_session, batch_to_dict
+from ._client import BatchDetail, BatchStats, GeminiApi, api_session, batch_to_dict
 from ._errors import ApiError, UsageError
 from ._events import JournalProblem
 from ._identity import identity_of_path
@@ -38,6 +38,10 @@ END_STATES = frozenset(
     {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 )
 _CONCURRENCY = 8
+#: The service's turnaround target, and the age at which it expires a job (USERS.md P7).
+TARGET_HOURS = 24
+EXPIRY_HOURS = 48
+EXPIRY_WARNING_HOURS = 6
 MAX_LISTED_KEYS = 100
 
 
@@ -50,11 +54,35 @@ class JobStatus:
     state: str
     age_seconds: float | None
     output_file: str | None
+    #: Why the state could not be refreshed (the API call failed).
     error: str | None = None
+    #: Request counts from the service's batchStats, when it gave them.
+    stats: BatchStats | None = None
+    #: The job's own error, as the service reports it (e.g. for a FAILED job).
+    batch_error: str | None = None
 
     @property
     def done(self) -> bool:
         return self.state in END_STATES
+
+    #: A warning about the job's age: past the 24 h target, or near the 48 h expiry.
+    notice: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.notice is None:
+            object.__setattr__(self, "notice", _age_notice(self.state, self.age_seconds))
+
+
+def _age_notice(state: str, age_seconds: float | None) -> str | None:
+    if state in END_STATES or age_seconds is None:
+        return None
+    hours = age_seconds / 3600
+    if hours >= EXPIRY_HOURS - EXPIRY_WARNING_HOURS:
+        left = max(0.0, EXPIRY_HOURS - hours)
+        return f"expires in {left:.0f}h unless it finishes (the service ends jobs at 48 h)"
+    if hours >= TARGET_HOURS:
+        return f"stuck? unfinished after {hours:.0f}h (the service targets 24 h)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -137,7 +165,7 @@ async def _for_each(items: Sequence[T], work: Callable[[T], Awaitable[None]]) ->
 async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) -> list[JobStatus]:
     """Ask the API for each recorded job's state and write it back to the journal."""
     lines = jobs.recorded(paths)
-    fresh: dict[str, types.BatchJob] = {}
+    fresh: dict[str, BatchDetail] = {}
     statuses: list[JobStatus | None] = [None] * len(lines)
 
     async def check(index: int) -> None:
@@ -147,12 +175,12 @@ async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) 
             statuses[index] = _status_from_line(line)
             return
         try:
-            batch = await jobs.call(lambda: jobs.api.get_batch(name))
+            detail = await jobs.call(lambda: jobs.api.get_batch_detail(name))
         except ApiError as exc:
             statuses[index] = _status_from_line(line, error=describe(exc))
             return
-        fresh[name] = batch
-        statuses[index] = _status_from_batch(path, batch)
+        fresh[name] = detail
+        statuses[index] = _status_from_batch(path, detail)
 
     await _for_each(range(len(lines)), check)
     if fresh:
@@ -160,19 +188,25 @@ async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) 
     return [status for status in statuses if status is not None]
 
 
-def _with_fresh_batches(fresh: dict[str, types.BatchJob]) -> Callable[[JobLine], JobLine]:
+def _with_fresh_batches(fresh: dict[str, BatchDetail]) -> Callable[[JobLine], JobLine]:
     checked = datetime.now(timezone.utc).isoformat()
 
     def update(line: JobLine) -> JobLine:
-        batch = fresh.get(batch_name_of(line))
-        if batch is None:
+        detail = fresh.get(batch_name_of(line))
+        if detail is None:
             return line
-        return {**line, "batch": batch_to_dict(batch), "status_checked_at": checked}
+        updated = {**line, "batch": batch_to_dict(detail.job), "status_checked_at": checked}
+        if detail.stats is not None:
+            updated["batch_stats"] = dataclasses.asdict(detail.stats)
+        if detail.error is not None:
+            updated["batch_error"] = detail.error
+        return updated
 
     return update
 
 
-def _status_from_batch(path: str, batch: types.BatchJob) -> JobStatus:
+def _status_from_batch(path: str, detail: BatchDetail) -> JobStatus:
+    batch = detail.job
     state = batch.state.value if batch.state is not None else "JOB_STATE_UNSPECIFIED"
     age = (
         (datetime.now(timezone.utc) - batch.create_time).total_seconds()
@@ -180,7 +214,7 @@ def _status_from_batch(path: str, batch: types.BatchJob) -> JobStatus:
         else None
     )
     output = batch.dest.file_name if batch.dest is not None else None
-    return JobStatus(path, batch.name or "", state, age, output)
+    return JobStatus(path, batch.name or "", state, age, output, None, detail.stats, detail.error)
 
 
 def _status_from_line(line: JobLine, error: str | None = None) -> JobStatus:
@@ -197,9 +231,27 @@ def _status_from_line(line: JobLine, error: str | None = None) -> JobStatus:
             age = None
     dest = batch.get("dest")
     output = dest.get("file_name") if isinstance(dest, dict) else None
+    recorded_error = line.get("batch_error")
     return JobStatus(
-        str(line["input_file"]), batch_name_of(line), batch_state_of(line), age, output, error
+        str(line["input_file"]),
+        batch_name_of(line),
+        batch_state_of(line),
+        age,
+        output,
+        error,
+        _recorded_stats(line.get("batch_stats")),
+        recorded_error if isinstance(recorded_error, str) else None,
     )
+
+
+def _recorded_stats(value: object) -> BatchStats | None:
+    """The counts a refresh wrote to the journal line, if they are whole."""
+    if not isinstance(value, dict):
+        return None
+    counts = [value.get(name) for name in ("requests", "succeeded", "failed", "pending")]
+    if not all(isinstance(count, int) for count in counts):
+        return None
+    return BatchStats(*counts)  # type: ignore[arg-type]
 
 
 async def watch_status(

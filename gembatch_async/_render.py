@@ -84,6 +84,15 @@ def _age(seconds: float | None) -> str:
 
 def render_status(status: JobStatus) -> str:
     line = f"{_short_state(status.state):<10} {_age(status.age_seconds):>7}  {status.path} -> {status.batch_name}"
+    stats = status.stats
+    if stats is not None and stats.requests:
+        line += f"  {stats.succeeded + stats.failed}/{stats.requests} done"
+        if stats.failed:
+            line += f", {stats.failed} failed"
+    if status.batch_error:
+        line += f" ({status.batch_error})"
+    if status.notice:
+        line += f"  [{status.notice}]"
     if status.error:
         line += f" (could not refresh: {status.error})"
     return line

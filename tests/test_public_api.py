@@ -8,6 +8,7 @@ EXPECTED = {
     "DEFAULT_MODEL",
     "AlreadyExistsApiError",
     "AmbiguousApiError",
+    "BatchStats",
     "ApiError",
     "CleanupFailed",
     "Event",

@@ -71,6 +71,14 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
+def _error_details(error: genai_errors.APIError) -> tuple[dict[str, Any], ...]:
+    """The ``details`` list of a Google error body (``error.details`` is the whole body)."""
+    body = error.details if isinstance(error.details, dict) else {}
+    inner = body.get("error", body)
+    found = inner.get("details", []) if isinstance(inner, dict) else []
+    return tuple(item for item in found if isinstance(item, dict)) if isinstance(found, list) else ()
+
+
 def _retry_after_seconds(error: genai_errors.APIError) -> float | None:
     """The server's requested delay: the Retry-After header, else RetryInfo in the body."""
     headers = getattr(error.response, "headers", None)
@@ -98,7 +106,7 @@ def _from_api_error(
     code = int(error.code or 0)
     status = error.status if isinstance(error.status, str) else None
     message = redact(f"{code} {status or ''}: {error.message or ''}".strip(), secret)
-    kwargs: dict[str, Any] = {"code": code, "status": status}
+    kwargs: dict[str, Any] = {"code": code, "status": status, "details": _error_details(error)}
     if code in _TRANSIENT_CODES:
         return TransientApiError(message, retry_after=_retry_after_seconds(error), **kwargs)
     if code >= 500:

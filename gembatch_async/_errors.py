@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -93,7 +94,7 @@ class ApiError(GembatchError):
 
     ``code`` is the HTTP status (0 when no response arrived), ``status`` the API's
     status word (e.g. ``RESOURCE_EXHAUSTED``), ``retry_after`` the server's
-    requested delay in seconds when it gave one.
+    requested delay in seconds when it gave one, ``details`` the error body's details.
     """
 
     def __init__(
@@ -103,12 +104,15 @@ class ApiError(GembatchError):
         code: int = 0,
         status: str | None = None,
         retry_after: float | None = None,
+        details: tuple[dict[str, Any], ...] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.status = status
         self.retry_after = retry_after
+        #: The error body's ``details`` (QuotaFailure, RetryInfo, ...), for classifying 429s.
+        self.details = details
 
 
 class TransientApiError(ApiError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -31,9 +32,9 @@ async def test_the_seam_reads_what_the_sdk_drops(emulator: RunningEmulator) -> N
     client = genai.Client(api_key=TEST_API_KEY, http_options=options)
     api = GeminiApi(client)
     data = b'{"key": "a", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}\n' * 3
-    (uploaded,) = [
-        await client.aio.files.upload(file=_bytes(data), config={"mime_type": "application/jsonl"})
-    ]
+    uploaded = await client.aio.files.upload(
+        file=io.BytesIO(data), config={"mime_type": "application/jsonl"}
+    )
     created = await client.aio.batches.create(
         model="gemini-3.1-flash-lite", src=uploaded.name or ""
     )
@@ -88,9 +89,3 @@ def test_age_notices(hours: float, state: str, expected: str | None) -> None:
     else:
         assert status.notice is not None
         assert expected in status.notice
-
-
-def _bytes(data: bytes) -> object:
-    import io
-
-    return io.BytesIO(data)

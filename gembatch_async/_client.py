@@ -23,10 +23,12 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from ._admission import Limit, limit_of
 from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
     ApiError,
+    CapacityApiError,
     MissingApiKeyError,
     NotFoundApiError,
     PermanentApiError,
@@ -76,7 +78,9 @@ def _error_details(error: genai_errors.APIError) -> tuple[dict[str, Any], ...]:
     body = error.details if isinstance(error.details, dict) else {}
     inner = body.get("error", body)
     found = inner.get("details", []) if isinstance(inner, dict) else []
-    return tuple(item for item in found if isinstance(item, dict)) if isinstance(found, list) else ()
+    return (
+        tuple(item for item in found if isinstance(item, dict)) if isinstance(found, list) else ()
+    )
 
 
 def _retry_after_seconds(error: genai_errors.APIError) -> float | None:
@@ -108,6 +112,9 @@ def _from_api_error(
     message = redact(f"{code} {status or ''}: {error.message or ''}".strip(), secret)
     kwargs: dict[str, Any] = {"code": code, "status": status, "details": _error_details(error)}
     if code in _TRANSIENT_CODES:
+        limit = limit_of(TransientApiError(message, **kwargs))
+        if limit is not None and limit is not Limit.RATE:  # a quota: waiting, not retrying
+            return CapacityApiError(message, limit=limit, **kwargs)
         return TransientApiError(message, retry_after=_retry_after_seconds(error), **kwargs)
     if code >= 500:
         return AmbiguousApiError(message, retry_after=_retry_after_seconds(error), **kwargs)

@@ -13,6 +13,8 @@ each class carries the exit code the CLI uses for it::
     └── ApiError                       (exit 1)  the API or the network failed a call
         ├── TransientApiError          (exit 1)  worth retrying: 408/429/5xx, dropped, timed out
         │   └── AmbiguousApiError      (exit 1)  the action may have happened anyway
+        ├── CapacityApiError           (exit 3)  429 for a full job window, token or storage
+        │                                        quota: the file waits (run) or is deferred
         ├── UnansweredApiError         (exit 1)  we stopped waiting for a sent request: it may
         │                                        still happen, so it is neither repeated nor undone
         └── PermanentApiError          (exit 1)  4xx that no retry will fix
@@ -27,10 +29,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
+if TYPE_CHECKING:
+    from ._admission import Limit
 
 
 class GembatchError(Exception):
@@ -121,6 +125,16 @@ class TransientApiError(ApiError):
 
 class AmbiguousApiError(TransientApiError):
     """No usable answer arrived, so the action may or may not have happened."""
+
+
+class CapacityApiError(ApiError):
+    """The service is at a limit (``limit``): not the file's failure, it waits for capacity."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, *, limit: Limit, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.limit = limit
 
 
 class UnansweredApiError(ApiError):

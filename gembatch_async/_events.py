@@ -1,7 +1,7 @@
 """Frozen records the library emits; the CLI decides how to show them.
 
 Completion events (:class:`FileSubmitted`, :class:`FileSkipped`,
-:class:`FileFailed`) carry ``n`` and ``total``: ``n`` counts completions in the
+:class:`FileFailed`, :class:`FileDeferred`) carry ``n`` and ``total``: ``n`` counts completions in the
 order they happened, 1..total, each exactly once.
 """
 
@@ -56,6 +56,27 @@ class FileFailed:
 
 
 @dataclass(frozen=True)
+class FileDeferred:
+    """The service had no capacity for the file (job window or a quota): nothing was
+    left on the server, and a later ``submit`` (or ``run``, which waits) picks it up."""
+
+    path: str
+    reason: str
+    n: int
+    total: int
+    kind: Literal["deferred"] = field(default="deferred", init=False)
+
+
+@dataclass(frozen=True)
+class WaitingForCapacity:
+    """``run``: the file waits until the service has room for it (reported once per wait)."""
+
+    path: str
+    reason: str
+    kind: Literal["waiting"] = field(default="waiting", init=False)
+
+
+@dataclass(frozen=True)
 class Retrying:
     """A step failed transiently and will be tried again after ``delay`` seconds."""
 
@@ -98,7 +119,15 @@ class WouldSubmit:
 
 
 Event: TypeAlias = Union[  # noqa: UP007 (a runtime alias must work on Python 3.10 too)
-    FileSubmitted, FileSkipped, FileFailed, Retrying, CleanupFailed, JournalProblem, WouldSubmit
+    FileSubmitted,
+    FileSkipped,
+    FileFailed,
+    FileDeferred,
+    WaitingForCapacity,
+    Retrying,
+    CleanupFailed,
+    JournalProblem,
+    WouldSubmit,
 ]
 EventHandler = Callable[[Event], None]
 
@@ -115,11 +144,13 @@ class SubmitSummary:
     interrupted: bool = False
     #: Files that were neither submitted, skipped nor failed because the run stopped.
     not_started: int = 0
+    #: Files the service had no capacity for; a later run picks them up.
+    deferred: int = 0
 
     @property
     def ok(self) -> bool:
         """True when nothing failed and nothing was left undone."""
-        return self.failed == 0 and not self.interrupted
+        return self.failed == 0 and self.deferred == 0 and not self.interrupted
 
 
 def event_to_dict(event: Event | SubmitSummary) -> dict[str, Any]:

@@ -164,7 +164,11 @@ async def _for_each(items: Sequence[T], work: Callable[[T], Awaitable[None]]) ->
 # -- status -----------------------------------------------------------------------------
 async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) -> list[JobStatus]:
     """Ask the API for each recorded job's state and write it back to the journal."""
-    lines = jobs.recorded(paths)
+    return await _refresh_lines(jobs, jobs.recorded(paths))
+
+
+async def _refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStatus]:
+    """The status of each line, in the same order (ended jobs from the journal alone)."""
     fresh: dict[str, BatchDetail] = {}
     statuses: list[JobStatus | None] = [None] * len(lines)
 
@@ -185,6 +189,7 @@ async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) 
     await _for_each(range(len(lines)), check)
     if fresh:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_fresh_batches(fresh))
+    assert all(status is not None for status in statuses)
     return [status for status in statuses if status is not None]
 
 
@@ -403,11 +408,10 @@ async def cleanup_files(
     finished job no longer needs its input. Output files cannot always be
     deleted (USERS.md P3): failures are reported and the rest carries on.
     """
-    statuses = {s.path: s for s in await refresh_status(jobs)}
+    lines = jobs.recorded()
     targets: list[tuple[str, str]] = []
-    for line in jobs.recorded():
-        status = statuses.get(str(line["input_file"]))
-        if status is None or not status.done:
+    for line, status in zip(lines, await _refresh_lines(jobs, lines), strict=True):
+        if not status.done:
             continue
         upload = line.get("uploaded_file_name")
         if isinstance(upload, str) and upload.startswith("files/"):
@@ -429,4 +433,19 @@ async def cleanup_files(
         cleaned.append(Cleaned(path, name, deleted=gone, error=None if gone else "already gone"))
 
     await _for_each(targets, delete)
+    gone = {c.file_name for c in cleaned if c.deleted or c.error == "already gone"}
+    if gone:
+        await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_uploads_deleted(gone))
     return sorted(cleaned, key=lambda c: (c.path, c.file_name))
+
+
+def _with_uploads_deleted(names: set[str]) -> Callable[[JobLine], JobLine]:
+    """Record on each line that its upload is gone: it holds no storage any more."""
+    when = datetime.now(timezone.utc).isoformat()
+
+    def update(line: JobLine) -> JobLine:
+        if line.get("uploaded_file_name") in names and not line.get("upload_deleted_at"):
+            return {**line, "upload_deleted_at": when}
+        return line
+
+    return update

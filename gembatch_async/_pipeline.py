@@ -21,11 +21,13 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from google.genai import types
 
+from ._admission import Admission, Limit
 from ._client import GeminiApi, batch_to_dict
 from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
     ApiError,
+    CapacityApiError,
     InputChangedError,
     JournalError,
     NotFoundApiError,
@@ -38,10 +40,12 @@ from ._events import (
     CleanupFailed,
     Event,
     EventHandler,
+    FileDeferred,
     FileFailed,
     FileSkipped,
     FileSubmitted,
     Retrying,
+    WaitingForCapacity,
 )
 from ._identity import display_name_for, submission_token, upload_id_for
 from ._inputs import InputFile, open_as_checked
@@ -93,6 +97,10 @@ class _Completion:
     make_event: Callable[[int, int], Event]
     line: JobLine | None = None
     written: anyio.Event = field(default_factory=anyio.Event)
+    #: An upload of ours that stays on the server (cleanup failed), if any.
+    left_behind: str | None = None
+    #: The limit that kept the file from being admitted, if it was deferred.
+    deferred: Limit | None = None
 
     def event(self, n: int, total: int, unrecorded: str | None) -> Event:
         """The file's event; when its line could not be appended, a failure naming the batch."""
@@ -130,6 +138,7 @@ class Tally:
     skipped: int = 0
     failed: int = 0
     not_started: int = 0
+    deferred: int = 0
 
 
 class SubmitRun:
@@ -142,6 +151,7 @@ class SubmitRun:
         settings: SubmitSettings,
         emit: EventHandler,
         stop: anyio.Event,
+        admission: Admission | None = None,
     ) -> None:
         self.api = api
         self.journal = journal
@@ -154,6 +164,12 @@ class SubmitRun:
         #: Set when the run cannot go on as asked (the journal refuses appends):
         #: like a stop, no new file starts, but nobody interrupted the run.
         self.halted = False
+        #: Who may start now: the service's job window and quotas.
+        self.admission = admission or Admission(
+            waits=settings.wait_for_capacity,
+            storage_bytes=settings.storage_quota_bytes,
+            probe_seconds=settings.capacity_probe_seconds,
+        )
         #: Batches earlier attempts made, found by one shared listing.
         self.batches = BatchIndex(api.list_batches)
         #: The shielded scopes of creates waiting for their answer.
@@ -260,7 +276,9 @@ class SubmitRun:
             self.journal.note_appended(lines, where)
 
     def _count(self, event: Event) -> None:
-        if isinstance(event, FileSubmitted):
+        if isinstance(event, FileDeferred):
+            self.tally.deferred += 1
+        elif isinstance(event, FileSubmitted):
             self.tally.submitted += 1
         elif isinstance(event, FileSkipped):
             self.tally.skipped += 1
@@ -295,9 +313,37 @@ class SubmitRun:
                 return _failed(
                     item, f"cannot read the recorded batch's state: {describe(exc)}", None
                 )
-            return await self._submit(
-                self._submission(item, view.history.get(item.identity, 0)), send
-            )
+            sub = self._submission(item, view.history.get(item.identity, 0))
+            return await self._submit_when_admitted(sub, send)
+
+    async def _submit_when_admitted(
+        self, sub: Submission, send: MemoryObjectSendStream[_Completion]
+    ) -> _Completion:
+        """Upload and create once the service has room; at a limit, wait (run) or defer.
+
+        The file's bytes count as held from admission until its upload is deleted
+        (here, when no job was recorded; later, by whoever cleans up the job).
+        """
+        size = sub.item.size_bytes
+        while True:
+            limit = await self.admission.admit(size, self._on_wait(sub.item.path))
+            if limit is not None:
+                return _deferred(sub.item, limit)
+            completion = await self._submit(sub, send)
+            if completion.line is not None:
+                if self.admission.closed_by is not None:  # a create went through: room again
+                    self.admission.capacity_returned()
+                return completion
+            if completion.left_behind is None:
+                self.admission.release_bytes(size)
+            if completion.deferred is None or not self.admission.waits:
+                return completion
+
+    def _on_wait(self, path: str) -> Callable[[Limit], None]:
+        def report(limit: Limit) -> None:
+            self.emit(WaitingForCapacity(path, limit.value))
+
+        return report
 
     def _submission(self, item: InputFile, generation: int) -> Submission:
         scope = self.journal.scope_id
@@ -332,6 +378,12 @@ class SubmitRun:
         except anyio.get_cancelled_exc_class():
             await _deliver(send, await self._settle_in_time(sub, progress, "cancelled"))
             raise
+        except CapacityApiError as exc:
+            self.admission.refused(exc.limit)
+            settled = await self._settle_in_time(sub, progress, describe(exc))
+            if settled.line is not None or settled.left_behind is not None:
+                return settled  # a batch after all, or an upload we could not delete
+            return _deferred(sub.item, exc.limit)
         except (ApiError, InputChangedError) as exc:
             return await self._settle_in_time(sub, progress, describe(exc))
         except BaseException as exc:  # a bug or a local failure: clean up, then let it out
@@ -370,7 +422,7 @@ class SubmitRun:
         except AmbiguousApiError:
             progress.upload_ambiguous = True
             raise
-        except PermanentApiError:
+        except (PermanentApiError, CapacityApiError):
             # Refused, so this attempt stored nothing; an earlier lost one may have.
             progress.upload_may_exist = progress.upload_ambiguous
             raise
@@ -537,7 +589,16 @@ def _skipped(item: InputFile, latest: JobLine) -> _Completion:
 
 
 def _failed(item: InputFile, reason: str, left_behind: str | None) -> _Completion:
-    return _Completion(lambda n, total: FileFailed(item.path, reason, n, total, left_behind))
+    return _Completion(
+        lambda n, total: FileFailed(item.path, reason, n, total, left_behind),
+        left_behind=left_behind,
+    )
+
+
+def _deferred(item: InputFile, limit: Limit) -> _Completion:
+    return _Completion(
+        lambda n, total: FileDeferred(item.path, limit.value, n, total), deferred=limit
+    )
 
 
 def _drain(receive: MemoryObjectReceiveStream[_Completion]) -> list[_Completion]:

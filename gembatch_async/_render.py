@@ -7,12 +7,14 @@ import json
 from ._events import (
     CleanupFailed,
     Event,
+    FileDeferred,
     FileFailed,
     FileSkipped,
     FileSubmitted,
     JournalProblem,
     Retrying,
     SubmitSummary,
+    WaitingForCapacity,
     WouldSubmit,
     event_to_dict,
 )
@@ -37,6 +39,10 @@ def render_text(event: Event) -> tuple[str, bool]:
         if event.left_behind:
             line += f" (upload {event.left_behind} left on the server)"
         return line, False
+    if isinstance(event, FileDeferred):
+        return f"[{event.n}/{event.total}] deferred {event.path} ({event.reason})", False
+    if isinstance(event, WaitingForCapacity):
+        return f"waiting {event.path} ({event.reason})", True
     if isinstance(event, Retrying):
         return (
             f"retrying {event.step} of {event.path} in {event.delay:.1f}s "
@@ -60,10 +66,13 @@ def render_summary(summary: SubmitSummary, dry_run: bool = False) -> str:
         return (
             f"dry run: nothing was sent beyond the model check; {summary.skipped} already submitted"
         )
+    deferred = f", deferred {summary.deferred}" if summary.deferred else ""
     text = (
-        f"submitted {summary.submitted}, skipped {summary.skipped}, failed {summary.failed} "
-        f"in {summary.elapsed:.2f}s"
+        f"submitted {summary.submitted}, skipped {summary.skipped}{deferred}, "
+        f"failed {summary.failed} in {summary.elapsed:.2f}s"
     )
+    if summary.deferred:
+        text += "; deferred files wait for service capacity: run submit again later, or use run"
     if summary.interrupted:
         text += f"; interrupted, {summary.not_started} not started (run again to finish)"
     elif summary.not_started:

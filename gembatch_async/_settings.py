@@ -18,6 +18,10 @@ DEFAULT_MIME_TYPE = "application/jsonl"
 DEFAULT_JOB_INFO = "job-info.jsonl"
 #: The Batch API refuses input files over 2 GB.
 MAX_INPUT_BYTES = 2 * 10**9
+#: Uploads a project may store at once.
+STORAGE_QUOTA_BYTES = 20 * 10**9
+#: Uploads expire after this long; older journal lines hold no storage.
+UPLOAD_LIFETIME_S = 48 * 3600
 #: Per HTTP request; a chunk is at most 8 MiB, so this bounds a stalled upload.
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
 MODEL_ENV = "GEMBATCH_MODEL"
@@ -58,6 +62,14 @@ class SubmitSettings:
     #: How long in-flight files get to finish or clean up after a stop request
     #: or cancellation.
     cleanup_seconds: float = 15.0
+    #: At a full job window or quota, wait for capacity (``run``) instead of
+    #: deferring the file to a later run (``submit``).
+    wait_for_capacity: bool = False
+    #: The project's storage for uploads (the service allows 20 GB); no upload
+    #: starts that would take our unfinished uploads past it.
+    storage_quota_bytes: int = STORAGE_QUOTA_BYTES
+    #: While waiting at a limit whose end we cannot see, one file tries this often.
+    capacity_probe_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -11,11 +11,13 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import anyio
 import anyio.to_thread
 from google import genai
 
+from ._admission import Admission, bytes_held
 from ._client import GeminiApi, api_session, model_supports_batch
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
@@ -75,7 +77,13 @@ async def submit(
             await _check_model(api, settings)
             if settings.dry_run:
                 return _report_without_api(items, view, settings, on_event, started)
-            run = SubmitRun(api, journal, settings, on_event, stop or anyio.Event())
+            admission = Admission(
+                waits=settings.wait_for_capacity,
+                storage_bytes=settings.storage_quota_bytes,
+                held_bytes=bytes_held(view.latest.values(), datetime.now(timezone.utc)),
+                probe_seconds=settings.capacity_probe_seconds,
+            )
+            run = SubmitRun(api, journal, settings, on_event, stop or anyio.Event(), admission)
             tally = await run.run(items)
     finally:
         journal.close()
@@ -86,6 +94,7 @@ async def submit(
         elapsed=time.monotonic() - started,
         interrupted=run.interrupted,
         not_started=tally.not_started,
+        deferred=tally.deferred,
     )
 
 

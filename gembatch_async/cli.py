@@ -1,7 +1,8 @@
 """The command line: parse, run, render events, own the exit codes.
 
 This is the only module that prints or exits. Exit codes: 0 all good, 1 some
-file failed, 2 usage or pre-flight error (nothing was sent), 130 interrupted.
+file failed, 2 usage or pre-flight error (nothing was sent), 3 some files wait
+for service capacity (run submit again later, or use run), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ._settings import (
 from ._submit import submit
 from ._version import __version__
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 T = TypeVar("T")
 EMULATOR_STATE_DIR = ".gembatch-emulator"
 DEBUG_ENV = "GEMBATCH_DEBUG"
@@ -338,7 +339,9 @@ async def _submit_command(args: argparse.Namespace) -> int:
 def _exit_code(summary: SubmitSummary) -> int:
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    if summary.failed:
+        return EXIT_FAILED
+    return EXIT_DEFERRED if summary.deferred else EXIT_OK
 
 
 def _event_printer(as_json: bool) -> Callable[[Event], None]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gembatch_async import Event, FileFailed, Retrying, SubmitSettings, submit
-from gembatch_async.emulator import RunningEmulator
+from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from .helpers import (
     FAST_RETRY,
@@ -229,6 +229,9 @@ def test_non_regular_journals_are_refused(emulator: RunningEmulator, tmp_path: P
 
 
 # -- journal lines of every shape ---------------------------------------------------------
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=60), id="slow")]
+)
 def test_older_line_format_is_read(emulator: RunningEmulator, tmp_path: Path) -> None:
     """The original tool's older lines (job_name, no batch object) are records like any other."""
     write_jsonl(tmp_path / "a.jsonl", 2)

@@ -3,7 +3,7 @@
 The public API is re-exported here; everything else lives in private modules.
 """
 
-from ._client import BatchStats, GeminiApi, open_client
+from ._client import GeminiApi, open_client
 from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
@@ -22,6 +22,7 @@ from ._errors import (
     UsageError,
 )
 from ._events import (
+    BatchStats,
     CleanupFailed,
     Event,
     EventHandler,

@@ -35,6 +35,7 @@ from ._errors import (
     TransientApiError,
     UsageError,
 )
+from ._events import BatchStats
 from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, unsendable_key_reason
 
 _TRANSIENT_CODES = frozenset({408, 429})
@@ -205,16 +206,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """A job's request counts, as the service reports them in ``batchStats``."""
-
-    requests: int
-    succeeded: int
-    failed: int
-    pending: int
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,16 @@ from typing import Any, Literal, TypeAlias, Union
 
 
 @dataclass(frozen=True)
+class BatchStats:
+    """A job's request counts, as the service reports them in ``batchStats``."""
+
+    requests: int
+    succeeded: int
+    failed: int
+    pending: int
+
+
+@dataclass(frozen=True)
 class FileSubmitted:
     """A batch job exists for the file and is recorded in the journal."""
 
@@ -77,6 +87,45 @@ class WaitingForCapacity:
 
 
 @dataclass(frozen=True)
+class JobChanged:
+    """``run``: a job of this run changed state (reported once per change)."""
+
+    path: str
+    batch_name: str
+    state: str
+    #: Request counts when the service gave them.
+    stats: BatchStats | None = None
+    kind: Literal["job"] = field(default="job", init=False)
+
+
+@dataclass(frozen=True)
+class ResultsSaved:
+    """``run``: a succeeded job's results are on disk and its upload is deleted."""
+
+    path: str
+    batch_name: str
+    output_path: str
+    responses: int
+    errors: int
+    #: The results were already there (an earlier run downloaded them).
+    already: bool = False
+    kind: Literal["results"] = field(default="results", init=False)
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    """``run``: a job ended without results (or they could not be fetched)."""
+
+    path: str
+    batch_name: str
+    state: str
+    reason: str
+    #: The file is submitted again (``--retry-failed``).
+    resubmitted: bool
+    kind: Literal["job_ended"] = field(default="job_ended", init=False)
+
+
+@dataclass(frozen=True)
 class Retrying:
     """A step failed transiently and will be tried again after ``delay`` seconds."""
 
@@ -128,6 +177,9 @@ Event: TypeAlias = Union[  # noqa: UP007 (a runtime alias must work on Python 3.
     CleanupFailed,
     JournalProblem,
     WouldSubmit,
+    JobChanged,
+    ResultsSaved,
+    JobEnded,
 ]
 EventHandler = Callable[[Event], None]
 
@@ -153,7 +205,26 @@ class SubmitSummary:
         return self.failed == 0 and self.deferred == 0 and not self.interrupted
 
 
-def event_to_dict(event: Event | SubmitSummary) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunSummary:
+    """What one ``run`` did."""
+
+    submitted: int
+    skipped: int
+    #: Files that failed: at submit, as a job (FAILED, EXPIRED, CANCELLED, not
+    #: resubmitted), or whose results could not be fetched.
+    failed: int
+    #: Files whose results are on disk.
+    downloaded: int
+    elapsed: float
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.interrupted
+
+
+def event_to_dict(event: Event | SubmitSummary | RunSummary) -> dict[str, Any]:
     """A JSON-ready dict of an event, with its ``kind`` first."""
     data = asdict(event)
     kind = data.pop("kind", "summary")

@@ -22,9 +22,9 @@ import anyio
 import anyio.to_thread
 from google import genai
 
-from ._client import BatchDetail, BatchStats, GeminiApi, api_session, batch_to_dict
+from ._client import BatchDetail, GeminiApi, api_session, batch_to_dict
 from ._errors import ApiError, UsageError
-from ._events import JournalProblem
+from ._events import BatchStats, JournalProblem
 from ._identity import identity_of_path
 from ._inputs import key_hash
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
@@ -164,10 +164,10 @@ async def _for_each(items: Sequence[T], work: Callable[[T], Awaitable[None]]) ->
 # -- status -----------------------------------------------------------------------------
 async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) -> list[JobStatus]:
     """Ask the API for each recorded job's state and write it back to the journal."""
-    return await _refresh_lines(jobs, jobs.recorded(paths))
+    return await refresh_lines(jobs, jobs.recorded(paths))
 
 
-async def _refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStatus]:
+async def refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStatus]:
     """The status of each line, in the same order (ended jobs from the journal alone)."""
     fresh: dict[str, BatchDetail] = {}
     statuses: list[JobStatus | None] = [None] * len(lines)
@@ -292,22 +292,26 @@ async def download_results(
     statuses = await refresh_status(jobs, paths)
     ready = [s for s in statuses if s.state == "JOB_STATE_SUCCEEDED" and s.output_file]
     results: list[ResultFile] = []
-    folder = Path(out_dir)
-    await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
 
     async def fetch(status: JobStatus) -> None:
-        target = folder / (Path(status.path).stem + ".results.jsonl")
-        if not force and await anyio.Path(target).exists():
-            result = ResultFile(
-                status.path, status.batch_name, str(target), 0, 0, (), 0, skipped=True
-            )
-        else:
-            result = await _download_one(jobs, status, target)
+        result = await fetch_results(jobs, status, out_dir, force=force)
         results.append(result)
         on_result(result)
 
     await _for_each(ready, fetch)
     return results
+
+
+async def fetch_results(
+    jobs: JobsContext, status: JobStatus, out_dir: str | os.PathLike[str], *, force: bool = False
+) -> ResultFile:
+    """One succeeded job's results, downloaded and matched (skipped when already there)."""
+    folder = Path(out_dir)
+    await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
+    target = folder / (Path(status.path).stem + ".results.jsonl")
+    if not force and await anyio.Path(target).exists():
+        return ResultFile(status.path, status.batch_name, str(target), 0, 0, (), 0, skipped=True)
+    return await _download_one(jobs, status, target)
 
 
 async def _download_one(jobs: JobsContext, status: JobStatus, target: Path) -> ResultFile:
@@ -410,7 +414,7 @@ async def cleanup_files(
     """
     lines = jobs.recorded()
     targets: list[tuple[str, str]] = []
-    for line, status in zip(lines, await _refresh_lines(jobs, lines), strict=True):
+    for line, status in zip(lines, await refresh_lines(jobs, lines), strict=True):
         if not status.done:
             continue
         upload = line.get("uploaded_file_name")
@@ -435,11 +439,11 @@ async def cleanup_files(
     await _for_each(targets, delete)
     gone = {c.file_name for c in cleaned if c.deleted or c.error == "already gone"}
     if gone:
-        await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_uploads_deleted(gone))
+        await anyio.to_thread.run_sync(jobs.journal.rewrite, with_uploads_deleted(gone))
     return sorted(cleaned, key=lambda c: (c.path, c.file_name))
 
 
-def _with_uploads_deleted(names: set[str]) -> Callable[[JobLine], JobLine]:
+def with_uploads_deleted(names: set[str]) -> Callable[[JobLine], JobLine]:
     """Record on each line that its upload is gone: it holds no storage any more."""
     when = datetime.now(timezone.utc).isoformat()
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 
 from ._events import (
+    BatchStats,
     CleanupFailed,
     Event,
     FileDeferred,
     FileFailed,
     FileSkipped,
     FileSubmitted,
+    JobChanged,
+    JobEnded,
     JournalProblem,
+    ResultsSaved,
     Retrying,
+    RunSummary,
     SubmitSummary,
     WaitingForCapacity,
     WouldSubmit,
@@ -43,6 +48,25 @@ def render_text(event: Event) -> tuple[str, bool]:
         return f"[{event.n}/{event.total}] deferred {event.path} ({event.reason})", False
     if isinstance(event, WaitingForCapacity):
         return f"waiting {event.path} ({event.reason})", True
+    if isinstance(event, JobChanged):
+        return (
+            f"job {_short_state(event.state).lower()} {event.path} ({_counts(event.stats)})",
+            False,
+        )
+    if isinstance(event, ResultsSaved) and event.already:
+        return f"results {event.path} already in {event.output_path}", False
+    if isinstance(event, ResultsSaved):
+        return (
+            f"results {event.path} -> {event.output_path} "
+            f"({event.responses} responses, {event.errors} errors)",
+            False,
+        )
+    if isinstance(event, JobEnded):
+        again = "; submitting it again" if event.resubmitted else ""
+        return (
+            f"job {_short_state(event.state).lower()} {event.path}: {event.reason}{again}",
+            False,
+        )
     if isinstance(event, Retrying):
         return (
             f"retrying {event.step} of {event.path} in {event.delay:.1f}s "
@@ -77,6 +101,24 @@ def render_summary(summary: SubmitSummary, dry_run: bool = False) -> str:
         text += f"; interrupted, {summary.not_started} not started (run again to finish)"
     elif summary.not_started:
         text += f"; {summary.not_started} not started (run again to finish)"
+    return text
+
+
+def _counts(stats: BatchStats | None) -> str:
+    if stats is None or not stats.requests:
+        return "no counts yet"
+    text = f"{stats.succeeded + stats.failed}/{stats.requests} done"
+    return text + (f", {stats.failed} failed" if stats.failed else "")
+
+
+def render_run_summary(summary: RunSummary) -> str:
+    text = (
+        f"results for {summary.downloaded}, failed {summary.failed} "
+        f"(submitted {summary.submitted}, already recorded {summary.skipped}) "
+        f"in {summary.elapsed:.1f}s"
+    )
+    if summary.interrupted:
+        text += "; interrupted: run the same command again to continue"
     return text
 
 
@@ -132,5 +174,5 @@ def render_cleaned(item: Cleaned) -> str:
     return f"{verb} {item.file_name} ({item.path})"
 
 
-def render_json(event: Event | SubmitSummary) -> str:
+def render_json(event: Event | SubmitSummary | RunSummary) -> str:
     return json.dumps(event_to_dict(event), ensure_ascii=False)

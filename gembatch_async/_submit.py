@@ -6,10 +6,11 @@ then one ``models.get``; any problem stops the run before the first upload.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 
@@ -60,6 +61,48 @@ async def submit(
     """
     settings = settings or SubmitSettings()
     started = time.monotonic()
+    async with prepared(paths, settings, job_info, client, api_key, on_event) as (
+        journal,
+        view,
+        items,
+    ):
+        if not settings.dry_run and all(_recorded(item.identity, view, settings) for item in items):
+            # Nothing to upload: no client, no model check, no request at all.
+            return _report_without_api(items, view, settings, on_event, started)
+        async with api_session(client, api_key=api_key, base_url=base_url) as api:
+            await check_model(api, settings)
+            if settings.dry_run:
+                return _report_without_api(items, view, settings, on_event, started)
+            run = SubmitRun(
+                api,
+                journal,
+                settings,
+                on_event,
+                stop or anyio.Event(),
+                admission_for(view, settings),
+            )
+            tally = await run.run(items)
+    return SubmitSummary(
+        submitted=tally.submitted,
+        skipped=tally.skipped,
+        failed=tally.failed,
+        elapsed=time.monotonic() - started,
+        interrupted=run.interrupted,
+        not_started=tally.not_started,
+        deferred=tally.deferred,
+    )
+
+
+@contextlib.asynccontextmanager
+async def prepared(
+    paths: Sequence[str | os.PathLike[str]],
+    settings: SubmitSettings,
+    job_info: str | os.PathLike[str],
+    client: genai.Client | None,
+    api_key: str | None,
+    on_event: EventHandler,
+) -> AsyncIterator[tuple[Journal, JournalView, list[InputFile]]]:
+    """The journal, open, and the inputs that passed the local pre-flight (nothing sent)."""
     journal = Journal(job_info)
     wanted = _without_journal(unique_paths(paths), journal)
     try:
@@ -70,31 +113,18 @@ async def submit(
         for problem in view.problems:
             on_event(problem)
         items = await _check_locally(wanted, journal, view, settings, client, api_key)
-        if not settings.dry_run and all(_recorded(item.identity, view, settings) for item in items):
-            # Nothing to upload: no client, no model check, no request at all.
-            return _report_without_api(items, view, settings, on_event, started)
-        async with api_session(client, api_key=api_key, base_url=base_url) as api:
-            await _check_model(api, settings)
-            if settings.dry_run:
-                return _report_without_api(items, view, settings, on_event, started)
-            admission = Admission(
-                waits=settings.wait_for_capacity,
-                storage_bytes=settings.storage_quota_bytes,
-                held_bytes=bytes_held(view.latest.values(), datetime.now(timezone.utc)),
-                probe_seconds=settings.capacity_probe_seconds,
-            )
-            run = SubmitRun(api, journal, settings, on_event, stop or anyio.Event(), admission)
-            tally = await run.run(items)
+        yield journal, view, items
     finally:
         journal.close()
-    return SubmitSummary(
-        submitted=tally.submitted,
-        skipped=tally.skipped,
-        failed=tally.failed,
-        elapsed=time.monotonic() - started,
-        interrupted=run.interrupted,
-        not_started=tally.not_started,
-        deferred=tally.deferred,
+
+
+def admission_for(view: JournalView, settings: SubmitSettings) -> Admission:
+    """The gate for a run, counting the storage the journal's uploads still hold."""
+    return Admission(
+        waits=settings.wait_for_capacity,
+        storage_bytes=settings.storage_quota_bytes,
+        held_bytes=bytes_held(view.latest.values(), datetime.now(timezone.utc)),
+        probe_seconds=settings.capacity_probe_seconds,
     )
 
 
@@ -149,7 +179,7 @@ async def _check_locally(
     return [replace(found[p], identity=identities[p]) for p in readable if p in found]
 
 
-async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
+async def check_model(api: GeminiApi, settings: SubmitSettings) -> None:
     """One models.get, so a typo or a retired model fails once, before any upload."""
     model = settings.model_resource
     try:

@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -39,10 +39,12 @@ from ._render import (
     render_cleaned,
     render_json,
     render_result,
+    render_run_summary,
     render_status,
     render_summary,
     render_text,
 )
+from ._run import run
 from ._settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_JOB_INFO,
@@ -128,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_submit(commands)
+    _add_run(commands)
     _add_job_commands(commands)
     _add_emulator(commands)
     return parser
@@ -135,6 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub = commands.add_parser("submit", help="upload files and create one batch job per file")
+    _add_submit_options(sub)
+    sub.add_argument("--force", action="store_true", help="submit files already recorded again")
+    sub.add_argument("--dry-run", action="store_true", help="only run the pre-flight checks")
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run", help="submit, watch, download and clean up, until every file's results are in"
+    )
+    _add_submit_options(run)
+    run.add_argument(
+        "--interval", type=_positive_seconds, default=30.0, help="seconds between polls"
+    )
+    run.add_argument("--out", default="results", help="folder for results (default: results)")
+    run.add_argument(
+        "--resubmits",
+        type=_at_least(0),
+        default=1,
+        help="with --retry-failed: times a file may be submitted again in one run (default 1)",
+    )
+
+
+def _add_submit_options(sub: argparse.ArgumentParser) -> None:
+    """What submit and run share: inputs, model, concurrency, retries, output."""
     sub.add_argument("files", nargs="+", metavar="FILE", help="JSONL request files")
     sub.add_argument(
         "-m",
@@ -149,13 +176,11 @@ def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=DEFAULT_CONCURRENCY,
         help=f"files in flight at once (default: {DEFAULT_CONCURRENCY})",
     )
-    sub.add_argument("--force", action="store_true", help="submit files already recorded again")
     sub.add_argument(
         "--retry-failed",
         action="store_true",
         help="submit again files whose batch ended FAILED, CANCELLED or EXPIRED",
     )
-    sub.add_argument("--dry-run", action="store_true", help="only run the pre-flight checks")
     sub.add_argument("--json", action="store_true", help="print one JSON event per line")
     sub.add_argument(
         "--grace",
@@ -250,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {
         "emulator": _serve_emulator,
         "submit": _submit_command,
+        "run": _run_command,
     }.get(args.command, _jobs_command)
     try:
         return anyio.run(command, args, backend="asyncio")
@@ -306,9 +332,9 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         model=args.model or default_model(),
         concurrency=args.concurrency,
         mime_type=args.mime_type,
-        force=args.force,
+        force=getattr(args, "force", False),
         retry_failed=args.retry_failed,
-        dry_run=args.dry_run,
+        dry_run=getattr(args, "dry_run", False),
         retry=retry,
         cleanup_seconds=args.grace,
     )
@@ -334,6 +360,46 @@ async def _submit_command(args: argparse.Namespace) -> int:
         render_json(summary) if args.json else render_summary(summary, settings.dry_run), sys.stdout
     )
     return _exit_code(summary)
+
+
+async def _run_command(args: argparse.Namespace) -> int:
+    settings = _submit_settings(args)
+    stop = anyio.Event()
+    live = sys.stdout.isatty() and not args.json
+    with _run_output(args.json, live) as show:
+        async with _api_endpoint(args) as (api_key, base_url), anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signals, stop)
+            summary = await run(
+                args.files,
+                settings=settings,
+                job_info=args.job_info,
+                out_dir=args.out,
+                interval=args.interval,
+                resubmits=args.resubmits,
+                api_key=api_key,
+                base_url=base_url,
+                on_event=show,
+                stop=stop,
+            )
+            tg.cancel_scope.cancel()
+    _print(render_json(summary) if args.json else render_run_summary(summary), sys.stdout)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+@contextlib.contextmanager
+def _run_output(as_json: bool, live: bool) -> Iterator[Callable[[Event], None]]:
+    """A live table on a terminal; otherwise one line (or JSON event) per change."""
+    if not live:
+        yield _event_printer(as_json)
+        return
+    from rich.console import Console
+
+    from ._live import LiveView
+
+    with LiveView(Console()) as view:
+        yield view.on_event
 
 
 def _exit_code(summary: SubmitSummary) -> int:

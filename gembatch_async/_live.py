@@ -1,0 +1,154 @@
+"""``run`` on a terminal: a live table of the run's files and an overall bar.
+
+Used only by the CLI (the one place that prints). Events in, a redraw out; when
+the output is not a terminal, or with ``--json``, the CLI prints plain lines
+instead and this module is not used.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ._events import (
+    BatchStats,
+    CleanupFailed,
+    Event,
+    FileDeferred,
+    FileFailed,
+    FileSkipped,
+    FileSubmitted,
+    JobChanged,
+    JobEnded,
+    JournalProblem,
+    ResultsSaved,
+    Retrying,
+    WaitingForCapacity,
+)
+
+#: Rows shown at once; the rest are counted in a footer.
+MAX_ROWS = 20
+_ORDER = {"running": 0, "pending": 1, "submitted": 2, "waiting": 3, "failed": 4, "done": 5}
+_STYLE = {"done": "green", "failed": "red", "waiting": "yellow", "running": "cyan"}
+
+
+@dataclass
+class _Row:
+    path: str
+    state: str = "queued"
+    stats: BatchStats | None = None
+    note: str = ""
+    since: float = field(default_factory=time.monotonic)
+
+
+class LiveView:
+    """A table redrawn as events arrive; warnings kept in a short log below it."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.rows: dict[str, _Row] = {}
+        self.total = 0
+        self.log: list[str] = []
+        self._live = Live(console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> LiveView:
+        self._live.__enter__()
+        self._live.update(self._render())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live.update(self._render())
+        self._live.__exit__(exc_type, exc, tb)
+
+    def on_event(self, event: Event) -> None:
+        self._apply(event)
+        self._live.update(self._render())
+
+    def _apply(self, event: Event) -> None:
+        if isinstance(event, (FileSubmitted, FileSkipped, FileFailed, FileDeferred)):
+            self.total = max(self.total, event.total)
+        if isinstance(event, FileSubmitted):
+            self._set(event.path, "pending")
+        elif isinstance(event, FileSkipped):
+            self._set(event.path, "submitted", "recorded earlier")
+        elif isinstance(event, FileFailed):
+            self._set(event.path, "failed", event.reason)
+        elif isinstance(event, (FileDeferred, WaitingForCapacity)):
+            self._set(event.path, "waiting", event.reason)
+        elif isinstance(event, JobChanged):
+            state = event.state.removeprefix("JOB_STATE_").lower()
+            row = self._set(event.path, "pending" if state == "pending" else "running")
+            row.stats = event.stats or row.stats
+            if state == "succeeded":
+                row.note = "downloading results"
+        elif isinstance(event, ResultsSaved):
+            self._set(event.path, "done", f"{event.responses} answers, {event.errors} errors")
+        elif isinstance(event, JobEnded):
+            state = "waiting" if event.resubmitted else "failed"
+            self._set(event.path, state, event.reason)
+        elif isinstance(event, (Retrying, CleanupFailed, JournalProblem)):
+            self.log = [*self.log[-4:], _log_line(event)]
+
+    def _set(self, path: str, state: str, note: str = "") -> _Row:
+        row = self.rows.setdefault(path, _Row(path))
+        if row.state != state:
+            row.state, row.since = state, time.monotonic()
+        row.note = note
+        return row
+
+    def _render(self) -> Group:
+        done = sum(1 for r in self.rows.values() if r.state == "done")
+        failed = sum(1 for r in self.rows.values() if r.state == "failed")
+        total = max(self.total, len(self.rows), 1)
+        table = Table(expand=True, show_edge=False, pad_edge=False)
+        for column in ("file", "state", "requests", "for", "note"):
+            table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
+        shown = sorted(self.rows.values(), key=lambda r: (_ORDER.get(r.state, 9), r.path))
+        for row in shown[:MAX_ROWS]:
+            table.add_row(
+                row.path,
+                Text(row.state, style=_STYLE.get(row.state, "")),
+                _counts(row.stats),
+                _age(time.monotonic() - row.since),
+                row.note,
+            )
+        parts: list[object] = [table]
+        if len(shown) > MAX_ROWS:
+            parts.append(Text(f"... and {len(shown) - MAX_ROWS} more files"))
+        parts.append(ProgressBar(total=total, completed=done + failed, width=40))
+        parts.append(Text(f"results {done}/{total}, failed {failed}"))
+        parts += [Text(line, style="dim") for line in self.log]
+        return Group(*parts)  # type: ignore[arg-type]
+
+
+def _counts(stats: BatchStats | None) -> str:
+    if stats is None or not stats.requests:
+        return ""
+    return f"{stats.succeeded + stats.failed}/{stats.requests}"
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes >= 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes}m{int(seconds % 60):02d}s"
+
+
+def _log_line(event: Retrying | CleanupFailed | JournalProblem) -> str:
+    if isinstance(event, Retrying):
+        return f"retrying {event.step} of {event.path}: {event.reason}"
+    if isinstance(event, CleanupFailed):
+        return f"could not delete {event.file_name}: {event.reason}"
+    return f"{event.journal}:{event.line}: {event.message}"

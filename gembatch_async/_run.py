@@ -1,0 +1,307 @@
+"""The long-lived pipeline: submit under admission, watch, download, clean up.
+
+``run`` is the command a high-volume user leaves running. Two tasks share one task
+group: the submit pipeline (waiting at the service's limits instead of deferring)
+and a watcher that polls this run's unfinished jobs every ``interval``. The moment
+a job succeeds its results are downloaded (where ``download`` puts them) and its
+upload is deleted; a job's end gives capacity back to the submit side. It ends when
+every input's results are in or the input has failed.
+
+Everything it knows lives in the journal and on disk, so a rerun of the same
+command after a kill (SIGKILL included) continues: recorded files are not
+submitted again, results already in place are not fetched again, and uploads of
+ended jobs are deleted then.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import anyio
+from google import genai
+
+from ._admission import Admission
+from ._client import api_session
+from ._errors import ApiError
+from ._events import (
+    Event,
+    EventHandler,
+    FileFailed,
+    JobChanged,
+    JobEnded,
+    ResultsSaved,
+    RunSummary,
+    ignore_events,
+)
+from ._inputs import InputFile
+from ._jobs import (
+    END_STATES,
+    JobsContext,
+    JobStatus,
+    fetch_results,
+    refresh_lines,
+    with_uploads_deleted,
+)
+from ._pipeline import RETRYABLE_END_STATES, SubmitRun
+from ._retry import describe
+from ._settings import DEFAULT_JOB_INFO, SubmitSettings
+from ._submit import admission_for, check_model, prepared
+
+SUCCEEDED = "JOB_STATE_SUCCEEDED"
+
+
+@dataclass
+class _Input:
+    """One input of this run and how far it got."""
+
+    item: InputFile
+    resubmits_left: int
+    #: The state last reported, to report each change once.
+    state: str = ""
+    done: bool = False
+    failed: bool = False
+    #: A resubmission of it is under way: its recorded job is the old one until it lands.
+    resubmitting: bool = False
+
+
+@dataclass
+class _Watch:
+    """The run's inputs by identity, and what the watcher has settled."""
+
+    inputs: dict[str, _Input]
+    submitting: int = 0
+    interrupted: bool = False
+    counts: dict[str, int] = field(default_factory=lambda: {"downloaded": 0, "failed": 0})
+
+    def settled(self) -> bool:
+        return self.submitting == 0 and all(i.done or i.failed for i in self.inputs.values())
+
+
+async def run(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    settings: SubmitSettings | None = None,
+    job_info: str | os.PathLike[str] = DEFAULT_JOB_INFO,
+    out_dir: str | os.PathLike[str] = "results",
+    interval: float = 30.0,
+    resubmits: int = 1,
+    client: genai.Client | None = None,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    on_event: EventHandler = ignore_events,
+    stop: anyio.Event | None = None,
+) -> RunSummary:
+    """Submit every file under admission, then watch, download and clean up until done.
+
+    ``settings.retry_failed`` resubmits a job that ended FAILED, CANCELLED or
+    EXPIRED, at most ``resubmits`` times per file in this run. Setting ``stop``
+    starts nothing new and ends the run once in-flight files have settled.
+    """
+    settings = settings or SubmitSettings()
+    retry_failed = settings.retry_failed
+    # The watcher resubmits jobs that ended badly (earlier runs' too), counting each
+    # time; the submit side only submits what the journal does not record.
+    settings = replace(settings, wait_for_capacity=True, dry_run=False, retry_failed=False)
+    stop = stop or anyio.Event()
+    started = time.monotonic()
+    async with (
+        prepared(paths, settings, job_info, client, api_key, on_event) as (journal, view, items),
+        api_session(client, api_key=api_key, base_url=base_url) as api,
+    ):
+        await check_model(api, settings)
+        jobs = JobsContext(journal, api, settings.retry)
+        watch = _Watch(
+            {item.identity: _Input(item, resubmits if retry_failed else 0) for item in items}
+        )
+        runner = _Runner(jobs, settings, admission_for(view, settings), on_event, stop, watch)
+        tally = await runner.run(items, out_dir, interval)
+    return RunSummary(
+        submitted=tally.submitted,
+        skipped=tally.skipped,
+        failed=tally.failed + watch.counts["failed"],
+        downloaded=watch.counts["downloaded"],
+        elapsed=time.monotonic() - started,
+        interrupted=watch.interrupted,
+    )
+
+
+class _Runner:
+    """The submit side and the watcher, sharing one gate and one journal."""
+
+    def __init__(
+        self,
+        jobs: JobsContext,
+        settings: SubmitSettings,
+        admission: Admission,
+        emit: EventHandler,
+        stop: anyio.Event,
+        watch: _Watch,
+    ) -> None:
+        self.jobs = jobs
+        self.settings = settings
+        self.admission = admission
+        self.emit = emit
+        self.stop = stop
+        self.watch = watch
+        self.out_dir: str | os.PathLike[str] = "results"
+        self.interval = 30.0
+        self.submitted = self._submit_run(settings)
+
+    def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
+        return SubmitRun(
+            self.jobs.api,
+            self.jobs.journal,
+            settings,
+            self._on_submit_event(),
+            self.stop,
+            self.admission,
+        )
+
+    async def run(
+        self, items: list[InputFile], out_dir: str | os.PathLike[str], interval: float
+    ) -> _SubmitTally:
+        self.out_dir = out_dir
+        self.interval = interval
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._submit, items)
+            await self._watch_until_settled(tg)
+        return _SubmitTally(
+            self.submitted.tally.submitted,
+            self.submitted.tally.skipped,
+            self.submitted.tally.failed,
+        )
+
+    # -- the submit side -------------------------------------------------------------
+    async def _submit(self, items: list[InputFile]) -> None:
+        self.watch.submitting += 1
+        try:
+            await self.submitted.run(items)
+        finally:
+            self.watch.submitting -= 1
+            if self.submitted.interrupted:
+                self.watch.interrupted = True
+
+    def _on_submit_event(self) -> EventHandler:
+        def forward(event: Event) -> None:
+            if isinstance(event, FileFailed):
+                entry = self._input_named(event.path)
+                if entry is not None:
+                    entry.failed = True
+            self.emit(event)
+
+        return forward
+
+    def _input_named(self, path: str) -> _Input | None:
+        for entry in self.watch.inputs.values():
+            if entry.item.path == path:
+                return entry
+        return None
+
+    async def _resubmit(self, entry: _Input) -> None:
+        """A job of this run ended badly and may be tried again: one more submission."""
+        again = self._submit_run(replace(self.settings, retry_failed=True))
+        self.watch.submitting += 1
+        try:
+            await again.run([entry.item])
+        finally:
+            self.watch.submitting -= 1
+            entry.resubmitting = False
+            entry.state = ""
+
+    # -- the watcher -----------------------------------------------------------------
+    async def _watch_until_settled(self, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            await self._poll_once(tg)
+            if self.watch.settled() or (self.stop.is_set() and self.watch.submitting == 0):
+                if self.stop.is_set():
+                    self.watch.interrupted = True
+                return
+            with anyio.move_on_after(self.interval):
+                await self.stop.wait()
+
+    async def _poll_once(self, tg: anyio.abc.TaskGroup) -> None:
+        view = self.jobs.journal.refresh()
+        tracked = [
+            (entry, view.latest[identity])
+            for identity, entry in self.watch.inputs.items()
+            if identity in view.latest and not (entry.done or entry.failed or entry.resubmitting)
+        ]
+        if not tracked:
+            return
+        statuses = await refresh_lines(self.jobs, [line for _, line in tracked])
+        for (entry, _line), status in zip(tracked, statuses, strict=True):
+            await self._on_status(entry, status, tg)
+
+    async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+        if status.error is not None:
+            return  # not read this time; the next poll asks again
+        if status.state != entry.state:
+            entry.state = status.state
+            self.emit(JobChanged(status.path, status.batch_name, status.state, status.stats))
+        if status.state not in END_STATES:
+            return
+        self.admission.capacity_returned()  # an ended job frees a place in the window
+        if status.state == SUCCEEDED:
+            await self._collect(entry, status)
+        elif status.state in RETRYABLE_END_STATES:
+            self._ended_badly(entry, status, tg)
+
+    async def _collect(self, entry: _Input, status: JobStatus) -> None:
+        """Download the results, then delete the job's upload (it only takes storage now)."""
+        try:
+            result = await fetch_results(self.jobs, status, self.out_dir)
+        except ApiError as exc:
+            self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))
+            return  # the next poll tries again
+        if result.error is not None:
+            self.emit(JobEnded(status.path, status.batch_name, status.state, result.error, False))
+            entry.failed = True
+            self.watch.counts["failed"] += 1
+            return
+        self.emit(
+            ResultsSaved(
+                status.path,
+                status.batch_name,
+                result.output_path,
+                result.responses,
+                result.errors,
+                already=result.skipped,
+            )
+        )
+        await self._delete_upload(entry)
+        entry.done = True
+        self.watch.counts["downloaded"] += 1
+
+    async def _delete_upload(self, entry: _Input) -> None:
+        line = self.jobs.journal.refresh().latest.get(entry.item.identity)
+        name = line.get("uploaded_file_name") if line else None
+        if not isinstance(name, str) or not line or line.get("upload_deleted_at"):
+            return
+        try:
+            await self.jobs.call(lambda: self.jobs.api.delete_file(name))
+        except ApiError:
+            return  # cleanup can do it later; the results are what matters
+        await anyio.to_thread.run_sync(self.jobs.journal.rewrite, with_uploads_deleted({name}))
+        self.admission.release_bytes(entry.item.size_bytes)
+
+    def _ended_badly(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+        retry = entry.resubmits_left > 0 and not self.stop.is_set()
+        reason = status.batch_error or status.state.removeprefix("JOB_STATE_").lower()
+        self.emit(JobEnded(status.path, status.batch_name, status.state, reason, retry))
+        if retry:
+            entry.resubmits_left -= 1
+            entry.resubmitting = True
+            tg.start_soon(self._resubmit, entry)
+        else:
+            entry.failed = True
+            self.watch.counts["failed"] += 1
+
+
+@dataclass(frozen=True)
+class _SubmitTally:
+    submitted: int
+    skipped: int
+    failed: int

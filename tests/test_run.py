@@ -1,0 +1,105 @@
+"""run: from input files to results, unattended, through the service's job window."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gembatch_async.emulator import EmulatorConfig, RunningEmulator
+
+from .helpers import cli_env, make_inputs, read_journal, run_cli, wait_until
+
+WINDOW_OF_8 = pytest.mark.parametrize(
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, max_unfinished_batches=8, processing_seconds=0.6), id="w8"
+        )
+    ],
+)
+RUN = ["run", "--interval", "0.2", "--retry-max-delay", "0.05", "-c", "6"]
+
+
+def _uploads(emulator: RunningEmulator) -> list[dict[str, Any]]:
+    return [f for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
+
+
+def _result_files(folder: Path) -> list[Path]:
+    return sorted((folder / "results").glob("*.results.jsonl"))
+
+
+@WINDOW_OF_8
+def test_run_takes_35_files_through_a_window_of_8(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Files wait for the window instead of failing; every result arrives; no upload stays."""
+    names = [p.name for p in make_inputs(tmp_path, 35, lines=2)]
+    result = run_cli([*RUN, *names], cwd=tmp_path, env=cli_env(emulator), timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "results for 35, failed 0" in result.stdout.splitlines()[-1]
+    assert len(_result_files(tmp_path)) == 35
+    assert all(len(p.read_text().splitlines()) == 2 for p in _result_files(tmp_path))
+    assert len(emulator.state()["batches"]) == 35, "one batch per file, none doubled"
+    assert _uploads(emulator) == [], "every upload deleted once its results were in"
+    assert all(line.get("upload_deleted_at") for line in read_journal(tmp_path / "job-info.jsonl"))
+    assert "] error " not in result.stdout
+    assert "(the job window is full)" in result.stderr, "the window was met, and waited for"
+
+
+@WINDOW_OF_8
+def test_sigkilled_run_rerun_converges(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """run is SIGKILLed mid-way (twice); the same command again finishes the job exactly once."""
+    names = [p.name for p in make_inputs(tmp_path, 20, lines=2)]
+    env = cli_env(emulator)
+    for creates in (3, 10):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gembatch_async", *RUN, *names],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda n=creates: emulator.state()["requests"]["create"]["count"] >= n)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    final = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=180)
+    assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
+    assert len(_result_files(tmp_path)) == 20
+    by_input: dict[str, int] = {}
+    for batch in emulator.state()["batches"]:
+        path = batch["displayName"].rsplit(" [", 1)[0]
+        by_input[path] = by_input.get(path, 0) + 1
+    assert by_input == dict.fromkeys(names, 1), "no input got two batches"
+    assert _uploads(emulator) == []
+    again = run_cli([*RUN, *names], cwd=tmp_path, env=env)
+    assert again.returncode == 0
+    assert "already in" in again.stdout
+    assert len(emulator.state()["batches"]) == 20
+
+
+def test_first_ctrl_c_stops_run(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """SIGINT: run stops starting files, settles, records what exists, exits 130."""
+    names = [p.name for p in make_inputs(tmp_path, 4, lines=2)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gembatch_async", *RUN, "--grace", "2", *names],
+        cwd=tmp_path,
+        env=cli_env(emulator),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: len(read_journal(tmp_path / "job-info.jsonl")) >= 1)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, out + err
+    assert time.monotonic() - started < 6
+    assert "interrupted" in out.splitlines()[-1]
+    recorded = {line["batch"]["name"] for line in read_journal(tmp_path / "job-info.jsonl")}
+    assert recorded == {b["name"] for b in emulator.state()["batches"]}

@@ -30,8 +30,12 @@ from ._events import (
     FileFailed,
     FileSkipped,
     FileSubmitted,
+    JobChanged,
+    JobEnded,
     JournalProblem,
+    ResultsSaved,
     Retrying,
+    RunSummary,
     SubmitSummary,
     WaitingForCapacity,
     WouldSubmit,
@@ -48,6 +52,7 @@ from ._jobs import (
     refresh_status,
     watch_status,
 )
+from ._run import run
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._submit import submit
 from ._version import __version__
@@ -70,6 +75,8 @@ __all__ = [
     "GembatchError",
     "GeminiApi",
     "InputChangedError",
+    "JobChanged",
+    "JobEnded",
     "JobStatus",
     "JobsContext",
     "JournalError",
@@ -80,8 +87,10 @@ __all__ = [
     "PreflightError",
     "Problem",
     "ResultFile",
+    "ResultsSaved",
     "RetrySettings",
     "Retrying",
+    "RunSummary",
     "SubmitSettings",
     "SubmitSummary",
     "TransientApiError",
@@ -96,6 +105,7 @@ __all__ = [
     "open_client",
     "open_jobs",
     "refresh_status",
+    "run",
     "submit",
     "watch_status",
 ]

@@ -13,7 +13,7 @@ import pytest
 
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from .helpers import cli_env, make_inputs, read_journal, run_cli, wait_until
+from .helpers import cli_env, creates_reached, make_inputs, read_journal, run_cli, wait_until
 
 WINDOW_OF_8 = pytest.mark.parametrize(
     "emulator_config",
@@ -65,7 +65,7 @@ def test_sigkilled_run_rerun_converges(emulator: RunningEmulator, tmp_path: Path
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda n=creates: emulator.state()["requests"]["create"]["count"] >= n)
+        wait_until(creates_reached(emulator, creates))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
     final = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=180)

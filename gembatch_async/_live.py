@@ -56,11 +56,13 @@ class LiveView:
         self.rows: dict[str, _Row] = {}
         self.total = 0
         self.log: list[str] = []
-        self._live = Live(console=console, refresh_per_second=4, transient=False)
+        # get_renderable: every refresh redraws, so the times keep counting between events.
+        self._live = Live(
+            console=console, refresh_per_second=4, transient=False, get_renderable=self._render
+        )
 
     def __enter__(self) -> LiveView:
         self._live.__enter__()
-        self._live.update(self._render())
         return self
 
     def __exit__(
@@ -69,12 +71,12 @@ class LiveView:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._live.update(self._render())
+        self._live.refresh()
         self._live.__exit__(exc_type, exc, tb)
 
     def on_event(self, event: Event) -> None:
         self._apply(event)
-        self._live.update(self._render())
+        self._live.refresh()
 
     def _apply(self, event: Event) -> None:
         if isinstance(event, (FileSubmitted, FileSkipped, FileFailed, FileDeferred)):
@@ -121,14 +123,18 @@ class LiveView:
                 row.path,
                 Text(row.state, style=_STYLE.get(row.state, "")),
                 _counts(row.stats),
-                _age(time.monotonic() - row.since),
+                "" if row.state in ("done", "failed") else _age(time.monotonic() - row.since),
                 row.note,
             )
         parts: list[object] = [table]
         if len(shown) > MAX_ROWS:
             parts.append(Text(f"... and {len(shown) - MAX_ROWS} more files"))
-        parts.append(ProgressBar(total=total, completed=done + failed, width=40))
-        parts.append(Text(f"results {done}/{total}, failed {failed}"))
+        overall = Table.grid(padding=(0, 1))
+        overall.add_row(
+            ProgressBar(total=total, completed=done + failed, width=40),
+            Text(f"results {done}/{total}, failed {failed}"),
+        )
+        parts.append(overall)
         parts += [Text(line, style="dim") for line in self.log]
         return Group(*parts)  # type: ignore[arg-type]
 

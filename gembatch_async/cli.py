@@ -170,6 +170,15 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="unfinished batch jobs allowed at once, as the real service (default: %(default)s)",
     )
     emu.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve one more model beside the built-in catalogue (repeatable); a name with "
+        "'embedding' in it supports batch embeddings, any other batch generation",
+    )
+    emu.add_argument(
         "--storage-quota-bytes",
         type=int,
         default=20 * 10**9,
@@ -385,10 +394,14 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             fault_seed=args.fault_seed,
             max_unfinished_batches=args.max_unfinished_batches,
             storage_quota_bytes=args.storage_quota_bytes,
+            extra_models=tuple(args.models),
         )
         server = serve_emulator(config)
     except FaultSpecError as exc:
         _print(f"error: --faults: {exc}", sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        _print(f"error: {exc}", sys.stderr)
         return EXIT_USAGE
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with server as running:

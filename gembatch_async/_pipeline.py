@@ -389,6 +389,7 @@ class SubmitRun:
                 model=self.settings.model_resource,
                 src=sub.upload_name,
                 display_name=sub.display_name,
+                kind=sub.item.kind,
             )
             return progress.created
         raise AmbiguousApiError(f"no answer to create within {CREATE_WAIT_SECONDS:.0f}s")

@@ -273,8 +273,11 @@ def _hint(key: str, message: str) -> str:
         return f'"{key}" belongs at the top level of the request, not inside generationConfig'
     if message == "GenerateContentRequest" and name in MESSAGES["GenerationConfig"]:
         return f'"{key}" belongs inside generationConfig'
-    close = difflib.get_close_matches(key, list(_FIELDS[message]), n=1, cutoff=0.75)
-    return f'did you mean "{close[0]}"?' if close else ""
+    # Suggest in the spelling the line uses (snake_case or camelCase), ignoring case.
+    snake_style = "_" in key
+    names = {n.lower(): n for n in _FIELDS[message] if ("_" in n) == snake_style or n.islower()}
+    close = difflib.get_close_matches(key.lower(), list(names), n=1, cutoff=0.75)
+    return f'did you mean "{names[close[0]]}"?' if close else ""
 
 
 def _camel(name: str) -> str:

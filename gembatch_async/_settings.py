@@ -58,6 +58,9 @@ class SubmitSettings:
     #: How long in-flight files get to finish or clean up after a stop request
     #: or cancellation.
     cleanup_seconds: float = 15.0
+    #: Check every request against the API's request schema before uploading;
+    #: turn off only for fields newer than this tool's schema.
+    schema_check: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

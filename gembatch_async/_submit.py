@@ -14,13 +14,14 @@ import anyio
 import anyio.to_thread
 from google import genai
 
-from ._client import GeminiApi, api_session, model_supports_batch
+from ._client import GeminiApi, api_session, model_supports
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._inputs import InputFile, check_regular_file, scan_inputs, unique_paths
 from ._journal import Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
+from ._schema import BATCH_METHODS
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, api_key_from_env
 
 _SCAN_THREADS = 4
@@ -61,7 +62,7 @@ async def submit(
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
-            await _check_model(api, settings)
+            await _check_model(api, settings, _to_submit(items, view, settings))
             if settings.dry_run:
                 return _report_without_api(items, view, settings, on_event, started)
             run = SubmitRun(api, journal, settings, on_event, stop or anyio.Event())
@@ -95,7 +96,9 @@ async def _check_locally(
     checks = {path: check_regular_file(path) for path in paths}
     problems = [p for p in checks.values() if p is not None]
     readable = [path for path, problem in checks.items() if problem is None]
-    found, content_problems = await scan_inputs(readable, anyio.CapacityLimiter(_SCAN_THREADS))
+    found, content_problems = await scan_inputs(
+        readable, anyio.CapacityLimiter(_SCAN_THREADS), schema_check=settings.schema_check
+    )
     # A file the journal already covers is skipped, so its content does not matter.
     problems += [p for p in content_problems if not _recorded(p.path, view, settings)]
     if not paths:
@@ -109,8 +112,16 @@ async def _check_locally(
     return [found[p] for p in readable if p in found]
 
 
-async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
-    """One models.get, so a typo or a retired model fails once, before any upload."""
+def _to_submit(
+    items: list[InputFile], view: JournalView, settings: SubmitSettings
+) -> list[InputFile]:
+    """The items this run may submit (not skipped as already recorded)."""
+    return [item for item in items if not _recorded(item.path, view, settings)]
+
+
+async def _check_model(api: GeminiApi, settings: SubmitSettings, items: list[InputFile]) -> None:
+    """One models.get, so a typo, a retired model or one that cannot run these
+    requests (generate or embed) fails once, before any upload."""
     model = settings.model_resource
     try:
         info = await call_with_retries(settings.retry, lambda: api.get_model(model))
@@ -124,8 +135,20 @@ async def _check_model(api: GeminiApi, settings: SubmitSettings) -> None:
         ) from exc
     except ApiError as exc:
         raise PreflightError([Problem(model, f"cannot check the model: {describe(exc)}")]) from exc
-    if not model_supports_batch(info):
-        raise PreflightError([Problem(model, "model does not support batchGenerateContent")])
+    problems = []
+    for kind in sorted({item.kind for item in items}):
+        if not model_supports(info, kind):
+            files = [item.path for item in items if item.kind == kind]
+            named = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            problems.append(
+                Problem(
+                    model,
+                    f"model does not support {BATCH_METHODS[kind]}, which the {kind} "
+                    f"requests of {named} need",
+                )
+            )
+    if problems:
+        raise PreflightError(problems)
 
 
 def _recorded(path: str, view: JournalView, settings: SubmitSettings) -> bool:

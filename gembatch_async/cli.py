@@ -103,6 +103,12 @@ def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="submit again files whose batch ended FAILED, CANCELLED or EXPIRED",
     )
     sub.add_argument("--dry-run", action="store_true", help="only run the pre-flight checks")
+    sub.add_argument(
+        "--no-schema-check",
+        action="store_true",
+        help="do not check requests against the API's request schema (for fields newer "
+        "than this tool)",
+    )
     sub.add_argument("--json", action="store_true", help="print one JSON event per line")
     sub.add_argument(
         "--mime-type",
@@ -237,6 +243,7 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         retry_failed=args.retry_failed,
         dry_run=args.dry_run,
         retry=retry,
+        schema_check=not args.no_schema_check,
     )
 
 

@@ -223,7 +223,7 @@ def test_schema_check_can_be_skipped(tmp_path: Path) -> None:
 
 def test_examples_pass() -> None:
     """The README's example inputs are valid requests."""
-    for path in sorted((REPO / "examples").glob("*.jsonl")):
+    for path in sorted((REPO / "examples").rglob("*.jsonl")):
         item, problems = scan_file(str(path))
         assert problems == [], path
         assert item is not None

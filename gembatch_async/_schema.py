@@ -15,7 +15,6 @@ exactly the rules pre-flight uses.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -134,6 +133,8 @@ class Issue:
 
 
 def _enum_reason(value: str, enum: str) -> str:
+    import difflib  # only when there is a problem to explain: keeps start-up cheap
+
     values = ENUMS[enum]
     close = difflib.get_close_matches(value.upper(), values, n=1, cutoff=0.6)
     if close:
@@ -268,6 +269,8 @@ def _scalar_ok(value: Any, code: str) -> bool:
 
 def _hint(key: str, message: str) -> str:
     """A likely fix for an unknown field: a misplaced field, or a misspelled one."""
+    import difflib  # only when there is a problem to explain: keeps start-up cheap
+
     name = _camel(key)
     if message == "GenerationConfig" and name in MESSAGES["GenerateContentRequest"]:
         return f'"{key}" belongs at the top level of the request, not inside generationConfig'

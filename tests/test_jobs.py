@@ -85,6 +85,9 @@ def test_download_matches_keys(emulator: RunningEmulator, tmp_path: Path) -> Non
     assert again.stdout.count("skipped") == 3
 
 
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=120), id="slow")]
+)
 def test_cancel_ends_unfinished_jobs(emulator: RunningEmulator, tmp_path: Path) -> None:
     """cancel cancels the recorded jobs still pending, and records it."""
     emulator.reset()

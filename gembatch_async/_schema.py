@@ -177,68 +177,101 @@ def request_kind(request: dict[str, Any]) -> str | None:
 def check_request(request: dict[str, Any], kind: str, limit: int = 20) -> list[Issue]:
     """Every problem (up to ``limit``) the service would find in one request of ``kind``."""
     issues: list[Issue] = []
+    walker = _Walker(issues, limit)
     if KIND_FIELDS[kind] not in request:
         name = KIND_FIELDS[kind]
-        issues.append(Issue((Step(name, name),), MISSING))
-    _Walker(issues, limit).message(request, ROOTS[kind], ())
+        walker.add(((name, name, None),), MISSING)
+    walker.message(request, ROOTS[kind], ())
     return issues[:limit]
 
 
+# A path while walking: plain (name, proto name, index) tuples, cheap to build for
+# every nested object; Step objects are made only for a path that has a problem.
+_Path = tuple[tuple[str, str, "int | None"], ...]
+# Value types whose check is one type() comparison: the common case, kept fast.
+_FAST_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "bytes": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (float, int),
+    "struct": (dict,),
+}
+
+
 class _Walker:
-    """Walks a request against the tables, appending issues until the limit."""
+    """Walks a request against the tables, appending issues until the limit.
+
+    Runs once per input line in pre-flight, so the valid path allocates as
+    little as it can: no Step or Issue objects unless something is wrong.
+    """
 
     def __init__(self, issues: list[Issue], limit: int) -> None:
         self.issues = issues
         self.limit = limit
 
-    def add(self, issue: Issue) -> None:
-        if len(self.issues) < self.limit:
-            self.issues.append(issue)
+    def add(self, path: _Path, problem: str, expected: str = "", value: Any = None) -> None:
+        if len(self.issues) >= self.limit:
+            return
+        steps = tuple(Step(*entry) for entry in path)
+        hint = ""
+        if problem == UNKNOWN:
+            hint = _hint(steps[-1].name, expected)
+            expected = ""
+        elif problem == BAD_ENUM:
+            hint = _NEWER_HINT
+        self.issues.append(Issue(steps, problem, expected, value, hint))
 
-    def message(self, obj: dict[str, Any], message: str, where: tuple[Step, ...]) -> None:
+    def message(self, obj: dict[str, Any], message: str, where: _Path) -> None:
         fields = _FIELDS[message]
         for key, value in obj.items():
             spec = fields.get(key)
             if spec is None:
-                self.add(Issue((*where, Step(key, key)), UNKNOWN, hint=_hint(key, message)))
+                self.add((*where, (key, key, None)), UNKNOWN, message)
                 continue
             if value is None:  # proto JSON: null is the field's default
                 continue
             proto, code, repeated = spec
             if not repeated:
-                self.value(value, code, (*where, Step(key, proto)))
-            elif not isinstance(value, list):
-                self.add(Issue((*where, Step(key, proto)), WRONG_TYPE, "[]" + code, value))
+                self.value(value, code, where, key, proto, None)
+            elif type(value) is not list:
+                self.add((*where, (key, proto, None)), WRONG_TYPE, "[]" + code, value)
             else:
                 for index, item in enumerate(value):
-                    self.value(item, code, (*where, Step(key, proto, index)))
+                    self.value(item, code, where, key, proto, index)
             if len(self.issues) >= self.limit:
                 return
 
-    def value(self, value: Any, code: str, path: tuple[Step, ...]) -> None:
+    def value(
+        self, value: Any, code: str, where: _Path, key: str, proto: str, index: int | None
+    ) -> None:
+        fast = _FAST_TYPES.get(code)
+        if fast is not None and type(value) in fast:
+            return
+        path = (*where, (key, proto, index))
         if code[:1].isupper():
-            if isinstance(value, dict):
+            if type(value) is dict:
                 self.message(value, code, path)
             else:
-                self.add(Issue(path, WRONG_TYPE, code, value))
+                self.add(path, WRONG_TYPE, code, value)
         elif code.startswith("map:"):
-            if not isinstance(value, dict):
-                self.add(Issue(path, WRONG_TYPE, code, value))
+            if type(value) is not dict:
+                self.add(path, WRONG_TYPE, code, value)
                 return
-            for key, item in value.items():
-                self.value(item, code[4:], (*path, Step(key, key)))
+            for name, item in value.items():
+                self.value(item, code[4:], path, name, name, None)
         elif code.startswith("enum:"):
             self.enum(value, code, path)
         elif not _scalar_ok(value, code):
-            self.add(Issue(path, WRONG_TYPE, code, value))
+            self.add(path, WRONG_TYPE, code, value)
 
-    def enum(self, value: Any, code: str, path: tuple[Step, ...]) -> None:
+    def enum(self, value: Any, code: str, path: _Path) -> None:
         if isinstance(value, int) and not isinstance(value, bool):
             return  # proto JSON takes an enum's number too
         if not isinstance(value, str):
-            self.add(Issue(path, WRONG_TYPE, code, value))
+            self.add(path, WRONG_TYPE, code, value)
         elif value.upper() not in _ENUM_VALUES[code[5:]]:
-            self.add(Issue(path, BAD_ENUM, code, value, _NEWER_HINT))
+            self.add(path, BAD_ENUM, code, value)
 
 
 _NEWER_HINT = "newer than this tool? --no-schema-check skips the check"

@@ -1,4 +1,4 @@
-"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``."""
+"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``sdk_tests``."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: prints a table and one JSON line per measurement."""
     session.install("-e", ".[test]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def sdk_tests(session: nox.Session) -> None:
+    """google-genai's own batches and files tests, in API mode, against the emulator."""
+    # httpx and requests: two of the suite's modules import them; the SDK does not.
+    session.install("-e", ".[test]", "httpx", "requests")
+    session.run("python", "tools/sdk_suite/run_suite.py", *session.posargs)

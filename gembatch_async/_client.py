@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import json
 import re
+import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,7 +37,15 @@ from ._errors import (
     UsageError,
 )
 from ._events import BatchStats
+from ._schema import BATCH_METHODS, EMBED, GENERATE
 from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, unsendable_key_reason
+
+# The SDK marks batches.create_embeddings "experimental" with a warning on every
+# call. Silence it for our calls only (module= matches the caller the warning
+# is attributed to); a user's own calls still warn.
+warnings.filterwarnings(
+    "ignore", message=r"batches\.create_embeddings\(\) is experimental", module=r"gembatch_async\."
+)
 
 _TRANSIENT_CODES = frozenset({408, 429})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -296,9 +305,18 @@ class GeminiApi:
             return False
         return True
 
-    async def create_batch(self, *, model: str, src: str, display_name: str) -> types.BatchJob:
-        config = types.CreateBatchJobConfig(display_name=display_name)
+    async def create_batch(
+        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+    ) -> types.BatchJob:
+        """Create the batch job for an uploaded file: batchGenerateContent for generate
+        requests, asyncBatchEmbedContent (the SDK's create_embeddings) for embed ones."""
         with translate_errors(secret=self._secret), _unreadable_answer(self._secret):
+            if kind == EMBED:
+                embed_config = types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
+                return await self._client.aio.batches.create_embeddings(
+                    model=model, src={"file_name": src}, config=embed_config
+                )
+            config = types.CreateBatchJobConfig(display_name=display_name)
             return await self._client.aio.batches.create(model=model, src=src, config=config)
 
     async def get_batch(self, name: str) -> types.BatchJob:
@@ -375,9 +393,10 @@ def _key_of(client: genai.Client) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def model_supports_batch(model: types.Model) -> bool:
+def model_supports(model: types.Model, kind: str = GENERATE) -> bool:
+    """Whether the model lists the batch method that requests of ``kind`` need."""
     actions: Sequence[str] = model.supported_actions or []
-    return "batchGenerateContent" in actions
+    return BATCH_METHODS[kind] in actions
 
 
 EMULATOR_API_KEY = "gembatch-emulator"

@@ -21,6 +21,7 @@ import anyio.to_thread
 
 from ._errors import InputChangedError, Problem
 from ._keysort import SortedHashes, repeated
+from ._schema import GENERATE, KIND_FIELDS, MISSING, check_request, request_kind
 from ._settings import MAX_INPUT_BYTES
 
 #: Beyond this many problems in one file the rest are summarised in one line.
@@ -54,6 +55,8 @@ class InputFile:
     fingerprint: Fingerprint | None = None
     #: The identity the journal knows it by (see ``_identity``); set by submit.
     identity: str = ""
+    #: GENERATE (batchGenerateContent) or EMBED (asyncBatchEmbedContent), from its requests.
+    kind: str = GENERATE
 
 
 def normalise_path(path: str | os.PathLike[str]) -> str:
@@ -128,12 +131,16 @@ def check_regular_file(path: str) -> Problem | None:
 class _Validator:
     """Checks request lines one by one and remembers what it needs for the end."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, schema_check: bool = True) -> None:
         self.path = path
+        self.schema_check = schema_check
         self.problems: list[Problem] = []
         self.suppressed = 0
         self.count = 0
         self.key_hashes = SortedHashes()
+        #: The file's kind, from its first request that has one, and that line.
+        self.kind: str | None = None
+        self.kind_line = 0
 
     def add_problem(self, line: int, message: str) -> None:
         if len(self.problems) < MAX_PROBLEMS_PER_FILE:
@@ -164,8 +171,33 @@ class _Validator:
             self.add_problem(number, 'missing "request" object')
         elif not isinstance(request, dict):
             self.add_problem(number, '"request" must be a JSON object')
+        else:
+            self.check_request(number, request)
         if "key" in obj:
             self.check_key(number, obj["key"])
+
+    def check_request(self, number: int, request: dict[str, object]) -> None:
+        """One kind per file (one batch job runs one method), and the API's schema."""
+        kind = request_kind(request)
+        if kind is not None and self.kind is None:
+            self.kind, self.kind_line = kind, number
+        elif kind is not None and kind != self.kind:
+            self.add_problem(
+                number,
+                f'request: a {kind} request (it has "{KIND_FIELDS[kind]}"), but line '
+                f"{self.kind_line} is a {self.kind} request: a batch holds one kind",
+            )
+            return
+        if not self.schema_check:
+            return
+        if kind is None:
+            self.add_problem(
+                number, 'request: needs "contents" (to generate) or "content" (to embed)'
+            )
+        for issue in check_request(request, kind or self.kind or GENERATE):
+            if kind is None and issue.problem == MISSING:
+                continue  # said above, for both kinds
+            self.add_problem(number, f"request.{issue.written_path()}: {issue.reason()}")
 
     def check_key(self, number: int, key: object) -> None:
         if not isinstance(key, str):
@@ -227,17 +259,22 @@ def _key_of(raw: bytes) -> str | None:
 
 
 def scan_file(
-    path: str, max_bytes: int = MAX_INPUT_BYTES, *, checked: bool = False
+    path: str,
+    max_bytes: int = MAX_INPUT_BYTES,
+    *,
+    checked: bool = False,
+    schema_check: bool = True,
 ) -> tuple[InputFile | None, list[Problem]]:
     """Read one file once: hash, count and validate it. Blocking; run it in a thread.
 
     ``checked``: :func:`check_regular_file` already passed for this path.
+    ``schema_check``: check each request against the API's schema (``_schema``).
     """
     problem = None if checked else check_regular_file(path)
     if problem is not None:
         return None, [problem]
     hasher = hashlib.sha256()
-    validator = _Validator(path)
+    validator = _Validator(path, schema_check)
     try:
         with open(path, "rb", buffering=_READ_SIZE) as handle:
             before = Fingerprint.of(os.fstat(handle.fileno()))
@@ -261,15 +298,18 @@ def scan_file(
         problems.append(Problem(path, "is empty: no request lines"))
     if problems:
         return None, problems
-    return InputFile(path, size, hasher.hexdigest(), validator.count, before), []
+    kind = validator.kind or GENERATE
+    return InputFile(path, size, hasher.hexdigest(), validator.count, before, kind=kind), []
 
 
-def _scan_many(paths: list[str]) -> list[tuple[InputFile | None, list[Problem]]]:
-    return [scan_file(path, checked=True) for path in paths]
+def _scan_many(
+    paths: list[str], schema_check: bool
+) -> list[tuple[InputFile | None, list[Problem]]]:
+    return [scan_file(path, checked=True, schema_check=schema_check) for path in paths]
 
 
 async def scan_inputs(
-    paths: Sequence[str], limiter: anyio.CapacityLimiter
+    paths: Sequence[str], limiter: anyio.CapacityLimiter, *, schema_check: bool = True
 ) -> tuple[dict[str, InputFile], list[Problem]]:
     """Scan paths that passed :func:`check_regular_file` in worker threads.
 
@@ -283,7 +323,7 @@ async def scan_inputs(
     groups = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
 
     async def scan_group(group: list[str]) -> None:
-        results = await anyio.to_thread.run_sync(_scan_many, group, limiter=limiter)
+        results = await anyio.to_thread.run_sync(_scan_many, group, schema_check, limiter=limiter)
         for path, (item, file_problems) in zip(group, results, strict=True):
             if item is not None:
                 found[path] = item

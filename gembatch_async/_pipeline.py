@@ -493,6 +493,7 @@ class SubmitRun:
                     model=self.settings.model_resource,
                     src=sub.upload_name,
                     display_name=sub.display_name,
+                    kind=sub.item.kind,
                 )
                 return progress.created
             finally:

@@ -111,7 +111,7 @@ async def run(
         prepared(paths, settings, job_info, client, api_key, on_event) as (journal, view, items),
         api_session(client, api_key=api_key, base_url=base_url) as api,
     ):
-        await check_model(api, settings)
+        await check_model(api, settings, items)
         jobs = JobsContext(journal, api, settings.retry)
         watch = _Watch(
             {item.identity: _Input(item, resubmits if retry_failed else 0) for item in items}

@@ -70,6 +70,9 @@ class SubmitSettings:
     storage_quota_bytes: int = STORAGE_QUOTA_BYTES
     #: While waiting at a limit whose end we cannot see, one file tries this often.
     capacity_probe_seconds: float = 60.0
+    #: Check every request against the API's request schema before uploading;
+    #: turn off only for fields newer than this tool's schema.
+    schema_check: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -19,7 +19,7 @@ import anyio.to_thread
 from google import genai
 
 from ._admission import Admission, bytes_held
-from ._client import GeminiApi, api_session, model_supports_batch
+from ._client import GeminiApi, api_session, model_supports
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._identity import identity_of_path
@@ -27,6 +27,7 @@ from ._inputs import InputFile, check_regular_file, scan_inputs, unique_paths
 from ._journal import Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
+from ._schema import BATCH_METHODS
 from ._settings import (
     DEFAULT_JOB_INFO,
     SubmitSettings,
@@ -70,7 +71,7 @@ async def submit(
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
-            await check_model(api, settings)
+            await check_model(api, settings, _to_submit(items, view, settings))
             if settings.dry_run:
                 return _report_without_api(items, view, settings, on_event, started)
             run = SubmitRun(
@@ -161,7 +162,9 @@ async def _check_locally(
         [path for path, problem in checks.items() if problem is None], journal.root
     )
     readable = list(identities)
-    found, content_problems = await scan_inputs(readable, anyio.CapacityLimiter(_SCAN_THREADS))
+    found, content_problems = await scan_inputs(
+        readable, anyio.CapacityLimiter(_SCAN_THREADS), schema_check=settings.schema_check
+    )
     # A file the journal already covers is skipped, so its content does not matter.
     problems += [p for p in content_problems if not _recorded(identities[p.path], view, settings)]
     if not paths:
@@ -179,8 +182,16 @@ async def _check_locally(
     return [replace(found[p], identity=identities[p]) for p in readable if p in found]
 
 
-async def check_model(api: GeminiApi, settings: SubmitSettings) -> None:
-    """One models.get, so a typo or a retired model fails once, before any upload."""
+def _to_submit(
+    items: list[InputFile], view: JournalView, settings: SubmitSettings
+) -> list[InputFile]:
+    """The items this run may submit (not skipped as already recorded)."""
+    return [item for item in items if not _recorded(item.identity, view, settings)]
+
+
+async def check_model(api: GeminiApi, settings: SubmitSettings, items: list[InputFile]) -> None:
+    """One models.get, so a typo, a retired model or one that cannot run these
+    requests (generate or embed) fails once, before any upload."""
     model = settings.model_resource
     try:
         info = await call_with_retries(settings.retry, lambda: api.get_model(model))
@@ -194,8 +205,20 @@ async def check_model(api: GeminiApi, settings: SubmitSettings) -> None:
         ) from exc
     except ApiError as exc:
         raise PreflightError([Problem(model, f"cannot check the model: {describe(exc)}")]) from exc
-    if not model_supports_batch(info):
-        raise PreflightError([Problem(model, "model does not support batchGenerateContent")])
+    problems = []
+    for kind in sorted({item.kind for item in items}):
+        if not model_supports(info, kind):
+            files = [item.path for item in items if item.kind == kind]
+            named = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+            problems.append(
+                Problem(
+                    model,
+                    f"model does not support {BATCH_METHODS[kind]}, which the {kind} "
+                    f"requests of {named} need",
+                )
+            )
+    if problems:
+        raise PreflightError(problems)
 
 
 def _recorded(identity: str, view: JournalView, settings: SubmitSettings) -> bool:

@@ -181,6 +181,12 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         action="store_true",
         help="submit again files whose batch ended FAILED, CANCELLED or EXPIRED",
     )
+    sub.add_argument(
+        "--no-schema-check",
+        action="store_true",
+        help="do not check requests against the API's request schema (for fields newer "
+        "than this tool)",
+    )
     sub.add_argument("--json", action="store_true", help="print one JSON event per line")
     sub.add_argument(
         "--grace",
@@ -257,6 +263,15 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         type=_at_least(0),
         default=100,
         help="unfinished batch jobs allowed at once, as the real service (default: %(default)s)",
+    )
+    emu.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve one more model beside the built-in catalogue (repeatable); a name with "
+        "'embedding' in it supports batch embeddings, any other batch generation",
     )
     emu.add_argument(
         "--storage-quota-bytes",
@@ -337,6 +352,7 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         dry_run=getattr(args, "dry_run", False),
         retry=retry,
         cleanup_seconds=args.grace,
+        schema_check=not args.no_schema_check,
     )
 
 
@@ -549,10 +565,14 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             fault_seed=args.fault_seed,
             max_unfinished_batches=args.max_unfinished_batches,
             storage_quota_bytes=args.storage_quota_bytes,
+            extra_models=tuple(args.models),
         )
         server = serve_emulator(config)
     except FaultSpecError as exc:
         _print(f"error: --faults: {exc}", sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        _print(f"error: {exc}", sys.stderr)
         return EXIT_USAGE
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with server as running:

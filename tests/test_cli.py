@@ -114,7 +114,11 @@ def test_failed_file_exits_1(emulator: RunningEmulator, tmp_path: Path) -> None:
         ),
         pytest.param(
             lambda d: (d / "missing.jsonl").write_text(
-                '{"key": "a", "request": {}}\n{"key": "b", "request": {}}\n{"key": "a", "request": {}}\n'
+                "".join(
+                    json.dumps({"key": k, "request": {"contents": [{"parts": [{"text": "q"}]}]}})
+                    + "\n"
+                    for k in "aba"
+                )
             ),
             "missing.jsonl:3: duplicate key 'a' (first on line 1)",
             id="duplicate-key",

@@ -223,7 +223,7 @@ def test_unfinished_batch_limit(emulator: RunningEmulator) -> None:
 
 
 def test_models_get_and_list(emulator: RunningEmulator) -> None:
-    """models.get/list serve the configured models, each supporting batchGenerateContent."""
+    """models.get/list serve the catalogue, in order; a generation model supports batches."""
     client = sync_client(emulator)
     model = client.models.get(model=MODEL)
     assert model.name == f"models/{MODEL}"

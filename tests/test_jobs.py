@@ -86,7 +86,7 @@ def test_download_matches_keys(emulator: RunningEmulator, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=60), id="slow")]
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=120), id="slow")]
 )
 def test_cancel_ends_unfinished_jobs(emulator: RunningEmulator, tmp_path: Path) -> None:
     """cancel cancels the recorded jobs still pending, and records it."""

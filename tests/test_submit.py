@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import anyio
@@ -84,7 +85,8 @@ async def test_rerun_skips_reports_changes_and_force(
     journal = tmp_path / "job-info.jsonl"
     await run_submit(emulator, paths, journal)
     creates = emulator.state()["requests"]["create"]["count"]
-    paths[0].write_text(paths[0].read_text() + '{"key": "extra", "request": {}}\n')
+    extra = {"key": "extra", "request": {"contents": [{"parts": [{"text": "more"}]}]}}
+    paths[0].write_text(paths[0].read_text() + json.dumps(extra) + "\n")
     events, _ = await run_submit(emulator, paths, journal)
     skipped = [e for e in events if isinstance(e, FileSkipped)]
     assert len(skipped) == 4

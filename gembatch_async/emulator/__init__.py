@@ -7,8 +7,9 @@ wire details it imitates.
 
 from __future__ import annotations
 
-from gembatch_async.emulator._config import DEFAULT_MODELS, EmulatorConfig
+from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._faults import ENDPOINTS, FaultRule, FaultSpecError, parse_fault_spec
+from gembatch_async.emulator._models import DEFAULT_MODELS, ModelSpec, model_spec
 from gembatch_async.emulator._serve import EmulatorThread, RunningEmulator, serve_emulator
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "EmulatorThread",
     "FaultRule",
     "FaultSpecError",
+    "ModelSpec",
     "RunningEmulator",
+    "model_spec",
     "parse_fault_spec",
     "serve_emulator",
 ]

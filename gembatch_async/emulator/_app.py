@@ -21,9 +21,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from gembatch_async._schema import EMBED, GENERATE
 from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._errors import ApiError, fault_message, quota_error
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
+from gembatch_async.emulator._models import BATCH_EMBED, BATCH_GENERATE, model_spec
 from gembatch_async.emulator._store import (
     BatchRecord,
     FileRecord,
@@ -35,6 +37,7 @@ from gembatch_async.emulator._store import (
     new_id,
     snapshot_input,
 )
+from gembatch_async.emulator._validation import field_violations, request_issues
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +45,11 @@ logger = logging.getLogger(__name__)
 ABORT_EXTENSION = "gembatch.abort"
 
 PUBLIC_HOST = "https://generativelanguage.googleapis.com"
-BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch"
-BATCH_OUTPUT_TYPE = (
-    "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput"
-)
+_TYPES = "type.googleapis.com/google.ai.generativelanguage.v1main"
+#: The resource (and output) type of each kind of batch, for the Operation's @type fields.
+BATCH_TYPES = {GENERATE: "GenerateContentBatch", EMBED: "EmbedContentBatch"}
+#: The model method each kind of batch needs.
+BATCH_METHODS = {GENERATE: BATCH_GENERATE, EMBED: BATCH_EMBED}
 CHUNK_GRANULARITY = 8 * 1024 * 1024
 FILE_LIFETIME_SECONDS = 48 * 3600
 
@@ -185,11 +189,18 @@ class EmulatorApp:
             r("GET", rf"/{_VER}/files/{file_id}", "get", self._get_file),
             r("DELETE", rf"/{_VER}/files/{file_id}", "delete", self._delete_file),
             r("GET", rf"/{_VER}/files", "list", self._list_files),
+            r("POST", rf"/{_VER}/files:register", "create", self._register_files),
             r(
                 "POST",
                 rf"/{_VER}/models/(?P<model>[^/:]+):batchGenerateContent",
                 "create",
                 self._create_batch,
+            ),
+            r(
+                "POST",
+                rf"/{_VER}/models/(?P<model>[^/:]+):asyncBatchEmbedContent",
+                "create",
+                self._create_embed_batch,
             ),
             r("GET", rf"/{_VER}/models/(?P<model>[^/:]+)", "get", self._get_model),
             r("GET", rf"/{_VER}/models", "list", self._list_models),
@@ -328,7 +339,9 @@ class EmulatorApp:
     def _batch_json(self, batch: BatchRecord) -> dict[str, Any]:
         state = self.store.batch_state(batch)
         update, end = self._transition_times(batch, state)
-        meta: dict[str, Any] = {"@type": BATCH_TYPE, "name": batch.name, "model": batch.model}
+        resource = BATCH_TYPES[batch.kind]
+        meta: dict[str, Any] = {"@type": f"{_TYPES}.{resource}", "name": batch.name}
+        meta["model"] = batch.model
         if batch.display_name:
             meta["displayName"] = batch.display_name
         if batch.input_file:
@@ -347,7 +360,7 @@ class EmulatorApp:
         output = self._batch_output(batch, state)
         if output is not None:
             meta["output"] = output
-            op["response"] = {"@type": BATCH_OUTPUT_TYPE, **output}
+            op["response"] = {"@type": f"{_TYPES}.{resource}Output", **output}
         if state in _ENDED:
             op["done"] = True
         if state == "BATCH_STATE_CANCELLED":
@@ -381,6 +394,7 @@ class EmulatorApp:
                 self.store.blob_path(file_id),
                 batch.batch_id,
                 batch.model.removeprefix("models/"),
+                batch.kind,
             )
             self.store.register_output(batch, size, digest)
 
@@ -533,6 +547,21 @@ class EmulatorApp:
         items = [self._file_json(f, match.group("ver")) for f in records]
         return _json(_page_body(items, next_token, "files"))
 
+    async def _register_files(self, request: Request, match: re.Match[str]) -> Response:
+        """files:register imports Cloud Storage objects. The emulator has no Cloud
+        Storage, so it answers as the service does for a caller whose credentials
+        cannot read the objects (the wording is Cloud Storage's own denial)."""
+        body = await _json_body(request)
+        uris = body.get("uris")
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+            raise ApiError(400, "uris must be a non-empty list of gs:// URIs.")
+        raise ApiError(
+            403,
+            f"The caller does not have storage.objects.get access to the Google Cloud Storage "
+            f"object {uris[0]}. Permission 'storage.objects.get' denied on resource (or it may "
+            "not exist).",
+        )
+
     async def _download(self, request: Request, match: re.Match[str]) -> Response:
         file_id = match.group("id")
         if file_id not in self.store.files and file_id.startswith("batch-"):
@@ -551,32 +580,11 @@ class EmulatorApp:
 
     # ----- models ------------------------------------------------------------------------
 
-    def _model_json(self, model: str) -> dict[str, Any]:
-        pretty = " ".join(p.capitalize() for p in model.split("-"))
-        return {
-            "name": f"models/{model}",
-            "baseModelId": model,
-            "version": "001",
-            "displayName": pretty,
-            "description": f"{pretty} (served by the local gembatch-async emulator).",
-            "inputTokenLimit": 1048576,
-            "outputTokenLimit": 65536,
-            "supportedGenerationMethods": [
-                "generateContent",
-                "countTokens",
-                "createCachedContent",
-                "batchGenerateContent",
-            ],
-            "temperature": 1.0,
-            "topP": 0.95,
-            "topK": 64,
-            "maxTemperature": 2.0,
-            "thinking": True,
-        }
-
     def _require_model(self, model: str, ver: str, method: str | None = None) -> str:
+        """The bare id of a served model that supports ``method``, else the service's 404."""
         bare = model.removeprefix("models/")
-        if bare not in self.config.models:
+        served = bare in self.config.served_models
+        if not served or (method is not None and method not in model_spec(bare).methods):
             suffix = f", or is not supported for {method}" if method else ""
             raise ApiError(
                 404,
@@ -587,22 +595,28 @@ class EmulatorApp:
 
     async def _get_model(self, request: Request, match: re.Match[str]) -> Response:
         model = self._require_model(match.group("model"), match.group("ver"))
-        return _json(self._model_json(model))
+        return _json(model_spec(model).to_json())
 
     async def _list_models(self, request: Request, match: re.Match[str]) -> Response:
         token, size = _page(request, default=50, maximum=1000)
-        order = {m: float(i) for i, m in enumerate(self.config.models)}
-        models, next_token = _keyset_page(
-            list(self.config.models), lambda m: (order[m], m), token, size
-        )
-        items = [self._model_json(m) for m in models]
+        served = self.config.served_models
+        order = {m: float(i) for i, m in enumerate(served)}
+        models, next_token = _keyset_page(list(served), lambda m: (order[m], m), token, size)
+        items = [model_spec(m).to_json() for m in models]
         return _json(_page_body(items, next_token, "models"))
 
     # ----- batches -----------------------------------------------------------------------
 
     async def _create_batch(self, request: Request, match: re.Match[str]) -> Response:
+        return await self._create(request, match, GENERATE)
+
+    async def _create_embed_batch(self, request: Request, match: re.Match[str]) -> Response:
+        return await self._create(request, match, EMBED)
+
+    async def _create(self, request: Request, match: re.Match[str], kind: str) -> Response:
+        """batchGenerateContent and asyncBatchEmbedContent: one body shape, two kinds."""
         ver = match.group("ver")
-        model = self._require_model(match.group("model"), ver, "batchGenerateContent")
+        model = self._require_model(match.group("model"), ver, BATCH_METHODS[kind])
         body = await _json_body(request)
         spec = body.get("batch", body)
         if not isinstance(spec, dict):
@@ -610,15 +624,9 @@ class EmulatorApp:
         input_config = _pick(spec, "input_config", "inputConfig")
         if not isinstance(input_config, dict):
             raise ApiError(400, "batch.input_config is required.")
-        if self.store.unfinished_batches() >= self.config.max_unfinished_batches:
-            raise quota_error(
-                "Too many unfinished batch jobs: at most "
-                f"{self.config.max_unfinished_batches} may be pending or running at once."
-            )
-        batch_id = new_id(40)
         display_name = _pick(spec, "display_name", "displayName")
         batch = BatchRecord(
-            batch_id=batch_id,
+            batch_id=new_id(40),
             model=f"models/{model}",
             display_name=str(display_name) if display_name else None,
             input_file=None,
@@ -626,20 +634,16 @@ class EmulatorApp:
             create_time=_now(),
             request_count=0,
             malformed_count=0,
+            kind=kind,
         )
         file_name = _pick(input_config, "file_name", "fileName")
         if file_name:
             await self._attach_input_file(batch, str(file_name))
         else:
-            batch.inline_requests = _inline_requests(input_config)
-            batch.request_count = len(batch.inline_requests)
-            batch.malformed_count = sum(
-                1
-                for item in batch.inline_requests
-                if not (isinstance(item, dict) and isinstance(item.get("request"), dict))
-            )
+            _attach_inline_requests(batch, input_config)
         batch.create_time = _now()  # after any slow input scan
-        self.store.add_batch(batch)
+        # The limit check and the insert are one synchronous step (no await between).
+        self.store.admit_batch(batch, self.config.max_unfinished_batches)
         return _json(self._batch_json(batch))
 
     async def _attach_input_file(self, batch: BatchRecord, file_name: str) -> None:
@@ -650,7 +654,9 @@ class EmulatorApp:
             raise ApiError(400, f"Input file {file_name} does not exist or is not accessible.")
         snapshot = self.store.batch_input_path(batch.batch_id)
         await anyio.to_thread.run_sync(snapshot_input, self.store.blob_path(file_id), snapshot)
-        total, malformed = await anyio.to_thread.run_sync(count_requests_blocking, snapshot)
+        total, malformed = await anyio.to_thread.run_sync(
+            count_requests_blocking, snapshot, batch.kind
+        )
         batch.input_file = record.name
         batch.request_count = total
         batch.malformed_count = malformed
@@ -809,6 +815,28 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(400, "Invalid JSON payload received: expected an object.")
     return data
+
+
+def _attach_inline_requests(batch: BatchRecord, input_config: dict[str, Any]) -> None:
+    """Inline requests are part of the create body: one the service cannot parse
+    fails the whole create with 400 (python-genai#1451), unlike a file's lines."""
+    items = _inline_requests(input_config)
+    for index, item in enumerate(items):
+        request = item.get("request") if isinstance(item, dict) else None
+        if not isinstance(request, dict):
+            continue
+        issues = request_issues(request, batch.kind)
+        if issues:
+            prefix = f"batch.input_config.requests.requests[{index}].request"
+            message, details = field_violations(issues, batch.kind, prefix)
+            raise ApiError(400, message, details=details)
+    batch.inline_requests = items
+    batch.request_count = len(items)
+    batch.malformed_count = sum(
+        1
+        for item in items
+        if not (isinstance(item, dict) and isinstance(item.get("request"), dict))
+    )
 
 
 def _inline_requests(input_config: dict[str, Any]) -> list[Any]:

@@ -6,14 +6,7 @@ import dataclasses
 import pathlib
 
 from gembatch_async.emulator._faults import parse_fault_spec
-
-# Bare model ids served by default (models.get/list and batch create accept only these).
-DEFAULT_MODELS: tuple[str, ...] = (
-    "gemini-3.1-flash-lite",
-    "gemini-3.5-flash",
-    "gemini-3-flash-preview",
-    "gemini-3.1-pro-preview",
-)
+from gembatch_async.emulator._models import DEFAULT_MODELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +22,10 @@ class EmulatorConfig:
     processing_seconds: float = 30.0
     faults: str = ""
     fault_seed: int | None = None
+    # The catalogue served (bare ids); see _models.py for what each supports.
     models: tuple[str, ...] = DEFAULT_MODELS
+    # More models to serve beside `models` (the CLI's repeatable --model NAME).
+    extra_models: tuple[str, ...] = ()
     storage_quota_bytes: int = 20 * 10**9
     max_unfinished_batches: int = 100
     max_file_bytes: int = 2 * 10**9
@@ -39,3 +35,13 @@ class EmulatorConfig:
         parse_fault_spec(self.faults)
         if self.latency_ms < 0 or self.processing_seconds < 0:
             raise ValueError("latency_ms and processing_seconds must not be negative")
+        if any(
+            not name.strip() or "/" in name.removeprefix("models/") for name in self.extra_models
+        ):
+            raise ValueError("model names must be non-empty ids such as gemini-2.5-flash")
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """Bare ids of every model served, in models.list order, each once."""
+        names = (*self.models, *(m.strip().removeprefix("models/") for m in self.extra_models))
+        return tuple(dict.fromkeys(names))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from typing import Any
+
+from gembatch_async._schema import EMBED, GENERATE
+from gembatch_async.emulator._validation import request_error
+
+#: gemini-embedding-001's default vector size.
+DEFAULT_DIMENSIONS = 3072
 
 
 def _prompt_text(request: dict[str, Any]) -> str:
@@ -64,6 +71,41 @@ def fake_response(
     }
 
 
+def _dimensions(request: dict[str, Any]) -> int:
+    """outputDimensionality when it is a sensible int, else the model's default."""
+    wanted = request.get("outputDimensionality", request.get("output_dimensionality"))
+    if (
+        isinstance(wanted, int)
+        and not isinstance(wanted, bool)
+        and 0 < wanted <= DEFAULT_DIMENSIONS
+    ):
+        return wanted
+    return DEFAULT_DIMENSIONS
+
+
+def fake_embedding(request: dict[str, Any]) -> dict[str, Any]:
+    """An EmbedContentResponse: ``{"embedding": {"values": [...]}}``, the same for the same text."""
+    content = request.get("content")
+    text = _prompt_text({"contents": [content]}) if isinstance(content, dict) else ""
+    rng = random.Random(hashlib.sha256(text.encode()).digest())
+    values = [round(rng.uniform(-0.1, 0.1), 7) for _ in range(_dimensions(request))]
+    return {"embedding": {"values": values}}
+
+
+def request_response(
+    request: dict[str, Any], kind: str, batch_id: str, model: str, position: int
+) -> dict[str, Any]:
+    """The response to one valid request of ``kind``."""
+    if kind == EMBED:
+        return fake_embedding(request)
+    return fake_response(request, batch_id, model, position)
+
+
+def request_failure(message: str) -> dict[str, Any]:
+    """A per-request error, shaped as the service writes it in an output line."""
+    return {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}
+
+
 def parse_line(raw: bytes) -> tuple[Any, dict[str, Any] | None, str | None]:
     """(key or None, request or None, error message or None) for one input line."""
     try:
@@ -79,14 +121,29 @@ def parse_line(raw: bytes) -> tuple[Any, dict[str, Any] | None, str | None]:
     return key, request, None
 
 
-def line_result(raw: bytes, batch_id: str, model: str, position: int) -> dict[str, Any]:
-    """One output line: `{"key"?, "response"}` or `{"key"?, "error": {code, message}}`."""
+def line_error(raw: bytes, kind: str) -> str | None:
+    """Why the service would answer this input line with an error, or None."""
+    _, request, error = parse_line(raw)
+    return error if request is None else request_error(request, kind)
+
+
+def line_result(
+    raw: bytes, batch_id: str, model: str, position: int, kind: str = GENERATE
+) -> dict[str, Any]:
+    """The output line for one input line: `{"key"?, "response"}` or `{"key"?, "error"}`.
+
+    A line whose request the service would not parse (a field the API does not
+    have, a value of the wrong type) gets its error, as every other line of the
+    batch still gets its answer.
+    """
     key, request, error = parse_line(raw)
+    if request is not None:
+        error = request_error(request, kind)
     result: dict[str, Any] = {}
-    if request is None:
-        result["error"] = {"code": 400, "message": error}
+    if request is None or error is not None:
+        result["error"] = request_failure(error or "Invalid request.")
     else:
-        result["response"] = fake_response(request, batch_id, model, position)
+        result["response"] = request_response(request, kind, batch_id, model, position)
     # Lines without a key get none back, as on the real service.
     if key is not None:
         result["key"] = key

@@ -21,8 +21,13 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
-from gembatch_async.emulator._errors import ApiError
-from gembatch_async.emulator._responses import fake_response, line_result, parse_line
+from gembatch_async._schema import GENERATE
+from gembatch_async.emulator._errors import ApiError, quota_error
+from gembatch_async.emulator._responses import (
+    line_error,
+    line_result,
+    request_response,
+)
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _STATE_FILE = "state.json"
@@ -73,6 +78,7 @@ class BatchRecord:
     malformed_count: int
     cancel_time: float | None = None
     output_file: str | None = None  # "files/batch-..." once generated
+    kind: str = GENERATE  # GENERATE (batchGenerateContent) or EMBED (asyncBatchEmbedContent)
 
     @property
     def name(self) -> str:
@@ -269,8 +275,18 @@ class Store:
             raise ApiError(404, f"Requested entity was not found. (batches/{batch_id})")
         return batch
 
-    def add_batch(self, batch: BatchRecord) -> None:
-        """Register a newly created batch."""
+    def admit_batch(self, batch: BatchRecord, max_unfinished: int) -> None:
+        """Register a new batch unless the unfinished-jobs limit is reached.
+
+        Check and insert happen in one synchronous step on the event loop, so
+        concurrent creates can never both pass the check (nothing awaits between).
+        """
+        if self.unfinished_batches() >= max_unfinished:
+            self.batch_input_path(batch.batch_id).unlink(missing_ok=True)
+            raise quota_error(
+                f"Too many unfinished batch jobs: at most {max_unfinished} may be pending "
+                "or running at once."
+            )
         self.batches[batch.batch_id] = batch
         self.save()
 
@@ -316,8 +332,8 @@ def snapshot_input(source: pathlib.Path, target: pathlib.Path) -> None:
         shutil.copyfile(source, target)
 
 
-def count_requests_blocking(path: pathlib.Path) -> tuple[int, int]:
-    """(requests, malformed) in a JSONL input, read line by line."""
+def count_requests_blocking(path: pathlib.Path, kind: str = GENERATE) -> tuple[int, int]:
+    """(requests, requests that will fail) in a JSONL input, read line by line."""
     total = 0
     malformed = 0
     with path.open("rb") as fh:
@@ -325,7 +341,7 @@ def count_requests_blocking(path: pathlib.Path) -> tuple[int, int]:
             if not raw.strip():
                 continue
             total += 1
-            if parse_line(raw)[1] is None:
+            if line_error(raw, kind) is not None:
                 malformed += 1
     return total, malformed
 
@@ -349,7 +365,11 @@ def _windows(fh: IO[bytes], rng: random.Random) -> Iterator[list[tuple[int, byte
 
 
 def generate_output_blocking(
-    input_path: pathlib.Path, output_path: pathlib.Path, batch_id: str, model: str
+    input_path: pathlib.Path,
+    output_path: pathlib.Path,
+    batch_id: str,
+    model: str,
+    kind: str = GENERATE,
 ) -> tuple[int, str]:
     """Write the output JSONL for a batch; returns (size, sha256 hex). Streams both files."""
     rng = random.Random(batch_id)  # deterministic order per batch
@@ -359,7 +379,8 @@ def generate_output_blocking(
     with input_path.open("rb") as src, tmp.open("wb") as dst:
         for window in _windows(src, rng):
             for position, raw in window:
-                line = json.dumps(line_result(raw, batch_id, model, position)).encode() + b"\n"
+                result = line_result(raw, batch_id, model, position, kind)
+                line = json.dumps(result).encode() + b"\n"
                 dst.write(line)
                 hasher.update(line)
                 size += len(line)
@@ -377,8 +398,11 @@ def inline_results(batch: BatchRecord) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {}
         request = item.get("request") if isinstance(item, dict) else None
         if isinstance(request, dict):
-            entry["response"] = fake_response(request, batch.batch_id, model, position)
+            entry["response"] = request_response(
+                request, batch.kind, batch.batch_id, model, position
+            )
         else:
+            # No "status" here: the SDK parses inline errors strictly (code, message).
             entry["error"] = {"code": 400, "message": "Request is missing or not an object."}
         metadata = item.get("metadata") if isinstance(item, dict) else None
         if isinstance(metadata, dict):

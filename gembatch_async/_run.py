@@ -247,7 +247,7 @@ class _Runner:
         if status.state == SUCCEEDED:
             await self._collect(entry, status)
         elif status.state in RETRYABLE_END_STATES:
-            self._ended_badly(entry, status, tg)
+            await self._ended_badly(entry, status, tg)
 
     async def _collect(self, entry: _Input, status: JobStatus) -> None:
         """Download the results, then delete the job's upload (it only takes storage now)."""
@@ -287,7 +287,9 @@ class _Runner:
         await anyio.to_thread.run_sync(self.jobs.journal.rewrite, with_uploads_deleted({name}))
         self.admission.release_bytes(entry.item.size_bytes)
 
-    def _ended_badly(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+    async def _ended_badly(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+        """Submit it again if allowed (its upload is reused), else report it and delete
+        the upload, which no job will read any more."""
         retry = entry.resubmits_left > 0 and not self.stop.is_set()
         reason = status.batch_error or status.state.removeprefix("JOB_STATE_").lower()
         self.emit(JobEnded(status.path, status.batch_name, status.state, reason, retry))
@@ -298,6 +300,7 @@ class _Runner:
         else:
             entry.failed = True
             self.watch.counts["failed"] += 1
+            await self._delete_upload(entry)
 
 
 @dataclass(frozen=True)

@@ -274,6 +274,21 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "'embedding' in it supports batch embeddings, any other batch generation",
     )
     emu.add_argument(
+        "--enqueued-token-quota",
+        type=_at_least(1),
+        default=None,
+        metavar="N",
+        help="enqueued tokens allowed per model across unfinished jobs, counted as one per "
+        "4 bytes of request JSON (default: none)",
+    )
+    emu.add_argument(
+        "--expire-after",
+        type=_positive_seconds,
+        default=None,
+        metavar="S",
+        help="unfinished jobs end EXPIRED this long after creation (default: never)",
+    )
+    emu.add_argument(
         "--storage-quota-bytes",
         type=_at_least(0),
         default=20 * 10**9,
@@ -564,6 +579,8 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             faults=args.faults,
             fault_seed=args.fault_seed,
             max_unfinished_batches=args.max_unfinished_batches,
+            enqueued_token_quota=args.enqueued_token_quota,
+            expire_after_seconds=args.expire_after,
             storage_quota_bytes=args.storage_quota_bytes,
             extra_models=tuple(args.models),
         )

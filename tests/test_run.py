@@ -103,3 +103,58 @@ def test_first_ctrl_c_stops_run(emulator: RunningEmulator, tmp_path: Path) -> No
     assert "interrupted" in out.splitlines()[-1]
     recorded = {line["batch"]["name"] for line in read_journal(tmp_path / "job-info.jsonl")}
     assert recorded == {b["name"] for b in emulator.state()["batches"]}
+
+
+@pytest.mark.parametrize(
+    "emulator_config",
+    [
+        pytest.param(
+            # Each 2-line input is ~330 bytes, ~82 tokens: two fit in 200, not three.
+            EmulatorConfig(port=0, enqueued_token_quota=200, processing_seconds=0.6),
+            id="tokens-200",
+        )
+    ],
+)
+def test_run_waits_at_the_token_quota_and_submit_defers(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The enqueued-token quota: submit defers (exit 3), run waits and finishes every file."""
+    names = [p.name for p in make_inputs(tmp_path, 6, lines=2)]
+    env = cli_env(emulator)
+    first = run_cli(["submit", "-c", "1", *names], cwd=tmp_path, env=env)
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "(the enqueued-token quota is full)" in first.stdout
+    result = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(_result_files(tmp_path)) == 6
+    assert len(emulator.state()["batches"]) == 6
+    assert _uploads(emulator) == []
+
+
+@pytest.mark.parametrize(
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, processing_seconds=60, expire_after_seconds=0.5),
+            id="all-expire",
+        )
+    ],
+)
+def test_expired_jobs_are_resubmitted_once_then_reported(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Every job expires: with --retry-failed each file is submitted once more, then the
+    run reports the failures and exits 1; without it, no resubmission."""
+    names = [p.name for p in make_inputs(tmp_path, 2, lines=1)]
+    env = cli_env(emulator)
+    result = run_cli([*RUN, "--retry-failed", *names], cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.count("submitting it again") == 2
+    assert "results for 0, failed 2" in result.stdout.splitlines()[-1]
+    states = [b["state"] for b in emulator.state()["batches"]]
+    assert states == ["BATCH_STATE_EXPIRED"] * 4, "two batches per file: the first and one retry"
+    assert _uploads(emulator) == [], "the upload of a job that will not run again is deleted"
+    again = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=60)
+    assert again.returncode == 1
+    assert "submitting it again" not in again.stdout
+    assert len(emulator.state()["batches"]) == 4

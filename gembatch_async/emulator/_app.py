@@ -23,10 +23,11 @@ from starlette.types import Receive, Scope, Send
 
 from gembatch_async._schema import EMBED, GENERATE
 from gembatch_async.emulator._config import EmulatorConfig
-from gembatch_async.emulator._errors import ApiError, fault_message, quota_error
+from gembatch_async.emulator._errors import STORAGE_METRIC, ApiError, fault_message, quota_error
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
 from gembatch_async.emulator._models import BATCH_EMBED, BATCH_GENERATE, model_spec
 from gembatch_async.emulator._store import (
+    UNFINISHED,
     BatchRecord,
     FileRecord,
     Store,
@@ -62,7 +63,6 @@ _MIME = re.compile(
 )
 # MIME types without a slash that the real service accepts for JSONL batch input.
 _BARE_MIME_TYPES = ("jsonl",)
-_UNFINISHED = ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
 _ENDED = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED", "BATCH_STATE_FAILED")
 
 T = TypeVar("T")
@@ -317,7 +317,7 @@ class EmulatorApp:
 
     def _batch_stats(self, batch: BatchRecord, state: str) -> dict[str, str]:
         counts = {"requestCount": batch.request_count}
-        if state in _UNFINISHED:
+        if state in UNFINISHED:
             counts["pendingRequestCount"] = batch.request_count
         elif state == "BATCH_STATE_SUCCEEDED":
             counts["successfulRequestCount"] = batch.request_count - batch.malformed_count
@@ -331,6 +331,9 @@ class EmulatorApp:
             return batch.cancel_time, batch.cancel_time
         if state == "BATCH_STATE_SUCCEEDED":
             end = batch.create_time + self.store.processing_seconds
+            return end, end
+        if state == "BATCH_STATE_EXPIRED":
+            end = batch.create_time + (self.store.expire_after_seconds or 0)
             return end, end
         if state == "BATCH_STATE_RUNNING":
             return batch.create_time + self.store.processing_seconds / 3, None
@@ -431,7 +434,8 @@ class EmulatorApp:
         if self.store.uploaded_bytes() + size > self.config.storage_quota_bytes:
             raise quota_error(
                 "Storage quota exceeded: the project's files would use more than "
-                f"{self.config.storage_quota_bytes} bytes. Delete files and retry."
+                f"{self.config.storage_quota_bytes} bytes. Delete files and retry.",
+                STORAGE_METRIC,
             )
         display_name = _pick(spec, "display_name", "displayName")
         session = self.store.start_upload(
@@ -643,7 +647,9 @@ class EmulatorApp:
             _attach_inline_requests(batch, input_config)
         batch.create_time = _now()  # after any slow input scan
         # The limit check and the insert are one synchronous step (no await between).
-        self.store.admit_batch(batch, self.config.max_unfinished_batches)
+        self.store.admit_batch(
+            batch, self.config.max_unfinished_batches, self.config.enqueued_token_quota
+        )
         return _json(self._batch_json(batch))
 
     async def _attach_input_file(self, batch: BatchRecord, file_name: str) -> None:
@@ -658,6 +664,7 @@ class EmulatorApp:
             count_requests_blocking, snapshot, batch.kind
         )
         batch.input_file = record.name
+        batch.tokens = max(1, record.size_bytes // 4)
         batch.request_count = total
         batch.malformed_count = malformed
 
@@ -678,7 +685,7 @@ class EmulatorApp:
     async def _cancel_batch(self, request: Request, match: re.Match[str]) -> Response:
         batch = self.store.get_batch(match.group("id"))
         state = self.store.batch_state(batch)
-        if state not in _UNFINISHED:
+        if state not in UNFINISHED:
             raise ApiError(
                 400,
                 f"Batch {batch.name} is already in terminal state {state} and cannot be cancelled.",
@@ -831,6 +838,7 @@ def _attach_inline_requests(batch: BatchRecord, input_config: dict[str, Any]) ->
             message, details = field_violations(issues, batch.kind, prefix)
             raise ApiError(400, message, details=details)
     batch.inline_requests = items
+    batch.tokens = max(1, len(json.dumps(items)) // 4)
     batch.request_count = len(items)
     batch.malformed_count = sum(
         1

@@ -28,6 +28,12 @@ class EmulatorConfig:
     extra_models: tuple[str, ...] = ()
     storage_quota_bytes: int = 20 * 10**9
     max_unfinished_batches: int = 100
+    #: Enqueued tokens allowed per model across unfinished jobs (None: no quota);
+    #: the emulator counts one token per 4 bytes of request JSON.
+    enqueued_token_quota: int | None = None
+    #: Unfinished jobs end EXPIRED this long after creation (None: never; the
+    #: service's own limit is 48 h).
+    expire_after_seconds: float | None = None
     max_file_bytes: int = 2 * 10**9
 
     def __post_init__(self) -> None:

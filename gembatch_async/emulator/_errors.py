@@ -71,11 +71,27 @@ class ApiError(Exception):
         return {"error": error}
 
 
-def quota_error(message: str) -> ApiError:
-    """429 RESOURCE_EXHAUSTED with a Retry-After hint, as quota errors carry."""
-    return ApiError(
-        429,
-        message,
-        details=[{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}],
-        headers={"Retry-After": "1"},
-    )
+#: Quota metrics named in QuotaFailure details, as Google's quota errors carry them.
+JOBS_METRIC = "generativelanguage.googleapis.com/concurrent_batch_jobs"
+TOKENS_METRIC = "generativelanguage.googleapis.com/batch_enqueued_tokens"
+STORAGE_METRIC = "generativelanguage.googleapis.com/file_storage_bytes"
+
+
+def quota_error(message: str, metric: str | None = None, model: str | None = None) -> ApiError:
+    """429 RESOURCE_EXHAUSTED with a Retry-After hint, and for a quota (``metric``) the
+    QuotaFailure detail naming it, in the shape Google's quota errors use."""
+    details: list[dict[str, Any]] = []
+    if metric is not None:
+        violation: dict[str, Any] = {"quotaMetric": metric, "quotaId": _quota_id(metric)}
+        if model is not None:
+            violation["quotaDimensions"] = {"model": model}
+        details.append(
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]}
+        )
+    details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"})
+    return ApiError(429, message, details=details, headers={"Retry-After": "1"})
+
+
+def _quota_id(metric: str) -> str:
+    words = metric.rsplit("/", 1)[-1].split("_")
+    return "".join(word.capitalize() for word in words) + "PerProjectPerModel"

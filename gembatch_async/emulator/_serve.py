@@ -139,7 +139,7 @@ async def _wait_started(server: uvicorn.Server, finished: anyio.Event) -> None:
 @contextlib.asynccontextmanager
 async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulator]:
     """Serve the emulator in the current event loop until the `async with` block ends."""
-    store = Store(config.state_dir, config.processing_seconds)
+    store = Store(config.state_dir, config.processing_seconds, config.expire_after_seconds)
     try:
         app = EmulatorApp(config, store)
         sock = _bind(config.host, config.port)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from gembatch_async._schema import GENERATE
-from gembatch_async.emulator._errors import ApiError, quota_error
+from gembatch_async.emulator._errors import JOBS_METRIC, TOKENS_METRIC, ApiError, quota_error
 from gembatch_async.emulator._responses import (
     line_error,
     line_result,
@@ -64,6 +64,9 @@ class FileRecord:
         return f"files/{self.file_id}"
 
 
+UNFINISHED = ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
+
+
 @dataclasses.dataclass
 class BatchRecord:
     """A batch job; its state is derived from the clock, not stored."""
@@ -79,6 +82,8 @@ class BatchRecord:
     cancel_time: float | None = None
     output_file: str | None = None  # "files/batch-..." once generated
     kind: str = GENERATE  # GENERATE (batchGenerateContent) or EMBED (asyncBatchEmbedContent)
+    #: Enqueued tokens, as the emulator counts them: one per 4 bytes of request JSON.
+    tokens: int = 0
 
     @property
     def name(self) -> str:
@@ -113,7 +118,12 @@ def _atomic_write_json(path: pathlib.Path, data: Any) -> None:
 class Store:
     """All emulator state. Metadata lives in dicts (and state.json); contents in blob files."""
 
-    def __init__(self, state_dir: pathlib.Path | None, processing_seconds: float) -> None:
+    def __init__(
+        self,
+        state_dir: pathlib.Path | None,
+        processing_seconds: float,
+        expire_after_seconds: float | None = None,
+    ) -> None:
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
             # Memory mode still streams blobs to disk so big uploads never sit in RAM.
@@ -124,12 +134,20 @@ class Store:
             self.root = pathlib.Path(state_dir)
             self.persistent = True
         self.processing_seconds = processing_seconds
+        #: A job still unfinished this long after its creation ends EXPIRED.
+        self.expire_after_seconds = expire_after_seconds
         self.files: dict[str, FileRecord] = {}
         self.batches: dict[str, BatchRecord] = {}
         self.uploads: dict[str, UploadSession] = {}
         for sub in ("blobs", "uploads", "inputs"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._load()
+
+    @property
+    def expires_first(self) -> bool:
+        """Jobs expire before they would have finished."""
+        limit = self.expire_after_seconds
+        return limit is not None and limit < self.processing_seconds
 
     # ----- paths -------------------------------------------------------------------------
 
@@ -257,6 +275,8 @@ class Store:
         if batch.cancel_time is not None:
             return "BATCH_STATE_CANCELLED"
         elapsed = (time.time() if now is None else now) - batch.create_time
+        if self.expires_first and elapsed >= (self.expire_after_seconds or 0):
+            return "BATCH_STATE_EXPIRED"
         if elapsed >= self.processing_seconds:
             return "BATCH_STATE_SUCCEEDED"
         if elapsed >= self.processing_seconds / 3:
@@ -265,8 +285,7 @@ class Store:
 
     def unfinished_batches(self) -> int:
         """Jobs counted against the concurrent-job limit (PENDING or RUNNING)."""
-        unfinished = ("BATCH_STATE_PENDING", "BATCH_STATE_RUNNING")
-        return sum(1 for b in self.batches.values() if self.batch_state(b) in unfinished)
+        return sum(1 for b in self.batches.values() if self.batch_state(b) in UNFINISHED)
 
     def get_batch(self, batch_id: str) -> BatchRecord:
         """The batch, or 404 NOT_FOUND."""
@@ -275,20 +294,44 @@ class Store:
             raise ApiError(404, f"Requested entity was not found. (batches/{batch_id})")
         return batch
 
-    def admit_batch(self, batch: BatchRecord, max_unfinished: int) -> None:
-        """Register a new batch unless the unfinished-jobs limit is reached.
+    def admit_batch(
+        self, batch: BatchRecord, max_unfinished: int, token_quota: int | None = None
+    ) -> None:
+        """Register a new batch unless the unfinished-jobs limit or the model's
+        enqueued-token quota is reached.
 
         Check and insert happen in one synchronous step on the event loop, so
         concurrent creates can never both pass the check (nothing awaits between).
         """
-        if self.unfinished_batches() >= max_unfinished:
+        refusal = self._refusal(batch, max_unfinished, token_quota)
+        if refusal is not None:
             self.batch_input_path(batch.batch_id).unlink(missing_ok=True)
-            raise quota_error(
-                f"Too many unfinished batch jobs: at most {max_unfinished} may be pending "
-                "or running at once."
-            )
+            raise refusal
         self.batches[batch.batch_id] = batch
         self.save()
+
+    def _refusal(
+        self, batch: BatchRecord, max_unfinished: int, token_quota: int | None
+    ) -> ApiError | None:
+        unfinished = [b for b in self.batches.values() if self.batch_state(b) in UNFINISHED]
+        if len(unfinished) >= max_unfinished:
+            return quota_error(
+                f"Too many unfinished batch jobs: at most {max_unfinished} may be pending "
+                "or running at once.",
+                JOBS_METRIC,
+            )
+        if token_quota is None:
+            return None
+        enqueued = sum(b.tokens for b in unfinished if b.model == batch.model)
+        if enqueued + batch.tokens > token_quota:
+            model = batch.model.removeprefix("models/")
+            return quota_error(
+                f"Enqueued tokens quota exceeded for model {model}: {enqueued} tokens are "
+                f"enqueued, this batch adds {batch.tokens}, the limit is {token_quota}.",
+                TOKENS_METRIC,
+                model,
+            )
+        return None
 
     def delete_batch(self, batch_id: str) -> None:
         """Delete a batch (its output file, if any, stays, as on the real service)."""

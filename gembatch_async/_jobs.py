@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +23,7 @@ import anyio.to_thread
 from google import genai
 
 from ._client import BatchDetail, GeminiApi, api_session, batch_to_dict
-from ._errors import ApiError, UsageError
+from ._errors import ApiError, PermanentApiError, UsageError
 from ._events import BatchStats, JournalProblem
 from ._identity import identity_of_path
 from ._inputs import key_hash
@@ -67,6 +67,9 @@ class JobStatus:
 
     #: A warning about the job's age: past the 24 h target, or near the 48 h expiry.
     notice: str | None = None
+    #: The refresh failed for good (the batch is gone, or not ours to see): asking
+    #: again will not help.
+    error_is_final: bool = False
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -181,7 +184,10 @@ async def refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStat
         try:
             detail = await jobs.call(lambda: jobs.api.get_batch_detail(name))
         except ApiError as exc:
-            statuses[index] = _status_from_line(line, error=describe(exc))
+            statuses[index] = replace(
+                _status_from_line(line, error=describe(exc)),
+                error_is_final=isinstance(exc, PermanentApiError),
+            )
             return
         fresh[name] = detail
         statuses[index] = _status_from_batch(path, detail)

@@ -359,11 +359,14 @@ class SubmitRun:
             return False
         state = batch_state_of(latest)
         if state not in RETRYABLE_END_STATES:
-            batch = await self._with_retries(
-                "status",
-                str(latest["input_file"]),
-                lambda: self.api.get_batch(batch_name_of(latest)),
-            )
+            try:
+                batch = await self._with_retries(
+                    "status",
+                    str(latest["input_file"]),
+                    lambda: self.api.get_batch(batch_name_of(latest)),
+                )
+            except NotFoundApiError:
+                return True  # the batch is gone (deleted): nothing will run for this file
             state = batch.state.value if batch.state is not None else ""
         return state in RETRYABLE_END_STATES
 

@@ -236,8 +236,11 @@ class _Runner:
             await self._on_status(entry, status, tg)
 
     async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
-        if status.error is not None:
+        if status.error is not None and not status.error_is_final:
             return  # not read this time; the next poll asks again
+        if status.error is not None:  # the batch is gone, or not ours: it will not finish
+            await self._ended_badly(entry, status, tg)
+            return
         if status.state != entry.state:
             entry.state = status.state
             self.emit(JobChanged(status.path, status.batch_name, status.state, status.stats))
@@ -291,7 +294,9 @@ class _Runner:
         """Submit it again if allowed (its upload is reused), else report it and delete
         the upload, which no job will read any more."""
         retry = entry.resubmits_left > 0 and not self.stop.is_set()
-        reason = status.batch_error or status.state.removeprefix("JOB_STATE_").lower()
+        reason = (
+            status.error or status.batch_error or status.state.removeprefix("JOB_STATE_").lower()
+        )
         self.emit(JobEnded(status.path, status.batch_name, status.state, reason, retry))
         if retry:
             entry.resubmits_left -= 1

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google import genai
+from google.genai import types
 
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
@@ -158,3 +160,25 @@ def test_expired_jobs_are_resubmitted_once_then_reported(
     assert again.returncode == 1
     assert "submitting it again" not in again.stdout
     assert len(emulator.state()["batches"]) == 4
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.6), id="fast")]
+)
+def test_a_deleted_batch_ends_the_file_instead_of_polling_forever(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The recorded batch was deleted on the service: run reports the file failed (exit 1)
+    rather than polling forever; with --retry-failed it submits the file again."""
+    names = [p.name for p in make_inputs(tmp_path, 1, lines=2)]
+    env = cli_env(emulator)
+    assert run_cli(["submit", *names], cwd=tmp_path, env=env).returncode == 0
+    (batch,) = emulator.state()["batches"]
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=emulator.base_url))
+    client.batches.delete(name=batch["name"])
+    gone = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=60)
+    assert gone.returncode == 1, gone.stdout + gone.stderr
+    assert "results for 0, failed 1" in gone.stdout.splitlines()[-1]
+    again = run_cli([*RUN, "--retry-failed", *names], cwd=tmp_path, env=env, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(_result_files(tmp_path)) == 1

@@ -117,7 +117,7 @@ async def run(
             {item.identity: _Input(item, resubmits if retry_failed else 0) for item in items}
         )
         runner = _Runner(jobs, settings, admission_for(view, settings), on_event, stop, watch)
-        tally = await runner.run(items, out_dir, interval)
+        tally = await runner.run(items, _Polling(out_dir, interval))
     return RunSummary(
         submitted=tally.submitted,
         skipped=tally.skipped,
@@ -146,8 +146,7 @@ class _Runner:
         self.emit = emit
         self.stop = stop
         self.watch = watch
-        self.out_dir: str | os.PathLike[str] = "results"
-        self.interval = 30.0
+        self.polling = _Polling("results", 30.0)
         self.submitted = self._submit_run(settings)
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
@@ -160,11 +159,8 @@ class _Runner:
             self.admission,
         )
 
-    async def run(
-        self, items: list[InputFile], out_dir: str | os.PathLike[str], interval: float
-    ) -> _SubmitTally:
-        self.out_dir = out_dir
-        self.interval = interval
+    async def run(self, items: list[InputFile], polling: _Polling) -> _SubmitTally:
+        self.polling = polling
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._submit, items)
             await self._watch_until_settled(tg)
@@ -219,7 +215,7 @@ class _Runner:
                 if self.stop.is_set():
                     self.watch.interrupted = True
                 return
-            with anyio.move_on_after(self.interval):
+            with anyio.move_on_after(self.polling.interval):
                 await self.stop.wait()
 
     async def _poll_once(self, tg: anyio.abc.TaskGroup) -> None:
@@ -255,7 +251,7 @@ class _Runner:
     async def _collect(self, entry: _Input, status: JobStatus) -> None:
         """Download the results, then delete the job's upload (it only takes storage now)."""
         try:
-            result = await fetch_results(self.jobs, status, self.out_dir)
+            result = await fetch_results(self.jobs, status, self.polling.out_dir)
         except ApiError as exc:
             self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))
             return  # the next poll tries again
@@ -306,6 +302,14 @@ class _Runner:
             entry.failed = True
             self.watch.counts["failed"] += 1
             await self._delete_upload(entry)
+
+
+@dataclass(frozen=True)
+class _Polling:
+    """Where results go, and how often the watcher asks."""
+
+    out_dir: str | os.PathLike[str]
+    interval: float
 
 
 @dataclass(frozen=True)

@@ -374,19 +374,18 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
 async def _submit_command(args: argparse.Namespace) -> int:
     settings = _submit_settings(args)
     show = _event_printer(args.json)
-    stop = anyio.Event()
-    async with _api_endpoint(args) as (api_key, base_url), anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signals, stop)
-        summary = await submit(
-            args.files,
-            settings=settings,
-            job_info=args.job_info,
-            api_key=api_key,
-            base_url=base_url,
-            on_event=show,
-            stop=stop,
+    async with _api_endpoint(args) as (api_key, base_url):
+        summary = await _stoppable(
+            lambda stop: submit(
+                args.files,
+                settings=settings,
+                job_info=args.job_info,
+                api_key=api_key,
+                base_url=base_url,
+                on_event=show,
+                stop=stop,
+            )
         )
-        tg.cancel_scope.cancel()
     _print(
         render_json(summary) if args.json else render_summary(summary, settings.dry_run), sys.stdout
     )
@@ -395,24 +394,23 @@ async def _submit_command(args: argparse.Namespace) -> int:
 
 async def _run_command(args: argparse.Namespace) -> int:
     settings = _submit_settings(args)
-    stop = anyio.Event()
     live = sys.stdout.isatty() and not args.json
     with _run_output(args.json, live) as show:
-        async with _api_endpoint(args) as (api_key, base_url), anyio.create_task_group() as tg:
-            tg.start_soon(_stop_on_signals, stop)
-            summary = await run(
-                args.files,
-                settings=settings,
-                job_info=args.job_info,
-                out_dir=args.out,
-                interval=args.interval,
-                resubmits=args.resubmits,
-                api_key=api_key,
-                base_url=base_url,
-                on_event=show,
-                stop=stop,
+        async with _api_endpoint(args) as (api_key, base_url):
+            summary = await _stoppable(
+                lambda stop: run(
+                    args.files,
+                    settings=settings,
+                    job_info=args.job_info,
+                    out_dir=args.out,
+                    interval=args.interval,
+                    resubmits=args.resubmits,
+                    api_key=api_key,
+                    base_url=base_url,
+                    on_event=show,
+                    stop=stop,
+                )
             )
-            tg.cancel_scope.cancel()
     _print(render_json(summary) if args.json else render_run_summary(summary), sys.stdout)
     if summary.interrupted:
         return EXIT_INTERRUPTED
@@ -450,6 +448,16 @@ def _event_printer(as_json: bool) -> Callable[[Event], None]:
         _print(text, sys.stderr if to_stderr else sys.stdout)
 
     return show
+
+
+async def _stoppable(work: Callable[[anyio.Event], Awaitable[T]]) -> T:
+    """``work(stop)``, with the first Ctrl-C or SIGTERM setting ``stop``."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signals, stop)
+        result = await work(stop)
+        tg.cancel_scope.cancel()
+    return result
 
 
 async def _stop_on_signals(stop: anyio.Event) -> None:

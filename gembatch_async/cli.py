@@ -164,6 +164,14 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     emu.add_argument("--faults", default="", help="ENDPOINT:PROBABILITY:KIND,... to inject")
     emu.add_argument("--fault-seed", type=int, default=None, help="make faults repeatable")
     emu.add_argument(
+        "--request-errors",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of requests (0-1) answered with a per-request error line, "
+        "chosen by a hash of --fault-seed and the request's key (default: 0)",
+    )
+    emu.add_argument(
         "--max-unfinished-batches",
         type=int,
         default=100,
@@ -385,10 +393,14 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             fault_seed=args.fault_seed,
             max_unfinished_batches=args.max_unfinished_batches,
             storage_quota_bytes=args.storage_quota_bytes,
+            request_errors=args.request_errors,
         )
         server = serve_emulator(config)
     except FaultSpecError as exc:
         _print(f"error: --faults: {exc}", sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        _print(f"error: {exc}", sys.stderr)
         return EXIT_USAGE
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with server as running:

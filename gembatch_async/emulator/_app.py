@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._errors import ApiError, fault_message, quota_error
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
+from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._store import (
     BatchRecord,
     FileRecord,
@@ -377,6 +378,7 @@ class EmulatorApp:
                 self.store.blob_path(file_id),
                 batch.batch_id,
                 batch.model.removeprefix("models/"),
+                RequestErrors(self.config.request_errors, self.config.fault_seed),
             )
             self.store.register_output(batch, size, digest)
 

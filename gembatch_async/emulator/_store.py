@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from gembatch_async.emulator._errors import ApiError
+from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._responses import fake_response, line_result, parse_line
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -349,7 +350,11 @@ def _windows(fh: IO[bytes], rng: random.Random) -> Iterator[list[tuple[int, byte
 
 
 def generate_output_blocking(
-    input_path: pathlib.Path, output_path: pathlib.Path, batch_id: str, model: str
+    input_path: pathlib.Path,
+    output_path: pathlib.Path,
+    batch_id: str,
+    model: str,
+    request_errors: RequestErrors | None = None,
 ) -> tuple[int, str]:
     """Write the output JSONL for a batch; returns (size, sha256 hex). Streams both files."""
     rng = random.Random(batch_id)  # deterministic order per batch
@@ -359,7 +364,10 @@ def generate_output_blocking(
     with input_path.open("rb") as src, tmp.open("wb") as dst:
         for window in _windows(src, rng):
             for position, raw in window:
-                line = json.dumps(line_result(raw, batch_id, model, position)).encode() + b"\n"
+                result = line_result(raw, batch_id, model, position)
+                if request_errors is not None:
+                    result = request_errors.apply(result, position)
+                line = json.dumps(result).encode() + b"\n"
                 dst.write(line)
                 hasher.update(line)
                 size += len(line)

@@ -34,7 +34,6 @@ from ._jobs import (
     Cleaned,
     JobsContext,
     JobStatus,
-    ResultFile,
     cancel_jobs,
     cleanup_files,
     download_results,
@@ -42,6 +41,7 @@ from ._jobs import (
     refresh_status,
     watch_status,
 )
+from ._results import ResultCounts, ResultFile
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._submit import submit
 from ._version import __version__
@@ -69,6 +69,7 @@ __all__ = [
     "PermanentApiError",
     "PreflightError",
     "Problem",
+    "ResultCounts",
     "ResultFile",
     "RetrySettings",
     "Retrying",

@@ -9,6 +9,8 @@ each class carries the exit code the CLI uses for it::
     ├── PreflightError(ValueError)     (exit 2)  inputs or model refused before any upload;
     │                                            carries every problem found
     ├── JournalError(OSError)          (exit 2)  job-info.jsonl cannot be read or written
+    ├── OutputError(ValueError)        (exit 1)  a job's output has lines that are not results;
+    │                                            carries every problem found (with line numbers)
     └── ApiError                       (exit 1)  the API or the network failed a call
         ├── TransientApiError          (exit 1)  worth retrying: 408/429/5xx, dropped, timed out
         │   └── AmbiguousApiError      (exit 1)  the action may have happened anyway
@@ -79,6 +81,20 @@ class JournalError(GembatchError, OSError):
     """The job-info journal could not be read or written."""
 
     exit_code = 2
+
+
+class OutputError(GembatchError, ValueError):
+    """A job's output file has lines that cannot be read as results; none were written."""
+
+    def __init__(self, problems: list[Problem], more: int = 0) -> None:
+        self.problems = problems
+        self.more = more
+        total = len(problems) + more
+        noun = "line" if total == 1 else "lines"
+        shown = "; ".join(f"line {p.line}: {p.message}" for p in problems)
+        extra = f"; and {more} more" if more else ""
+        where = problems[0].path if problems else "the output"
+        super().__init__(f"{total} malformed {noun} in {where}: {shown}{extra}")
 
 
 class ApiError(GembatchError):

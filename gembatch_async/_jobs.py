@@ -7,14 +7,12 @@ cleanup deleted every file and batch it could see).
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -24,9 +22,17 @@ from google.genai import types
 
 from ._client import GeminiApi, api_session, batch_to_dict
 from ._errors import ApiError, UsageError
-from ._inputs import key_hash, normalise_path
+from ._inputs import normalise_path
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
-from ._keysort import SortedHashes, difference
+from ._results import (
+    ResultCounts,
+    ResultFile,
+    ResultTargets,
+    fetch_results,
+    plan_targets,
+    result_targets,
+    results_are_current,
+)
 from ._retry import call_with_retries, describe
 from ._settings import DEFAULT_JOB_INFO, RetrySettings
 
@@ -36,7 +42,9 @@ END_STATES = frozenset(
     {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 )
 _CONCURRENCY = 8
-MAX_LISTED_KEYS = 100
+#: Results built at once: it is CPU work (the GIL serialises it anyway) and each
+#: holds a few MiB, so downloads overlap but memory does not add up.
+_BUILDS_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -49,27 +57,17 @@ class JobStatus:
     age_seconds: float | None
     output_file: str | None
     error: str | None = None
+    #: What the last download of this job's results held (from the journal), if any.
+    results: ResultCounts | None = None
 
     @property
     def done(self) -> bool:
         return self.state in END_STATES
 
-
-@dataclass(frozen=True)
-class ResultFile:
-    """A downloaded result file and what matching it to its input found (USERS.md P8, P10)."""
-
-    path: str
-    batch_name: str
-    output_path: str
-    responses: int
-    errors: int
-    #: The first MAX_LISTED_KEYS input keys with no output line; missing_count has them all.
-    missing_keys: tuple[str, ...]
-    unexpected_keys: int
-    skipped: bool = False
-    error: str | None = None
-    missing_count: int = 0
+    @property
+    def created_at(self) -> float | None:
+        """When the job was created (epoch seconds), if known."""
+        return None if self.age_seconds is None else time.time() - self.age_seconds
 
 
 @dataclass(frozen=True)
@@ -147,7 +145,7 @@ async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) 
             statuses[path] = _status_from_line(line, error=describe(exc))
             return
         fresh[name] = batch
-        statuses[path] = _status_from_batch(path, batch)
+        statuses[path] = _status_from_batch(path, batch, _recorded_results(line))
 
     await _for_each(lines, check)
     if fresh:
@@ -167,7 +165,14 @@ def _with_fresh_batches(fresh: dict[str, types.BatchJob]) -> Callable[[JobLine],
     return update
 
 
-def _status_from_batch(path: str, batch: types.BatchJob) -> JobStatus:
+def _recorded_results(line: JobLine) -> ResultCounts | None:
+    counts = ResultCounts.from_dict(line.get("results"))
+    return counts if counts is not None and counts.batch_name == batch_name_of(line) else None
+
+
+def _status_from_batch(
+    path: str, batch: types.BatchJob, results: ResultCounts | None = None
+) -> JobStatus:
     state = batch.state.value if batch.state is not None else "JOB_STATE_UNSPECIFIED"
     age = (
         (datetime.now(timezone.utc) - batch.create_time).total_seconds()
@@ -175,7 +180,7 @@ def _status_from_batch(path: str, batch: types.BatchJob) -> JobStatus:
         else None
     )
     output = batch.dest.file_name if batch.dest is not None else None
-    return JobStatus(path, batch.name or "", state, age, output)
+    return JobStatus(path, batch.name or "", state, age, output, results=results)
 
 
 def _status_from_line(line: JobLine, error: str | None = None) -> JobStatus:
@@ -193,7 +198,13 @@ def _status_from_line(line: JobLine, error: str | None = None) -> JobStatus:
     dest = batch.get("dest")
     output = dest.get("file_name") if isinstance(dest, dict) else None
     return JobStatus(
-        str(line["input_file"]), batch_name_of(line), batch_state_of(line), age, output, error
+        str(line["input_file"]),
+        batch_name_of(line),
+        batch_state_of(line),
+        age,
+        output,
+        error,
+        _recorded_results(line),
     )
 
 
@@ -220,97 +231,86 @@ async def watch_status(
 # -- download --------------------------------------------------------------------------
 async def download_results(
     jobs: JobsContext,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
     *,
     paths: Sequence[str] | None = None,
     force: bool = False,
+    keep_raw: bool = False,
     on_result: Callable[[ResultFile], None] = lambda result: None,
 ) -> list[ResultFile]:
-    """Stream each succeeded job's output to ``out_dir`` and match it to its input by key."""
+    """Write the results of each succeeded job, in input order (``_results``).
+
+    Results go to ``<input dir>/results/<input name>``, or with ``out_dir`` to the
+    input's path mirrored under it. Results already there (and newer than their
+    job) are skipped unless ``force``. What each holds is recorded in the journal.
+    """
+    if out_dir is not None and await _exists_but_not_folder(out_dir):
+        raise UsageError(f"--out {os.fspath(out_dir)} exists and is not a folder")
     statuses = await refresh_status(jobs, paths)
     ready = [s for s in statuses if s.state == "JOB_STATE_SUCCEEDED" and s.output_file]
+    plan = plan_targets(
+        [s.path for s in ready],
+        out_dir,
+        inputs=[str(line["input_file"]) for line in jobs.recorded()],
+        keep_raw=keep_raw,
+    )
+    limiter = anyio.CapacityLimiter(_BUILDS_AT_ONCE)
     results: list[ResultFile] = []
-    folder = Path(out_dir)
-    await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
 
     async def fetch(status: JobStatus) -> None:
-        target = folder / (Path(status.path).stem + ".results.jsonl")
-        if not force and await anyio.Path(target).exists():
-            result = ResultFile(
-                status.path, status.batch_name, str(target), 0, 0, (), 0, skipped=True
-            )
+        targets = plan[status.path]
+        if isinstance(targets, str):
+            where = str(result_targets(status.path, out_dir).results)
+            result = ResultFile(status.path, status.batch_name, where, error=targets)
+        elif not force and await anyio.to_thread.run_sync(
+            results_are_current, targets, status.created_at
+        ):
+            result = _skipped(status, targets)
         else:
-            result = await _download_one(jobs, status, target)
+            result = await fetch_results(
+                jobs.api, status, targets, retry=jobs.retry, keep_raw=keep_raw, limiter=limiter
+            )
         results.append(result)
         on_result(result)
 
     await _for_each(ready, fetch)
-    return results
+    written = {r.batch_name: r.counts() for r in results if not r.skipped and r.error is None}
+    if written:
+        await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_result_counts(written))
+    order = {s.path: i for i, s in enumerate(ready)}
+    return sorted(results, key=lambda r: order[r.path])
 
 
-async def _download_one(jobs: JobsContext, status: JobStatus, target: Path) -> ResultFile:
-    assert status.output_file is not None
-    handle, temp = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
-    os.close(handle)
-    try:
-        await jobs.call(lambda: jobs.api.download_file(status.output_file or "", temp))
-        await anyio.to_thread.run_sync(os.replace, temp, target)
-    except ApiError as exc:
-        os.unlink(temp)
-        return ResultFile(
-            status.path, status.batch_name, str(target), 0, 0, (), 0, error=describe(exc)
-        )
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return await anyio.to_thread.run_sync(_match_keys, status, target)
+async def _exists_but_not_folder(path: str | os.PathLike[str]) -> bool:
+    folder = anyio.Path(path)
+    return await folder.exists() and not await folder.is_dir()
 
 
-def _match_keys(status: JobStatus, target: Path) -> ResultFile:
-    """Count responses and errors, and match output keys to input keys (streaming).
-
-    Keys are compared as externally sorted 8-byte hashes (``_keysort``), so a
-    result of millions of lines needs a few MiB; a second pass over the input
-    names the first missing keys.
-    """
-    responses = errors = 0
-    with SortedHashes() as answered, SortedHashes() as wanted:
-        with target.open("rb") as handle:
-            for raw in handle:
-                if not raw.strip():
-                    continue
-                row = json.loads(raw)
-                errors += "error" in row
-                responses += "response" in row
-                if isinstance(row.get("key"), str):
-                    answered.add(key_hash(row["key"]))
-        try:
-            for key in _input_keys(status.path):
-                wanted.add(key_hash(key))
-        except (OSError, ValueError):  # the input is gone or changed shape: nothing to match
-            return ResultFile(status.path, status.batch_name, str(target), responses, errors, (), 0)
-        missing, missing_count, unexpected = difference(wanted, answered, MAX_LISTED_KEYS)
-    named = [key for key in _input_keys(status.path) if key_hash(key) in missing] if missing else []
+def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
+    """Results already there: what the journal recorded of them, when it did."""
+    counts = status.results
+    if counts is None or counts.results_path != str(targets.results):
+        return ResultFile(status.path, status.batch_name, str(targets.results), skipped=True)
     return ResultFile(
         status.path,
         status.batch_name,
-        str(target),
-        responses,
-        errors,
-        tuple(named[:MAX_LISTED_KEYS]),
-        unexpected,
-        missing_count=missing_count,
+        str(targets.results),
+        responses=counts.responses,
+        skipped=True,
+        requests=counts.requests,
+        failed_path=counts.failed_path,
+        failed_by_code=counts.failed_by_code,
+        missing_count=counts.missing,
+        unexpected_keys=counts.unknown,
     )
 
 
-def _input_keys(path: str) -> Iterator[str]:
-    """The request keys of the input file, streaming."""
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if raw.strip():
-                key = json.loads(raw).get("key")
-                if isinstance(key, str):
-                    yield key
+def _with_result_counts(written: dict[str, ResultCounts]) -> Callable[[JobLine], JobLine]:
+    def update(line: JobLine) -> JobLine:
+        counts = written.get(batch_name_of(line))
+        return line if counts is None else {**line, "results": counts.to_dict()}
+
+    return update
 
 
 # -- cancel ------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from ._jobs import (
 )
 from ._render import (
     render_cleaned,
+    render_download_summary,
     render_json,
     render_result,
     render_status,
@@ -136,10 +137,23 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
     status.add_argument("--interval", type=float, default=30.0, help="seconds between refreshes")
     status.add_argument("--json", action="store_true", help="print one JSON object per job")
-    download = commands.add_parser("download", help="download the results of succeeded jobs")
+    download = commands.add_parser(
+        "download", help="write the results of succeeded jobs, in input order"
+    )
     download.add_argument("files", nargs="*", metavar="FILE", help=files_help)
-    download.add_argument("--out", default="results", help="folder for results (default: results)")
+    download.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="put results under DIR, mirroring the inputs' paths "
+        "(default: a results/ folder beside each input)",
+    )
     download.add_argument("--force", action="store_true", help="download again what is there")
+    download.add_argument(
+        "--keep-raw",
+        action="store_true",
+        help="also keep the job's raw output, as the service wrote it (results/NAME.raw.jsonl)",
+    )
     download.add_argument("--json", action="store_true", help="print one JSON object per file")
     cancel = commands.add_parser("cancel", help="cancel submitted jobs that have not ended")
     cancel.add_argument("files", nargs="*", metavar="FILE", help=files_help)
@@ -339,11 +353,16 @@ async def _download(jobs: JobsContext, args: argparse.Namespace) -> int:
         args.out,
         paths=args.files,
         force=args.force,
+        keep_raw=args.keep_raw,
         on_result=_printer(args.json, render_result),
     )
     if not results:
         _print("no succeeded jobs to download yet (see: gembatch-async status)", sys.stderr)
-    return EXIT_FAILED if any(r.error for r in results) else EXIT_OK
+    elif not args.json:
+        _print(render_download_summary(results), sys.stdout)
+    # Requests the service answered with an error are results (the failed file holds
+    # them); a file not written, or results missing answers, is a failure.
+    return EXIT_OK if all(r.complete for r in results) else EXIT_FAILED
 
 
 async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:

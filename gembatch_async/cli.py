@@ -152,7 +152,7 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     download.add_argument(
         "--keep-raw",
         action="store_true",
-        help="also keep the job's raw output, as the service wrote it (results/NAME.raw.jsonl)",
+        help="also keep the job's output as the service wrote it (STEM.raw.jsonl beside the results)",
     )
     download.add_argument("--json", action="store_true", help="print one JSON object per file")
     cancel = commands.add_parser("cancel", help="cancel submitted jobs that have not ended")

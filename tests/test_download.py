@@ -348,7 +348,7 @@ def kill_while_writing_results(emulator: RunningEmulator, folder: Path) -> None:
 def test_a_killed_download_is_not_skipped_later(emulator: RunningEmulator, tmp_path: Path) -> None:
     """SIGKILL while the results are written: no results file; the next download writes
     them and removes what the killed one left."""
-    write_jsonl(tmp_path / "q.jsonl", 40_000)
+    write_jsonl(tmp_path / "q.jsonl", 20_000)
     submit(emulator, tmp_path, "q.jsonl")
     run_cli(["status"], cwd=tmp_path, env=cli_env(emulator))  # the output is made
     kill_while_writing_results(emulator, tmp_path)
@@ -357,7 +357,7 @@ def test_a_killed_download_is_not_skipped_later(emulator: RunningEmulator, tmp_p
     again = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert again.returncode == 0, again.stdout
     assert "downloaded q.jsonl" in again.stdout
-    assert len(rows(tmp_path / "results" / "q.jsonl")) == 40_000
+    assert len(rows(tmp_path / "results" / "q.jsonl")) == 20_000
     assert leftovers(tmp_path) == []
 
 

@@ -44,7 +44,6 @@ from ._jobs import (
     Cleaned,
     JobsContext,
     JobStatus,
-    ResultFile,
     cancel_jobs,
     cleanup_files,
     download_results,
@@ -52,6 +51,7 @@ from ._jobs import (
     refresh_status,
     watch_status,
 )
+from ._results import ResultCounts, ResultFile
 from ._run import run
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._submit import submit
@@ -86,6 +86,7 @@ __all__ = [
     "PermanentApiError",
     "PreflightError",
     "Problem",
+    "ResultCounts",
     "ResultFile",
     "ResultsSaved",
     "RetrySettings",

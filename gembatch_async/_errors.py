@@ -10,6 +10,8 @@ each class carries the exit code the CLI uses for it::
     │                                            carries every problem found
     ├── JournalError(OSError)          (exit 2)  job-info.jsonl cannot be read or written
     ├── InputChangedError(OSError)     (exit 1)  an input vanished or changed after pre-flight
+    ├── OutputError(ValueError)        (exit 1)  a job's output has lines that are not results;
+    │                                            carries every problem found (with line numbers)
     └── ApiError                       (exit 1)  the API or the network failed a call
         ├── TransientApiError          (exit 1)  worth retrying: 408/429/5xx, dropped, timed out
         │   └── AmbiguousApiError      (exit 1)  the action may have happened anyway
@@ -91,6 +93,20 @@ class JournalError(GembatchError, OSError):
 
 class InputChangedError(GembatchError, OSError):
     """An input is no longer the file pre-flight checked; that file alone fails."""
+
+
+class OutputError(GembatchError, ValueError):
+    """A job's output file has lines that cannot be read as results; none were written."""
+
+    def __init__(self, problems: list[Problem], more: int = 0) -> None:
+        self.problems = problems
+        self.more = more
+        total = len(problems) + more
+        noun = "line" if total == 1 else "lines"
+        shown = "; ".join(f"line {p.line}: {p.message}" for p in problems)
+        extra = f"; and {more} more" if more else ""
+        where = problems[0].path if problems else "the output"
+        super().__init__(f"{total} malformed {noun} in {where}: {shown}{extra}")
 
 
 class ApiError(GembatchError):

@@ -109,6 +109,8 @@ class ResultsSaved:
     errors: int
     #: The results were already there (an earlier run downloaded them).
     already: bool = False
+    #: Every request has exactly one answer (else see ``download`` for which).
+    complete: bool = True
     kind: Literal["results"] = field(default="results", init=False)
 
 
@@ -218,10 +220,12 @@ class RunSummary:
     downloaded: int
     elapsed: float
     interrupted: bool = False
+    #: Of those, files whose output lacked answers or had unknown ones.
+    incomplete: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and not self.interrupted
+        return self.failed == 0 and self.incomplete == 0 and not self.interrupted
 
 
 def event_to_dict(event: Event | SubmitSummary | RunSummary) -> dict[str, Any]:

@@ -8,14 +8,12 @@ cleanup deleted every file and batch it could see).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -25,10 +23,17 @@ from google import genai
 from ._client import BatchDetail, GeminiApi, api_session, batch_to_dict
 from ._errors import ApiError, PermanentApiError, UsageError
 from ._events import BatchStats, JournalProblem
-from ._identity import identity_of_path
-from ._inputs import key_hash
+from ._identity import identity_of_path, input_location
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
-from ._keysort import SortedHashes, difference
+from ._results import (
+    ResultCounts,
+    ResultFile,
+    ResultTargets,
+    fetch_results,
+    plan_targets,
+    result_targets,
+    results_are_current,
+)
 from ._retry import call_with_retries, describe
 from ._settings import DEFAULT_JOB_INFO, RetrySettings
 
@@ -42,7 +47,9 @@ _CONCURRENCY = 8
 TARGET_HOURS = 24
 EXPIRY_HOURS = 48
 EXPIRY_WARNING_HOURS = 6
-MAX_LISTED_KEYS = 100
+#: Results built at once: it is CPU work (the GIL serialises it anyway) and each
+#: holds a few MiB, so downloads overlap but memory does not add up.
+_BUILDS_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -56,24 +63,34 @@ class JobStatus:
     output_file: str | None
     #: Why the state could not be refreshed (the API call failed).
     error: str | None = None
+    #: What the last download of this job's results held (from the journal), if any.
+    results: ResultCounts | None = None
     #: Request counts from the service's batchStats, when it gave them.
     stats: BatchStats | None = None
     #: The job's own error, as the service reports it (e.g. for a FAILED job).
     batch_error: str | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.state in END_STATES
-
     #: A warning about the job's age: past the 24 h target, or near the 48 h expiry.
     notice: str | None = None
     #: The refresh failed for good (the batch is gone, or not ours to see): asking
     #: again will not help.
     error_is_final: bool = False
+    #: Where the input is, whatever folder the command runs in (see ``_identity``).
+    location: str = ""
 
     def __post_init__(self) -> None:
         if self.notice is None:
             object.__setattr__(self, "notice", _age_notice(self.state, self.age_seconds))
+        if not self.location:
+            object.__setattr__(self, "location", self.path)
+
+    @property
+    def done(self) -> bool:
+        return self.state in END_STATES
+
+    @property
+    def created_at(self) -> float | None:
+        """When the job was created (epoch seconds), if known."""
+        return None if self.age_seconds is None else time.time() - self.age_seconds
 
 
 def _age_notice(state: str, age_seconds: float | None) -> str | None:
@@ -86,23 +103,6 @@ def _age_notice(state: str, age_seconds: float | None) -> str | None:
     if hours >= TARGET_HOURS:
         return f"stuck? unfinished after {hours:.0f}h (the service targets 24 h)"
     return None
-
-
-@dataclass(frozen=True)
-class ResultFile:
-    """A downloaded result file and what matching it to its input found (USERS.md P8, P10)."""
-
-    path: str
-    batch_name: str
-    output_path: str
-    responses: int
-    errors: int
-    #: The first MAX_LISTED_KEYS input keys with no output line; missing_count has them all.
-    missing_keys: tuple[str, ...]
-    unexpected_keys: int
-    skipped: bool = False
-    error: str | None = None
-    missing_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -174,28 +174,28 @@ async def refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStat
     """The status of each line, in the same order (ended jobs from the journal alone)."""
     fresh: dict[str, BatchDetail] = {}
     statuses: list[JobStatus | None] = [None] * len(lines)
+    root = jobs.journal.root
 
     async def check(index: int) -> None:
         line = lines[index]
-        path, name = str(line["input_file"]), batch_name_of(line)
+        name = batch_name_of(line)
         if batch_state_of(line) in END_STATES:  # settled: nothing can change any more
-            statuses[index] = _status_from_line(line)
+            statuses[index] = _status_from_line(line, root)
             return
         try:
             detail = await jobs.call(lambda: jobs.api.get_batch_detail(name))
         except ApiError as exc:
             statuses[index] = replace(
-                _status_from_line(line, error=describe(exc)),
+                _status_from_line(line, root, error=describe(exc)),
                 error_is_final=isinstance(exc, PermanentApiError),
             )
             return
         fresh[name] = detail
-        statuses[index] = _status_from_batch(path, detail)
+        statuses[index] = _status_from_batch(line, root, detail)
 
     await _for_each(range(len(lines)), check)
     if fresh:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_fresh_batches(fresh))
-    assert all(status is not None for status in statuses)
     return [status for status in statuses if status is not None]
 
 
@@ -216,7 +216,12 @@ def _with_fresh_batches(fresh: dict[str, BatchDetail]) -> Callable[[JobLine], Jo
     return update
 
 
-def _status_from_batch(path: str, detail: BatchDetail) -> JobStatus:
+def _recorded_results(line: JobLine) -> ResultCounts | None:
+    counts = ResultCounts.from_dict(line.get("results"))
+    return counts if counts is not None and counts.batch_name == batch_name_of(line) else None
+
+
+def _status_from_batch(line: JobLine, root: str, detail: BatchDetail) -> JobStatus:
     batch = detail.job
     state = batch.state.value if batch.state is not None else "JOB_STATE_UNSPECIFIED"
     age = (
@@ -225,10 +230,20 @@ def _status_from_batch(path: str, detail: BatchDetail) -> JobStatus:
         else None
     )
     output = batch.dest.file_name if batch.dest is not None else None
-    return JobStatus(path, batch.name or "", state, age, output, None, detail.stats, detail.error)
+    return JobStatus(
+        str(line["input_file"]),
+        batch.name or "",
+        state,
+        age,
+        output,
+        results=_recorded_results(line),
+        stats=detail.stats,
+        batch_error=detail.error,
+        location=input_location(line, root),
+    )
 
 
-def _status_from_line(line: JobLine, error: str | None = None) -> JobStatus:
+def _status_from_line(line: JobLine, root: str, error: str | None = None) -> JobStatus:
     batch = line.get("batch") if isinstance(line.get("batch"), dict) else {}
     assert isinstance(batch, dict)
     created = batch.get("create_time")
@@ -250,8 +265,10 @@ def _status_from_line(line: JobLine, error: str | None = None) -> JobStatus:
         age,
         output,
         error,
+        _recorded_results(line),
         _recorded_stats(line.get("batch_stats")),
         recorded_error if isinstance(recorded_error, str) else None,
+        location=input_location(line, root),
     )
 
 
@@ -277,8 +294,8 @@ async def watch_status(
     while True:
         statuses = await refresh_status(jobs, paths)
         for status in statuses:
-            if seen.get(status.path) != status.state:
-                seen[status.path] = status.state
+            if seen.get(status.location) != status.state:
+                seen[status.location] = status.state
                 on_change(status)
         if all(s.done for s in statuses):
             return statuses
@@ -288,101 +305,132 @@ async def watch_status(
 # -- download --------------------------------------------------------------------------
 async def download_results(
     jobs: JobsContext,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
     *,
     paths: Sequence[str] | None = None,
     force: bool = False,
+    keep_raw: bool = False,
     on_result: Callable[[ResultFile], None] = lambda result: None,
 ) -> list[ResultFile]:
-    """Stream each succeeded job's output to ``out_dir`` and match it to its input by key."""
+    """Write the results of each succeeded job, in input order (``_results``).
+
+    Results go to ``<input dir>/results/<input name>``, or with ``out_dir`` to the
+    input's path mirrored under it. Results already there (and newer than their
+    job) are skipped unless ``force``. What each holds is recorded in the journal.
+    """
+    if out_dir is not None and await _exists_but_not_folder(out_dir):
+        raise UsageError(f"--out {os.fspath(out_dir)} exists and is not a folder")
     statuses = await refresh_status(jobs, paths)
     ready = [s for s in statuses if s.state == "JOB_STATE_SUCCEEDED" and s.output_file]
+    root = jobs.journal.root
+    plan = plan_targets(
+        [s.location for s in ready],
+        out_dir,
+        inputs=[input_location(line, root) for line in jobs.recorded()],
+        keep_raw=keep_raw,
+    )
+    limiter = anyio.CapacityLimiter(_BUILDS_AT_ONCE)
     results: list[ResultFile] = []
 
     async def fetch(status: JobStatus) -> None:
-        result = await fetch_results(jobs, status, out_dir, force=force)
+        choice = _Choice(out_dir, force, keep_raw, limiter)
+        result = await _results_of(jobs, status, plan[status.location], choice)
         results.append(result)
         on_result(result)
 
     await _for_each(ready, fetch)
-    return results
+    await _record_counts(jobs, results)
+    order = {s.path: i for i, s in enumerate(ready)}
+    return sorted(results, key=lambda r: order[r.path])
 
 
-async def fetch_results(
-    jobs: JobsContext, status: JobStatus, out_dir: str | os.PathLike[str], *, force: bool = False
+async def collect_results(
+    jobs: JobsContext,
+    status: JobStatus,
+    out_dir: str | os.PathLike[str] | None,
+    limiter: anyio.CapacityLimiter,
 ) -> ResultFile:
-    """One succeeded job's results, downloaded and matched (skipped when already there)."""
-    folder = Path(out_dir)
-    await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
-    target = folder / (Path(status.path).stem + ".results.jsonl")
-    if not force and await anyio.Path(target).exists():
-        return ResultFile(status.path, status.batch_name, str(target), 0, 0, (), 0, skipped=True)
-    return await _download_one(jobs, status, target)
+    """One succeeded job's results (for ``run``): written where ``download`` puts them,
+    skipped when already current, refused on a collision, recorded in the journal."""
+    root = jobs.journal.root
+    plan = plan_targets(
+        [status.location],
+        out_dir,
+        inputs=[input_location(line, root) for line in jobs.recorded()],
+    )
+    result = await _results_of(
+        jobs, status, plan[status.location], _Choice(out_dir, False, False, limiter)
+    )
+    await _record_counts(jobs, [result])
+    return result
 
 
-async def _download_one(jobs: JobsContext, status: JobStatus, target: Path) -> ResultFile:
-    assert status.output_file is not None
-    handle, temp = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
-    os.close(handle)
-    try:
-        await jobs.call(lambda: jobs.api.download_file(status.output_file or "", temp))
-        await anyio.to_thread.run_sync(os.replace, temp, target)
-    except ApiError as exc:
-        os.unlink(temp)
-        return ResultFile(
-            status.path, status.batch_name, str(target), 0, 0, (), 0, error=describe(exc)
-        )
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return await anyio.to_thread.run_sync(_match_keys, status, target)
+@dataclass(frozen=True)
+class _Choice:
+    """How a command wants results written."""
+
+    out_dir: str | os.PathLike[str] | None
+    force: bool
+    keep_raw: bool
+    limiter: anyio.CapacityLimiter
 
 
-def _match_keys(status: JobStatus, target: Path) -> ResultFile:
-    """Count responses and errors, and match output keys to input keys (streaming).
-
-    Keys are compared as externally sorted 8-byte hashes (``_keysort``), so a
-    result of millions of lines needs a few MiB; a second pass over the input
-    names the first missing keys.
-    """
-    responses = errors = 0
-    with SortedHashes() as answered, SortedHashes() as wanted:
-        with target.open("rb") as handle:
-            for raw in handle:
-                if not raw.strip():
-                    continue
-                row = json.loads(raw)
-                errors += "error" in row
-                responses += "response" in row
-                if isinstance(row.get("key"), str):
-                    answered.add(key_hash(row["key"]))
-        try:
-            for key in _input_keys(status.path):
-                wanted.add(key_hash(key))
-        except (OSError, ValueError):  # the input is gone or changed shape: nothing to match
-            return ResultFile(status.path, status.batch_name, str(target), responses, errors, (), 0)
-        missing, missing_count, unexpected = difference(wanted, answered, MAX_LISTED_KEYS)
-    named = [key for key in _input_keys(status.path) if key_hash(key) in missing] if missing else []
-    return ResultFile(
-        status.path,
-        status.batch_name,
-        str(target),
-        responses,
-        errors,
-        tuple(named[:MAX_LISTED_KEYS]),
-        unexpected,
-        missing_count=missing_count,
+async def _results_of(
+    jobs: JobsContext, status: JobStatus, targets: ResultTargets | str, choice: _Choice
+) -> ResultFile:
+    if isinstance(targets, str):  # refused: it would collide
+        where = str(result_targets(status.location, choice.out_dir).results)
+        return ResultFile(status.path, status.batch_name, where, error=targets)
+    if not choice.force and await anyio.to_thread.run_sync(
+        results_are_current, targets, status.created_at
+    ):
+        return _skipped(status, targets)
+    return await fetch_results(
+        jobs.api,
+        status,
+        targets,
+        retry=jobs.retry,
+        keep_raw=choice.keep_raw,
+        limiter=choice.limiter,
     )
 
 
-def _input_keys(path: str) -> Iterator[str]:
-    """The request keys of the input file, streaming."""
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if raw.strip():
-                key = json.loads(raw).get("key")
-                if isinstance(key, str):
-                    yield key
+async def _record_counts(jobs: JobsContext, results: list[ResultFile]) -> None:
+    written = {r.batch_name: r.counts() for r in results if not r.skipped and r.error is None}
+    if written:
+        await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_result_counts(written))
+
+
+async def _exists_but_not_folder(path: str | os.PathLike[str]) -> bool:
+    folder = anyio.Path(path)
+    return await folder.exists() and not await folder.is_dir()
+
+
+def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
+    """Results already there: what the journal recorded of them, when it did."""
+    counts = status.results
+    if counts is None or counts.results_path != str(targets.results):
+        return ResultFile(status.path, status.batch_name, str(targets.results), skipped=True)
+    return ResultFile(
+        status.path,
+        status.batch_name,
+        str(targets.results),
+        responses=counts.responses,
+        skipped=True,
+        requests=counts.requests,
+        failed_path=counts.failed_path,
+        failed_by_code=counts.failed_by_code,
+        missing_count=counts.missing,
+        unexpected_keys=counts.unknown,
+    )
+
+
+def _with_result_counts(written: dict[str, ResultCounts]) -> Callable[[JobLine], JobLine]:
+    def update(line: JobLine) -> JobLine:
+        counts = written.get(batch_name_of(line))
+        return line if counts is None else {**line, "results": counts.to_dict()}
+
+    return update
 
 
 # -- cancel ------------------------------------------------------------------------------

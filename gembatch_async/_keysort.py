@@ -1,9 +1,14 @@
-"""Sorting request-key hashes in bounded memory, for duplicate and missing-key checks.
+"""Sorting in bounded memory: request-key hashes, and fixed-width records keyed by them.
 
 A 1 GiB input of short requests holds ten million keys; a set of them, or even
 ``sorted()`` of an array of their hashes, would grow memory with the file. Here
-hashes are sorted in runs of a fixed size, spilled to a temporary file, and
+values are sorted in runs of a fixed size, spilled to a temporary file, and
 merged back as a stream (an external merge sort), so memory stays flat.
+
+Two front ends share the spilling and merging: :class:`SortedHashes` (64-bit
+ints, for duplicate and missing-key checks) and :class:`SortedRecords`
+(fixed-width byte strings compared as bytes, for the result index in
+``_results``: pack the sort key big-endian first and the payload after it).
 """
 
 from __future__ import annotations
@@ -13,59 +18,55 @@ import itertools
 import os
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import BinaryIO
 
-#: Values per in-memory run: the sort's temporary list stays a few MiB.
+#: Values per in-memory run of :class:`SortedHashes`: the sort's temporary list stays a few MiB.
 RUN_SIZE = 1 << 17
-_READ_VALUES = 1 << 13
+#: Bytes of records per in-memory run of :class:`SortedRecords` (a list of bytes objects
+#: costs about 50 bytes a record besides the record itself).
+RECORD_RUN_BYTES = 1 << 21
+#: Read buffers of all runs together while merging: many runs get small buffers each,
+#: so a huge sort does not multiply memory by its number of runs.
+MERGE_BUFFER_BYTES = 1 << 21
+_MIN_READ_BYTES = 1 << 12
 
 
-class SortedHashes:
-    """Collect 64-bit values with :meth:`add`, then read them back in order."""
+class _SpilledRuns:
+    """Sorted runs of fixed-width records in one temporary file, read back merged."""
 
-    def __init__(self, run_size: int | None = None) -> None:
-        self._run_size = run_size or RUN_SIZE
-        self._buffer: array[int] = array("q")
+    def __init__(self, width: int) -> None:
+        self.width = width
         self._file: BinaryIO | None = None
-        self._runs: list[tuple[int, int]] = []  # (byte offset, count) of each spilled run
-        self.count = 0
+        self._runs: list[tuple[int, int]] = []  # (byte offset, record count) of each run
 
-    def add(self, value: int) -> None:
-        self._buffer.append(value)
-        self.count += 1
-        if len(self._buffer) >= self._run_size:
-            self._spill()
+    def __bool__(self) -> bool:
+        return bool(self._runs)
 
-    def _spill(self) -> None:
+    def spill(self, data: bytes) -> None:
+        """Append one sorted run (its records concatenated)."""
         if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="gembatch-keys-")  # noqa: SIM115 (closed by close())
-        spill = self._file
-        run = array("q", sorted(self._buffer))
-        offset = spill.seek(0, os.SEEK_END)
-        spill.write(run.tobytes())
-        spill.flush()
-        self._runs.append((offset, len(run)))
-        self._buffer = array("q")
+            self._file = tempfile.TemporaryFile(prefix="gembatch-sort-")  # noqa: SIM115 (closed by close())
+        offset = self._file.seek(0, os.SEEK_END)
+        self._file.write(data)
+        self._file.flush()
+        self._runs.append((offset, len(data) // self.width))
 
-    def __iter__(self) -> Iterator[int]:
-        """Every value, ascending (duplicates kept)."""
-        if not self._runs:
-            return iter(sorted(self._buffer))
-        if self._buffer:
-            self._spill()
-        return heapq.merge(*(self._read_run(offset, count) for offset, count in self._runs))
+    def chunked_runs(self) -> list[Iterator[bytes]]:
+        """Each run as an iterator of chunks (whole records), sized to share the budget."""
+        per_run = max(_MIN_READ_BYTES, MERGE_BUFFER_BYTES // max(1, len(self._runs)))
+        records = max(1, per_run // self.width)
+        return [self._read_run(offset, count, records) for offset, count in self._runs]
 
-    def _read_run(self, offset: int, count: int) -> Iterator[int]:
+    def _read_run(self, offset: int, count: int, records: int) -> Iterator[bytes]:
         assert self._file is not None
         fd = self._file.fileno()
         while count:
-            take = min(count, _READ_VALUES)
-            chunk = array("q")
-            chunk.frombytes(os.pread(fd, take * 8, offset))
-            yield from chunk
-            offset += take * 8
+            take = min(count, records)
+            chunk = _pread_exactly(fd, take * self.width, offset)
+            yield chunk
+            offset += len(chunk)
             count -= take
 
     def close(self) -> None:
@@ -73,7 +74,24 @@ class SortedHashes:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> SortedHashes:
+
+def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    while len(data) < size:  # a short read of a regular file only happens at its end
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            raise OSError(f"sort spill file ended early at byte {offset + len(data)}")
+        data += more
+    return data
+
+
+class _Closing:
+    _runs: _SpilledRuns
+
+    def close(self) -> None:
+        self._runs.close()
+
+    def __enter__(self) -> _Closing:
         return self
 
     def __exit__(
@@ -85,6 +103,85 @@ class SortedHashes:
         self.close()
 
 
+class SortedHashes(_Closing):
+    """Collect 64-bit values with :meth:`add`, then read them back in order."""
+
+    def __init__(self, run_size: int | None = None) -> None:
+        self._run_size = run_size or RUN_SIZE
+        self._buffer: array[int] = array("q")
+        self._runs = _SpilledRuns(8)
+        self.count = 0
+
+    def add(self, value: int) -> None:
+        self._buffer.append(value)
+        self.count += 1
+        if len(self._buffer) >= self._run_size:
+            self._spill()
+
+    def _spill(self) -> None:
+        self._runs.spill(array("q", sorted(self._buffer)).tobytes())
+        self._buffer = array("q")
+
+    def __iter__(self) -> Iterator[int]:
+        """Every value, ascending (duplicates kept)."""
+        if not self._runs:
+            return iter(sorted(self._buffer))
+        if self._buffer:
+            self._spill()
+        return heapq.merge(*(_values(run) for run in self._runs.chunked_runs()))
+
+    def __enter__(self) -> SortedHashes:
+        return self
+
+
+def _values(chunks: Iterable[bytes]) -> Iterator[int]:
+    for chunk in chunks:
+        values = array("q")
+        values.frombytes(chunk)
+        yield from values
+
+
+class SortedRecords(_Closing):
+    """Collect byte records of one fixed width with :meth:`add`, then read them back
+    in byte order (duplicates kept)."""
+
+    def __init__(self, width: int, run_size: int | None = None) -> None:
+        self.width = width
+        self._run_size = run_size or max(1024, RECORD_RUN_BYTES // (width + 50))
+        self._buffer: list[bytes] = []
+        self._runs = _SpilledRuns(width)
+        self.count = 0
+
+    def add(self, record: bytes) -> None:
+        if len(record) != self.width:
+            raise ValueError(f"record of {len(record)} bytes, expected {self.width}")
+        self._buffer.append(record)
+        self.count += 1
+        if len(self._buffer) >= self._run_size:
+            self._spill()
+
+    def _spill(self) -> None:
+        self._buffer.sort()
+        self._runs.spill(b"".join(self._buffer))
+        self._buffer = []
+
+    def __iter__(self) -> Iterator[bytes]:
+        if not self._runs:
+            return iter(sorted(self._buffer))
+        if self._buffer:
+            self._spill()
+        return heapq.merge(*(self._records(run) for run in self._runs.chunked_runs()))
+
+    def _records(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        width = self.width
+        for chunk in chunks:
+            for start in range(0, len(chunk), width):
+                yield chunk[start : start + width]
+
+    def __enter__(self) -> SortedRecords:
+        return self
+
+
 def repeated(values: SortedHashes, limit: int) -> set[int]:
     """Up to ``limit`` values that occur more than once."""
     found: set[int] = set()
@@ -94,31 +191,3 @@ def repeated(values: SortedHashes, limit: int) -> set[int]:
             if len(found) >= limit:
                 break
     return found
-
-
-def difference(wanted: SortedHashes, got: SortedHashes, limit: int) -> tuple[set[int], int, int]:
-    """(up to ``limit`` values of ``wanted`` missing from ``got``, how many are missing,
-    how many distinct values of ``got`` are not in ``wanted``)."""
-    missing: set[int] = set()
-    missing_count = unexpected = 0
-    a = _distinct(iter(wanted))
-    b = _distinct(iter(got))
-    x, y = next(a, None), next(b, None)
-    while x is not None:
-        if y is None or x < y:
-            missing_count += 1
-            if len(missing) < limit:
-                missing.add(x)
-            x = next(a, None)
-        elif y < x:
-            unexpected += 1
-            y = next(b, None)
-        else:
-            x, y = next(a, None), next(b, None)
-    if y is not None:
-        unexpected += 1 + sum(1 for _ in b)
-    return missing, missing_count, unexpected
-
-
-def _distinct(values: Iterator[int]) -> Iterator[int]:
-    return (value for value, _ in itertools.groupby(values))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
 
 from ._events import (
     BatchStats,
@@ -23,7 +25,8 @@ from ._events import (
     WouldSubmit,
     event_to_dict,
 )
-from ._jobs import Cleaned, JobStatus, ResultFile
+from ._jobs import Cleaned, JobStatus
+from ._results import ResultFile
 
 
 def render_text(event: Event) -> tuple[str, bool]:
@@ -56,9 +59,10 @@ def render_text(event: Event) -> tuple[str, bool]:
     if isinstance(event, ResultsSaved) and event.already:
         return f"results {event.path} already in {event.output_path}", False
     if isinstance(event, ResultsSaved):
+        whole = "" if event.complete else "; answers missing or unknown: see download"
         return (
             f"results {event.path} -> {event.output_path} "
-            f"({event.responses} responses, {event.errors} errors)",
+            f"({event.responses} responses, {event.errors} errors{whole})",
             False,
         )
     if isinstance(event, JobEnded):
@@ -112,8 +116,9 @@ def _counts(stats: BatchStats | None) -> str:
 
 
 def render_run_summary(summary: RunSummary) -> str:
+    incomplete = f" ({summary.incomplete} incomplete)" if summary.incomplete else ""
     text = (
-        f"results for {summary.downloaded}, failed {summary.failed} "
+        f"results for {summary.downloaded}{incomplete}, failed {summary.failed} "
         f"(submitted {summary.submitted}, already recorded {summary.skipped}) "
         f"in {summary.elapsed:.1f}s"
     )
@@ -146,25 +151,80 @@ def render_status(status: JobStatus) -> str:
         line += f"  [{status.notice}]"
     if status.error:
         line += f" (could not refresh: {status.error})"
+    if status.results is not None:
+        counts = status.results
+        line += f" (results: {counts.responses} answered, {counts.failed} failed"
+        line += f", {counts.unknown} unknown answers)" if counts.unknown else ")"
     return line
+
+
+def _by_code(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n} × {label}" for label, n in sorted(counts.items(), key=lambda c: -c[1]))
+
+
+def _listed(keys: Sequence[str], total: int, shown: int = 5) -> str:
+    names = ", ".join(repr(k) if k else "(no key)" for k in keys[:shown])
+    return names + (f" and {total - min(shown, len(keys))} more" if total > shown else "")
 
 
 def render_result(result: ResultFile) -> str:
     if result.error:
-        return f"error {result.path}: {result.error}"
+        lines = [f"error {result.path}: {result.error}"]
+        return "\n".join(lines + [f"  {problem}" for problem in result.problems])
     if result.skipped:
-        return f"skipped {result.path}: {result.output_path} exists (--force to download again)"
-    line = (
-        f"downloaded {result.path} -> {result.output_path} "
-        f"({result.responses} responses, {result.errors} errors"
-    )
+        line = f"skipped {result.path}: {result.output_path} is there (--force to download again)"
+    else:
+        line = f"downloaded {result.path} -> {result.output_path}: {result.requests} requests"
+        line += ", matched by position (no keys)" if result.keyless else ""
+    if result.requests or not result.skipped:
+        line += f", {result.responses} answered, {result.failed} failed"
+    if result.failed:
+        line += f" ({_by_code(result.failed_by_code)})"
+        if result.failed_path:
+            line += f" -> {result.failed_path}"
+    notes = _incomplete_notes(result)
+    return line + ("; " + "; ".join(notes) if notes else "")
+
+
+def _incomplete_notes(result: ResultFile) -> list[str]:
+    notes = []
     if result.missing_count:
-        shown = ", ".join(result.missing_keys[:5])
-        more = f" and {result.missing_count - 5} more" if result.missing_count > 5 else ""
-        line += f", {result.missing_count} keys missing: {shown}{more}"
+        notes.append(
+            f"{result.missing_count} never answered: "
+            f"{_listed(result.missing_keys, result.missing_count)}"
+            if result.missing_keys
+            else f"{result.missing_count} never answered"
+        )
+    if result.unmatched:
+        notes.append(f"{result.unmatched} without a key in a job with keys")
     if result.unexpected_keys:
-        line += f", {result.unexpected_keys} unexpected keys"
-    return line + ")"
+        named = [k for k in result.unknown_keys if k]
+        notes.append(
+            f"{result.unexpected_keys} answers for no request"
+            + (f": {_listed(named, result.unexpected_keys)}" if named else "")
+        )
+    if result.duplicates:
+        notes.append(f"{result.duplicates} extra answers to an answered key (the first kept)")
+    if result.raw_path:
+        notes.append(f"raw output in {result.raw_path}")
+    return notes
+
+
+def render_download_summary(results: Sequence[ResultFile]) -> str:
+    written = sum(1 for r in results if not r.skipped and not r.error)
+    skipped = sum(1 for r in results if r.skipped)
+    errors = sum(1 for r in results if r.error)
+    incomplete = sum(1 for r in results if not r.error and not r.complete)
+    failed: Counter[str] = Counter()
+    for result in results:
+        failed.update(result.failed_by_code)
+    line = f"downloaded {written}, skipped {skipped}, errors {errors}"
+    if incomplete:
+        line += f", incomplete {incomplete}"
+    total = sum(failed.values())
+    if total:
+        line += f"; {total} failed requests ({_by_code(failed)}), listed in the .failed.jsonl files"
+    return line
 
 
 def render_cleaned(item: Cleaned) -> str:

@@ -41,7 +41,7 @@ from ._jobs import (
     END_STATES,
     JobsContext,
     JobStatus,
-    fetch_results,
+    collect_results,
     refresh_lines,
     with_uploads_deleted,
 )
@@ -74,7 +74,9 @@ class _Watch:
     inputs: dict[str, _Input]
     submitting: int = 0
     interrupted: bool = False
-    counts: dict[str, int] = field(default_factory=lambda: {"downloaded": 0, "failed": 0})
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"downloaded": 0, "failed": 0, "incomplete": 0}
+    )
 
     def settled(self) -> bool:
         return self.submitting == 0 and all(i.done or i.failed for i in self.inputs.values())
@@ -85,7 +87,7 @@ async def run(
     *,
     settings: SubmitSettings | None = None,
     job_info: str | os.PathLike[str] = DEFAULT_JOB_INFO,
-    out_dir: str | os.PathLike[str] = "results",
+    out_dir: str | os.PathLike[str] | None = None,
     interval: float = 30.0,
     resubmits: int = 1,
     client: genai.Client | None = None,
@@ -123,6 +125,7 @@ async def run(
         skipped=tally.skipped,
         failed=tally.failed + watch.counts["failed"],
         downloaded=watch.counts["downloaded"],
+        incomplete=watch.counts["incomplete"],
         elapsed=time.monotonic() - started,
         interrupted=watch.interrupted,
     )
@@ -146,7 +149,9 @@ class _Runner:
         self.emit = emit
         self.stop = stop
         self.watch = watch
-        self.polling = _Polling("results", 30.0)
+        self.polling = _Polling(None, 30.0)
+        #: Results built at once (CPU work, a few MiB each).
+        self._builds = anyio.CapacityLimiter(2)
         self.submitted = self._submit_run(settings)
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
@@ -251,7 +256,7 @@ class _Runner:
     async def _collect(self, entry: _Input, status: JobStatus) -> None:
         """Download the results, then delete the job's upload (it only takes storage now)."""
         try:
-            result = await fetch_results(self.jobs, status, self.polling.out_dir)
+            result = await collect_results(self.jobs, status, self.polling.out_dir, self._builds)
         except ApiError as exc:
             self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))
             return  # the next poll tries again
@@ -268,11 +273,14 @@ class _Runner:
                 result.responses,
                 result.errors,
                 already=result.skipped,
+                complete=result.complete,
             )
         )
         await self._delete_upload(entry)
         entry.done = True
         self.watch.counts["downloaded"] += 1
+        if not result.complete:  # answers missing or unknown: the file is not whole
+            self.watch.counts["incomplete"] += 1
 
     async def _delete_upload(self, entry: _Input) -> None:
         line = self.jobs.journal.refresh().latest.get(entry.item.identity)
@@ -308,7 +316,7 @@ class _Runner:
 class _Polling:
     """Where results go, and how often the watcher asks."""
 
-    out_dir: str | os.PathLike[str]
+    out_dir: str | os.PathLike[str] | None
     interval: float
 
 

@@ -37,6 +37,7 @@ from ._jobs import (
 )
 from ._render import (
     render_cleaned,
+    render_download_summary,
     render_json,
     render_result,
     render_run_summary,
@@ -151,7 +152,12 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument(
         "--interval", type=_positive_seconds, default=30.0, help="seconds between polls"
     )
-    run.add_argument("--out", default="results", help="folder for results (default: results)")
+    run.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="mirror the inputs' paths under DIR (default: <input dir>/results/<input name>)",
+    )
     run.add_argument(
         "--resubmits",
         type=_at_least(0),
@@ -231,10 +237,23 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--interval", type=_positive_seconds, default=30.0, help="seconds between refreshes"
     )
     status.add_argument("--json", action="store_true", help="print one JSON object per job")
-    download = commands.add_parser("download", help="download the results of succeeded jobs")
+    download = commands.add_parser(
+        "download", help="write the results of succeeded jobs, in input order"
+    )
     download.add_argument("files", nargs="*", metavar="FILE", help=files_help)
-    download.add_argument("--out", default="results", help="folder for results (default: results)")
+    download.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="put results under DIR, mirroring the inputs' paths "
+        "(default: a results/ folder beside each input)",
+    )
     download.add_argument("--force", action="store_true", help="download again what is there")
+    download.add_argument(
+        "--keep-raw",
+        action="store_true",
+        help="also keep the job's output as the service wrote it (STEM.raw.jsonl beside the results)",
+    )
     download.add_argument("--json", action="store_true", help="print one JSON object per file")
     cancel = commands.add_parser("cancel", help="cancel submitted jobs that have not ended")
     cancel.add_argument("files", nargs="*", metavar="FILE", help=files_help)
@@ -258,6 +277,14 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     emu.add_argument("--faults", default="", help="ENDPOINT:PROBABILITY:KIND,... to inject")
     emu.add_argument("--fault-seed", type=int, default=None, help="make faults repeatable")
+    emu.add_argument(
+        "--request-errors",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of requests (0-1) answered with a per-request error line, "
+        "chosen by a hash of --fault-seed and the request's key (default: 0)",
+    )
     emu.add_argument(
         "--max-unfinished-batches",
         type=_at_least(0),
@@ -414,7 +441,7 @@ async def _run_command(args: argparse.Namespace) -> int:
     _print(render_json(summary) if args.json else render_run_summary(summary), sys.stdout)
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if summary.failed else EXIT_OK
+    return EXIT_OK if summary.ok else EXIT_FAILED
 
 
 @contextlib.contextmanager
@@ -534,11 +561,16 @@ async def _download(jobs: JobsContext, args: argparse.Namespace) -> int:
         args.out,
         paths=args.files,
         force=args.force,
+        keep_raw=args.keep_raw,
         on_result=_printer(args.json, render_result),
     )
     if not results:
         _print("no succeeded jobs to download yet (see: gembatch-async status)", sys.stderr)
-    return EXIT_FAILED if any(r.error for r in results) else EXIT_OK
+    elif not args.json:
+        _print(render_download_summary(results), sys.stdout)
+    # Requests the service answered with an error are results (the failed file holds
+    # them); a file not written, or results missing answers, is a failure.
+    return EXIT_OK if all(r.complete for r in results) else EXIT_FAILED
 
 
 async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:
@@ -591,6 +623,7 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             expire_after_seconds=args.expire_after,
             storage_quota_bytes=args.storage_quota_bytes,
             extra_models=tuple(args.models),
+            request_errors=args.request_errors,
         )
         server = serve_emulator(config)
     except FaultSpecError as exc:

@@ -115,23 +115,39 @@ def test_duplicate_keys_found_beyond_one_sort_run(
     ]
 
 
+@given(values=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_external_sort_of_hashes_matches_sorted(values: list[int]) -> None:
+    """Spilled, merged runs give exactly sorted(), and the repeated values."""
+    from gembatch_async._keysort import SortedHashes, repeated
+
+    with SortedHashes(run_size=16) as sorter:
+        for value in values:
+            sorter.add(value)
+        assert list(sorter) == sorted(values)
+        assert repeated(sorter, 10_000) == {v for v in values if values.count(v) > 1}
+
+
 @given(
-    wanted=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
-    got=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300),
+    records=st.lists(st.binary(min_size=5, max_size=5), max_size=400),
+    run_size=st.integers(1, 50),
+    buffer=st.integers(1, 64),
 )
 @settings(max_examples=60, deadline=None)
-def test_external_sort_difference_matches_sets(wanted: list[int], got: list[int]) -> None:
-    """Spilled, merged runs give exactly what set arithmetic gives."""
-    from gembatch_async._keysort import SortedHashes, difference, repeated
+def test_external_sort_of_records_matches_sorted(
+    records: list[bytes], run_size: int, buffer: int
+) -> None:
+    """Fixed-width records, spilled in runs and merged through tiny buffers: sorted()."""
+    from gembatch_async import _keysort
+    from gembatch_async._keysort import SortedRecords
 
-    with SortedHashes(run_size=16) as a, SortedHashes(run_size=16) as b:
-        for value in wanted:
-            a.add(value)
-        for value in got:
-            b.add(value)
-        assert list(a) == sorted(wanted)
-        missing, count, unexpected = difference(a, b, limit=10_000)
-        assert missing == set(wanted) - set(got)
-        assert count == len(set(wanted) - set(got))
-        assert unexpected == len(set(got) - set(wanted))
-        assert repeated(a, 10_000) == {v for v in wanted if wanted.count(v) > 1}
+    original = _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES
+    _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES = buffer, 1
+    try:
+        with SortedRecords(5, run_size=run_size) as sorter:
+            for record in records:
+                sorter.add(record)
+            assert list(sorter) == sorted(records)
+            assert sorter.count == len(records)
+    finally:
+        _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES = original

@@ -61,28 +61,25 @@ def test_watch_until_done(emulator: RunningEmulator, tmp_path: Path) -> None:
 
 
 @FAST_JOBS
-def test_download_matches_keys(emulator: RunningEmulator, tmp_path: Path) -> None:
-    """download streams each output to results/ and matches every line to its key."""
+def test_download_writes_results_beside_each_input(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """download writes results/NAME beside each input, one line per request in input
+    order, and skips them the next time."""
     names = submitted(emulator, tmp_path)
-    # A request added after submission has no answer: download must say so.
-    with (tmp_path / names[0]).open("a") as handle:
-        handle.write(json.dumps({"key": "late", "request": {"contents": []}}) + "\n")
     wait_until_done(emulator)
     result = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("downloaded") == 3
-    assert "1 keys missing: late" in result.stdout
+    assert result.stdout.count("downloaded in-") == 3
+    assert result.stdout.splitlines()[-1] == "downloaded 3, skipped 0, errors 0"
     for name in names:
-        rows = [
-            json.loads(line)
-            for line in (tmp_path / "results" / name.replace(".jsonl", ".results.jsonl"))
-            .read_text()
-            .splitlines()
-        ]
-        assert sorted(row["key"] for row in rows) == [f"k{i}" for i in range(4)]
+        rows = [json.loads(line) for line in (tmp_path / "results" / name).read_text().splitlines()]
+        assert [row["key"] for row in rows] == [f"k{i}" for i in range(4)]
         assert all("response" in row for row in rows)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted(names)
     again = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
-    assert again.stdout.count("skipped") == 3
+    assert again.returncode == 0
+    assert again.stdout.count("skipped in-") == 3
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ EXPECTED = {
     "JobsContext",
     "JobStatus",
     "ResultFile",
+    "ResultCounts",
     "cancel_jobs",
     "cleanup_files",
     "download_results",

@@ -33,7 +33,9 @@ def _uploads(emulator: RunningEmulator) -> list[dict[str, Any]]:
 
 
 def _result_files(folder: Path) -> list[Path]:
-    return sorted((folder / "results").glob("*.results.jsonl"))
+    """Results files in the layout download and run share: <input dir>/results/<name>."""
+    found = (folder / "results").glob("*.jsonl")
+    return sorted(p for p in found if not p.name.endswith((".failed.jsonl", ".raw.jsonl")))
 
 
 @WINDOW_OF_8

@@ -432,6 +432,9 @@ def test_option_fuzz_is_one_clear_line(
     (tmp_path / "sub" / ".gembatch-emulator").write_text("in the way\n")
     env = cli_env(emulator)
     assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    wait_until(  # download has something to write (the emulator's jobs take 2 s)
+        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
+    )
     (tmp_path / "sub" / "j.jsonl").write_text("")
     result = run_cli(args, cwd=tmp_path, env=env, timeout=30)
     assert result.returncode == code, result.stderr

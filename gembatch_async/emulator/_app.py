@@ -26,6 +26,7 @@ from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._errors import STORAGE_METRIC, ApiError, fault_message, quota_error
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
 from gembatch_async.emulator._models import BATCH_EMBED, BATCH_GENERATE, model_spec
+from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._store import (
     UNFINISHED,
     BatchRecord,
@@ -398,6 +399,7 @@ class EmulatorApp:
                 batch.batch_id,
                 batch.model.removeprefix("models/"),
                 batch.kind,
+                RequestErrors(self.config.request_errors, self.config.fault_seed),
             )
             self.store.register_output(batch, size, digest)
 

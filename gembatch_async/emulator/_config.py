@@ -35,12 +35,17 @@ class EmulatorConfig:
     #: service's own limit is 48 h).
     expire_after_seconds: float | None = None
     max_file_bytes: int = 2 * 10**9
+    # Share of requests (0..1) answered by a per-request error line, chosen by a hash
+    # of fault_seed and the request's key (see _request_errors).
+    request_errors: float = 0.0
 
     def __post_init__(self) -> None:
         # Fail at configuration time (the CLI reports FaultSpecError as a usage error).
         parse_fault_spec(self.faults)
         if self.latency_ms < 0 or self.processing_seconds < 0:
             raise ValueError("latency_ms and processing_seconds must not be negative")
+        if not 0.0 <= self.request_errors <= 1.0:  # also refuses NaN
+            raise ValueError("request_errors must be a share between 0 and 1")
         if any(
             not name.strip() or "/" in name.removeprefix("models/") for name in self.extra_models
         ):

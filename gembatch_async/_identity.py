@@ -90,5 +90,8 @@ def derived_scope_id(journal_path: str | os.PathLike[str]) -> str:
 
 
 def input_location(line: Mapping[str, Any], root: str) -> str:
-    """Where a recorded input is, whatever folder the command runs in."""
-    return os.path.normpath(os.path.join(root, identity_of_line(line, root)))
+    """Where a recorded input is, whatever folder the command runs in: the path as the
+    user gave it when it still names that file from here, else the full path."""
+    location = os.path.normpath(os.path.join(root, identity_of_line(line, root)))
+    given = str(line["input_file"])
+    return given if os.path.abspath(given) == location else location

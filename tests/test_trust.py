@@ -374,7 +374,9 @@ async def test_a_file_that_vanishes_or_changes_after_preflight_fails_alone(
 
     summary = await submit(
         [str(p) for p in paths],
-        settings=SubmitSettings(concurrency=3, retry=FAST_RETRY),
+        # One at a time: the first file's retry is the first Retrying event, so the
+        # mutation lands between pre-flight and every upload that reads the files.
+        settings=SubmitSettings(concurrency=1, retry=FAST_RETRY),
         job_info=tmp_path / "job-info.jsonl",
         api_key=TEST_API_KEY,
         base_url=emulator.base_url,
@@ -410,7 +412,7 @@ async def test_a_file_that_vanishes_or_changes_after_preflight_fails_alone(
         ),
         pytest.param(["status", "--interval", "nan", "--watch"], 2, id="interval-nan"),
         pytest.param(["status", "--interval", "-1", "--watch"], 2, id="interval-negative"),
-        pytest.param(["download", "--out", "blocker"], 1, id="out-is-a-file"),
+        pytest.param(["download", "--out", "blocker"], 2, id="out-is-a-file"),
         pytest.param(["emulator", "--port", "99999"], 2, id="port-too-big"),
         pytest.param(["emulator", "--port", "-1"], 2, id="port-negative"),
         pytest.param(["emulator", "--latency-ms", "nan"], 2, id="latency-nan"),

@@ -38,7 +38,17 @@ def identity_of_path(path: str, root: str) -> str:
 
 
 def identity_of_line(line: Mapping[str, Any], root: str) -> str:
-    """The identity a journal line records.
+    """The key a journal line records: its input's identity, and for one part of a
+    split input which part (``ID#2/3``, see ``_inputs.InputFile.key``)."""
+    base = base_identity_of_line(line, root)
+    part, parts = line.get("part"), line.get("parts")
+    if isinstance(part, int) and isinstance(parts, int) and parts > 1:
+        return f"{base}#{part}/{parts}"
+    return base
+
+
+def base_identity_of_line(line: Mapping[str, Any], root: str) -> str:
+    """The identity of the input a journal line is for (a part's too).
 
     Lines written before identities existed (ours, and the original tool's) have
     only ``input_file``, relative to the folder the tool ran in: the journal's
@@ -92,6 +102,6 @@ def derived_scope_id(journal_path: str | os.PathLike[str]) -> str:
 def input_location(line: Mapping[str, Any], root: str) -> str:
     """Where a recorded input is, whatever folder the command runs in: the path as the
     user gave it when it still names that file from here, else the full path."""
-    location = os.path.normpath(os.path.join(root, identity_of_line(line, root)))
+    location = os.path.normpath(os.path.join(root, base_identity_of_line(line, root)))
     given = str(line["input_file"])
     return given if os.path.abspath(given) == location else location

@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import anyio
 import anyio.to_thread
@@ -27,6 +28,8 @@ from ._settings import MAX_INPUT_BYTES
 #: Beyond this many problems in one file the rest are summarised in one line.
 MAX_PROBLEMS_PER_FILE = 20
 _READ_SIZE = 1 << 20
+#: Linux and macOS name open descriptors as files; elsewhere uploads go by path.
+_HAS_DEV_FD = os.path.isdir("/dev/fd")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,28 @@ class Fingerprint:
 
 
 @dataclass(frozen=True)
+class JobLimits:
+    """What one batch job may take; a larger input is split into parts at line boundaries."""
+
+    #: Bytes of JSONL per job (the Batch API refuses input files over 2 GB).
+    max_bytes: int = MAX_INPUT_BYTES
+    #: Requests per job, for users whose token quota is the tighter limit.
+    max_requests: int | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a split input: a byte range of whole lines, its own job."""
+
+    number: int
+    of: int
+    start: int
+    end: int
+    count: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class InputFile:
     """One input that passed pre-flight, with what was learned reading it."""
 
@@ -57,6 +82,83 @@ class InputFile:
     identity: str = ""
     #: GENERATE (batchGenerateContent) or EMBED (asyncBatchEmbedContent), from its requests.
     kind: str = GENERATE
+    #: The parts it is split into (over JobLimits), or () when it fits one job.
+    parts: tuple[Part, ...] = ()
+    #: For one part of a split input (see :meth:`units`): which part this is.
+    part: Part | None = None
+
+    @property
+    def key(self) -> str:
+        """The journal's key: the identity, and for a part its number (``ID#2/3``)."""
+        return (
+            self.identity
+            if self.part is None
+            else part_key(self.identity, self.part.number, self.part.of)
+        )
+
+    @property
+    def label(self) -> str:
+        """The path as shown: a part says which it is."""
+        return (
+            self.path
+            if self.part is None
+            else f"{self.path} (part {self.part.number}/{self.part.of})"
+        )
+
+    def units(self) -> list[InputFile]:
+        """What is submitted: the file itself, or each of its parts as one job."""
+        if not self.parts:
+            return [self]
+        return [
+            replace(
+                self, size_bytes=p.end - p.start, sha256=p.sha256, count=p.count, parts=(), part=p
+            )
+            for p in self.parts
+        ]
+
+
+def part_key(identity: str, number: int, of: int) -> str:
+    return f"{identity}#{number}/{of}"
+
+
+class _Splitter:
+    """Cuts a file into parts at line boundaries as it is read: no part held in memory."""
+
+    def __init__(self, limits: JobLimits) -> None:
+        self.limits = limits
+        self.spans: list[tuple[int, int, int, str]] = []
+        self.start = self.offset = self.count = 0
+        self.hasher = hashlib.sha256()
+        #: The first line that alone is over the byte limit (it cannot go in any job).
+        self.too_big_line: int | None = None
+
+    def add(self, number: int, raw: bytes) -> None:
+        request = bool(raw.strip())
+        full = self.offset - self.start + len(raw) > self.limits.max_bytes or (
+            request
+            and self.limits.max_requests is not None
+            and self.count >= self.limits.max_requests
+        )
+        if full and self.count:
+            self._close()
+        if len(raw) > self.limits.max_bytes and self.too_big_line is None:
+            self.too_big_line = number
+        self.hasher.update(raw)
+        self.offset += len(raw)
+        self.count += request
+
+    def _close(self) -> None:
+        self.spans.append((self.start, self.offset, self.count, self.hasher.hexdigest()))
+        self.start, self.count, self.hasher = self.offset, 0, hashlib.sha256()
+
+    def parts(self) -> tuple[Part, ...]:
+        """The parts, or () when the whole file fits one job."""
+        if self.count or not self.spans:
+            self._close()
+        if len(self.spans) == 1:
+            return ()
+        total = len(self.spans)
+        return tuple(Part(i + 1, total, *span) for i, span in enumerate(self.spans))
 
 
 def normalise_path(path: str | os.PathLike[str]) -> str:
@@ -74,17 +176,19 @@ def unique_paths(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
     return list(dict.fromkeys(normalise_path(p) for p in paths))
 
 
-@contextlib.contextmanager
-def open_as_checked(item: InputFile) -> Iterator[str]:
-    """A path to exactly the file pre-flight read, for the SDK to upload from.
+@contextlib.asynccontextmanager
+async def open_as_checked(item: InputFile) -> AsyncIterator[str]:
+    """A path to exactly the bytes pre-flight read, for the SDK to upload from.
 
     The file is opened here and compared with what pre-flight saw (device, inode,
     size, mtime); the path yielded is ``/dev/fd/N`` for that descriptor. So the
     upload reads this very file even if its name is replaced meanwhile, and the
     file name the SDK puts in an HTTP header is plain ASCII, whatever the user's
-    file is called (httpx refuses non-ASCII header values). Raises
-    :class:`InputChangedError` when the file vanished or changed since
-    pre-flight, or changed while it was open.
+    file is called (httpx refuses non-ASCII header values). For one part of a split
+    input, the part's bytes are copied from that descriptor to a temporary file (one
+    part at most, checked against the part's sha256 as they are copied), removed
+    afterwards. Raises :class:`InputChangedError` when the file vanished or changed
+    since pre-flight, or changed while it was open.
     """
     try:
         fd = os.open(item.path, os.O_RDONLY)
@@ -93,17 +197,50 @@ def open_as_checked(item: InputFile) -> Iterator[str]:
         raise InputChangedError(f"{item.path}: {reason} since pre-flight; not submitted") from exc
     try:
         _require_unchanged(item, fd, "since pre-flight")
-        by_descriptor = f"/dev/fd/{fd}"
-        try:
-            yield by_descriptor if os.path.exists(by_descriptor) else item.path
-        except Exception:
-            # A file rewritten mid-upload makes the service refuse it ("exceeds the
-            # declared size"): the change is the reason worth reporting.
-            _require_unchanged(item, fd, "while it was being uploaded")
-            raise
+        async with _source_path(item, fd) as source:
+            try:
+                yield source
+            except Exception:
+                # A file rewritten mid-upload makes the service refuse it ("exceeds the
+                # declared size"): the change is the reason worth reporting.
+                _require_unchanged(item, fd, "while it was being uploaded")
+                raise
         _require_unchanged(item, fd, "while it was being uploaded")
     finally:
         os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def _source_path(item: InputFile, fd: int) -> AsyncIterator[str]:
+    if item.part is None:
+        yield f"/dev/fd/{fd}" if _HAS_DEV_FD else item.path
+        return
+    handle, temp = tempfile.mkstemp(prefix="gembatch-part-", suffix=".jsonl")
+    try:
+        await anyio.to_thread.run_sync(_copy_part, fd, handle, item)
+        yield temp
+    finally:
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+def _copy_part(source: int, target: int, item: InputFile) -> None:
+    """Copy one part's byte range, streaming, and check it is what pre-flight hashed."""
+    assert item.part is not None
+    hasher = hashlib.sha256()
+    offset, end = item.part.start, item.part.end
+    while offset < end:
+        chunk = os.pread(source, min(_READ_SIZE, end - offset), offset)
+        if not chunk:
+            break
+        hasher.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(target, view) :]
+        offset += len(chunk)
+    if hasher.hexdigest() != item.part.sha256:
+        raise InputChangedError(f"{item.label}: changed since pre-flight; not submitted")
 
 
 def _require_unchanged(item: InputFile, fd: int, when: str) -> None:
@@ -260,16 +397,18 @@ def _key_of(raw: bytes) -> str | None:
 
 def scan_file(
     path: str,
-    max_bytes: int = MAX_INPUT_BYTES,
+    limits: JobLimits | None = None,
     *,
     checked: bool = False,
     schema_check: bool = True,
 ) -> tuple[InputFile | None, list[Problem]]:
-    """Read one file once: hash, count and validate it. Blocking; run it in a thread.
+    """Read one file once: hash, count, validate it, and plan its parts if it is over
+    ``limits``. Blocking; run it in a thread.
 
     ``checked``: :func:`check_regular_file` already passed for this path.
     ``schema_check``: check each request against the API's schema (``_schema``).
     """
+    splitter = _Splitter(limits or JobLimits())
     problem = None if checked else check_regular_file(path)
     if problem is not None:
         return None, [problem]
@@ -279,12 +418,9 @@ def scan_file(
         with open(path, "rb", buffering=_READ_SIZE) as handle:
             before = Fingerprint.of(os.fstat(handle.fileno()))
             size = before.size
-            if size > max_bytes:
-                return None, [
-                    Problem(path, f"is {size} bytes, over the API's limit of {max_bytes}")
-                ]
             for number, raw in enumerate(handle, start=1):
                 hasher.update(raw)
+                splitter.add(number, raw)
                 validator.check_line(number, raw)
             if Fingerprint.of(os.fstat(handle.fileno())) != before:
                 return None, [Problem(path, "changed while it was being read; try again")]
@@ -296,20 +432,33 @@ def scan_file(
         problems.append(Problem(path, f"... and {validator.suppressed} more problems"))
     if validator.count == 0:
         problems.append(Problem(path, "is empty: no request lines"))
+    if splitter.too_big_line is not None:
+        problems.append(
+            Problem(
+                path,
+                f"this line alone is over {splitter.limits.max_bytes} bytes, more than one job may take",
+                splitter.too_big_line,
+            )
+        )
     if problems:
         return None, problems
     kind = validator.kind or GENERATE
-    return InputFile(path, size, hasher.hexdigest(), validator.count, before, kind=kind), []
+    item = InputFile(path, size, hasher.hexdigest(), validator.count, before, kind=kind)
+    return replace(item, parts=splitter.parts()), []
 
 
 def _scan_many(
-    paths: list[str], schema_check: bool
+    paths: list[str], schema_check: bool, limits: JobLimits
 ) -> list[tuple[InputFile | None, list[Problem]]]:
-    return [scan_file(path, checked=True, schema_check=schema_check) for path in paths]
+    return [scan_file(path, limits, checked=True, schema_check=schema_check) for path in paths]
 
 
 async def scan_inputs(
-    paths: Sequence[str], limiter: anyio.CapacityLimiter, *, schema_check: bool = True
+    paths: Sequence[str],
+    limiter: anyio.CapacityLimiter,
+    *,
+    schema_check: bool = True,
+    limits: JobLimits | None = None,
 ) -> tuple[dict[str, InputFile], list[Problem]]:
     """Scan paths that passed :func:`check_regular_file` in worker threads.
 
@@ -323,7 +472,9 @@ async def scan_inputs(
     groups = [list(paths[i : i + size]) for i in range(0, len(paths), size)]
 
     async def scan_group(group: list[str]) -> None:
-        results = await anyio.to_thread.run_sync(_scan_many, group, schema_check, limiter=limiter)
+        results = await anyio.to_thread.run_sync(
+            _scan_many, group, schema_check, limits or JobLimits(), limiter=limiter
+        )
         for path, (item, file_problems) in zip(group, results, strict=True):
             if item is not None:
                 found[path] = item

@@ -76,6 +76,9 @@ class JobStatus:
     error_is_final: bool = False
     #: Where the input is, whatever folder the command runs in (see ``_identity``).
     location: str = ""
+    #: For one part of a split input: which part, of how many.
+    part: int | None = None
+    parts: int | None = None
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -240,7 +243,17 @@ def _status_from_batch(line: JobLine, root: str, detail: BatchDetail) -> JobStat
         stats=detail.stats,
         batch_error=detail.error,
         location=input_location(line, root),
+        part=_part_of(line)[0],
+        parts=_part_of(line)[1],
     )
+
+
+def _part_of(line: JobLine) -> tuple[int | None, int | None]:
+    """(part, parts) of a split input's line, else (None, None)."""
+    part, parts = line.get("part"), line.get("parts")
+    if isinstance(part, int) and isinstance(parts, int) and parts > 1:
+        return part, parts
+    return None, None
 
 
 def _status_from_line(line: JobLine, root: str, error: str | None = None) -> JobStatus:
@@ -269,6 +282,8 @@ def _status_from_line(line: JobLine, root: str, error: str | None = None) -> Job
         _recorded_stats(line.get("batch_stats")),
         recorded_error if isinstance(recorded_error, str) else None,
         location=input_location(line, root),
+        part=_part_of(line)[0],
+        parts=_part_of(line)[1],
     )
 
 
@@ -320,48 +335,62 @@ async def download_results(
     """
     if out_dir is not None and await _exists_but_not_folder(out_dir):
         raise UsageError(f"--out {os.fspath(out_dir)} exists and is not a folder")
-    statuses = await refresh_status(jobs, paths)
-    ready = [s for s in statuses if s.state == "JOB_STATE_SUCCEEDED" and s.output_file]
+    ready = ready_inputs(await refresh_status(jobs, paths))
     root = jobs.journal.root
     plan = plan_targets(
-        [s.location for s in ready],
+        [group[0].location for group in ready],
         out_dir,
         inputs=[input_location(line, root) for line in jobs.recorded()],
         keep_raw=keep_raw,
     )
     limiter = anyio.CapacityLimiter(_BUILDS_AT_ONCE)
-    results: list[ResultFile] = []
+    results: list[ResultFile | None] = [None] * len(ready)
 
-    async def fetch(status: JobStatus) -> None:
+    async def fetch(index: int) -> None:
+        group = ready[index]
         choice = _Choice(out_dir, force, keep_raw, limiter)
-        result = await _results_of(jobs, status, plan[status.location], choice)
-        results.append(result)
+        result = await _results_of(jobs, group, plan[group[0].location], choice)
+        written.update(_counts_by_batch(group, result))
+        results[index] = result
         on_result(result)
 
-    await _for_each(ready, fetch)
-    await _record_counts(jobs, results)
-    order = {s.path: i for i, s in enumerate(ready)}
-    return sorted(results, key=lambda r: order[r.path])
+    written: dict[str, ResultCounts] = {}
+    await _for_each(range(len(ready)), fetch)
+    await _record_counts(jobs, written)  # one rewrite for the whole download
+    return [result for result in results if result is not None]
+
+
+def ready_inputs(statuses: Sequence[JobStatus]) -> list[list[JobStatus]]:
+    """Succeeded jobs by input: a whole file alone; a split input's parts together, in
+    part order, once every one of them has succeeded (results are one file per input)."""
+    groups: dict[tuple[str, int | None], list[JobStatus]] = {}
+    for status in statuses:
+        if status.state == "JOB_STATE_SUCCEEDED" and status.output_file:
+            groups.setdefault((status.location, status.parts), []).append(status)
+    ready: list[list[JobStatus]] = []
+    for (_, parts), members in groups.items():
+        members.sort(key=lambda s: s.part or 0)
+        if parts is None or [s.part for s in members] == list(range(1, parts + 1)):
+            ready.append(members)
+    return ready
 
 
 async def collect_results(
     jobs: JobsContext,
-    status: JobStatus,
+    group: Sequence[JobStatus],
     out_dir: str | os.PathLike[str] | None,
     limiter: anyio.CapacityLimiter,
 ) -> ResultFile:
-    """One succeeded job's results (for ``run``): written where ``download`` puts them,
-    skipped when already current, refused on a collision, recorded in the journal."""
+    """One input's results (for ``run``; the jobs of all its parts, in order): written
+    where ``download`` puts them, skipped when already current, refused on a
+    collision, recorded in the journal."""
     root = jobs.journal.root
+    location = group[0].location
     plan = plan_targets(
-        [status.location],
-        out_dir,
-        inputs=[input_location(line, root) for line in jobs.recorded()],
+        [location], out_dir, inputs=[input_location(line, root) for line in jobs.recorded()]
     )
-    result = await _results_of(
-        jobs, status, plan[status.location], _Choice(out_dir, False, False, limiter)
-    )
-    await _record_counts(jobs, [result])
+    result = await _results_of(jobs, group, plan[location], _Choice(out_dir, False, False, limiter))
+    await _record_counts(jobs, _counts_by_batch(group, result))
     return result
 
 
@@ -376,18 +405,19 @@ class _Choice:
 
 
 async def _results_of(
-    jobs: JobsContext, status: JobStatus, targets: ResultTargets | str, choice: _Choice
+    jobs: JobsContext, group: Sequence[JobStatus], targets: ResultTargets | str, choice: _Choice
 ) -> ResultFile:
+    status = group[0]
     if isinstance(targets, str):  # refused: it would collide
         where = str(result_targets(status.location, choice.out_dir).results)
         return ResultFile(status.path, status.batch_name, where, error=targets)
-    if not choice.force and await anyio.to_thread.run_sync(
-        results_are_current, targets, status.created_at
-    ):
+    created = [s.created_at for s in group]
+    newest = None if None in created else max(c for c in created if c is not None)
+    if not choice.force and await anyio.to_thread.run_sync(results_are_current, targets, newest):
         return _skipped(status, targets)
     return await fetch_results(
         jobs.api,
-        status,
+        list(group),
         targets,
         retry=jobs.retry,
         keep_raw=choice.keep_raw,
@@ -395,8 +425,15 @@ async def _results_of(
     )
 
 
-async def _record_counts(jobs: JobsContext, results: list[ResultFile]) -> None:
-    written = {r.batch_name: r.counts() for r in results if not r.skipped and r.error is None}
+def _counts_by_batch(group: Sequence[JobStatus], result: ResultFile) -> dict[str, ResultCounts]:
+    """What fresh results hold, for the line of each job they came from."""
+    if result.skipped or result.error is not None:
+        return {}
+    counts = result.counts()
+    return {status.batch_name: counts for status in group}
+
+
+async def _record_counts(jobs: JobsContext, written: dict[str, ResultCounts]) -> None:
     if written:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_result_counts(written))
 

@@ -36,7 +36,12 @@ import anyio
 
 from ._errors import JournalError
 from ._events import JournalProblem
-from ._identity import derived_scope_id, identity_of_line, journal_root
+from ._identity import (
+    base_identity_of_line,
+    derived_scope_id,
+    identity_of_line,
+    journal_root,
+)
 
 JobLine = dict[str, Any]
 _CLAIM_SPACE = 1 << 40  # byte offsets used as claim slots in the lock file
@@ -55,6 +60,8 @@ class JournalView:
     root: str = ""
     latest: dict[str, JobLine] = field(default_factory=dict)
     history: dict[str, int] = field(default_factory=dict)
+    #: Identities with any line, whole or part: "already submitted" before parts are known.
+    bases: set[str] = field(default_factory=set)
     uploads_in_use: set[str] = field(default_factory=set)
     problems: list[JournalProblem] = field(default_factory=list)
     #: The scope id the first line carrying one recorded (see ``_identity``).
@@ -68,6 +75,7 @@ class JournalView:
         identity = identity_of_line(line, self.root)
         self.latest[identity] = line
         self.history[identity] = self.history.get(identity, 0) + 1
+        self.bases.add(base_identity_of_line(line, self.root))
         upload = line.get("uploaded_file_name")
         if isinstance(upload, str):
             self.uploads_in_use.add(upload)
@@ -129,6 +137,9 @@ def _check_line(obj: object) -> JobLine | str:
         return '"input_file" holds a NUL character'
     if "batch" in obj and not isinstance(obj["batch"], dict):
         return '"batch" is not a JSON object'
+    for name in ("part", "parts"):
+        if name in obj and not (isinstance(obj[name], int) and obj[name] >= 1):
+            return f'"{name}" is not a whole number'
     for name in ("job_name", "uploaded_file_name", "input_identity", "journal_id", "sha256"):
         if name in obj and not isinstance(obj[name], str):
             return f'"{name}" is not a string'

@@ -87,7 +87,7 @@ class Submission:
 
     @property
     def display_name(self) -> str:
-        return display_name_for(self.item.path, self.token)
+        return display_name_for(self.item.label, self.token)
 
 
 @dataclass
@@ -301,7 +301,7 @@ class SubmitRun:
         self, item: InputFile, send: MemoryObjectSendStream[_Completion]
     ) -> _Completion | None:
         view = self.journal.refresh()
-        latest = view.latest.get(item.identity)
+        latest = view.latest.get(item.key)
         async with self.limiter:
             if self.stop.is_set() or self.halted:
                 self.tally.not_started += 1
@@ -313,7 +313,7 @@ class SubmitRun:
                 return _failed(
                     item, f"cannot read the recorded batch's state: {describe(exc)}", None
                 )
-            sub = self._submission(item, view.history.get(item.identity, 0))
+            sub = self._submission(item, view.history.get(item.key, 0))
             return await self._submit_when_admitted(sub, send)
 
     async def _submit_when_admitted(
@@ -326,7 +326,7 @@ class SubmitRun:
         """
         size = sub.item.size_bytes
         while True:
-            limit = await self.admission.admit(size, self._on_wait(sub.item.path))
+            limit = await self.admission.admit(size, self._on_wait(sub.item.label))
             if limit is not None:
                 return _deferred(sub.item, limit)
             completion = await self._submit(sub, send)
@@ -348,7 +348,7 @@ class SubmitRun:
     def _submission(self, item: InputFile, generation: int) -> Submission:
         scope = self.journal.scope_id
         assert scope is not None, "the journal is open for writing"
-        upload_id = upload_id_for(scope, item.identity, item.sha256)
+        upload_id = upload_id_for(scope, item.key, item.sha256)
         token = submission_token(upload_id, self.settings.model_resource, generation)
         return Submission(item, upload_id, token)
 
@@ -401,22 +401,22 @@ class SubmitRun:
             return await self._settle(sub, progress, reason)
         left = sub.upload_name if progress.upload_may_exist else None
         if left:
-            self.emit(CleanupFailed(sub.item.path, left, "cleanup timed out"))
+            self.emit(CleanupFailed(sub.item.label, left, "cleanup timed out"))
         return _failed(sub.item, f"{reason}; cleanup timed out", left)
 
     # -- upload --------------------------------------------------------------
     async def _upload_or_reuse(self, sub: Submission, progress: _Progress) -> None:
         """Upload the file under its own name, or reuse an earlier upload of it."""
-        await self._with_retries("upload", sub.item.path, lambda: self._upload_once(sub, progress))
+        await self._with_retries("upload", sub.item.label, lambda: self._upload_once(sub, progress))
 
     async def _upload_once(self, sub: Submission, progress: _Progress) -> None:
         progress.upload_may_exist = True
         try:
-            with open_as_checked(sub.item) as source:
+            async with open_as_checked(sub.item) as source:
                 remote = await self.api.upload_file(
                     source,
                     name=sub.upload_name,
-                    display_name=sub.item.path,
+                    display_name=sub.item.label,
                     mime_type=self.settings.mime_type,
                 )
         except AlreadyExistsApiError:
@@ -464,7 +464,7 @@ class SubmitRun:
     ) -> tuple[types.BatchJob, bool]:
         """Create the batch; while one may exist already, look it up before trying."""
         return await self._with_retries(
-            "create", sub.item.path, lambda: self._create_once(sub, progress)
+            "create", sub.item.label, lambda: self._create_once(sub, progress)
         )
 
     async def _create_once(
@@ -516,7 +516,7 @@ class SubmitRun:
         if progress.batch_unknown:
             try:
                 found = await self._with_retries(
-                    "lookup", sub.item.path, lambda: self._find_batch(sub)
+                    "lookup", sub.item.label, lambda: self._find_batch(sub)
                 )
             except ApiError as exc:
                 why = f"{reason}; could not tell whether the batch was created ({describe(exc)})"
@@ -541,14 +541,14 @@ class SubmitRun:
             return await self.api.delete_file(sub.upload_name)
 
         try:
-            deleted = await self._with_retries("cleanup", sub.item.path, delete)
+            deleted = await self._with_retries("cleanup", sub.item.label, delete)
             if not deleted and progress.uploaded is None:
                 # Cut off mid-upload: the server may still be finishing the last
                 # chunk it received. Look once more, a moment later.
                 await anyio.sleep(LATE_UPLOAD_GRACE_SECONDS)
-                await self._with_retries("cleanup", sub.item.path, delete)
+                await self._with_retries("cleanup", sub.item.label, delete)
         except ApiError as exc:
-            self.emit(CleanupFailed(sub.item.path, sub.upload_name, describe(exc)))
+            self.emit(CleanupFailed(sub.item.label, sub.upload_name, describe(exc)))
             return sub.upload_name
         return None
 
@@ -557,6 +557,7 @@ class SubmitRun:
         line: JobLine = {
             "input_file": sub.item.path,
             "input_identity": sub.item.identity,
+            **_part_fields(sub.item),
             "journal_id": self.journal.scope_id,
             "count": sub.item.count,
             "uploaded_file_name": sub.upload_name,
@@ -571,7 +572,7 @@ class SubmitRun:
         name = batch.name or ""
 
         def event(n: int, total: int) -> Event:
-            return FileSubmitted(sub.item.path, name, sub.upload_name, n, total, adopted)
+            return FileSubmitted(sub.item.label, name, sub.upload_name, n, total, adopted)
 
         return _Completion(event, line)
 
@@ -585,23 +586,30 @@ class SubmitRun:
         return await call_with_retries(self.settings.retry, call, self._on_retry(path, step))
 
 
+def _part_fields(item: InputFile) -> JobLine:
+    """A part's place in its input: the original tool ignores these fields."""
+    if item.part is None:
+        return {}
+    return {"part": item.part.number, "parts": item.part.of}
+
+
 def _skipped(item: InputFile, latest: JobLine) -> _Completion:
     recorded = latest.get("sha256")
     changed = isinstance(recorded, str) and recorded != item.sha256
     name = batch_name_of(latest)
-    return _Completion(lambda n, total: FileSkipped(item.path, name, n, total, changed))
+    return _Completion(lambda n, total: FileSkipped(item.label, name, n, total, changed))
 
 
 def _failed(item: InputFile, reason: str, left_behind: str | None) -> _Completion:
     return _Completion(
-        lambda n, total: FileFailed(item.path, reason, n, total, left_behind),
+        lambda n, total: FileFailed(item.label, reason, n, total, left_behind),
         left_behind=left_behind,
     )
 
 
 def _deferred(item: InputFile, limit: Limit) -> _Completion:
     return _Completion(
-        lambda n, total: FileDeferred(item.path, limit.value, n, total), deferred=limit
+        lambda n, total: FileDeferred(item.label, limit.value, n, total), deferred=limit
     )
 
 

@@ -762,7 +762,7 @@ class SucceededJob(Protocol):
 
 async def fetch_results(
     api: GeminiApi,
-    job: SucceededJob,
+    job: SucceededJob | Sequence[SucceededJob],
     targets: ResultTargets,
     *,
     retry: RetrySettings | None = None,
@@ -771,25 +771,38 @@ async def fetch_results(
 ) -> ResultFile:
     """Download a succeeded job's output and write its results (see the module doc).
 
+    ``job`` may be the jobs of every part of a split input, in part order: their
+    outputs are merged into one results file in the input's order.
+
     Never raises for a failure of this one file (API, disk, malformed output): the
     returned :class:`ResultFile` carries it in ``error``. Cancellation removes every
     temporary and re-raises. ``limiter`` bounds how many files are built at once
     (each holds a few MiB).
     """
+    parts = list(job) if isinstance(job, Sequence) else [job]
+    first = parts[0]
     staging = Staging(targets)
-    done = ResultFile(job.path, job.batch_name, str(targets.results))
-    if not job.output_file:
+    done = ResultFile(first.path, first.batch_name, str(targets.results))
+    outputs = [part.output_file for part in parts]
+    if not all(outputs):
         return _with(done, error="the job has no output file")
-    output_file = job.output_file
+    output_file = ", ".join(name for name in outputs if name)
     raw: Path | None = None
+    raws: list[Path] = []
     try:
         await anyio.to_thread.run_sync(staging.prepare)
-        raw = await anyio.to_thread.run_sync(staging.new, "raw")
-        await call_with_retries(
-            retry or RetrySettings(), lambda: api.download_file(output_file, str(raw))
-        )
+        for name in outputs:
+            assert name is not None
+            raw = await anyio.to_thread.run_sync(staging.new, "raw")
+            raws.append(raw)
+            await _download(api, retry, name, raw)
         tally, results, failed = await anyio.to_thread.run_sync(
-            _build_checked, job.path, raw, output_file, staging, limiter=limiter
+            _build_checked,
+            targets.input_path,
+            raws,
+            [name for name in outputs if name],
+            staging,
+            limiter=limiter,
         )
         await anyio.to_thread.run_sync(staging.finish, results, failed, raw if keep_raw else None)
     except ApiError as exc:
@@ -804,11 +817,15 @@ async def fetch_results(
     return _result_file(done, tally, targets, failed is not None, keep_raw)
 
 
+async def _download(api: GeminiApi, retry: RetrySettings | None, name: str, target: Path) -> None:
+    await call_with_retries(retry or RetrySettings(), lambda: api.download_file(name, str(target)))
+
+
 def _build_checked(
-    input_path: str, raw: Path, name: str, staging: Staging
+    input_path: str, raws: list[Path], names: list[str], staging: Staging
 ) -> tuple[_Tally, Path, Path | None]:
     return build_results(
-        input_path, [raw], staging, names=[name], check=anyio.from_thread.check_cancelled
+        input_path, raws, staging, names=names, check=anyio.from_thread.check_cancelled
     )
 
 

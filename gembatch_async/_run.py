@@ -65,6 +65,8 @@ class _Input:
     failed: bool = False
     #: A resubmission of it is under way: its recorded job is the old one until it lands.
     resubmitting: bool = False
+    #: Its job succeeded (a part waits here for the other parts of its input).
+    succeeded: JobStatus | None = None
 
 
 @dataclass
@@ -115,9 +117,7 @@ async def run(
     ):
         await check_model(api, settings, items)
         jobs = JobsContext(journal, api, settings.retry)
-        watch = _Watch(
-            {item.identity: _Input(item, resubmits if retry_failed else 0) for item in items}
-        )
+        watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         runner = _Runner(jobs, settings, admission_for(view, settings), on_event, stop, watch)
         tally = await runner.run(items, _Polling(out_dir, interval))
     return RunSummary(
@@ -197,9 +197,16 @@ class _Runner:
 
     def _input_named(self, path: str) -> _Input | None:
         for entry in self.watch.inputs.values():
-            if entry.item.path == path:
+            if entry.item.label == path:
                 return entry
         return None
+
+    def _siblings(self, entry: _Input) -> list[_Input]:
+        """The entries of one input: itself, or every part of a split input, in order."""
+        if entry.item.part is None:
+            return [entry]
+        found = [e for e in self.watch.inputs.values() if e.item.identity == entry.item.identity]
+        return sorted(found, key=lambda e: e.item.part.number if e.item.part else 0)
 
     async def _resubmit(self, entry: _Input) -> None:
         """A job of this run ended badly and may be tried again: one more submission."""
@@ -244,26 +251,32 @@ class _Runner:
             return
         if status.state != entry.state:
             entry.state = status.state
-            self.emit(JobChanged(status.path, status.batch_name, status.state, status.stats))
+            self.emit(JobChanged(entry.item.label, status.batch_name, status.state, status.stats))
         if status.state not in END_STATES:
             return
         self.admission.capacity_returned()  # an ended job frees a place in the window
         if status.state == SUCCEEDED:
-            await self._collect(entry, status)
+            entry.succeeded = status
+            await self._collect(entry)
         elif status.state in RETRYABLE_END_STATES:
             await self._ended_badly(entry, status, tg)
 
-    async def _collect(self, entry: _Input, status: JobStatus) -> None:
-        """Download the results, then delete the job's upload (it only takes storage now)."""
+    async def _collect(self, entry: _Input) -> None:
+        """Once every job of the input has succeeded (one, or one per part), write its
+        results, then delete the jobs' uploads (they only take storage now)."""
+        siblings = self._siblings(entry)
+        group = [s.succeeded for s in siblings if s.succeeded is not None]
+        if len(group) < len(siblings):
+            return  # the other parts are not done yet
+        status = group[0]
         try:
-            result = await collect_results(self.jobs, status, self.polling.out_dir, self._builds)
+            result = await collect_results(self.jobs, group, self.polling.out_dir, self._builds)
         except ApiError as exc:
             self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))
             return  # the next poll tries again
         if result.error is not None:
             self.emit(JobEnded(status.path, status.batch_name, status.state, result.error, False))
-            entry.failed = True
-            self.watch.counts["failed"] += 1
+            await self._fail(siblings)
             return
         self.emit(
             ResultsSaved(
@@ -276,14 +289,15 @@ class _Runner:
                 complete=result.complete,
             )
         )
-        await self._delete_upload(entry)
-        entry.done = True
+        for sibling in siblings:
+            await self._delete_upload(sibling)
+            sibling.done = True
         self.watch.counts["downloaded"] += 1
         if not result.complete:  # answers missing or unknown: the file is not whole
             self.watch.counts["incomplete"] += 1
 
     async def _delete_upload(self, entry: _Input) -> None:
-        line = self.jobs.journal.refresh().latest.get(entry.item.identity)
+        line = self.jobs.journal.refresh().latest.get(entry.item.key)
         name = line.get("uploaded_file_name") if line else None
         if not isinstance(name, str) or not line or line.get("upload_deleted_at"):
             return
@@ -301,15 +315,22 @@ class _Runner:
         reason = (
             status.error or status.batch_error or status.state.removeprefix("JOB_STATE_").lower()
         )
-        self.emit(JobEnded(status.path, status.batch_name, status.state, reason, retry))
+        self.emit(JobEnded(entry.item.label, status.batch_name, status.state, reason, retry))
         if retry:
             entry.resubmits_left -= 1
             entry.resubmitting = True
             tg.start_soon(self._resubmit, entry)
         else:
-            entry.failed = True
+            await self._fail(self._siblings(entry))
+
+    async def _fail(self, siblings: list[_Input]) -> None:
+        """The input will have no results (a part of it failed): it counts once, and
+        the uploads of its parts are deleted."""
+        if not any(s.failed for s in siblings):
             self.watch.counts["failed"] += 1
-            await self._delete_upload(entry)
+        for sibling in siblings:
+            sibling.failed = True
+            await self._delete_upload(sibling)
 
 
 @dataclass(frozen=True)

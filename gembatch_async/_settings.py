@@ -70,6 +70,9 @@ class SubmitSettings:
     storage_quota_bytes: int = STORAGE_QUOTA_BYTES
     #: While waiting at a limit whose end we cannot see, one file tries this often.
     capacity_probe_seconds: float = 60.0
+    #: An input over either is split at line boundaries into parts, each its own job.
+    max_bytes_per_job: int = MAX_INPUT_BYTES
+    max_requests_per_job: int | None = None
     #: Check every request against the API's request schema before uploading;
     #: turn off only for fields newer than this tool's schema.
     schema_check: bool = True
@@ -79,6 +82,10 @@ class SubmitSettings:
             raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
         if not self.model.strip():
             raise UsageError("model name is empty")
+        if not 1 <= self.max_bytes_per_job <= MAX_INPUT_BYTES:
+            raise UsageError(f"bytes per job must be 1 to {MAX_INPUT_BYTES} (the API's limit)")
+        if self.max_requests_per_job is not None and self.max_requests_per_job < 1:
+            raise UsageError("requests per job must be at least 1")
 
     @property
     def model_resource(self) -> str:

@@ -23,7 +23,7 @@ from ._client import GeminiApi, api_session, model_supports
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._identity import identity_of_path
-from ._inputs import InputFile, check_regular_file, scan_inputs, unique_paths
+from ._inputs import InputFile, JobLimits, check_regular_file, scan_inputs, unique_paths
 from ._journal import Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
@@ -67,7 +67,7 @@ async def submit(
         view,
         items,
     ):
-        if not settings.dry_run and all(_recorded(item.identity, view, settings) for item in items):
+        if not settings.dry_run and all(_recorded(item.key, view, settings) for item in items):
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
@@ -163,10 +163,17 @@ async def _check_locally(
     )
     readable = list(identities)
     found, content_problems = await scan_inputs(
-        readable, anyio.CapacityLimiter(_SCAN_THREADS), schema_check=settings.schema_check
+        readable,
+        anyio.CapacityLimiter(_SCAN_THREADS),
+        schema_check=settings.schema_check,
+        limits=JobLimits(settings.max_bytes_per_job, settings.max_requests_per_job),
     )
-    # A file the journal already covers is skipped, so its content does not matter.
-    problems += [p for p in content_problems if not _recorded(identities[p.path], view, settings)]
+    # A file the journal already covers (whole or in parts) is skipped: its content does not matter.
+    problems += [
+        p
+        for p in content_problems
+        if not (identities[p.path] in view.bases and _recorded_at_all(settings))
+    ]
     if not paths:
         problems.append(Problem("(arguments)", "no input files given"))
     key = api_key or api_key_from_env()
@@ -179,14 +186,15 @@ async def _check_locally(
         problems.append(Problem("GEMINI_API_KEY", unsendable))
     if problems:
         raise PreflightError(problems)
-    return [replace(found[p], identity=identities[p]) for p in readable if p in found]
+    items = [replace(found[p], identity=identities[p]) for p in readable if p in found]
+    return [unit for item in items for unit in item.units()]
 
 
 def _to_submit(
     items: list[InputFile], view: JournalView, settings: SubmitSettings
 ) -> list[InputFile]:
     """The items this run may submit (not skipped as already recorded)."""
-    return [item for item in items if not _recorded(item.identity, view, settings)]
+    return [item for item in items if not _recorded(item.key, view, settings)]
 
 
 async def check_model(api: GeminiApi, settings: SubmitSettings, items: list[InputFile]) -> None:
@@ -221,6 +229,11 @@ async def check_model(api: GeminiApi, settings: SubmitSettings, items: list[Inpu
         raise PreflightError(problems)
 
 
+def _recorded_at_all(settings: SubmitSettings) -> bool:
+    """Whether a recorded file is skipped (neither --force nor --retry-failed)."""
+    return not settings.force and not settings.retry_failed
+
+
 def _recorded(identity: str, view: JournalView, settings: SubmitSettings) -> bool:
     """The journal covers the file and nothing asks to submit it again."""
     return identity in view.latest and not settings.force and not settings.retry_failed
@@ -236,11 +249,11 @@ def _report_without_api(
     """Skips, and for a dry run what would be submitted: all known without the API."""
     skipped = 0
     for n, item in enumerate(items, start=1):
-        latest = view.latest.get(item.identity)
-        if latest is not None and _recorded(item.identity, view, settings):
+        latest = view.latest.get(item.key)
+        if latest is not None and _recorded(item.key, view, settings):
             changed = latest.get("sha256") not in (None, item.sha256)
-            on_event(FileSkipped(item.path, batch_name_of(latest), n, len(items), changed))
+            on_event(FileSkipped(item.label, batch_name_of(latest), n, len(items), changed))
             skipped += 1
         else:
-            on_event(WouldSubmit(item.path, item.count, item.size_bytes))
+            on_event(WouldSubmit(item.label, item.count, item.size_bytes))
     return SubmitSummary(0, skipped, 0, time.monotonic() - started)

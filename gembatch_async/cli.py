@@ -50,6 +50,7 @@ from ._settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_JOB_INFO,
     DEFAULT_MIME_TYPE,
+    MAX_INPUT_BYTES,
     RetrySettings,
     SubmitSettings,
     api_key_from_env,
@@ -95,6 +96,30 @@ def _positive_seconds(text: str) -> float:
     value = _seconds(text)
     if value == 0:
         raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def _size(text: str) -> int:
+    """An argparse type: a size in bytes, like 1500000, 500MB or 1.5GiB, at most 2 GB."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if match is None or unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 500MB or 1GiB")
+    value = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if not 1 <= value <= MAX_INPUT_BYTES:
+        raise argparse.ArgumentTypeError(f"must be 1 byte to {MAX_INPUT_BYTES} (the API's limit)")
     return value
 
 
@@ -186,6 +211,20 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "--retry-failed",
         action="store_true",
         help="submit again files whose batch ended FAILED, CANCELLED or EXPIRED",
+    )
+    sub.add_argument(
+        "--max-requests-per-job",
+        type=_at_least(1),
+        default=None,
+        metavar="N",
+        help="split an input with more requests into parts, each its own job",
+    )
+    sub.add_argument(
+        "--max-bytes-per-job",
+        type=_size,
+        default=MAX_INPUT_BYTES,
+        metavar="SIZE",
+        help="split a larger input into parts (e.g. 500MB; default and most: the API's 2GB)",
     )
     sub.add_argument(
         "--no-schema-check",
@@ -395,6 +434,8 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         retry=retry,
         cleanup_seconds=args.grace,
         schema_check=not args.no_schema_check,
+        max_requests_per_job=args.max_requests_per_job,
+        max_bytes_per_job=args.max_bytes_per_job,
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gembatch_async._inputs import scan_file, unique_paths
+from gembatch_async._inputs import JobLimits, scan_file, unique_paths
 
 requests = st.fixed_dictionaries({"contents": st.just([{"parts": [{"text": "hi"}]}])})
 good_lines = st.lists(
@@ -81,12 +81,42 @@ def test_many_problems_are_capped(tmp_path: Path) -> None:
     assert "80 more" in problems[-1].message
 
 
-def test_oversized_file_is_refused(tmp_path: Path) -> None:
-    """Over the size limit: refused without reading."""
+def test_a_line_over_the_job_limit_is_refused(tmp_path: Path) -> None:
+    """A file over a job's limit is split; a single line over it cannot be, and is refused."""
     path = tmp_path / "a.jsonl"
-    path.write_text('{"request": {}}\n')
-    _, problems = scan_file(str(path), max_bytes=5)
-    assert "over the API's limit" in problems[0].message
+    line = '{"key": "k0", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}\n'
+    path.write_text(line + line.replace("k0", "k1"))
+    item, problems = scan_file(str(path), JobLimits(max_bytes=len(line) - 1))
+    assert item is None
+    assert problems[0].line == 1
+    assert "more than one job may take" in problems[0].message
+
+
+def test_parts_are_planned_at_line_boundaries(tmp_path: Path) -> None:
+    """By bytes or by requests, each part is whole lines; the parts cover the file."""
+    path = tmp_path / "a.jsonl"
+    lines = [
+        f'{{"key": "k{i}", "request": {{"contents": [{{"parts": [{{"text": "{"x" * i}"}}]}}]}}}}\n'
+        for i in range(10)
+    ]
+    path.write_text("".join(lines))
+    data = path.read_bytes()
+    for limits, parts in ((JobLimits(max_requests=4), 3), (JobLimits(max_bytes=300), 3)):
+        item, problems = scan_file(str(path), limits)
+        assert item is not None, problems
+        assert len(item.parts) == parts
+        assert all(p.end - p.start <= limits.max_bytes for p in item.parts)
+        assert item.parts[0].start == 0
+        assert item.parts[-1].end == len(data)
+        for before, after in zip(item.parts, item.parts[1:], strict=False):
+            assert before.end == after.start
+            assert data[before.end - 1 : before.end] == b"\n"
+        assert sum(p.count for p in item.parts) == 10
+        for part in item.parts:
+            assert hashlib.sha256(data[part.start : part.end]).hexdigest() == part.sha256
+    whole, _ = scan_file(str(path), JobLimits(max_requests=10))
+    assert whole is not None
+    assert whole.parts == ()
 
 
 def test_paths_normalised_and_unique() -> None:

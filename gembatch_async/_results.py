@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import struct
 import tempfile
 from collections import Counter
@@ -804,6 +805,8 @@ async def fetch_results(
             staging,
             limiter=limiter,
         )
+        if keep_raw and len(raws) > 1:  # a split input: the parts' outputs, one after another
+            raw = await anyio.to_thread.run_sync(_joined, staging, raws)
         await anyio.to_thread.run_sync(staging.finish, results, failed, raw if keep_raw else None)
     except ApiError as exc:
         return _with(done, error=f"download of {output_file} failed: {describe(exc)}")
@@ -815,6 +818,15 @@ async def fetch_results(
     finally:
         staging.discard()
     return _result_file(done, tally, targets, failed is not None, keep_raw)
+
+
+def _joined(staging: Staging, raws: list[Path]) -> Path:
+    joined = staging.new("raw")
+    with joined.open("wb") as target:
+        for raw in raws:
+            with raw.open("rb") as source:
+                shutil.copyfileobj(source, target, 1 << 20)
+    return joined
 
 
 async def _download(api: GeminiApi, retry: RetrySettings | None, name: str, target: Path) -> None:

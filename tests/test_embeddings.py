@@ -75,14 +75,13 @@ def test_embeddings_submit_status_download(emulator: RunningEmulator, tmp_path: 
     assert "SUCCEEDED" in status.stdout
     download = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert download.returncode == 0, download.stderr
-    assert "downloaded docs.jsonl -> results/docs.results.jsonl (5 responses, 0 errors)" in (
+    assert "downloaded docs.jsonl -> results/docs.jsonl: 5 requests, 5 answered" in (
         download.stdout
     )
     rows = [
-        json.loads(text)
-        for text in (tmp_path / "results" / "docs.results.jsonl").read_text().splitlines()
+        json.loads(text) for text in (tmp_path / "results" / "docs.jsonl").read_text().splitlines()
     ]
-    assert sorted(row["key"] for row in rows) == [f"doc-{i}" for i in range(5)]
+    assert [row["key"] for row in rows] == [f"doc-{i}" for i in range(5)]
     assert all(len(row["response"]["embedding"]["values"]) == 8 for row in rows)
 
 

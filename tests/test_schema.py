@@ -278,12 +278,10 @@ def test_no_schema_check_submits_and_the_service_answers_per_request(
     )
     download = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert download.returncode == 0, download.stderr
-    assert "(1 responses, 1 errors)" in download.stdout
+    assert "2 requests, 1 answered, 1 failed (1 × 400 INVALID_ARGUMENT)" in download.stdout
     rows = {
         row["key"]: row
-        for row in map(
-            json.loads, (tmp_path / "results" / "a.results.jsonl").read_text().splitlines()
-        )
+        for row in map(json.loads, (tmp_path / "results" / "a.jsonl").read_text().splitlines())
     }
     assert rows["new"]["error"]["status"] == "INVALID_ARGUMENT"
     assert 'Unknown name "brandNewKnob"' in rows["new"]["error"]["message"]

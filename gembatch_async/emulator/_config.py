@@ -35,6 +35,10 @@ class EmulatorConfig:
     #: service's own limit is 48 h).
     expire_after_seconds: float | None = None
     max_file_bytes: int = 2 * 10**9
+    #: The Cloud Storage (emulator) the Vertex routes read gs:// inputs from and write
+    #: outputs to, e.g. "http://127.0.0.1:4443". None: $STORAGE_EMULATOR_HOST when the
+    #: app starts; unset too, and Vertex creates answer 400 (never real Cloud Storage).
+    storage_emulator_host: str | None = None
 
     def __post_init__(self) -> None:
         # Fail at configuration time (the CLI reports FaultSpecError as a usage error).

@@ -26,6 +26,7 @@ from typing import Any
 from gembatch_async.emulator._errors import fault_message, status_name
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog
 
+_LIST = re.compile(r"(?:/storage/v1)?/b(?:/[^/]+/o)?")
 _FINAL_RANGE = re.compile(r"bytes (?:\d+-(\d+)|\*)/(\d+)")
 
 
@@ -41,7 +42,7 @@ def endpoint_of(method: str, url: str) -> str:
     if method == "GET":
         if path.startswith("/download/") or query.get("alt") == ["media"]:
             return "download"
-        return "list" if re.search(r"/b(?:/[^/]+/o)?$", path) else "get"
+        return "list" if _LIST.fullmatch(path) else "get"
     return "create"
 
 
@@ -123,12 +124,12 @@ def faulting_handler() -> Callable[..., http.server.BaseHTTPRequestHandler]:
             if self._injector[0].lost_drops_connection():
                 self._drop()
             else:
-                self._error(503)
+                self._error(503, body_read=True)
 
-        def _error(self, code: int) -> None:
+        def _error(self, code: int, body_read: bool = False) -> None:
             """A JSON API error body, after reading the request body it answers."""
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
+            if length and not body_read:
                 self.rfile.read(length)
             message = fault_message(code)
             body = json.dumps(

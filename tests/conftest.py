@@ -7,16 +7,24 @@ from collections.abc import Iterator
 
 import pytest
 
-from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
+from gembatch_async.emulator import (
+    EmulatorConfig,
+    EmulatorThread,
+    RunningEmulator,
+    RunningStorageEmulator,
+    serve_storage_emulator,
+)
 
 TEST_API_KEY = "test-key-7d1c0a5e"
+#: The bucket the storage_emulator fixture creates.
+TEST_BUCKET = "gembatch-test"
 
 
 @pytest.fixture(autouse=True)
 def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's real credentials or endpoints."""
     for name in list(os.environ):
-        if name.startswith(("GOOGLE_", "GEMINI_", "GEMBATCH_")):
+        if name.startswith(("GOOGLE_", "GEMINI_", "GEMBATCH_", "STORAGE_EMULATOR_HOST")):
             monkeypatch.delenv(name, raising=False)
 
 
@@ -30,4 +38,21 @@ def emulator_config() -> EmulatorConfig:
 def emulator(emulator_config: EmulatorConfig) -> Iterator[RunningEmulator]:
     """A live emulator in a background thread, stopped after the test."""
     with EmulatorThread(emulator_config) as running:
+        yield running
+
+
+@pytest.fixture
+def storage_emulator() -> Iterator[RunningStorageEmulator]:
+    """A Cloud Storage emulator on 127.0.0.1:0 with the bucket TEST_BUCKET."""
+    with serve_storage_emulator(buckets=[TEST_BUCKET]) as running:
+        yield running
+
+
+@pytest.fixture
+def vertex_emulator(storage_emulator: RunningStorageEmulator) -> Iterator[RunningEmulator]:
+    """The emulator, its Vertex routes reading and writing `storage_emulator` (1 s jobs)."""
+    config = EmulatorConfig(
+        port=0, processing_seconds=1.0, storage_emulator_host=storage_emulator.url
+    )
+    with EmulatorThread(config) as running:
         yield running

@@ -10,8 +10,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -68,6 +68,8 @@ _ENDED = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED", "BATCH_STATE_FAILED"
 
 T = TypeVar("T")
 Handler = Callable[[Request, "re.Match[str]"], Awaitable[Response]]
+#: Checks a request's credentials; raises ApiError (401/403) when they will not do.
+Authenticate = Callable[[Request], None]
 
 
 def rfc3339(epoch: float) -> str:
@@ -160,14 +162,54 @@ class _Route:
     pattern: re.Pattern[str]
     endpoint: str  # name used by faults and the request log
     handler: Handler
+    authenticate: Authenticate | None = None  # None: the Gemini API key check
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraRoute:
+    """A route served by an extension. ``tail`` is a regex for the path after any prefix;
+    ``endpoint`` names it for faults and the request log, like the built-in routes."""
+
+    method: str
+    tail: str
+    endpoint: str
+    handler: Handler
+    authenticate: Authenticate
+
+
+class RouteExtension(Protocol):
+    """Another API served by the same app (the Vertex AI routes, see _vertex.py). Its
+    requests go through the same latency, faults and request log as the built-in ones."""
+
+    #: The key of its list in GET /_emulator/state.
+    state_key: str
+
+    def routes(self) -> list[ExtraRoute]:
+        """The routes it serves."""
+        ...
+
+    async def refresh(self) -> None:
+        """Bring clock-driven state up to date (called before the state document)."""
+        ...
+
+    def state(self) -> list[dict[str, Any]]:
+        """Its entries for GET /_emulator/state."""
+        ...
+
+    def reset(self) -> None:
+        """Forget everything (POST /_emulator/reset)."""
+        ...
 
 
 class EmulatorApp:
     """Holds the store, faults and counters; `asgi` is the Starlette app uvicorn serves."""
 
-    def __init__(self, config: EmulatorConfig, store: Store) -> None:
+    def __init__(
+        self, config: EmulatorConfig, store: Store, extensions: Sequence[RouteExtension] = ()
+    ) -> None:
         self.config = config
         self.store = store
+        self.extensions = tuple(extensions)
         self.log = RequestLog()
         self.faults = FaultInjector(parse_fault_spec(config.faults), config.fault_seed)
         self._generate_lock = anyio.Lock()
@@ -209,6 +251,17 @@ class EmulatorApp:
             r("GET", rf"/{_VER}/batches/(?P<id>[^/:]+)", "get", self._get_batch),
             r("DELETE", rf"/{_VER}/batches/(?P<id>[^/:]+)", "delete", self._delete_batch),
             r("GET", rf"/{_VER}/batches", "list", self._list_batches),
+            *(
+                _Route(
+                    x.method,
+                    re.compile(_PREFIX + x.tail + "$"),
+                    x.endpoint,
+                    x.handler,
+                    x.authenticate,
+                )
+                for extension in self.extensions
+                for x in extension.routes()
+            ),
         ]
 
     async def _asgi_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -281,7 +334,7 @@ class EmulatorApp:
             if rule is not None and rule.kind == "status" and rule.status is not None:
                 raise _fault_error(rule.status)
             if not is_chunk:  # the upload URL itself is the credential for chunks
-                _check_api_key(request)
+                (route.authenticate or _check_api_key)(request)
             return await route.handler(request, match)
         except ApiError as err:
             if is_chunk:
@@ -706,9 +759,13 @@ class EmulatorApp:
     async def _admin(self, request: Request, action: str) -> Response:
         if action == "state" and request.method == "GET":
             await self._observe_all()
+            for extension in self.extensions:
+                await extension.refresh()
             return _json(self.state())
         if action == "reset" and request.method == "POST":
             self.store.clear()
+            for extension in self.extensions:
+                extension.reset()
             self.log.reset()
             self.faults = FaultInjector(
                 parse_fault_spec(self.config.faults), self.config.fault_seed
@@ -760,7 +817,9 @@ class EmulatorApp:
             }
             for b in self.store.batches.values()
         ]
-        return {"files": files, "batches": batches, "requests": self.log.snapshot()}
+        document = {"files": files, "batches": batches, "requests": self.log.snapshot()}
+        document.update({x.state_key: x.state() for x in self.extensions})
+        return document
 
 
 # ----- small helpers -------------------------------------------------------------------------

@@ -38,6 +38,10 @@ class EmulatorConfig:
     # Share of requests (0..1) answered by a per-request error line, chosen by a hash
     # of fault_seed and the request's key (see _request_errors).
     request_errors: float = 0.0
+    #: The Cloud Storage (emulator) the Vertex routes read gs:// inputs from and write
+    #: outputs to, e.g. "http://127.0.0.1:4443". None: $STORAGE_EMULATOR_HOST when the
+    #: app starts; unset too, and Vertex creates answer 400 (never real Cloud Storage).
+    storage_emulator_host: str | None = None
 
     def __post_init__(self) -> None:
         # Fail at configuration time (the CLI reports FaultSpecError as a usage error).

@@ -22,6 +22,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from gembatch_async.emulator._app import ABORT_EXTENSION, EmulatorApp
 from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._store import Store
+from gembatch_async.emulator._vertex import VertexRoutes
 
 _STARTUP_TIMEOUT = 30.0
 _GRACEFUL_SHUTDOWN_SECONDS = 2
@@ -141,7 +142,7 @@ async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulato
     """Serve the emulator in the current event loop until the `async with` block ends."""
     store = Store(config.state_dir, config.processing_seconds, config.expire_after_seconds)
     try:
-        app = EmulatorApp(config, store)
+        app = EmulatorApp(config, store, [VertexRoutes(config, store.root, store.persistent)])
         sock = _bind(config.host, config.port)
         uv_config = uvicorn.Config(
             app.asgi,

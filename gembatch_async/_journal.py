@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 
+from ._durable import fsync_folder
 from ._errors import JournalError
 from ._events import JournalProblem
 from ._identity import (
@@ -550,7 +551,7 @@ class Journal:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            fsync_folder(self.path.parent)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -591,12 +592,3 @@ def _copy_mode_and_owner(original: Path, fd: int) -> None:
     os.fchmod(fd, stat.S_IMODE(info.st_mode))
     with contextlib.suppress(PermissionError):
         os.fchown(fd, info.st_uid, info.st_gid)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

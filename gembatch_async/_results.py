@@ -45,6 +45,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from ._client import GeminiApi
+from ._durable import fsync_folder
 from ._errors import ApiError, OutputError, Problem
 from ._keysort import SortedRecords
 from ._retry import call_with_retries, describe
@@ -718,7 +719,7 @@ class Staging:
         if raw is not None:
             self.commit(raw, self.targets.raw)
         self.commit(results, self.targets.results)
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
 
     def discard(self) -> None:
         """Remove every temporary not put in place (on failure or cancellation)."""
@@ -736,15 +737,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- the entry point: a succeeded job's output -> results on disk -----------------------------

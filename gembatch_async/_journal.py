@@ -61,8 +61,8 @@ class JournalView:
     root: str = ""
     latest: dict[str, JobLine] = field(default_factory=dict)
     history: dict[str, int] = field(default_factory=dict)
-    #: Identities with any line, whole or part: "already submitted" before parts are known.
-    bases: set[str] = field(default_factory=set)
+    #: The newest line of each input, whole or any part of it.
+    latest_by_base: dict[str, JobLine] = field(default_factory=dict)
     uploads_in_use: set[str] = field(default_factory=set)
     problems: list[JournalProblem] = field(default_factory=list)
     #: The scope id the first line carrying one recorded (see ``_identity``).
@@ -76,12 +76,26 @@ class JournalView:
         identity = identity_of_line(line, self.root)
         self.latest[identity] = line
         self.history[identity] = self.history.get(identity, 0) + 1
-        self.bases.add(base_identity_of_line(line, self.root))
+        self.latest_by_base[base_identity_of_line(line, self.root)] = line
         upload = line.get("uploaded_file_name")
         if isinstance(upload, str):
             self.uploads_in_use.add(upload)
         if self.recorded_scope_id is None and isinstance(line.get("journal_id"), str):
             self.recorded_scope_id = line["journal_id"]
+
+    def recorded(self, key: str, identity: str, parts: int | None) -> JobLine | None:
+        """The line that covers one unit of an input (``key``; ``parts`` when it is one
+        of that many parts): its own, or the input's when it was recorded split another
+        way (or not at all), so a new --max-*-per-job never submits a file twice."""
+        own = self.latest.get(key)
+        if own is not None:
+            return own
+        other = self.latest_by_base.get(identity)
+        if other is None:
+            return None
+        recorded_parts = other.get("parts") if isinstance(other.get("parts"), int) else None
+        split = recorded_parts if recorded_parts and recorded_parts > 1 else None
+        return other if split != parts else None
 
 
 def batch_name_of(line: JobLine) -> str:

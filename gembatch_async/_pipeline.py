@@ -301,7 +301,7 @@ class SubmitRun:
         self, item: InputFile, send: MemoryObjectSendStream[_Completion]
     ) -> _Completion | None:
         view = self.journal.refresh()
-        latest = view.latest.get(item.key)
+        latest = view.recorded(item.key, item.identity, item.part.of if item.part else None)
         async with self.limiter:
             if self.stop.is_set() or self.halted:
                 self.tally.not_started += 1

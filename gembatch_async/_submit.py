@@ -24,7 +24,7 @@ from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._identity import identity_of_path
 from ._inputs import InputFile, JobLimits, check_regular_file, scan_inputs, unique_paths
-from ._journal import Journal, JournalView, batch_name_of
+from ._journal import JobLine, Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
 from ._schema import BATCH_METHODS
@@ -67,7 +67,7 @@ async def submit(
         view,
         items,
     ):
-        if not settings.dry_run and all(_recorded(item.key, view, settings) for item in items):
+        if not settings.dry_run and all(_recorded(item, view, settings) for item in items):
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
         async with api_session(client, api_key=api_key, base_url=base_url) as api:
@@ -172,7 +172,7 @@ async def _check_locally(
     problems += [
         p
         for p in content_problems
-        if not (identities[p.path] in view.bases and _recorded_at_all(settings))
+        if not (identities[p.path] in view.latest_by_base and _recorded_at_all(settings))
     ]
     if not paths:
         problems.append(Problem("(arguments)", "no input files given"))
@@ -194,7 +194,7 @@ def _to_submit(
     items: list[InputFile], view: JournalView, settings: SubmitSettings
 ) -> list[InputFile]:
     """The items this run may submit (not skipped as already recorded)."""
-    return [item for item in items if not _recorded(item.key, view, settings)]
+    return [item for item in items if not _recorded(item, view, settings)]
 
 
 async def check_model(api: GeminiApi, settings: SubmitSettings, items: list[InputFile]) -> None:
@@ -234,9 +234,13 @@ def _recorded_at_all(settings: SubmitSettings) -> bool:
     return not settings.force and not settings.retry_failed
 
 
-def _recorded(identity: str, view: JournalView, settings: SubmitSettings) -> bool:
-    """The journal covers the file and nothing asks to submit it again."""
-    return identity in view.latest and not settings.force and not settings.retry_failed
+def _recorded(item: InputFile, view: JournalView, settings: SubmitSettings) -> bool:
+    """The journal covers the file (or part) and nothing asks to submit it again."""
+    return _recorded_line(item, view) is not None and _recorded_at_all(settings)
+
+
+def _recorded_line(item: InputFile, view: JournalView) -> JobLine | None:
+    return view.recorded(item.key, item.identity, item.part.of if item.part else None)
 
 
 def _report_without_api(
@@ -249,8 +253,8 @@ def _report_without_api(
     """Skips, and for a dry run what would be submitted: all known without the API."""
     skipped = 0
     for n, item in enumerate(items, start=1):
-        latest = view.latest.get(item.key)
-        if latest is not None and _recorded(item.key, view, settings):
+        latest = _recorded_line(item, view)
+        if latest is not None and _recorded(item, view, settings):
             changed = latest.get("sha256") not in (None, item.sha256)
             on_event(FileSkipped(item.label, batch_name_of(latest), n, len(items), changed))
             skipped += 1

@@ -117,3 +117,25 @@ def test_a_kill_between_parts_and_a_rerun_submit_no_part_twice(
     )
     uploads = [f for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
     assert len(uploads) == 3, "one upload per part, none orphaned"
+
+
+@FAST
+def test_a_new_split_never_submits_a_recorded_file_again(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Submitted whole, then with a job limit (and the other way round): skipped, not paid twice."""
+    _input(tmp_path / "whole.jsonl", 30)
+    _input(tmp_path / "split.jsonl", 30)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "whole.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    assert run_cli(["submit", *SPLIT, "split.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    before = len(emulator.state()["batches"])
+    for args in (
+        [*SPLIT, "whole.jsonl"],
+        ["--max-requests-per-job", "10", "split.jsonl"],
+        ["split.jsonl"],
+    ):
+        again = run_cli(["submit", *args], cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "submitted 0," in again.stdout.splitlines()[-1], (args, again.stdout)
+    assert len(emulator.state()["batches"]) == before

@@ -42,6 +42,20 @@ _OUTPUT_PATTERN = "predictions*.jsonl"
 SHA256_METADATA = "gembatch-sha256"
 
 
+def _import_once() -> None:
+    """Import google-cloud-storage and the auth transports here, in the event loop's
+    thread: imported first by two worker threads at once (ours, and the SDK's token
+    refresh), ``requests`` is seen half-initialised."""
+    try:
+        import google.api_core.exceptions
+        import google.auth.transport.requests  # noqa: F401
+        from google.cloud import storage  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            "the Vertex backend needs google-cloud-storage: pip install 'gembatch-async[vertex]'"
+        ) from exc
+
+
 def parse_gs_uri(uri: str) -> tuple[str, str]:
     """(bucket, object name) of ``gs://bucket/name``; the name may be empty."""
     found = _GS_URI.fullmatch(uri)
@@ -112,6 +126,7 @@ class Storage:
         self._host = host
         self._client: Any = None
         self._lock = threading.Lock()
+        _import_once()
 
     def _bucket(self, name: str) -> Any:
         with self._lock:
@@ -120,13 +135,8 @@ class Storage:
         return self._client.bucket(name)
 
     def _make_client(self) -> Any:
-        try:
-            from google.cloud import storage
-        except ImportError as exc:
-            raise UsageError(
-                "the Vertex backend needs google-cloud-storage: "
-                "pip install 'gembatch-async[vertex]'"
-            ) from exc
+        from google.cloud import storage
+
         if self._host:
             import google.auth.credentials
 

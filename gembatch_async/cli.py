@@ -393,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (the console script passes it to sys.exit)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.backend not in BACKENDS:  # argparse checks the flag, not the env default
+        parser.error(f"{BACKEND_ENV}={args.backend!r}: choose one of {', '.join(BACKENDS)}")
     # Beside the journal, so each project folder keeps its own offline state.
     args.emulator_state_dir = Path(os.path.abspath(args.job_info)).parent / EMULATOR_STATE_DIR
     command = {

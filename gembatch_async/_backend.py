@@ -52,6 +52,10 @@ class Backend(Protocol):
 
     def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool: ...
 
+    def storage_quota(self, configured: int) -> int:
+        """The bytes staged inputs may hold at once (the Files API's quota; a bucket has none)."""
+        ...
+
     async def upload_file(
         self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
     ) -> RemoteFile:
@@ -191,6 +195,9 @@ class Routed:
 
     def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
         return True  # pragma: no cover
+
+    def storage_quota(self, configured: int) -> int:
+        return configured  # pragma: no cover
 
     async def upload_file(
         self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str

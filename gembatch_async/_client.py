@@ -292,6 +292,9 @@ class GeminiApi:
     def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
         return model_supports(model, kind)
 
+    def storage_quota(self, configured: int) -> int:
+        return configured
+
     async def upload_file(
         self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str = ""
     ) -> RemoteFile:

@@ -121,7 +121,7 @@ async def run(
         await check_model(api, settings, items)
         jobs = JobsContext(journal, api, settings.retry)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
-        runner = _Runner(jobs, settings, admission_for(view, settings), on_event, stop, watch)
+        runner = _Runner(jobs, settings, admission_for(view, settings, api), on_event, stop, watch)
         tally = await runner.run(items, _Polling(out_dir, interval))
     return RunSummary(
         submitted=tally.submitted,

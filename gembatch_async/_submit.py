@@ -86,7 +86,7 @@ async def submit(
                 settings,
                 on_event,
                 stop or anyio.Event(),
-                admission_for(view, settings),
+                admission_for(view, settings, api),
             )
             tally = await run.run(items)
     return SubmitSummary(
@@ -126,11 +126,11 @@ async def prepared(
         journal.close()
 
 
-def admission_for(view: JournalView, settings: SubmitSettings) -> Admission:
+def admission_for(view: JournalView, settings: SubmitSettings, api: Backend) -> Admission:
     """The gate for a run, counting the storage the journal's uploads still hold."""
     return Admission(
         waits=settings.wait_for_capacity,
-        storage_bytes=settings.storage_quota_bytes,
+        storage_bytes=api.storage_quota(settings.storage_quota_bytes),
         held_bytes=bytes_held(view.latest.values(), datetime.now(timezone.utc)),
         probe_seconds=settings.capacity_probe_seconds,
     )

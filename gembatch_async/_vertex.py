@@ -15,6 +15,7 @@ token that never expires needs no network (see ``emulator/_vertex.py``).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
@@ -94,6 +95,9 @@ class VertexApi:
         # Vertex batch prediction runs generateContent requests; the model resource
         # lists no supported actions to check.
         return kind == GENERATE
+
+    def storage_quota(self, configured: int) -> int:
+        return sys.maxsize  # a bucket of the user's: no quota of the service's to keep under
 
     # -- staging --------------------------------------------------------------------------
     async def upload_file(

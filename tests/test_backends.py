@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from gembatch_async import SubmitSettings, submit
 from gembatch_async._storage import converted_line
 from gembatch_async.emulator import EmulatorConfig
 
-from .helpers import cli_env, make_inputs, read_journal, run_cli
+from .helpers import FAST_RETRY, cli_env, make_inputs, read_journal, run_cli
 from .services import Service
 
 
@@ -48,6 +49,23 @@ def test_one_journal_holds_both_backends_and_job_commands_need_no_flags(
     assert cleanup.returncode == 0, cleanup.stderr
     assert service.uploads() == []
     assert [f for f in service.emulator.state()["files"] if f["source"] == "UPLOADED"] == []
+
+
+@pytest.mark.asyncio
+async def test_the_files_api_storage_quota_does_not_hold_back_vertex(
+    service: Service, tmp_path: Path
+) -> None:
+    """Past the (here tiny) 20 GB Files API quota Gemini defers files; a bucket has none."""
+    paths = make_inputs(tmp_path / "in", 3)
+    settings = SubmitSettings(retry=FAST_RETRY, storage_quota_bytes=100)
+    summary = await submit(
+        [str(p) for p in paths],
+        settings=settings,
+        job_info=tmp_path / "j.jsonl",
+        **service.submit_kwargs(),
+    )
+    expected = (3, 0) if service.kind == "vertex" else (1, 2)
+    assert (summary.submitted, summary.deferred) == expected
 
 
 def test_vertex_output_lines_become_batch_api_lines() -> None:

@@ -3,6 +3,7 @@
 The public API is re-exported here; everything else lives in private modules.
 """
 
+from ._backend import Backend, VertexTarget
 from ._client import GeminiApi, open_client
 from ._errors import (
     AlreadyExistsApiError,
@@ -62,6 +63,7 @@ __all__ = [
     "AlreadyExistsApiError",
     "AmbiguousApiError",
     "ApiError",
+    "Backend",
     "BatchStats",
     "CapacityApiError",
     "Cleaned",
@@ -97,6 +99,7 @@ __all__ = [
     "TransientApiError",
     "UnansweredApiError",
     "UsageError",
+    "VertexTarget",
     "WaitingForCapacity",
     "WouldSubmit",
     "__version__",

@@ -283,8 +283,20 @@ class GeminiApi:
     def client(self) -> genai.Client:
         return self._client
 
+    def upload_name(self, upload_id: str) -> str:
+        return f"files/{upload_id}"
+
+    def line_fields(self) -> dict[str, Any]:
+        return {}  # lines without a backend are Gemini's (the original tool's too)
+
+    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
+        return model_supports(model, kind)
+
+    def storage_quota(self, configured: int) -> int:
+        return configured
+
     async def upload_file(
-        self, path: str, *, name: str, display_name: str, mime_type: str
+        self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str = ""
     ) -> RemoteFile:
         config = types.UploadFileConfig(name=name, display_name=display_name, mime_type=mime_type)
         with translate_errors(secret=self._secret), _upload_protocol_errors(self._secret):

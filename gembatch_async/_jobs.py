@@ -20,7 +20,16 @@ import anyio
 import anyio.to_thread
 from google import genai
 
-from ._client import BatchDetail, GeminiApi, api_session, batch_to_dict
+from ._backend import (
+    END_STATES,
+    RESULT_STATES,
+    Backend,
+    VertexTarget,
+    is_upload_name,
+    output_of,
+    output_of_job,
+)
+from ._client import BatchDetail, batch_to_dict
 from ._errors import ApiError, PermanentApiError, UsageError
 from ._events import BatchStats, JournalProblem
 from ._identity import identity_of_path, input_location
@@ -35,13 +44,10 @@ from ._results import (
     results_are_current,
 )
 from ._retry import call_with_retries, describe
+from ._sessions import jobs_session
 from ._settings import DEFAULT_JOB_INFO, RetrySettings
 
 T = TypeVar("T")
-#: Job states after which nothing more happens to a batch (USERS.md P5, P7).
-END_STATES = frozenset(
-    {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
-)
 _CONCURRENCY = 8
 #: The service's turnaround target, and the age at which it expires a job (USERS.md P7).
 TARGET_HOURS = 24
@@ -113,7 +119,7 @@ class JobsContext:
     """A journal and a client, opened together for one command."""
 
     journal: Journal
-    api: GeminiApi
+    api: Backend
     retry: RetrySettings
     #: Lines of the journal that could not be read, found on opening it.
     problems: tuple[JournalProblem, ...] = ()
@@ -141,14 +147,21 @@ async def open_jobs(
     api_key: str | None = None,
     base_url: str | None = None,
     retry: RetrySettings | None = None,
+    vertex: VertexTarget | None = None,
 ) -> AsyncIterator[JobsContext]:
-    """Open the journal and a client for the job commands; closes both."""
+    """Open the journal and a client for the job commands; closes both.
+
+    Each job is asked of the backend its line records (Vertex with the line's
+    project, location and bucket unless ``vertex`` gives them)."""
     if not await anyio.Path(job_info).exists():
         raise UsageError(f"no journal at {job_info}: nothing has been submitted from here")
     journal = Journal(job_info)
     view = await anyio.to_thread.run_sync(journal.open)
     try:
-        async with api_session(client, api_key=api_key, base_url=base_url) as api:
+        lines = list(view.latest.values())
+        async with jobs_session(
+            lines, client, api_key=api_key, base_url=base_url, vertex=vertex
+        ) as api:
             yield JobsContext(journal, api, retry or RetrySettings(), tuple(view.problems))
     finally:
         journal.close()
@@ -232,7 +245,7 @@ def _status_from_batch(line: JobLine, root: str, detail: BatchDetail) -> JobStat
         if batch.create_time
         else None
     )
-    output = batch.dest.file_name if batch.dest is not None else None
+    output = output_of_job(batch)
     return JobStatus(
         str(line["input_file"]),
         batch.name or "",
@@ -268,8 +281,7 @@ def _status_from_line(line: JobLine, root: str, error: str | None = None) -> Job
             ).total_seconds()
         except ValueError:
             age = None
-    dest = batch.get("dest")
-    output = dest.get("file_name") if isinstance(dest, dict) else None
+    output = output_of(batch)
     recorded_error = line.get("batch_error")
     return JobStatus(
         str(line["input_file"]),
@@ -365,7 +377,7 @@ def ready_inputs(statuses: Sequence[JobStatus]) -> list[list[JobStatus]]:
     part order, once every one of them has succeeded (results are one file per input)."""
     groups: dict[tuple[str, int | None], list[JobStatus]] = {}
     for status in statuses:
-        if status.state == "JOB_STATE_SUCCEEDED" and status.output_file:
+        if status.state in RESULT_STATES and status.output_file:
             groups.setdefault((status.location, status.parts), []).append(status)
     ready: list[list[JobStatus]] = []
     for (_, parts), members in groups.items():
@@ -509,7 +521,7 @@ async def cleanup_files(
         if not status.done:
             continue
         upload = line.get("uploaded_file_name")
-        if isinstance(upload, str) and upload.startswith("files/"):
+        if isinstance(upload, str) and is_upload_name(upload):
             targets.append((status.path, upload))
         if outputs and status.output_file:
             targets.append((status.path, status.output_file))

@@ -22,7 +22,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from google.genai import types
 
 from ._admission import Admission, Limit
-from ._client import GeminiApi, batch_to_dict
+from ._backend import Backend
+from ._client import batch_to_dict
 from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
@@ -80,10 +81,8 @@ class Submission:
     upload_id: str
     #: Ends the batch's display name, so an ambiguous create is found by listing.
     token: str
-
-    @property
-    def upload_name(self) -> str:
-        return f"files/{self.upload_id}"
+    #: Where the backend stages the upload (a Files API name, a gs:// URI).
+    upload_name: str
 
     @property
     def display_name(self) -> str:
@@ -146,7 +145,7 @@ class SubmitRun:
 
     def __init__(
         self,
-        api: GeminiApi,
+        api: Backend,
         journal: Journal,
         settings: SubmitSettings,
         emit: EventHandler,
@@ -350,7 +349,7 @@ class SubmitRun:
         assert scope is not None, "the journal is open for writing"
         upload_id = upload_id_for(scope, item.key, item.sha256)
         token = submission_token(upload_id, self.settings.model_resource, generation)
-        return Submission(item, upload_id, token)
+        return Submission(item, upload_id, token, self.api.upload_name(upload_id))
 
     async def _should_resubmit(self, latest: JobLine) -> bool:
         if self.settings.force:
@@ -418,6 +417,7 @@ class SubmitRun:
                     name=sub.upload_name,
                     display_name=sub.item.label,
                     mime_type=self.settings.mime_type,
+                    sha256=sub.item.sha256,
                 )
         except AlreadyExistsApiError:
             await self._reuse_or_replace(sub, progress)
@@ -568,6 +568,7 @@ class SubmitRun:
             "display_name": sub.display_name,
             "adopted": adopted,
             "batch": batch_to_dict(batch),
+            **self.api.line_fields(),
         }
         name = batch.name or ""
 

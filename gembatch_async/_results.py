@@ -44,7 +44,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from ._client import GeminiApi
+from ._backend import Backend
 from ._durable import fsync_folder
 from ._errors import ApiError, OutputError, Problem
 from ._keysort import SortedRecords
@@ -754,7 +754,7 @@ class SucceededJob(Protocol):
 
 
 async def fetch_results(
-    api: GeminiApi,
+    api: Backend,
     job: SucceededJob | Sequence[SucceededJob],
     targets: ResultTargets,
     *,
@@ -821,7 +821,7 @@ def _joined(staging: Staging, raws: list[Path]) -> Path:
     return joined
 
 
-async def _download(api: GeminiApi, retry: RetrySettings | None, name: str, target: Path) -> None:
+async def _download(api: Backend, retry: RetrySettings | None, name: str, target: Path) -> None:
     await call_with_retries(retry or RetrySettings(), lambda: api.download_file(name, str(target)))
 
 

@@ -24,7 +24,7 @@ import anyio
 from google import genai
 
 from ._admission import Admission
-from ._client import api_session
+from ._backend import END_STATES, RESULT_STATES, VertexTarget
 from ._errors import ApiError
 from ._events import (
     Event,
@@ -38,7 +38,6 @@ from ._events import (
 )
 from ._inputs import InputFile
 from ._jobs import (
-    END_STATES,
     JobsContext,
     JobStatus,
     collect_results,
@@ -47,10 +46,9 @@ from ._jobs import (
 )
 from ._pipeline import RETRYABLE_END_STATES, SubmitRun
 from ._retry import describe
+from ._sessions import backend_session
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings
 from ._submit import admission_for, check_model, prepared
-
-SUCCEEDED = "JOB_STATE_SUCCEEDED"
 
 
 @dataclass
@@ -97,6 +95,7 @@ async def run(
     base_url: str | None = None,
     on_event: EventHandler = ignore_events,
     stop: anyio.Event | None = None,
+    vertex: VertexTarget | None = None,
 ) -> RunSummary:
     """Submit every file under admission, then watch, download and clean up until done.
 
@@ -112,13 +111,17 @@ async def run(
     stop = stop or anyio.Event()
     started = time.monotonic()
     async with (
-        prepared(paths, settings, job_info, client, api_key, on_event) as (journal, view, items),
-        api_session(client, api_key=api_key, base_url=base_url) as api,
+        prepared(paths, settings, job_info, client, api_key, on_event, vertex is None) as (
+            journal,
+            view,
+            items,
+        ),
+        backend_session(client, api_key=api_key, base_url=base_url, vertex=vertex) as api,
     ):
         await check_model(api, settings, items)
         jobs = JobsContext(journal, api, settings.retry)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
-        runner = _Runner(jobs, settings, admission_for(view, settings), on_event, stop, watch)
+        runner = _Runner(jobs, settings, admission_for(view, settings, api), on_event, stop, watch)
         tally = await runner.run(items, _Polling(out_dir, interval))
     return RunSummary(
         submitted=tally.submitted,
@@ -255,7 +258,7 @@ class _Runner:
         if status.state not in END_STATES:
             return
         self.admission.capacity_returned()  # an ended job frees a place in the window
-        if status.state == SUCCEEDED:
+        if status.state in RESULT_STATES:
             entry.succeeded = status
             await self._collect(entry)
         elif status.state in RETRYABLE_END_STATES:

@@ -19,7 +19,7 @@ import anyio.to_thread
 from google import genai
 
 from ._admission import Admission, bytes_held
-from ._client import GeminiApi, api_session, model_supports
+from ._backend import Backend, VertexTarget
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._identity import identity_of_path
@@ -28,6 +28,7 @@ from ._journal import JobLine, Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
 from ._schema import BATCH_METHODS
+from ._sessions import backend_session
 from ._settings import (
     DEFAULT_JOB_INFO,
     SubmitSettings,
@@ -48,11 +49,13 @@ async def submit(
     base_url: str | None = None,
     on_event: EventHandler = ignore_events,
     stop: anyio.Event | None = None,
+    vertex: VertexTarget | None = None,
 ) -> SubmitSummary:
     """Upload each JSONL file and create one batch job per file, recording each in ``job_info``.
 
     Pass a ``genai.Client``, or let one be built from ``api_key`` (else
-    GEMINI_API_KEY / GOOGLE_API_KEY) and ``base_url``. Each file's outcome is
+    GEMINI_API_KEY / GOOGLE_API_KEY) and ``base_url``; with ``vertex``, submit to
+    Vertex AI batch prediction instead (inputs staged in its Cloud Storage bucket). Each file's outcome is
     reported to ``on_event``. Setting ``stop`` starts no new file and gives those
     in flight ``settings.cleanup_seconds`` to finish; cancelling the caller's
     scope cleans up the same way, then re-raises.
@@ -62,7 +65,8 @@ async def submit(
     """
     settings = settings or SubmitSettings()
     started = time.monotonic()
-    async with prepared(paths, settings, job_info, client, api_key, on_event) as (
+    needs_key = vertex is None
+    async with prepared(paths, settings, job_info, client, api_key, on_event, needs_key) as (
         journal,
         view,
         items,
@@ -70,7 +74,9 @@ async def submit(
         if not settings.dry_run and all(_recorded(item, view, settings) for item in items):
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
-        async with api_session(client, api_key=api_key, base_url=base_url) as api:
+        async with backend_session(
+            client, api_key=api_key, base_url=base_url, vertex=vertex
+        ) as api:
             await check_model(api, settings, _to_submit(items, view, settings))
             if settings.dry_run:
                 return _report_without_api(items, view, settings, on_event, started)
@@ -80,7 +86,7 @@ async def submit(
                 settings,
                 on_event,
                 stop or anyio.Event(),
-                admission_for(view, settings),
+                admission_for(view, settings, api),
             )
             tally = await run.run(items)
     return SubmitSummary(
@@ -102,6 +108,7 @@ async def prepared(
     client: genai.Client | None,
     api_key: str | None,
     on_event: EventHandler,
+    needs_key: bool = True,
 ) -> AsyncIterator[tuple[Journal, JournalView, list[InputFile]]]:
     """The journal, open, and the inputs that passed the local pre-flight (nothing sent)."""
     journal = Journal(job_info)
@@ -113,17 +120,17 @@ async def prepared(
         )
         for problem in view.problems:
             on_event(problem)
-        items = await _check_locally(wanted, journal, view, settings, client, api_key)
+        items = await _check_locally(wanted, journal, view, settings, client, api_key, needs_key)
         yield journal, view, items
     finally:
         journal.close()
 
 
-def admission_for(view: JournalView, settings: SubmitSettings) -> Admission:
+def admission_for(view: JournalView, settings: SubmitSettings, api: Backend) -> Admission:
     """The gate for a run, counting the storage the journal's uploads still hold."""
     return Admission(
         waits=settings.wait_for_capacity,
-        storage_bytes=settings.storage_quota_bytes,
+        storage_bytes=api.storage_quota(settings.storage_quota_bytes),
         held_bytes=bytes_held(view.latest.values(), datetime.now(timezone.utc)),
         probe_seconds=settings.capacity_probe_seconds,
     )
@@ -154,6 +161,7 @@ async def _check_locally(
     settings: SubmitSettings,
     client: genai.Client | None,
     api_key: str | None,
+    needs_key: bool = True,
 ) -> list[InputFile]:
     """Every local problem at once: files, their content, the API key. Sends nothing."""
     checks = {path: check_regular_file(path) for path in paths}
@@ -177,11 +185,11 @@ async def _check_locally(
     if not paths:
         problems.append(Problem("(arguments)", "no input files given"))
     key = api_key or api_key_from_env()
-    if client is None and not key:
+    if client is None and not key and needs_key:
         problems.append(
             Problem("GEMINI_API_KEY", "not set: set it (or GOOGLE_API_KEY), or use --emulator")
         )
-    unsendable = unsendable_key_reason(key) if client is None and key else None
+    unsendable = unsendable_key_reason(key) if client is None and key and needs_key else None
     if unsendable:
         problems.append(Problem("GEMINI_API_KEY", unsendable))
     if problems:
@@ -197,7 +205,7 @@ def _to_submit(
     return [item for item in items if not _recorded(item, view, settings)]
 
 
-async def check_model(api: GeminiApi, settings: SubmitSettings, items: list[InputFile]) -> None:
+async def check_model(api: Backend, settings: SubmitSettings, items: list[InputFile]) -> None:
     """One models.get, so a typo, a retired model or one that cannot run these
     requests (generate or embed) fails once, before any upload."""
     model = settings.model_resource
@@ -215,7 +223,7 @@ async def check_model(api: GeminiApi, settings: SubmitSettings, items: list[Inpu
         raise PreflightError([Problem(model, f"cannot check the model: {describe(exc)}")]) from exc
     problems = []
     for kind in sorted({item.kind for item in items}):
-        if not model_supports(info, kind):
+        if not api.model_supports(info, kind):
             files = [item.path for item in items if item.kind == kind]
             named = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
             problems.append(

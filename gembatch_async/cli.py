@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from typing import TextIO, TypeVar
 
 import anyio
 
+from ._backend import BACKEND_ENV, BACKENDS, GEMINI, VERTEX, VertexTarget
 from ._client import EMULATOR_API_KEY, redact
 from ._errors import GembatchError, UsageError, single_error
 from ._events import Event, SubmitSummary
@@ -154,12 +156,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run against a built-in Gemini API emulator (offline, no API key needed)",
     )
+    _add_backend_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_submit(commands)
     _add_run(commands)
     _add_job_commands(commands)
     _add_emulator(commands)
     return parser
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=os.environ.get(BACKEND_ENV) or GEMINI,
+        help=f"where submit and run send jobs (default: ${BACKEND_ENV} or gemini); the job "
+        "commands use the backend each journal line records",
+    )
+    parser.add_argument(
+        "--project", default=None, help="Vertex: the Google Cloud project ($GOOGLE_CLOUD_PROJECT)"
+    )
+    parser.add_argument(
+        "--location",
+        default=None,
+        help="Vertex: the region, e.g. us-central1 ($GOOGLE_CLOUD_LOCATION)",
+    )
+    parser.add_argument(
+        "--bucket",
+        default=None,
+        metavar="gs://BUCKET[/PREFIX]",
+        help="Vertex: where inputs and outputs go ($GEMBATCH_BUCKET)",
+    )
 
 
 def _add_submit(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -366,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (the console script passes it to sys.exit)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.backend not in BACKENDS:  # argparse checks the flag, not the env default
+        parser.error(f"{BACKEND_ENV}={args.backend!r}: choose one of {', '.join(BACKENDS)}")
     # Beside the journal, so each project folder keeps its own offline state.
     args.emulator_state_dir = Path(os.path.abspath(args.job_info)).parent / EMULATOR_STATE_DIR
     command = {
@@ -442,16 +471,17 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
 async def _submit_command(args: argparse.Namespace) -> int:
     settings = _submit_settings(args)
     show = _event_printer(args.json)
-    async with _api_endpoint(args) as (api_key, base_url):
+    async with _api_endpoint(args) as endpoint:
         summary = await _stoppable(
             lambda stop: submit(
                 args.files,
                 settings=settings,
                 job_info=args.job_info,
-                api_key=api_key,
-                base_url=base_url,
+                api_key=endpoint.api_key,
+                base_url=endpoint.base_url,
                 on_event=show,
                 stop=stop,
+                vertex=endpoint.submit_target(args.backend),
             )
         )
     _print(
@@ -464,7 +494,7 @@ async def _run_command(args: argparse.Namespace) -> int:
     settings = _submit_settings(args)
     live = sys.stdout.isatty() and not args.json
     with _run_output(args.json, live) as show:
-        async with _api_endpoint(args) as (api_key, base_url):
+        async with _api_endpoint(args) as endpoint:
             summary = await _stoppable(
                 lambda stop: run(
                     args.files,
@@ -473,10 +503,11 @@ async def _run_command(args: argparse.Namespace) -> int:
                     out_dir=args.out,
                     interval=args.interval,
                     resubmits=args.resubmits,
-                    api_key=api_key,
-                    base_url=base_url,
+                    api_key=endpoint.api_key,
+                    base_url=endpoint.base_url,
                     on_event=show,
                     stop=stop,
+                    vertex=endpoint.submit_target(args.backend),
                 )
             )
     _print(render_json(summary) if args.json else render_run_summary(summary), sys.stdout)
@@ -543,11 +574,37 @@ async def _stop_on_signals(stop: anyio.Event) -> None:
             stop.set()
 
 
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    """Where the commands send their calls: the Gemini API (key, base URL) and Vertex."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+    #: Vertex overrides (flags, an emulator); gaps come from journal lines and the env.
+    vertex: VertexTarget = dataclasses.field(default_factory=VertexTarget)
+
+    def submit_target(self, backend: str) -> VertexTarget | None:
+        """The Vertex target for submit and run, None for the Gemini API."""
+        return self.vertex if backend == VERTEX else None
+
+
+#: The project, location and bucket of ``--emulator --backend vertex``.
+EMULATOR_PROJECT = "gembatch-emulator"
+EMULATOR_LOCATION = "us-central1"
+EMULATOR_BUCKET = "gs://gembatch-emulator"
+
+
+def _vertex_flags(args: argparse.Namespace) -> VertexTarget:
+    return VertexTarget(project=args.project, location=args.location, bucket=args.bucket)
+
+
 @contextlib.asynccontextmanager
-async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str | None, str | None]]:
-    """(api key, base URL): the real API from the environment, or an in-process emulator."""
+async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
+    """The real APIs from the environment, or in-process emulators (Gemini and Vertex
+    routes, and Cloud Storage when Vertex may be used)."""
+    flags = _vertex_flags(args)
     if not args.emulator:
-        yield None, None
+        yield _Endpoint(vertex=flags)
         return
     from .emulator import EmulatorConfig, serve_emulator
 
@@ -562,21 +619,70 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[tuple[str | N
                 f"--emulator keeps its state in {state_dir}, which cannot be created: "
                 f"{exc.strerror}"
             ) from exc
-    config = EmulatorConfig(host="127.0.0.1", port=0, state_dir=state_dir)
-    async with serve_emulator(config) as running:
+    async with contextlib.AsyncExitStack() as stack:
+        storage_url = None
+        vertex = flags
+        if _may_use_vertex(args):
+            vertex = VertexTarget(
+                project=flags.project or EMULATOR_PROJECT,
+                location=flags.location or EMULATOR_LOCATION,
+                bucket=flags.bucket or EMULATOR_BUCKET,
+            )
+            storage_url = await stack.enter_async_context(_storage_emulator(state_dir, vertex))
+        config = EmulatorConfig(
+            host="127.0.0.1", port=0, state_dir=state_dir, storage_emulator_host=storage_url
+        )
+        running = await stack.enter_async_context(serve_emulator(config))
         _print(
-            f"using the built-in Gemini API emulator at {running.base_url} "
-            f"(state {f'in {state_dir}' if state_dir else 'in memory'})",
+            f"using the built-in {'Vertex AI and ' if storage_url else ''}Gemini API emulator "
+            f"at {running.base_url} (state {f'in {state_dir}' if state_dir else 'in memory'})",
             sys.stderr,
         )
-        yield EMULATOR_API_KEY, running.base_url
+        vertex = dataclasses.replace(vertex, base_url=running.base_url, storage_host=storage_url)
+        yield _Endpoint(EMULATOR_API_KEY, running.base_url, vertex)
+
+
+def _may_use_vertex(args: argparse.Namespace) -> bool:
+    """Vertex is asked for, or the journal a job command reads holds Vertex lines."""
+    if args.backend == VERTEX:
+        return True
+    if args.command in ("submit", "run"):
+        return False
+    try:
+        with open(args.job_info, encoding="utf-8", errors="replace") as journal:
+            return any(f'"backend": "{VERTEX}"' in line for line in journal)
+    except OSError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def _storage_emulator(state_dir: Path | None, vertex: VertexTarget) -> AsyncIterator[str]:
+    """The in-process Cloud Storage emulator, its bucket created, objects kept beside the
+    journal; yields its URL."""
+    from .emulator import serve_storage_emulator
+
+    bucket = (vertex.bucket or EMULATOR_BUCKET).removeprefix("gs://").split("/", 1)[0]
+    data_dir = state_dir / "storage" if state_dir is not None else None
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        raise UsageError(
+            "--emulator --backend vertex needs the vertex extra: "
+            "pip install 'gembatch-async[vertex]'"
+        )
+    with serve_storage_emulator(data_dir=data_dir, buckets=[bucket]) as running:
+        yield running.url
 
 
 async def _jobs_command(args: argparse.Namespace) -> int:
-    """status, download, cancel, cleanup: each from the journal, against the same API."""
+    """status, download, cancel, cleanup: each from the journal, each job against the
+    backend its line records."""
     async with (
-        _api_endpoint(args) as (api_key, base_url),
-        open_jobs(args.job_info, api_key=api_key, base_url=base_url) as jobs,
+        _api_endpoint(args) as endpoint,
+        open_jobs(
+            args.job_info,
+            api_key=endpoint.api_key,
+            base_url=endpoint.base_url,
+            vertex=endpoint.vertex,
+        ) as jobs,
     ):
         for problem in jobs.problems:
             _print(render_text(problem)[0], sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -14,6 +15,8 @@ from gembatch_async.emulator import (
     RunningStorageEmulator,
     serve_storage_emulator,
 )
+
+from .services import Service
 
 TEST_API_KEY = "test-key-7d1c0a5e"
 #: The bucket the storage_emulator fixture creates.
@@ -56,3 +59,17 @@ def vertex_emulator(storage_emulator: RunningStorageEmulator) -> Iterator[Runnin
     )
     with EmulatorThread(config) as running:
         yield running
+
+
+@pytest.fixture(params=["gemini", "vertex"])
+def service(request: pytest.FixtureRequest, emulator_config: EmulatorConfig) -> Iterator[Service]:
+    """Each backend in turn, its emulator built from ``emulator_config``: the Gemini
+    API, or the Vertex routes over a Cloud Storage emulator with the bucket TEST_BUCKET."""
+    if request.param == "gemini":
+        with EmulatorThread(emulator_config) as running:
+            yield Service("gemini", running)
+        return
+    with serve_storage_emulator(buckets=[TEST_BUCKET]) as gcs:
+        config = dataclasses.replace(emulator_config, storage_emulator_host=gcs.url)
+        with EmulatorThread(config) as running:
+            yield Service("vertex", running, gcs)

@@ -27,6 +27,7 @@ from .helpers import (
     run_cli,
     wait_until,
 )
+from .services import Service
 
 CHAOS = ",".join(
     [
@@ -53,18 +54,19 @@ CHAOS_SEEDS = [int(s) for s in os.environ.get("GEMBATCH_CHAOS_SEEDS", "1,2,3").s
 
 
 async def submit_until_done(
-    emulator: RunningEmulator, paths: list[Path], journal: Path, rounds: int = 6, **changes: object
+    emulator: RunningEmulator | Service,
+    paths: list[Path],
+    journal: Path,
+    rounds: int = 6,
+    **changes: object,
 ) -> list[SubmitSummary]:
     """Run submit again while files fail (a 400 fault fails a file for that run)."""
     settings = dataclasses.replace(SubmitSettings(retry=FAST_RETRY, cleanup_seconds=10), **changes)  # type: ignore[arg-type]
+    service = emulator if isinstance(emulator, Service) else Service("gemini", emulator)
     summaries = []
     for _ in range(rounds):
         summary = await submit(
-            [str(p) for p in paths],
-            settings=settings,
-            job_info=journal,
-            api_key=TEST_API_KEY,
-            base_url=emulator.base_url,
+            [str(p) for p in paths], settings=settings, job_info=journal, **service.submit_kwargs()
         )
         summaries.append(summary)
         if summary.failed == 0:
@@ -76,27 +78,26 @@ async def submit_until_done(
 @pytest.mark.slow
 @pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, max_unfinished_batches=10_000)])
 @pytest.mark.parametrize("seed", CHAOS_SEEDS)
-async def test_chaos_converges_to_exactly_once(
-    emulator: RunningEmulator, tmp_path: Path, seed: int
-) -> None:
-    """110 files, every fault kind on every endpoint, concurrency 16: one batch each, no orphans."""
-    emulator.set_faults(CHAOS, seed=seed)
+async def test_chaos_converges_to_exactly_once(service: Service, tmp_path: Path, seed: int) -> None:
+    """110 files, every fault kind on every endpoint, concurrency 16: one batch each, no orphans.
+
+    On Vertex the storage faults hit the Cloud Storage emulator; one seed keeps CI short."""
+    if service.kind == "vertex" and seed != CHAOS_SEEDS[0]:
+        pytest.skip("one chaos seed on Vertex")
+    service.set_faults(CHAOS, seed=seed)
     paths = make_inputs(tmp_path / "in", 110)
     journal = tmp_path / "job-info.jsonl"
-    summaries = await submit_until_done(emulator, paths, journal, concurrency=16)
+    summaries = await submit_until_done(service, paths, journal, concurrency=16)
     assert summaries[-1].failed == 0, summaries
-    emulator.set_faults("")
-    state = emulator.state()
-    assert state["requests"]["create"]["count"] > 110  # faults really hit
-    assert_converged(state, read_journal(journal), [str(p) for p in paths])
+    service.set_faults("")
+    assert service.creates() > 110  # faults really hit
+    service.assert_converged(read_journal(journal), [str(p) for p in paths])
 
 
 @pytest.mark.asyncio
-async def test_lost_create_is_adopted_not_repeated(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
+async def test_lost_create_is_adopted_not_repeated(service: Service, tmp_path: Path) -> None:
     """Every create's response is lost once: each batch is found by lookup, none doubled."""
-    emulator.set_faults("create:1:lost")
+    service.set_faults("create:1:lost")
     paths = make_inputs(tmp_path / "in", 5)
     journal = tmp_path / "j.jsonl"
     events: list[Event] = []
@@ -104,16 +105,14 @@ async def test_lost_create_is_adopted_not_repeated(
         [str(p) for p in paths],
         settings=SubmitSettings(retry=FAST_RETRY),
         job_info=journal,
-        api_key=TEST_API_KEY,
-        base_url=emulator.base_url,
         on_event=events.append,
+        **service.submit_kwargs(),
     )
     assert summary.submitted == 5
     assert all(e.adopted for e in events if isinstance(e, FileSubmitted))
-    emulator.set_faults("")
-    state = emulator.state()
-    assert state["requests"]["create"]["count"] == 5
-    assert_converged(state, read_journal(journal), [str(p) for p in paths])
+    service.set_faults("")
+    assert service.creates() == 5
+    service.assert_converged(read_journal(journal), [str(p) for p in paths])
 
 
 @pytest.mark.asyncio
@@ -131,17 +130,16 @@ async def test_common_path_sends_only_upload_and_create(
 
 
 @pytest.mark.asyncio
-async def test_upload_left_by_a_crash_is_reused(emulator: RunningEmulator, tmp_path: Path) -> None:
+async def test_upload_left_by_a_crash_is_reused(service: Service, tmp_path: Path) -> None:
     """An upload of the same content under our name is reused, not uploaded again."""
     paths = make_inputs(tmp_path / "in", 1)
     journal = tmp_path / "j.jsonl"
-    await submit_until_done(emulator, paths, journal)
-    first = emulator.state()
+    await submit_until_done(service, paths, journal)
+    uploads, jobs = service.uploads(), [j["name"] for j in service.jobs()]
     journal.unlink()  # as if the run died before recording; the server kept everything
-    await submit_until_done(emulator, paths, journal)
-    state = emulator.state()
-    assert state["files"] == first["files"]
-    assert [b["name"] for b in state["batches"]] == [b["name"] for b in first["batches"]]
+    await submit_until_done(service, paths, journal)
+    assert service.uploads() == uploads
+    assert [j["name"] for j in service.jobs()] == jobs
     assert read_journal(journal)[0]["adopted"] is True
 
 
@@ -168,8 +166,9 @@ async def test_retry_failed_resubmits_ended_jobs(emulator: RunningEmulator, tmp_
 
 
 def _start_cli(
-    tmp_path: Path, emulator: RunningEmulator, names: list[str]
+    tmp_path: Path, emulator: RunningEmulator | Service, names: list[str]
 ) -> subprocess.Popen[str]:
+    service = emulator if isinstance(emulator, Service) else Service("gemini", emulator)
     return subprocess.Popen(
         [
             sys.executable,
@@ -183,7 +182,7 @@ def _start_cli(
             *names,
         ],
         cwd=tmp_path,
-        env=cli_env(emulator),
+        env=service.env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -199,7 +198,7 @@ def _start_cli(
         )
     ],
 )
-def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_path: Path) -> None:
+def test_sigkill_anywhere_then_rerun_converges(service: Service, tmp_path: Path) -> None:
     """SIGKILL the CLI at random moments, then rerun: exactly one batch per file, no orphans."""
     rng = random.Random(int(os.environ.get("GEMBATCH_KILL_SEED", "1234")))
     names: list[str] = []
@@ -207,7 +206,7 @@ def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_pa
     for round_ in range(KILL_ROUNDS):
         # Fresh files each round, so every kill lands in real work.
         names += [p.name for p in make_inputs(tmp_path, 24, prefix=f"r{round_:02d}")]
-        process = _start_cli(tmp_path, emulator, names)
+        process = _start_cli(tmp_path, service, names)
         try:
             process.wait(timeout=rng.uniform(0.5, 1.7))
         except subprocess.TimeoutExpired:
@@ -215,11 +214,11 @@ def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_pa
             process.wait()
             kills += 1
     final = run_cli(
-        ["submit", "--retry-max-delay", "0.05", *names], cwd=tmp_path, env=cli_env(emulator)
+        ["submit", "--retry-max-delay", "0.05", *names], cwd=tmp_path, env=service.env()
     )
     assert final.returncode == 0, final.stderr
     assert kills >= KILL_ROUNDS * 0.7, f"only {kills} of {KILL_ROUNDS} kills landed mid-run"
-    assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)
+    service.assert_converged(read_journal(tmp_path / "job-info.jsonl"), names)
 
 
 @pytest.mark.parametrize(
@@ -230,16 +229,16 @@ def test_sigkill_anywhere_then_rerun_converges(emulator: RunningEmulator, tmp_pa
         )
     ],
 )
-def test_two_processes_overlapping_files(emulator: RunningEmulator, tmp_path: Path) -> None:
+def test_two_processes_overlapping_files(service: Service, tmp_path: Path) -> None:
     """Two CLI runs at once over overlapping files: one batch per file, no lost line."""
     names = [p.name for p in make_inputs(tmp_path, 24)]
-    first = _start_cli(tmp_path, emulator, names[:16])
-    second = _start_cli(tmp_path, emulator, names[8:])
+    first = _start_cli(tmp_path, service, names[:16])
+    second = _start_cli(tmp_path, service, names[8:])
     assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
     assert second.wait(timeout=120) == 0, second.stderr.read() if second.stderr else ""
     journal = read_journal(tmp_path / "job-info.jsonl")
     assert len(journal) == 24
-    assert_converged(emulator.state(), journal, names)
+    service.assert_converged(journal, names)
 
 
 @pytest.mark.parametrize(

@@ -53,3 +53,25 @@ def test_schema_is_a_leaf() -> None:
         assert ours <= SHARED | {
             f"{m}.{n}" for m in SHARED for n in ("ENUMS", "MESSAGES", "SDK_VERSION")
         }, name
+
+
+#: The code that must not know which backend runs (issue 12: one seam, no `if vertex:`).
+BACKEND_BLIND = (
+    "_pipeline.py",
+    "_journal.py",
+    "_admission.py",
+    "_results.py",
+    "_lookup.py",
+    "_run.py",
+    "_submit.py",
+    "_jobs.py",
+)
+BACKEND_MODULES = {"gembatch_async._vertex", "gembatch_async._storage", "google.cloud"}
+
+
+def test_pipeline_journal_admission_and_results_do_not_know_the_backend() -> None:
+    """They reach a backend only through _backend/_sessions, never Vertex or storage code."""
+    for name in BACKEND_BLIND:
+        path = PACKAGE / name
+        found = {m for m in imported_modules(path) if any(m.startswith(b) for b in BACKEND_MODULES)}
+        assert not found, f"{name} imports {sorted(found)}"

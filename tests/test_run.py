@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from google.genai import types
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from .helpers import cli_env, creates_reached, make_inputs, read_journal, run_cli, wait_until
+from .services import Service
 
 WINDOW_OF_8 = pytest.mark.parametrize(
     "emulator_config",
@@ -57,10 +59,11 @@ def test_run_takes_35_files_through_a_window_of_8(
 
 
 @WINDOW_OF_8
-def test_sigkilled_run_rerun_converges(emulator: RunningEmulator, tmp_path: Path) -> None:
+def test_sigkilled_run_rerun_converges(service: Service, tmp_path: Path) -> None:
     """run is SIGKILLed mid-way (twice); the same command again finishes the job exactly once."""
+    emulator = service.emulator
     names = [p.name for p in make_inputs(tmp_path, 20, lines=2)]
-    env = cli_env(emulator)
+    env = service.env()
     for creates in (3, 10):
         process = subprocess.Popen(
             [sys.executable, "-m", "gembatch_async", *RUN, *names],
@@ -76,15 +79,48 @@ def test_sigkilled_run_rerun_converges(emulator: RunningEmulator, tmp_path: Path
     assert final.returncode == 0, final.stdout[-2000:] + final.stderr[-2000:]
     assert len(_result_files(tmp_path)) == 20
     by_input: dict[str, int] = {}
-    for batch in emulator.state()["batches"]:
+    for batch in service.jobs():
         path = batch["displayName"].rsplit(" [", 1)[0]
         by_input[path] = by_input.get(path, 0) + 1
     assert by_input == dict.fromkeys(names, 1), "no input got two batches"
-    assert _uploads(emulator) == []
+    assert service.uploads() == []
     again = run_cli([*RUN, *names], cwd=tmp_path, env=env)
     assert again.returncode == 0
     assert "already in" in again.stdout
-    assert len(emulator.state()["batches"]) == 20
+    assert len(service.jobs()) == 20
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, processing_seconds=0.6)])
+def test_run_writes_results_in_input_order_with_failed_requests_apart(
+    service: Service, tmp_path: Path
+) -> None:
+    """One request the service refuses: results in input order (its line an error), the
+    refused input line in .failed.jsonl, status counting both, the upload deleted."""
+    keys = [f"q{i}" for i in (5, 3, 9, 1, 7, 2)]
+    lines = []
+    for key in keys:
+        request: dict[str, Any] = {"contents": [{"parts": [{"text": f"about {key}"}]}]}
+        if key == "q1":
+            request["generationConfig"] = {"temprature": 0.5}  # refused by the service
+        lines.append(json.dumps({"key": key, "request": request}) + "\n")
+    (tmp_path / "mixed.jsonl").write_text("".join(lines))
+    result = run_cli(
+        [*RUN, "--no-schema-check", "mixed.jsonl"], cwd=tmp_path, env=service.env(), timeout=120
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    written = [json.loads(line) for line in (tmp_path / "results" / "mixed.jsonl").open()]
+    assert [line["key"] for line in written] == keys
+    assert ["error" in line for line in written] == [k == "q1" for k in keys]
+    assert all("response" in line for line in written if line["key"] != "q1")
+    failed = (tmp_path / "results" / "mixed.failed.jsonl").read_text()
+    assert failed == lines[keys.index("q1")]
+    assert service.uploads() == []
+    (line,) = read_journal(tmp_path / "job-info.jsonl")
+    ended = "PARTIALLY_SUCCEEDED" if service.kind == "vertex" else "SUCCEEDED"
+    assert line["batch"]["state"] == f"JOB_STATE_{ended}"
+    status = run_cli(["status"], cwd=tmp_path, env=cli_env(None))
+    assert status.returncode == 0, status.stderr
+    assert "5 answered" in status.stdout or "5/6" in status.stdout, status.stdout
 
 
 def test_first_ctrl_c_stops_run(emulator: RunningEmulator, tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from gembatch_async import (
 )
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from .helpers import FAST_RETRY, TEST_API_KEY, assert_converged, make_inputs, read_journal
+from .helpers import FAST_RETRY, TEST_API_KEY, make_inputs, read_journal
+from .services import Service
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,16 +33,16 @@ def settings(**changes: object) -> SubmitSettings:
 
 
 async def run_submit(
-    emulator: RunningEmulator, paths: list[Path], journal: Path, **changes: object
+    emulator: RunningEmulator | Service, paths: list[Path], journal: Path, **changes: object
 ) -> tuple[list[Event], object]:
     events: list[Event] = []
+    service = emulator if isinstance(emulator, Service) else Service("gemini", emulator)
     summary = await submit(
         [str(p) for p in paths],
         settings=settings(**changes),
         job_info=journal,
-        api_key=TEST_API_KEY,
-        base_url=emulator.base_url,
         on_event=events.append,
+        **service.submit_kwargs(),
     )
     return events, summary
 
@@ -49,19 +50,20 @@ async def run_submit(
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=20), id="latency")]
 )
-async def test_many_files_all_submitted_once(emulator: RunningEmulator, tmp_path: Path) -> None:
+async def test_many_files_all_submitted_once(service: Service, tmp_path: Path) -> None:
     """52 files at concurrency 8: one batch each, journal = server, n counts 1..N once."""
     paths = make_inputs(tmp_path / "in", 52)
     journal = tmp_path / "job-info.jsonl"
-    events, _summary = await run_submit(emulator, paths, journal, concurrency=8)
+    events, _summary = await run_submit(service, paths, journal, concurrency=8)
     done = [e for e in events if isinstance(e, FileSubmitted)]
     assert len(done) == 52
     assert sorted(e.n for e in done) == list(range(1, 53))
     assert {e.total for e in done} == {52}
-    state = emulator.state()
-    assert_converged(state, read_journal(journal), [str(p) for p in paths])
-    for kind in ("upload", "create"):
-        in_flight = state["requests"][kind]["maxInFlight"]
+    service.assert_converged(read_journal(journal), [str(p) for p in paths])
+    # (Uploads to the Cloud Storage emulator are served one at a time: creates only.)
+    requests = service.emulator.state()["requests"]
+    for kind in ("upload", "create") if service.storage is None else ("create",):
+        in_flight = requests[kind]["maxInFlight"]
         assert 1 < in_flight <= 8, f"{kind}: {in_flight} in flight"
 
 
@@ -77,24 +79,24 @@ async def test_concurrency_limit_holds(emulator: RunningEmulator, tmp_path: Path
     assert 1 < requests["create"]["maxInFlight"] <= 3
 
 
-async def test_rerun_skips_reports_changes_and_force(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
+async def test_rerun_skips_reports_changes_and_force(service: Service, tmp_path: Path) -> None:
     """A rerun skips everything; changed content is flagged; --force submits again."""
+    emulator = service.emulator
     paths = make_inputs(tmp_path / "in", 4)
     journal = tmp_path / "job-info.jsonl"
-    await run_submit(emulator, paths, journal)
+    await run_submit(service, paths, journal)
     creates = emulator.state()["requests"]["create"]["count"]
     extra = {"key": "extra", "request": {"contents": [{"parts": [{"text": "more"}]}]}}
     paths[0].write_text(paths[0].read_text() + json.dumps(extra) + "\n")
-    events, _ = await run_submit(emulator, paths, journal)
+    events, _ = await run_submit(service, paths, journal)
     skipped = [e for e in events if isinstance(e, FileSkipped)]
     assert len(skipped) == 4
     assert [e.path for e in skipped if e.changed] == [str(paths[0])]
     assert emulator.state()["requests"]["create"]["count"] == creates
-    events, _ = await run_submit(emulator, [paths[0]], journal, force=True)
+    events, _ = await run_submit(service, [paths[0]], journal, force=True)
     assert [type(e) for e in events] == [FileSubmitted]
     assert len(read_journal(journal)) == 5
+    assert service.creates() == creates + 1
 
 
 async def test_same_path_twice_submitted_once(emulator: RunningEmulator, tmp_path: Path) -> None:
@@ -106,43 +108,35 @@ async def test_same_path_twice_submitted_once(emulator: RunningEmulator, tmp_pat
     assert len(emulator.state()["batches"]) == 1
 
 
-async def test_transient_faults_still_submit_everything(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
+async def test_transient_faults_still_submit_everything(service: Service, tmp_path: Path) -> None:
     """429 and 503 on upload and create are retried until everything is in."""
-    emulator.set_faults("upload:0.1:429,upload:0.1:503,create:0.2:429,create:0.1:503", seed=7)
+    service.set_faults("upload:0.1:429,upload:0.1:503,create:0.2:429,create:0.1:503", seed=7)
     paths = make_inputs(tmp_path / "in", 20)
     journal = tmp_path / "j.jsonl"
-    events, summary = await run_submit(emulator, paths, journal)
+    events, summary = await run_submit(service, paths, journal)
     assert summary.failed == 0  # type: ignore[attr-defined]
     assert any(e.kind == "retrying" for e in events)
-    emulator.set_faults("")
-    assert_converged(emulator.state(), read_journal(journal), [str(p) for p in paths])
+    service.set_faults("")
+    service.assert_converged(read_journal(journal), [str(p) for p in paths])
 
 
-async def test_permanent_create_error_deletes_upload(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
+async def test_permanent_create_error_deletes_upload(service: Service, tmp_path: Path) -> None:
     """A 400 on create fails the file, is not retried, and its upload is deleted."""
-    emulator.set_faults("create:1.0:400")
+    service.set_faults("create:1.0:400")
     paths = make_inputs(tmp_path / "in", 3)
     journal = tmp_path / "j.jsonl"
-    events, _summary = await run_submit(emulator, paths, journal)
+    events, _summary = await run_submit(service, paths, journal)
     failed = [e for e in events if isinstance(e, FileFailed)]
     assert len(failed) == 3
     assert all("400" in e.reason and e.left_behind is None for e in failed)
-    state = emulator.state()
-    assert state["files"] == []
-    assert state["batches"] == []
-    assert state["requests"]["create"]["count"] == 3
+    assert service.uploads() == []
+    assert service.jobs() == []
+    assert service.creates() == 3
     assert read_journal(journal) == []
 
 
-async def test_cancelling_the_call_leaves_no_orphan(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
+async def test_cancelling_the_call_leaves_no_orphan(service: Service, tmp_path: Path) -> None:
     """Cancelling mid-run: every upload left on the server belongs to a recorded batch."""
-    emulator.set_faults("")
     paths = make_inputs(tmp_path / "in", 30)
     journal = tmp_path / "j.jsonl"
     seen: list[Event] = []
@@ -157,16 +151,14 @@ async def test_cancelling_the_call_leaves_no_orphan(
             [str(p) for p in paths],
             settings=settings(concurrency=6),
             job_info=journal,
-            api_key=TEST_API_KEY,
-            base_url=emulator.base_url,
             on_event=on_event,
+            **service.submit_kwargs(),
         )
     assert scope.cancelled_caught
-    state = emulator.state()
+    jobs = service.jobs()
     recorded = {line["batch"]["name"] for line in read_journal(journal)}
-    assert recorded == {b["name"] for b in state["batches"]}
-    used = {b["inputFile"] for b in state["batches"]}
-    assert {f["name"] for f in state["files"] if f["source"] == "UPLOADED"} == used
+    assert recorded == {j["name"] for j in jobs}
+    assert set(service.uploads()) == {j["input"] for j in jobs}
     assert 5 <= len(recorded) < 30
 
 
@@ -202,16 +194,14 @@ async def test_cleanup_that_fails_names_what_is_left(
     assert [f["name"] for f in emulator.state()["files"]] == [failed.left_behind]
 
 
-async def test_two_calls_in_one_process_share_claims(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
+async def test_two_calls_in_one_process_share_claims(service: Service, tmp_path: Path) -> None:
     """Two submit() calls at once in one process, same files: one batch per file."""
     paths = make_inputs(tmp_path / "in", 12)
     journal = tmp_path / "j.jsonl"
     async with anyio.create_task_group() as tg:
         for _ in range(2):
-            tg.start_soon(run_submit, emulator, paths, journal)
-    assert_converged(emulator.state(), read_journal(journal), [str(p) for p in paths])
+            tg.start_soon(run_submit, service, paths, journal)
+    service.assert_converged(read_journal(journal), [str(p) for p in paths])
     assert len(read_journal(journal)) == 12
 
 

@@ -342,6 +342,80 @@ def bench_recovery(work: Path, n: int, others: int, latency: float) -> None:
         )
 
 
+_BACKENDS_SERVER = """
+import json, sys, time
+from gembatch_async.emulator import EmulatorConfig, EmulatorThread, serve_storage_emulator
+latency = float(sys.argv[1])
+with serve_storage_emulator(buckets=["bench"]) as gcs:
+    config = EmulatorConfig(port=0, latency_ms=latency, processing_seconds=86400,
+                            max_unfinished_batches=10**8, storage_quota_bytes=10**13,
+                            storage_emulator_host=gcs.url)
+    with EmulatorThread(config) as emu:
+        print(json.dumps({"base_url": emu.base_url, "storage": gcs.url}), flush=True)
+        time.sleep(3600)
+"""
+
+
+async def _submit_all(
+    paths: list[str], journal: Path, target: dict[str, Any], concurrency: int
+) -> None:
+    settings = SubmitSettings(concurrency=concurrency)
+    summary = await submit(paths, settings=settings, job_info=journal, **target)
+    assert summary.submitted == len(paths), summary
+
+
+def bench_backends(work: Path, n: int, latency: float, concurrency: int = 16) -> None:
+    """Submit throughput on each backend, the emulators in their own process: the
+    Gemini Files + Batches routes, and the Vertex routes staging into the Cloud Storage
+    emulator (which serves one request at a time and has no latency of its own)."""
+    from gembatch_async import VertexTarget
+
+    server = subprocess.Popen(
+        [sys.executable, "-c", _BACKENDS_SERVER, str(latency)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        urls = json.loads(server.stdout.readline())
+        targets: dict[str, dict[str, Any]] = {
+            "gemini": {"api_key": API_KEY, "base_url": urls["base_url"]},
+            "vertex": {
+                "vertex": VertexTarget(
+                    project="bench",
+                    location="us-central1",
+                    bucket="gs://bench/in",
+                    base_url=urls["base_url"],
+                    storage_host=urls["storage"],
+                )
+            },
+        }
+        walls: dict[str, float] = {}
+        for name, target in targets.items():
+            paths = make_files(work / f"backend-{name}", n)
+            journal = work / f"{name}.jsonl"
+            timing = timed(
+                lambda p=paths, j=journal, t=target: anyio.run(  # type: ignore[misc]
+                    _submit_all, p, j, t, concurrency, backend="asyncio"
+                )
+            )
+            walls[name] = timing.wall
+            record(
+                "backend_submit",
+                backend=name,
+                n=n,
+                latency_ms=latency,
+                concurrency=concurrency,
+                wall=round(timing.wall, 3),
+                files_per_s=round(n / timing.wall, 1),
+                cpu_ms_per_file=round(1000 * timing.cpu / n, 2),
+            )
+        record(
+            "backend_submit_ratio", vertex_over_gemini=round(walls["vertex"] / walls["gemini"], 2)
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 # -- 3. where the time goes ------------------------------------------------------------------
 def bench_profile(work: Path, n: int) -> None:
     """CPU per file at zero latency, split by measuring each part on its own:
@@ -678,7 +752,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: bare,scaling,profile,memory,download,journal,schema,recovery",
+        help="comma list: bare,scaling,profile,memory,download,journal,schema,recovery,backends",
     )
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -698,6 +772,7 @@ def main() -> None:
             ),
             "schema": lambda: bench_schema(work, 20_000 if quick else 200_000),
             "recovery": lambda: bench_recovery(work, 60 if quick else 300, 300, 50),
+            "backends": lambda: bench_backends(work, 40 if quick else 200, 50),
         }
         for name, step in steps.items():
             if not only or name in only:

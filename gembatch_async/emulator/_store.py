@@ -73,6 +73,9 @@ class BatchRecord:
     malformed_count: int
     cancel_time: float | None = None
     output_file: str | None = None  # "files/batch-..." once generated
+    #: Set by the end-batch scenario: the job FAILED or EXPIRED at end_time.
+    end_state: str | None = None
+    end_time: float | None = None
 
     @property
     def name(self) -> str:
@@ -248,6 +251,8 @@ class Store:
 
     def batch_state(self, batch: BatchRecord, now: float | None = None) -> str:
         """The wire state, computed from the create time so it survives restarts."""
+        if batch.end_state is not None:
+            return batch.end_state
         if batch.cancel_time is not None:
             return "BATCH_STATE_CANCELLED"
         elapsed = (time.time() if now is None else now) - batch.create_time

@@ -1,0 +1,496 @@
+"""README promises, each with a test that fails when the promise is broken (library, in-process).
+
+Each test names the README sentence it guards. They run in-process on purpose:
+``nox -s mutants`` maps tests to the functions they reach in this process, so a
+promise guarded here also kills the mutants that would break it. The CLI's side
+of the same promises is in test_promises_cli.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from google import genai
+from google.genai import types
+
+from gembatch_async import (
+    Event,
+    FileSkipped,
+    FileSubmitted,
+    PreflightError,
+    Retrying,
+    RetrySettings,
+    SubmitSettings,
+    SubmitSummary,
+    WouldSubmit,
+    cleanup_files,
+    open_jobs,
+    submit,
+)
+from gembatch_async._retry import backoff_delay
+from gembatch_async.emulator import EmulatorConfig, RunningEmulator
+
+from .helpers import (
+    FAST_RETRY,
+    TEST_API_KEY,
+    assert_converged,
+    make_inputs,
+    read_journal,
+    request_total,
+    wait_until,
+)
+
+INT64_MAX = 2**63 - 1
+
+
+def fast_settings(**changes: object) -> SubmitSettings:
+    return dataclasses.replace(SubmitSettings(retry=FAST_RETRY, cleanup_seconds=5), **changes)  # type: ignore[arg-type]
+
+
+async def run_submit(
+    emulator: RunningEmulator,
+    paths: list[Path],
+    journal: Path,
+    *,
+    stop: anyio.Event | None = None,
+    also: Callable[[Event], None] = lambda event: None,
+    **changes: object,
+) -> tuple[list[Event], SubmitSummary]:
+    """submit() with fast retries; returns every event it emitted, and the summary."""
+    events: list[Event] = []
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        also(event)
+
+    summary = await submit(
+        [str(p) for p in paths],
+        settings=fast_settings(**changes),
+        job_info=journal,
+        api_key=TEST_API_KEY,
+        base_url=emulator.base_url,
+        on_event=on_event,
+        stop=stop,
+    )
+    return events, summary
+
+
+def sdk(emulator: RunningEmulator) -> genai.Client:
+    return genai.Client(
+        api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url)
+    )
+
+
+def wire_sha256(data: bytes) -> str:
+    """sha256Hash as the emulator (and the service) sends it."""
+    import base64
+
+    return base64.b64encode(hashlib.sha256(data).hexdigest().encode()).decode()
+
+
+def server_file(emulator: RunningEmulator, name: str) -> dict[str, object]:
+    return next(f for f in emulator.state()["files"] if f["name"] == name)
+
+
+# -- "every created job is appended to job-info.jsonl (fsynced) the moment it exists" ------
+
+
+@contextmanager
+def traced_syscalls(output: Path) -> Iterator[None]:
+    """strace attached to this very process (every thread) for the ``with`` block.
+
+    Attaching to ourselves rather than tracing a child keeps the code under test
+    in this process (where the mutation check can see which test reaches it),
+    while the observation stays at the kernel boundary: what the tool asked the
+    kernel to do, not what a patched Python function says it did.
+    """
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            *("-f", "-qq", "-y", "-s", "4096", "-o", str(output)),
+            *("-e", "trace=write,pwrite64,fsync,fdatasync", "-e", "signal=none"),
+            *("-p", str(os.getpid())),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _all_threads_traced():
+            if tracer.poll() is not None:
+                pytest.skip(
+                    f"strace cannot attach here: {tracer.stderr.read() if tracer.stderr else ''}"
+                )
+            assert time.monotonic() < deadline, "strace did not attach within 10 s"
+            time.sleep(0.01)
+        yield
+    finally:
+        tracer.terminate()
+        tracer.wait(timeout=30)
+        if tracer.stderr is not None:
+            tracer.stderr.close()
+
+
+def _all_threads_traced() -> bool:
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        if re.search(r"^TracerPid:\s+0$", status, flags=re.M):
+            return False
+    return True
+
+
+def _syscalls_on(trace: str, path: Path) -> list[tuple[int, str, str]]:
+    """(line index, syscall, text) of each call on ``path``, in the order the kernel saw them.
+
+    Matches the start of a call, whole or ``<unfinished ...>``: a call starts
+    after everything earlier in the same thread has returned.
+    """
+    pattern = re.compile(
+        rf"^\d+\s+(write|pwrite64|fsync|fdatasync)\(\d+<{re.escape(str(path))}>(.*)$"
+    )
+    found = []
+    for index, line in enumerate(trace.splitlines()):
+        match = pattern.match(line)
+        if match:
+            found.append((index, match.group(1), match.group(2)))
+    return found
+
+
+@pytest.mark.asyncio
+async def test_journal_line_is_synced_before_its_event(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Each job line reaches the disk (fdatasync) before the file is reported submitted.
+
+    How: fsync leaves no trace a test can read back without a power cut, so the
+    test watches the system calls themselves with strace, attached to this
+    process (see traced_syscalls). Every ``FileSubmitted`` handler writes a
+    marker to /dev/null; the trace must show, before each marker, the journal
+    write carrying that file and then an fdatasync (or fsync) of the journal.
+    Dropping the sync after the append, or reporting before it, fails this.
+    """
+    paths = make_inputs(tmp_path / "in", 3)
+    journal = tmp_path / "job-info.jsonl"
+    trace_file = tmp_path / "strace.txt"
+    marker = tmp_path / "marker"
+    marker.touch()
+    events: list[Event] = []
+    fd = os.open(marker, os.O_WRONLY)
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, FileSubmitted):
+            os.write(fd, f"submitted {event.path}".encode())
+
+    try:
+        with traced_syscalls(trace_file):
+            await submit(
+                [str(p) for p in paths],
+                settings=fast_settings(concurrency=3),
+                job_info=journal,
+                api_key=TEST_API_KEY,
+                base_url=emulator.base_url,
+                on_event=on_event,
+            )
+    finally:
+        os.close(fd)
+    trace = trace_file.read_text()
+    journal_calls = _syscalls_on(trace, journal.resolve())
+    markers = _syscalls_on(trace, marker.resolve())
+    assert len(markers) == 3, trace[-2000:]
+    for index, _call, text in markers:
+        path = re.search(r'"submitted (.*?)"', text)
+        assert path is not None
+        written = [
+            i
+            for i, call, args in journal_calls
+            if call in ("write", "pwrite64") and path.group(1) in args and i < index
+        ]
+        assert written, f"no journal write for {path.group(1)} before it was reported"
+        synced = [
+            i
+            for i, call, _ in journal_calls
+            if call in ("fsync", "fdatasync") and written[-1] < i < index
+        ]
+        assert synced, f"{path.group(1)} was reported before its journal line was synced"
+
+
+# -- "retries ... that honour Retry-After, capped" ----------------------------------------
+
+
+def test_retry_after_from_the_server_is_capped() -> None:
+    """The storage-quota 429 asks for int64-max seconds: the wait is the cap, not that."""
+    quota = _ServerDelay(float(INT64_MAX))
+    assert backoff_delay(RetrySettings(), 1, quota) == RetrySettings().retry_after_cap
+    assert backoff_delay(RetrySettings(retry_after_cap=2.5), 3, quota) == 2.5
+    assert backoff_delay(RetrySettings(), 1, _ServerDelay(0.25)) == 0.25
+
+
+class _ServerDelay(Exception):
+    """An error carrying the server's requested delay, as ApiError does."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("429 RESOURCE_EXHAUSTED")
+        self.retry_after = retry_after
+
+
+@pytest.mark.asyncio
+async def test_retrying_waits_at_most_the_cap(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """The emulator's 429s carry Retry-After: 1; with a 0.05 s cap every wait is 0.05 s."""
+    emulator.set_faults("upload:0.5:429,create:0.5:429", seed=11)
+    paths = make_inputs(tmp_path / "in", 6)
+    events, summary = await run_submit(emulator, paths, tmp_path / "j.jsonl")
+    assert summary.failed == 0
+    delays = [e.delay for e in events if isinstance(e, Retrying)]
+    assert delays, "the faults caused no retry"
+    assert max(delays) <= FAST_RETRY.retry_after_cap
+
+
+# -- "n counts completions in the order they happen" --------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=50), id="latency")]
+)
+async def test_n_counts_completions_in_order(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """Files that finish out of input order are still numbered 1..N as they finish.
+
+    A recorded file listed last completes first (a skip needs no request); the
+    files before it each wait for three 50 ms requests.
+    """
+    paths = make_inputs(tmp_path / "in", 4)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, [paths[-1]], journal)
+    events, _ = await run_submit(emulator, paths, journal, concurrency=4)
+    done = [e for e in events if isinstance(e, (FileSubmitted, FileSkipped))]
+    assert [e.n for e in done] == [1, 2, 3, 4]
+    assert done[0].path == str(paths[-1])
+    assert [e.path for e in done] != [str(p) for p in paths]
+
+
+# -- "--dry-run: run every pre-flight check (including the model check)" ------------------
+
+
+@pytest.mark.asyncio
+async def test_dry_run_checks_the_model_and_sends_nothing_else(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A dry run sends exactly one models.get; with a retired model it is refused."""
+    paths = make_inputs(tmp_path / "in", 2)
+    events, _ = await run_submit(emulator, paths, tmp_path / "j.jsonl", dry_run=True)
+    assert [type(e) for e in events] == [WouldSubmit, WouldSubmit]
+    requests = emulator.state()["requests"]
+    assert requests["get"]["count"] == 1  # models.get
+    assert request_total(emulator.state()) == 1
+    with pytest.raises(PreflightError, match="model not found"):
+        await run_submit(
+            emulator, paths, tmp_path / "j.jsonl", dry_run=True, model="gemini-1.0-retired"
+        )
+
+
+# -- "a run whose files are all recorded sends nothing" -----------------------------------
+
+
+@pytest.mark.asyncio
+async def test_run_with_everything_recorded_sends_nothing(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Not even the model check: the emulator's request counters do not move."""
+    paths = make_inputs(tmp_path / "in", 3)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths, journal)
+    before = emulator.state()["requests"]
+    events, summary = await run_submit(emulator, paths, journal)
+    assert summary.skipped == 3
+    assert [type(e) for e in events] == [FileSkipped] * 3
+    assert emulator.state()["requests"] == before
+
+
+# -- "--retry-failed: submit again the files whose batch ended FAILED, CANCELLED or EXPIRED"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("state", ["BATCH_STATE_FAILED", "BATCH_STATE_EXPIRED"])
+async def test_retry_failed_resubmits_failed_and_expired(
+    emulator: RunningEmulator, tmp_path: Path, state: str
+) -> None:
+    """A job the service ended FAILED (or EXPIRED) gets a new batch; a live one does not."""
+    paths = make_inputs(tmp_path / "in", 2)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths, journal)
+    ended, live = read_journal(journal)
+    emulator.end_batch(ended["batch"]["name"], state)
+    events, summary = await run_submit(emulator, paths, journal, retry_failed=True)
+    assert (summary.submitted, summary.skipped) == (1, 1)
+    lines = read_journal(journal)
+    assert len(lines) == 3
+    assert lines[-1]["input_file"] == ended["input_file"]
+    assert lines[-1]["batch"]["name"] != ended["batch"]["name"]
+    skipped = [e for e in events if isinstance(e, FileSkipped)]
+    assert [e.path for e in skipped] == [live["input_file"]]
+
+
+# -- "the existing upload is reused when its sha256 matches and it is not about to expire" -
+
+
+async def _earlier_upload(emulator: RunningEmulator, path: Path, journal: Path) -> str:
+    """Submit ``path``, then forget it locally: the server keeps the upload (and batch)."""
+    await run_submit(emulator, [path], journal)
+    (line,) = read_journal(journal)
+    await anyio.Path(journal).unlink()
+    return str(line["uploaded_file_name"])
+
+
+@pytest.mark.asyncio
+async def test_earlier_upload_with_other_bytes_is_replaced(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Our upload name holding other bytes (and no batch): deleted and uploaded again."""
+    (path,) = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    name = await _earlier_upload(emulator, path, journal)
+    client = sdk(emulator)
+    for batch in emulator.state()["batches"]:
+        client.batches.delete(name=batch["name"])
+    client.files.delete(name=name)
+    client.files.upload(
+        file=io.BytesIO(b'{"other": 1}\n'), config={"name": name, "mime_type": "jsonl"}
+    )
+    deletes = emulator.state()["requests"]["delete"]["count"]
+    _, summary = await run_submit(emulator, [path], journal)
+    assert summary.submitted == 1
+    assert server_file(emulator, name)["sha256Hash"] == wire_sha256(path.read_bytes())
+    (line,) = read_journal(journal)
+    assert line["adopted"] is False
+    assert emulator.state()["requests"]["delete"]["count"] == deletes + 1
+    assert_converged(emulator.state(), read_journal(journal), [str(path)])
+
+
+@pytest.mark.asyncio
+async def test_earlier_upload_about_to_expire_is_replaced(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Our upload with the right bytes but 10 minutes left (and no batch): replaced."""
+    (path,) = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    name = await _earlier_upload(emulator, path, journal)
+    client = sdk(emulator)
+    for batch in emulator.state()["batches"]:
+        client.batches.delete(name=batch["name"])
+    emulator.expire_file(name, 600)
+    aged = server_file(emulator, name)["createTime"]
+    deletes = emulator.state()["requests"]["delete"]["count"]
+    _, summary = await run_submit(emulator, [path], journal)
+    assert summary.submitted == 1
+    assert server_file(emulator, name)["createTime"] != aged, "the expiring upload was reused"
+    assert emulator.state()["requests"]["delete"]["count"] == deletes + 1
+    assert_converged(emulator.state(), read_journal(journal), [str(path)])
+
+
+@pytest.mark.asyncio
+async def test_expiring_upload_is_kept_while_its_batch_exists(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """About to expire, but a batch of this submission reads it: adopted, not deleted."""
+    (path,) = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    name = await _earlier_upload(emulator, path, journal)
+    emulator.expire_file(name, 600)
+    events, _ = await run_submit(emulator, [path], journal)
+    (done,) = [e for e in events if isinstance(e, FileSubmitted)]
+    assert done.adopted
+    state = emulator.state()
+    assert len(state["batches"]) == 1
+    assert state["requests"]["delete"]["count"] == 0
+    assert_converged(state, read_journal(journal), [str(path)])
+
+
+# -- "Setting the stop event starts no new file" ------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_stop_event_starts_no_new_file(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """stop set at the first completion, at concurrency 1: at most the file then in flight
+    finishes; the other eight never upload, and the summary says so."""
+    paths = make_inputs(tmp_path / "in", 10)
+    journal = tmp_path / "j.jsonl"
+    stop = anyio.Event()
+
+    def stop_at_first(event: Event) -> None:
+        if isinstance(event, FileSubmitted):
+            stop.set()
+
+    _, summary = await run_submit(
+        emulator, paths, journal, stop=stop, also=stop_at_first, concurrency=1
+    )
+    assert summary.interrupted
+    assert 1 <= summary.submitted <= 2
+    assert summary.not_started == 10 - summary.submitted
+    state = emulator.state()
+    assert len(state["files"]) == summary.submitted
+    assert state["requests"]["create"]["count"] == summary.submitted
+    assert_converged(
+        state, read_journal(journal), [line["input_file"] for line in read_journal(journal)]
+    )
+
+
+# -- "--mime-type: default application/jsonl" ---------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_uploads_carry_the_default_mime_type(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The service stores what we send; the emulator records it: application/jsonl."""
+    paths = make_inputs(tmp_path / "in", 2)
+    await run_submit(emulator, paths, tmp_path / "j.jsonl")
+    assert [f["mimeType"] for f in emulator.state()["files"]] == ["application/jsonl"] * 2
+
+
+# -- "cleanup: a file the service will not delete is reported and the rest carries on" ----
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
+)
+async def test_cleanup_carries_on_past_a_refused_delete(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """One upload the service refuses to delete: reported with its reason, the others go."""
+    paths = make_inputs(tmp_path / "in", 4)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths, journal)
+    wait_until(
+        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]),
+        timeout=20,
+    )
+    refused = read_journal(journal)[1]["uploaded_file_name"]
+    emulator.refuse_delete(refused)
+    async with open_jobs(journal, api_key=TEST_API_KEY, base_url=emulator.base_url) as jobs:
+        cleaned = await cleanup_files(jobs)
+    assert len(cleaned) == 4
+    failed = [c for c in cleaned if c.error]
+    assert [(c.file_name, c.deleted) for c in failed] == [(refused, False)]
+    assert "400" in (failed[0].error or "")
+    assert sum(c.deleted for c in cleaned) == 3
+    uploads = [f["name"] for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
+    assert uploads == [refused]

@@ -1,6 +1,8 @@
-"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``."""
+"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``mutants``."""
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -36,3 +38,18 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: prints a table and one JSON line per measurement."""
     session.install("-e", ".[test]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation check (mutmut) of the exactly-once and journal modules. By hand, not in CI.
+
+    ``nox -s mutants`` tries every mutant of the modules listed under
+    [tool.mutmut] in pyproject.toml (hours on 2 cores); ``nox -s mutants --
+    "gembatch_async._retry*"`` only those of one module. Results are kept in
+    mutants/, so a rerun checks only what changed. Triage: docs/mutants.md.
+    """
+    session.install("-e", ".[test]", "mutmut>=3.8,<4")
+    workers = str(os.cpu_count() or 2)
+    session.run("mutmut", "run", "--max-children", workers, *session.posargs)
+    session.run("mutmut", "results")

@@ -37,6 +37,7 @@ from gembatch_async import (
     WouldSubmit,
     cleanup_files,
     open_jobs,
+    refresh_status,
     submit,
 )
 from gembatch_async._retry import backoff_delay
@@ -108,7 +109,9 @@ def server_file(emulator: RunningEmulator, name: str) -> dict[str, object]:
 
 
 @contextmanager
-def traced_syscalls(output: Path) -> Iterator[None]:
+def traced_syscalls(
+    output: Path, calls: str = "trace=write,pwrite64,fsync,fdatasync"
+) -> Iterator[None]:
     """strace attached to this very process (every thread) for the ``with`` block.
 
     Attaching to ourselves rather than tracing a child keeps the code under test
@@ -122,7 +125,7 @@ def traced_syscalls(output: Path) -> Iterator[None]:
         [
             "strace",
             *("-f", "-qq", "-y", "-s", "4096", "-o", str(output)),
-            *("-e", "trace=write,pwrite64,fsync,fdatasync", "-e", "signal=none"),
+            *("-e", calls, "-e", "signal=none"),
             *("-p", str(os.getpid())),
         ],
         stderr=subprocess.PIPE,
@@ -346,6 +349,27 @@ async def test_retry_failed_resubmits_failed_and_expired(
     assert lines[-1]["batch"]["name"] != ended["batch"]["name"]
     skipped = [e for e in events if isinstance(e, FileSkipped)]
     assert [e.path for e in skipped] == [live["input_file"]]
+
+
+@pytest.mark.asyncio
+async def test_retry_failed_trusts_a_recorded_end_state(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Once `status` has recorded FAILED, --retry-failed resubmits without asking again
+    (here it could not: the ended batch has since been deleted on the server)."""
+    paths = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths, journal)
+    (ended,) = read_journal(journal)
+    emulator.end_batch(ended["batch"]["name"], "BATCH_STATE_FAILED")
+    async with open_jobs(journal, api_key=TEST_API_KEY, base_url=emulator.base_url) as jobs:
+        await refresh_status(jobs)
+    assert read_journal(journal)[0]["batch"]["state"] == "JOB_STATE_FAILED"
+    client = sdk(emulator)
+    client.batches.delete(name=ended["batch"]["name"])
+    _, summary = await run_submit(emulator, paths, journal, retry_failed=True)
+    assert (summary.submitted, summary.failed) == (1, 0)
+    assert read_journal(journal)[-1]["batch"]["name"] != ended["batch"]["name"]
 
 
 # -- "the existing upload is reused when its sha256 matches and it is not about to expire" -

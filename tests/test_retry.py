@@ -75,6 +75,15 @@ async def test_gives_up_after_the_attempts_with_the_last_error() -> None:
 
 
 @pytest.mark.asyncio
+async def test_two_attempts_mean_one_retry() -> None:
+    """attempts=2: the bare first call, then exactly one more."""
+    call = Flaky(transient(5))
+    with pytest.raises(TransientApiError, match="503 number 2"):
+        await call_with_retries(RetrySettings(attempts=2, initial_delay=0.001, jitter=0), call)
+    assert call.calls == 2
+
+
+@pytest.mark.asyncio
 async def test_one_attempt_means_no_retry() -> None:
     """attempts=1: the first transient error is final and nobody is told of a retry."""
     call, retries = Flaky(transient(1)), Retries()

@@ -146,3 +146,138 @@ async def test_a_line_without_a_batch_counts_as_recorded(
     summary = await submit(["a.jsonl"], job_info=journal, api_key="unused", on_event=events.append)
     assert summary.skipped == 1
     assert events == [FileSkipped("a.jsonl", "", 1, 1, False)]
+
+
+# -- reading: torn tails, blank lines, problems -----------------------------------------
+
+
+def test_torn_tail_cut_after_several_lines_keeps_them_all(tmp_path: Path) -> None:
+    """Only the unfinished last line goes; every whole line before it stays."""
+    path = tmp_path / "job-info.jsonl"
+    whole = b"".join(encode_line(line(f"{n}.jsonl", f"batches/{n}")) for n in "abc")
+    path.write_bytes(whole + b'{"input_file": "d.js')
+    view = Journal(path).open()
+    assert sorted(view.latest) == ["a.jsonl", "b.jsonl", "c.jsonl"]
+    assert path.read_bytes() == whole
+    assert [(p.line, p.message) for p in view.problems] == [
+        (4, "removed an unfinished last line (20 bytes) left by a crash")
+    ]
+
+
+def test_torn_tail_longer_than_one_read_is_cut_too(tmp_path: Path) -> None:
+    """A torn line of 200 KB (the tail is read backwards in 64 KiB steps) is cut whole."""
+    path = tmp_path / "job-info.jsonl"
+    whole = encode_line(line("a.jsonl", "batches/a"))
+    path.write_bytes(whole + b'{"input_file": "' + b"x" * 200_000)
+    view = Journal(path).open()
+    assert list(view.latest) == ["a.jsonl"]
+    assert path.read_bytes() == whole
+    assert [p.line for p in view.problems] == [2]
+
+
+def test_empty_journal_is_no_problem(tmp_path: Path) -> None:
+    """An empty job-info.jsonl (created, nothing recorded yet) reads as empty, silently."""
+    path = tmp_path / "job-info.jsonl"
+    path.touch()
+    view = Journal(path).open()
+    assert (view.latest, view.problems) == ({}, [])
+    assert path.read_bytes() == b""
+
+
+def test_whole_last_line_without_newline_is_reported(tmp_path: Path) -> None:
+    """A last line that is whole but lacks its newline gets one, and says so once."""
+    path = tmp_path / "job-info.jsonl"
+    path.write_bytes(encode_line(line("a.jsonl", "batches/a")).rstrip(b"\n"))
+    view = Journal(path).open()
+    assert [(p.journal, p.line, p.message) for p in view.problems] == [
+        (str(path), 1, "last line had no newline; added one")
+    ]
+    assert Journal(path).open().problems == []
+
+
+@pytest.mark.parametrize("invalid", [False, True], ids=["all-json", "with-invalid-json"])
+def test_blank_lines_are_not_problems(tmp_path: Path, invalid: bool) -> None:
+    """Blank lines (a hand edit) are skipped silently but still counted for line numbers,
+    whether the journal decodes in one go or line by line (when a line is not JSON)."""
+    path = tmp_path / "job-info.jsonl"
+    a, b = (encode_line(line(f"{n}.jsonl", f"batches/{n}")) for n in "ab")
+    path.write_bytes(a + b"\n  \n" + b + b"[1]\n" + (b"{oops\n" if invalid else b""))
+    view = Journal(path).open()
+    assert sorted(view.latest) == ["a.jsonl", "b.jsonl"]
+    reported = [(p.line, p.message.split(" (")[0]) for p in view.problems]
+    assert reported == [(5, "not a JSON object; line skipped")] + [(6, "not valid JSON")] * invalid
+
+
+def test_lines_that_are_not_job_lines_say_why(tmp_path: Path) -> None:
+    """Each unreadable line is reported with its number and the reason."""
+    path = tmp_path / "job-info.jsonl"
+    path.write_text('[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n')
+    view = Journal(path).open()
+    assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [
+        (1, "not a JSON object; line skipped"),
+        (2, 'no "input_file"; line skipped'),
+        (3, 'no "input_file"; line skipped'),
+        (4, "not valid JSON"),
+    ]
+
+
+def test_refresh_after_another_process_rewrote_the_journal(tmp_path: Path) -> None:
+    """A rewrite elsewhere (status) replaces the file: refresh reads the new one from the
+    start, so updated states are seen and new problems are reported."""
+    path = tmp_path / "job-info.jsonl"
+    mine = opened(path)
+    mine.record([line("a.jsonl", "batches/a")])
+    assert mine.refresh().latest["a.jsonl"]["batch"]["state"] == "JOB_STATE_PENDING"
+    other = opened(path)
+    other.rewrite(lambda job: {**job, "batch": {"name": "batches/a", "state": "JOB_STATE_FAILED"}})
+    with path.open("ab") as tail:
+        tail.write(b"junk\n")
+    view = mine.refresh()
+    assert view.latest["a.jsonl"]["batch"]["state"] == "JOB_STATE_FAILED"
+    assert [p.line for p in view.problems] == [2]
+
+
+# -- the lock file -------------------------------------------------------------------------
+
+
+def test_lock_file_sits_beside_the_journal(tmp_path: Path) -> None:
+    """Claims live in ``job-info.jsonl.lock`` (mode 0644 less the umask), as documented."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    opened(tmp_path / "job-info.jsonl")
+    lock = tmp_path / "job-info.jsonl.lock"
+    assert lock.exists()
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o644 & ~mask
+
+
+def test_a_journal_that_is_not_open_says_so(tmp_path: Path) -> None:
+    """Before open and after close, using the journal raises JournalError, not a crash."""
+    journal = Journal(tmp_path / "job-info.jsonl")
+    with pytest.raises(JournalError, match="is not open"):
+        journal.try_claim("a.jsonl")
+    journal.open()
+    journal.close()
+    with pytest.raises(JournalError, match="is not open"):
+        journal.try_claim("a.jsonl")
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_journals_share_one_lock_descriptor_and_close_it(tmp_path: Path) -> None:
+    """Two journals on one file share the lock descriptor: closing one leaves the other
+    working; closing both closes it (no descriptor leaks across runs)."""
+    path = tmp_path / "job-info.jsonl"
+    before = _open_descriptors()
+    first, second, third = opened(path), opened(path), opened(path)
+    assert _open_descriptors() == before + 1
+    first.close()
+    second.record([line("a.jsonl", "batches/a")])
+    assert second.try_claim("a.jsonl")
+    second.release_claim("a.jsonl")
+    second.close()
+    third.record([line("b.jsonl", "batches/b")])
+    third.close()
+    assert _open_descriptors() == before
+    assert sorted(Journal(path).open().latest) == ["a.jsonl", "b.jsonl"]

@@ -131,7 +131,9 @@ async def test_time_budget_stops_retrying() -> None:
     call, retries = Flaky(transient(50)), Retries()
     with pytest.raises(TransientApiError):
         await call_with_retries(settings, call, retries)
-    assert 2 <= call.calls <= 4  # of 50 allowed: waits of 0.1 s fit a 0.3 s budget about twice
+    # Of 50 allowed: two waits of 0.1 s fit the 0.3 s budget (fewer on a slow machine), counted
+    # from the first call, not from the first retry.
+    assert 2 <= call.calls <= 3
 
 
 @pytest.mark.asyncio

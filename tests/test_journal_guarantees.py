@@ -55,10 +55,12 @@ def test_own_appends_and_other_writers_lines_are_all_seen(tmp_path: Path) -> Non
     view = journal.refresh()
     assert sorted(view.latest) == ["a.jsonl", "b.jsonl", "x.jsonl"]
     assert view.history == {"a.jsonl": 1, "b.jsonl": 1, "x.jsonl": 1}
+    journal.record([line("c.jsonl", "batches/c")])  # nobody wrote meanwhile: folded in at once
+    assert journal.refresh().history == {"a.jsonl": 1, "b.jsonl": 1, "c.jsonl": 1, "x.jsonl": 1}
     with path.open("ab") as other:
         other.write(b"not json\n")
     view = journal.refresh()
-    assert [(p.line, p.message.startswith("not valid JSON")) for p in view.problems] == [(4, True)]
+    assert [(p.line, p.message.startswith("not valid JSON")) for p in view.problems] == [(5, True)]
     journal.close()
 
 
@@ -195,17 +197,26 @@ def test_whole_last_line_without_newline_is_reported(tmp_path: Path) -> None:
     assert Journal(path).open().problems == []
 
 
-@pytest.mark.parametrize("invalid", [False, True], ids=["all-json", "with-invalid-json"])
-def test_blank_lines_are_not_problems(tmp_path: Path, invalid: bool) -> None:
+@pytest.mark.parametrize(
+    "last",
+    [
+        pytest.param(b"", id="all-json"),
+        pytest.param(b"{oops\n", id="invalid-json"),
+        pytest.param(b'{"input_file": "y"}, {"input_file": "z"}\n', id="two-values"),
+    ],
+)
+def test_blank_lines_are_not_problems(tmp_path: Path, last: bytes) -> None:
     """Blank lines (a hand edit) are skipped silently but still counted for line numbers,
-    whether the journal decodes in one go or line by line (when a line is not JSON)."""
+    whether the journal decodes in one go or line by line (when a line is not one value)."""
     path = tmp_path / "job-info.jsonl"
     a, b = (encode_line(line(f"{n}.jsonl", f"batches/{n}")) for n in "ab")
-    path.write_bytes(a + b"\n  \n" + b + b"[1]\n" + (b"{oops\n" if invalid else b""))
+    path.write_bytes(a + b"\n  \n" + b + b"[1]\n" + last)
     view = Journal(path).open()
     assert sorted(view.latest) == ["a.jsonl", "b.jsonl"]
     reported = [(p.line, p.message.split(" (")[0]) for p in view.problems]
-    assert reported == [(5, "not a JSON object; line skipped")] + [(6, "not valid JSON")] * invalid
+    assert reported == [(5, "not a JSON object; line skipped")] + [(6, "not valid JSON")] * bool(
+        last
+    )
 
 
 def test_lines_that_are_not_job_lines_say_why(tmp_path: Path) -> None:

@@ -26,7 +26,9 @@ from google import genai
 from google.genai import types
 
 from gembatch_async import (
+    CleanupFailed,
     Event,
+    FileFailed,
     FileSkipped,
     FileSubmitted,
     PreflightError,
@@ -257,10 +259,9 @@ class _ServerDelay(Exception):
 @pytest.mark.asyncio
 async def test_retrying_waits_at_most_the_cap(emulator: RunningEmulator, tmp_path: Path) -> None:
     """The emulator's 429s carry Retry-After: 1; with a 0.05 s cap every wait is 0.05 s."""
-    emulator.set_faults("upload:0.5:429,create:0.5:429", seed=11)
+    emulator.set_faults("upload:0.3:429,create:0.3:429", seed=11)
     paths = make_inputs(tmp_path / "in", 6)
-    events, summary = await run_submit(emulator, paths, tmp_path / "j.jsonl")
-    assert summary.failed == 0
+    events, _ = await run_submit(emulator, paths, tmp_path / "j.jsonl")
     delays = [e.delay for e in events if isinstance(e, Retrying)]
     assert delays, "the faults caused no retry"
     assert max(delays) <= FAST_RETRY.retry_after_cap
@@ -298,8 +299,10 @@ async def test_dry_run_checks_the_model_and_sends_nothing_else(
 ) -> None:
     """A dry run sends exactly one models.get; with a retired model it is refused."""
     paths = make_inputs(tmp_path / "in", 2)
-    events, _ = await run_submit(emulator, paths, tmp_path / "j.jsonl", dry_run=True)
-    assert [type(e) for e in events] == [WouldSubmit, WouldSubmit]
+    events, summary = await run_submit(emulator, paths, tmp_path / "j.jsonl", dry_run=True)
+    assert events == [WouldSubmit(str(p), 3, p.stat().st_size) for p in paths]
+    assert (summary.submitted, summary.skipped, summary.failed) == (0, 0, 0)
+    assert summary.elapsed >= 0
     requests = emulator.state()["requests"]
     assert requests["get"]["count"] == 1  # models.get
     assert request_total(emulator.state()) == 1
@@ -522,3 +525,126 @@ async def test_cleanup_carries_on_past_a_refused_delete(
     assert sum(c.deleted for c in cleaned) == 3
     uploads = [f["name"] for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
     assert uploads == [refused]
+
+
+# -- the journal line and the events, as documented ---------------------------------------
+
+JOURNAL_KEYS = {
+    "input_file", "count", "uploaded_file_name", "sha256", "size_bytes", "model",
+    "submitted_at", "display_name", "adopted", "batch",
+}  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_journal_line_has_the_documented_fields(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Each job line carries the README's fields, and the event names the same upload."""
+    (path,) = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    events, _ = await run_submit(emulator, [path], journal)
+    (line,) = read_journal(journal)
+    assert set(line) == JOURNAL_KEYS
+    assert line["size_bytes"] == path.stat().st_size
+    assert line["display_name"].startswith(f"{path} [gba-")
+    assert line["display_name"] == emulator.state()["batches"][0]["displayName"]
+    assert line["submitted_at"].endswith("+00:00")
+    (done,) = events
+    assert isinstance(done, FileSubmitted)
+    assert done.uploaded_file_name == line["uploaded_file_name"]
+    assert done.batch_name == line["batch"]["name"]
+
+
+@pytest.mark.asyncio
+async def test_skip_among_new_files_names_the_batch_and_flags_changes(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A run that also has new files skips recorded ones with their batch name, noting
+    which changed since (the run that sends nothing is covered above)."""
+    paths = make_inputs(tmp_path / "in", 3)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths[:2], journal)
+    recorded = {line["input_file"]: line["batch"]["name"] for line in read_journal(journal)}
+    with paths[0].open("a") as handle:
+        handle.write('{"key": "late", "request": {}}\n')
+    events, summary = await run_submit(emulator, paths, journal)
+    assert (summary.submitted, summary.skipped) == (1, 2)
+    skipped = sorted((e for e in events if isinstance(e, FileSkipped)), key=lambda e: e.path)
+    assert [(e.path, e.batch_name, e.changed) for e in skipped] == [
+        (str(paths[0]), recorded[str(paths[0])], True),
+        (str(paths[1]), recorded[str(paths[1])], False),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_intact_earlier_upload_is_reused_for_a_new_batch(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Our upload is there, intact and fresh, but no batch (journal and batch lost): it is
+    reused (no second upload, nothing deleted) and a new batch is created from it."""
+    (path,) = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    name = await _earlier_upload(emulator, path, journal)
+    client = sdk(emulator)
+    for batch in emulator.state()["batches"]:
+        client.batches.delete(name=batch["name"])
+    created = server_file(emulator, name)["createTime"]
+    before = emulator.state()["requests"]
+    _, summary = await run_submit(emulator, [path], journal)
+    after = emulator.state()["requests"]
+    assert summary.submitted == 1
+    assert server_file(emulator, name)["createTime"] == created
+    assert after["upload"]["count"] == before["upload"]["count"] + 1  # the start that got 409
+    assert after["delete"]["count"] == before["delete"]["count"]
+    assert [b["inputFile"] for b in emulator.state()["batches"]] == [name]
+
+
+# -- "cancelling the caller's scope cleans up like Ctrl-C" --------------------------------
+
+
+@pytest.mark.asyncio
+async def test_cancelled_run_still_records_a_batch_whose_create_was_lost(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The create's answer is lost and the run is cancelled while waiting to retry: the
+    shielded cleanup looks the batch up and records it (nothing unrecorded is left)."""
+    emulator.set_faults("create:1:lost")
+    (path,) = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    slow = RetrySettings(attempts=5, initial_delay=30, max_delay=30, jitter=0)
+    with anyio.CancelScope() as scope:
+
+        def cancel_on_retry(event: Event) -> None:
+            if isinstance(event, Retrying):
+                emulator.set_faults("")
+                scope.cancel()
+
+        await run_submit(emulator, [path], journal, also=cancel_on_retry, retry=slow)
+    assert scope.cancelled_caught
+    state = emulator.state()
+    assert len(state["batches"]) == 1
+    (line,) = read_journal(journal)
+    assert line["adopted"] is True
+    assert_converged(state, [line], [str(path)])
+
+
+@pytest.mark.asyncio
+async def test_cleanup_that_takes_too_long_is_cut_and_reported(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Create refused, and the delete of the upload hangs past cleanup_seconds: the file
+    fails saying so and naming the upload left behind, and a CleanupFailed says it too."""
+    emulator.set_faults("create:1:400")
+    emulator.stall("delete", 30)
+    (path,) = make_inputs(tmp_path / "in", 1)
+    events, _ = await run_submit(emulator, [path], tmp_path / "j.jsonl", cleanup_seconds=1)
+    (cleanup,) = [e for e in events if isinstance(e, CleanupFailed)]
+    (failed,) = [e for e in events if isinstance(e, FileFailed)]
+    upload = f"files/{emulator.state()['files'][0]['name'].removeprefix('files/')}"
+    assert (cleanup.path, cleanup.file_name, cleanup.reason) == (
+        str(path),
+        upload,
+        "cleanup timed out",
+    )
+    assert failed.reason.endswith("; cleanup timed out")
+    assert failed.left_behind == upload

@@ -53,6 +53,7 @@ from .helpers import (
     read_journal,
     request_total,
     wait_until,
+    write_jsonl,
 )
 
 INT64_MAX = 2**63 - 1
@@ -542,7 +543,8 @@ async def test_journal_line_has_the_documented_fields(
     """Each job line carries the README's fields, and the event names the same upload."""
     (path,) = make_inputs(tmp_path / "in", 1)
     journal = tmp_path / "j.jsonl"
-    events, _ = await run_submit(emulator, [path], journal)
+    events, summary = await run_submit(emulator, [path], journal)
+    assert (summary.submitted, summary.interrupted, summary.not_started) == (1, False, 0)
     (line,) = read_journal(journal)
     assert set(line) == JOURNAL_KEYS
     assert line["size_bytes"] == path.stat().st_size
@@ -637,7 +639,8 @@ async def test_cleanup_that_takes_too_long_is_cut_and_reported(
     emulator.set_faults("create:1:400")
     emulator.stall("delete", 30)
     (path,) = make_inputs(tmp_path / "in", 1)
-    events, _ = await run_submit(emulator, [path], tmp_path / "j.jsonl", cleanup_seconds=1)
+    events, summary = await run_submit(emulator, [path], tmp_path / "j.jsonl", cleanup_seconds=1)
+    assert (summary.submitted, summary.failed) == (0, 1)
     (cleanup,) = [e for e in events if isinstance(e, CleanupFailed)]
     (failed,) = [e for e in events if isinstance(e, FileFailed)]
     upload = f"files/{emulator.state()['files'][0]['name'].removeprefix('files/')}"
@@ -648,3 +651,144 @@ async def test_cleanup_that_takes_too_long_is_cut_and_reported(
     )
     assert failed.reason.endswith("; cleanup timed out")
     assert failed.left_behind == upload
+
+
+@pytest.mark.asyncio
+async def test_stop_gives_in_flight_files_cleanup_seconds_then_cuts_them(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """stop while uploads hang: after cleanup_seconds they are cancelled and cleaned up;
+    the run ends interrupted, everything created recorded, no upload left behind."""
+    paths = make_inputs(tmp_path / "in", 8)
+    journal = tmp_path / "j.jsonl"
+    stop = anyio.Event()
+
+    def hang_then_stop(event: Event) -> None:
+        if isinstance(event, FileSubmitted) and not stop.is_set():
+            emulator.stall("upload", 30)
+            stop.set()
+
+    with anyio.fail_after(20):
+        _, summary = await run_submit(
+            emulator, paths, journal, stop=stop, also=hang_then_stop, concurrency=2,
+            cleanup_seconds=1,
+        )  # fmt: skip
+    assert summary.interrupted is True
+    assert summary.submitted + summary.failed + summary.not_started == 8
+    assert summary.failed >= 1  # a hung upload was cut after 1 s, not waited for 30 s
+    assert summary.not_started >= 1
+    state = emulator.state()
+    recorded = read_journal(journal)
+    assert {line["batch"]["name"] for line in recorded} == {b["name"] for b in state["batches"]}
+    assert {f["name"] for f in state["files"]} == {b["inputFile"] for b in state["batches"]}
+
+
+@pytest.mark.asyncio
+async def test_long_paths_keep_their_tail_in_the_display_name(
+    emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path of 400 characters is the display name as it is; a longer one is cut to
+    "..." and its last 400, and either is found again by that name."""
+    monkeypatch.chdir(tmp_path)
+    exact = Path("a" * 200) / ("b" * (400 - 201 - 6) + ".jsonl")
+    longer = Path("c" * 200) / ("d" * 240 + ".jsonl")
+    for path in (exact, longer):
+        path.parent.mkdir()
+        write_jsonl(path, 1)
+    assert len(str(exact)) == 400
+    await run_submit(emulator, [exact, longer], Path("j.jsonl"))
+    names = sorted(b["displayName"].rsplit(" [gba-", 1)[0] for b in emulator.state()["batches"])
+    assert names == sorted([str(exact), "..." + str(longer)[-400:]])
+    await anyio.Path("j.jsonl").unlink()  # lost: each batch must be found again by its name
+    events, _ = await run_submit(emulator, [exact, longer], Path("j.jsonl"))
+    assert all(isinstance(e, FileSubmitted) and e.adopted for e in events)
+    assert len(emulator.state()["batches"]) == 2
+
+
+@pytest.mark.asyncio
+async def test_retry_failed_when_the_state_cannot_be_read_fails_that_file(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """--retry-failed must ask for a live job's state; when it cannot, the file fails with
+    that reason and nothing is resubmitted."""
+    paths = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths, journal)
+    client = sdk(emulator)
+    client.batches.delete(name=read_journal(journal)[0]["batch"]["name"])
+    events, summary = await run_submit(emulator, paths, journal, retry_failed=True)
+    assert (summary.submitted, summary.failed) == (0, 1)
+    (failed,) = events
+    assert isinstance(failed, FileFailed)
+    assert (failed.path, failed.left_behind) == (str(paths[0]), None)
+    assert failed.reason.startswith("cannot read the recorded batch's state: 404")
+    assert emulator.state()["batches"] == []
+
+
+@pytest.mark.asyncio
+async def test_the_same_file_for_another_model_is_another_batch(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The model is part of a submission's name: a batch made for one model is never
+    adopted by a run for another, even when the journal was lost in between."""
+    (path,) = make_inputs(tmp_path / "in", 1)
+    await run_submit(emulator, [path], tmp_path / "a.jsonl", model="gemini-3.1-flash-lite")
+    events, _ = await run_submit(emulator, [path], tmp_path / "b.jsonl", model="gemini-3.5-flash")
+    (done,) = events
+    assert isinstance(done, FileSubmitted)
+    assert not done.adopted
+    models = sorted(b["model"] for b in emulator.state()["batches"])
+    assert models == ["models/gemini-3.1-flash-lite", "models/gemini-3.5-flash"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=150), id="latency")]
+)
+async def test_local_failure_mid_run_is_reported_cleaned_up_and_raised(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """An input that vanishes after pre-flight: that file fails (reported with the reason),
+    the run stops, what was created is recorded, and the error comes out as itself.
+
+    Latency keeps the next file in its upload's first request (the file is opened
+    after it) while the event that deletes it is delivered."""
+    paths = make_inputs(tmp_path / "in", 3)
+    journal = tmp_path / "j.jsonl"
+    seen: list[Event] = []
+
+    def remove_the_next(event: Event) -> None:
+        seen.append(event)
+        if isinstance(event, FileSubmitted) and paths[1].exists():
+            paths[1].unlink()
+
+    with pytest.raises(FileNotFoundError):
+        await run_submit(emulator, paths, journal, also=remove_the_next, concurrency=1)
+    failed = {e.path: e for e in seen if isinstance(e, FileFailed)}
+    assert "No such file" in failed[str(paths[1])].reason
+    assert all(e.left_behind is None for e in failed.values())
+    state = emulator.state()
+    assert {line["batch"]["name"] for line in read_journal(journal)} == {
+        b["name"] for b in state["batches"]
+    }
+    assert {f["name"] for f in state["files"]} == {b["inputFile"] for b in state["batches"]}
+
+
+@pytest.mark.asyncio
+async def test_upload_stored_but_unanswered_then_refused_is_deleted(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The upload's answer is lost (the file is stored), the next attempt is refused (400):
+    the file fails and the stored upload is deleted, not left behind."""
+    emulator.set_faults("upload:1:lost")
+    (path,) = make_inputs(tmp_path / "in", 1)
+
+    def refuse_next(event: Event) -> None:
+        if isinstance(event, Retrying):
+            emulator.set_faults("upload:1:400")
+
+    events, summary = await run_submit(emulator, [path], tmp_path / "j.jsonl", also=refuse_next)
+    assert summary.failed == 1
+    (failed,) = [e for e in events if isinstance(e, FileFailed)]
+    assert failed.left_behind is None
+    assert emulator.state()["files"] == []

@@ -169,7 +169,11 @@ class SubmitRun:
             watcher.cancel()
             if work_scope.cancelled_caught:
                 self.interrupted = True
-        return self.tally
+        # A file cancelled before it started (still waiting for the limiter or its
+        # claim) has no completion, so count every file without one.
+        tally = self.tally
+        tally.not_started = len(items) - tally.submitted - tally.skipped - tally.failed
+        return tally
 
     async def _cancel_after_stop(self, work: anyio.CancelScope, watcher: anyio.CancelScope) -> None:
         """After a stop request, in-flight files get cleanup_seconds to finish."""
@@ -245,7 +249,6 @@ class SubmitRun:
         latest = view.latest.get(item.path)
         async with self.limiter:
             if self.stop.is_set():
-                self.tally.not_started += 1
                 return None
             try:
                 if latest is not None and not await self._should_resubmit(latest):

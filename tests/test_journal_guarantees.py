@@ -292,3 +292,26 @@ def test_journals_share_one_lock_descriptor_and_close_it(tmp_path: Path) -> None
     third.close()
     assert _open_descriptors() == before
     assert sorted(Journal(path).open().latest) == ["a.jsonl", "b.jsonl"]
+
+
+def test_journal_in_a_new_folder_and_errors_that_name_the_file(tmp_path: Path) -> None:
+    """--job-info may point into folders that do not exist yet; a journal that cannot be
+    opened or read raises JournalError naming the file and the reason."""
+    nested = tmp_path / "a" / "b" / "job-info.jsonl"
+    opened(nested).record([line("a.jsonl", "batches/a")])
+    assert sorted(Journal(nested).open().latest) == ["a.jsonl"]
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "file" / "job-info.jsonl"
+    with pytest.raises(JournalError, match=re.escape(f"cannot open {blocked}.lock: ")):
+        Journal(blocked).open()
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    with pytest.raises(JournalError, match=re.escape(f"cannot read {folder}: Is a directory")):
+        Journal(folder).open()
+
+
+def test_problems_name_the_journal(tmp_path: Path) -> None:
+    """Every reported problem carries the journal's path, for the warning line."""
+    path = tmp_path / "job-info.jsonl"
+    path.write_text('[1]\n{"input_file": "x.js')
+    assert {p.journal for p in Journal(path).open().problems} == {str(path)}

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import pytest
 from google import genai
 from google.genai import types
@@ -49,6 +50,7 @@ from .helpers import (
     FAST_RETRY,
     TEST_API_KEY,
     assert_converged,
+    creates_reached,
     make_inputs,
     read_journal,
     request_total,
@@ -545,6 +547,7 @@ async def test_journal_line_has_the_documented_fields(
     journal = tmp_path / "j.jsonl"
     events, summary = await run_submit(emulator, [path], journal)
     assert (summary.submitted, summary.interrupted, summary.not_started) == (1, False, 0)
+    assert 0 < summary.elapsed < 60
     (line,) = read_journal(journal)
     assert set(line) == JOURNAL_KEYS
     assert line["size_bytes"] == path.stat().st_size
@@ -671,11 +674,12 @@ async def test_stop_gives_in_flight_files_cleanup_seconds_then_cuts_them(
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_soon)
-            _, summary = await run_submit(
+            events, summary = await run_submit(
                 emulator, paths, journal, stop=stop, concurrency=2, cleanup_seconds=1
             )
     assert summary.interrupted is True
     assert (summary.submitted, summary.failed, summary.not_started) == (0, 2, 6)
+    assert [e.reason for e in events if isinstance(e, FileFailed)] == ["cancelled"] * 2
     state = emulator.state()
     assert (state["files"], state["batches"], read_journal(journal)) == ([], [], [])
 
@@ -789,3 +793,135 @@ async def test_upload_stored_but_unanswered_then_refused_is_deleted(
     (failed,) = [e for e in events if isinstance(e, FileFailed)]
     assert failed.left_behind is None
     assert emulator.state()["files"] == []
+
+
+# -- pre-flight and failure reasons, as the user reads them -------------------------------
+
+
+@pytest.mark.asyncio
+async def test_recorded_file_whose_content_broke_is_not_refused(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A file the journal covers is not submitted again, so its content no longer matters
+    to pre-flight: the run goes on with the others."""
+    paths = make_inputs(tmp_path / "in", 2)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths[:1], journal)
+    paths[0].write_text("not json any more\n")
+    _, summary = await run_submit(emulator, paths, journal)
+    assert (summary.submitted, summary.failed) == (1, 0)
+    assert len(emulator.state()["batches"]) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a recorded file that no longer validates drops out of the run's output "
+    "instead of being reported skipped (found by the mutation triage; left to the owner)",
+)
+@pytest.mark.asyncio
+async def test_recorded_file_whose_content_broke_is_reported_skipped(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """README: "a file already recorded is skipped" -- and the user is told so."""
+    paths = make_inputs(tmp_path / "in", 2)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths[:1], journal)
+    paths[0].write_text("not json any more\n")
+    events, summary = await run_submit(emulator, paths, journal)
+    assert (summary.submitted, summary.skipped) == (1, 1)
+    assert [e.path for e in events if isinstance(e, FileSkipped)] == [str(paths[0])]
+
+
+@pytest.mark.asyncio
+async def test_preflight_problems_say_what_is_wrong(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """No file given, no API key, a model check that keeps failing: each a clear problem."""
+    with pytest.raises(PreflightError) as empty:
+        await submit([], job_info=tmp_path / "j.jsonl", api_key=TEST_API_KEY)
+    assert [str(p) for p in empty.value.problems] == ["(arguments): no input files given"]
+    (path,) = make_inputs(tmp_path / "in", 1)
+    with pytest.raises(PreflightError) as keyless:
+        await submit([path], job_info=tmp_path / "j.jsonl", base_url=emulator.base_url)
+    assert [str(p) for p in keyless.value.problems] == [
+        "GEMINI_API_KEY: not set: set it (or GOOGLE_API_KEY), or use --emulator"
+    ]
+    emulator.set_faults("get:1:503")
+    with pytest.raises(PreflightError, match="cannot check the model: 503 UNAVAILABLE"):
+        await run_submit(emulator, [path], tmp_path / "j.jsonl")
+    assert emulator.state()["requests"]["upload"]["count"] == 0
+
+
+@pytest.mark.asyncio
+async def test_retry_events_name_the_file_and_the_step(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """One 429 on the upload, then one on the create: two Retrying events, each naming
+    the file and its step."""
+    emulator.set_faults("upload:1:429")
+    (path,) = make_inputs(tmp_path / "in", 1)
+
+    def next_fault(event: Event) -> None:
+        if isinstance(event, Retrying):
+            emulator.set_faults("create:1:429" if event.step == "upload" else "")
+
+    events, summary = await run_submit(emulator, [path], tmp_path / "j.jsonl", also=next_fault)
+    assert summary.submitted == 1
+    assert [(e.path, e.step, e.attempt) for e in events if isinstance(e, Retrying)] == [
+        (str(path), "upload", 1),
+        (str(path), "create", 1),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_refused_upload_fails_with_its_reason_and_leaves_nothing(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """An upload the service refuses (400): the file fails with that reason; nothing stored."""
+    emulator.set_faults("upload:1:400")
+    (path,) = make_inputs(tmp_path / "in", 1)
+    events, _ = await run_submit(emulator, [path], tmp_path / "j.jsonl")
+    (failed,) = events
+    assert isinstance(failed, FileFailed)
+    assert failed.reason.startswith("400 INVALID_ARGUMENT")
+    assert failed.left_behind is None
+    assert emulator.state()["files"] == []
+
+
+@pytest.mark.asyncio
+async def test_lost_create_that_cannot_be_looked_up_says_so_and_names_the_upload(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The create's answer is lost and listing batches keeps failing: the file fails saying
+    it could not tell, names the upload it keeps (a batch may use it), and asks for a rerun."""
+    emulator.set_faults("create:1:lost,list:1:503")
+    (path,) = make_inputs(tmp_path / "in", 1)
+    quick = RetrySettings(attempts=2, initial_delay=0.01, max_delay=0.01, jitter=0)
+    events, _ = await run_submit(emulator, [path], tmp_path / "j.jsonl", retry=quick)
+    (failed,) = [e for e in events if isinstance(e, FileFailed)]
+    assert "could not tell whether the batch was created (503 UNAVAILABLE" in failed.reason
+    assert failed.reason.endswith("; run submit again to settle it")
+    assert failed.left_behind == emulator.state()["files"][0]["name"]
+
+
+@pytest.mark.asyncio
+async def test_create_in_flight_when_cancelled_is_waited_for_and_recorded(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Cancelled while its create is on the wire: the answer is waited for (shielded) and
+    the batch recorded, rather than left for the next run to find."""
+    emulator.stall("create", 1.5)
+    (path,) = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+
+    async def cancel_when_create_sent(scope: anyio.CancelScope) -> None:
+        await anyio.to_thread.run_sync(wait_until, creates_reached(emulator, 1))
+        scope.cancel()
+
+    with anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_create_sent, scope)
+            await run_submit(emulator, [path], journal)
+    assert scope.cancelled_caught
+    (line,) = read_journal(journal)
+    assert_converged(emulator.state(), [line], [str(path)])

@@ -1,6 +1,8 @@
-"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``sdk_tests``."""
+"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``sdk_tests``, ``mutants``."""
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -44,3 +46,18 @@ def sdk_tests(session: nox.Session) -> None:
     # httpx and requests: two of the suite's modules import them; the SDK does not.
     session.install("-e", ".[test]", "httpx", "requests")
     session.run("python", "tools/sdk_suite/run_suite.py", *session.posargs)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation check (mutmut) of the exactly-once and journal modules. By hand, not in CI.
+
+    ``nox -s mutants`` tries every mutant of the modules listed under
+    [tool.mutmut] in pyproject.toml (hours on 2 cores); ``nox -s mutants --
+    "gembatch_async._retry*"`` only those of one module. Results are kept in
+    mutants/, so a rerun checks only what changed. Triage: docs/mutants.md.
+    """
+    session.install("-e", ".[test]", "mutmut>=3.8,<4")
+    workers = str(os.cpu_count() or 2)
+    session.run("mutmut", "run", "--max-children", workers, *session.posargs)
+    session.run("mutmut", "results")

@@ -198,7 +198,12 @@ class SubmitRun:
             watcher.cancel()
             if work_scope.cancelled_caught:
                 self.interrupted = True
-        return self.tally
+        # A file cancelled before it started (still waiting for the limiter or its
+        # claim) has no completion, so count every file without one.
+        tally = self.tally
+        done = tally.submitted + tally.skipped + tally.failed + tally.deferred
+        tally.not_started = len(items) - done
+        return tally
 
     async def _cancel_after_stop(self, work: anyio.CancelScope, watcher: anyio.CancelScope) -> None:
         """The stop bound: in-flight files get cleanup_seconds to finish, then are cut off
@@ -303,8 +308,7 @@ class SubmitRun:
         latest = view.recorded(item.key, item.identity, item.part.of if item.part else None)
         async with self.limiter:
             if self.stop.is_set() or self.halted:
-                self.tally.not_started += 1
-                return None
+                return None  # counted as not started at the end
             try:
                 if latest is not None and not await self._should_resubmit(latest):
                     return _skipped(item, latest)

@@ -27,10 +27,16 @@ FAST = ["--retry-max-delay", "0.05"]
 
 
 def test_version_and_help(tmp_path: Path) -> None:
-    """--version prints the version; python -m works."""
+    """--version prints the version; --help exits 0; python -m works.
+
+    Every command's --help is checked in test_promises_cli.py.
+    """
     result = run_cli(["--version"], cwd=tmp_path, env=cli_env(None))
     assert result.returncode == 0
     assert re.match(r"gembatch-async \d+\.\d+\.\d+", result.stdout)
+    usage = run_cli(["--help"], cwd=tmp_path, env=cli_env(None))
+    assert usage.returncode == 0
+    assert usage.stdout.startswith("usage: gembatch-async")
 
 
 def test_submit_prints_progress_and_summary(emulator: RunningEmulator, tmp_path: Path) -> None:

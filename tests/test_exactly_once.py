@@ -24,6 +24,7 @@ from .helpers import (
     creates_reached,
     make_inputs,
     read_journal,
+    request_total,
     run_cli,
     wait_until,
 )
@@ -119,14 +120,15 @@ async def test_lost_create_is_adopted_not_repeated(service: Service, tmp_path: P
 async def test_common_path_sends_only_upload_and_create(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    """No faults, no earlier run: no look-ups beyond the one model check."""
+    """No faults, no earlier run: per file one upload (start + one chunk) and one create,
+    plus the one model check; no look-up, no delete."""
     paths = make_inputs(tmp_path / "in", 10)
     await submit_until_done(emulator, paths, tmp_path / "j.jsonl")
     requests = emulator.state()["requests"]
+    assert requests["upload"]["count"] == 2 * 10
     assert requests["create"]["count"] == 10
-    assert requests["list"]["count"] == 0
-    assert requests["delete"]["count"] == 0
-    assert requests["get"]["count"] <= 1  # models.get, if the emulator counts it as a get
+    assert requests["get"]["count"] == 1  # models.get
+    assert request_total(emulator.state()) == 2 * 10 + 10 + 1
 
 
 @pytest.mark.asyncio

@@ -50,14 +50,23 @@ def test_status_refreshes_and_records_state(emulator: RunningEmulator, tmp_path:
 
 @FAST_JOBS
 def test_watch_until_done(emulator: RunningEmulator, tmp_path: Path) -> None:
-    """status --watch prints changes until every job has ended, then exits 0."""
-    submitted(emulator, tmp_path, 2)
+    """status --watch prints each job's changes once, until every job has ended, then exits 0.
+
+    Jobs take 1 s and the watch polls every 0.2 s, so a watch that reprinted
+    every job on every poll would print each job five times or more.
+    """
+    names = submitted(emulator, tmp_path, 2)
     result = run_cli(
         ["status", "--watch", "--interval", "0.2", "--json"], cwd=tmp_path, env=cli_env(emulator)
     )
     assert result.returncode == 0, result.stderr
-    states = [json.loads(line)["state"] for line in result.stdout.splitlines()]
-    assert states[-2:] == ["JOB_STATE_SUCCEEDED", "JOB_STATE_SUCCEEDED"]
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    by_job = {name: [p["state"] for p in printed if p["path"] == name] for name in names}
+    for name, states in by_job.items():
+        assert states[-1] == "JOB_STATE_SUCCEEDED", (name, states)
+        assert len(states) == len(set(states)), f"{name}: a state printed twice: {states}"
+        assert set(states) <= {"JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"}
+    assert [p["state"] for p in printed][-2:] == ["JOB_STATE_SUCCEEDED"] * 2
 
 
 @FAST_JOBS
@@ -95,6 +104,14 @@ def test_cancel_ends_unfinished_jobs(emulator: RunningEmulator, tmp_path: Path) 
     states = {b["displayName"].split(" [")[0]: b["state"] for b in emulator.state()["batches"]}
     assert states[names[0]] == "BATCH_STATE_CANCELLED"
     assert states[names[1]] in {"BATCH_STATE_PENDING", "BATCH_STATE_RUNNING"}
+    recorded = {
+        line["input_file"]: line["batch"] for line in read_journal(tmp_path / "job-info.jsonl")
+    }
+    assert recorded[names[0]]["state"] == "JOB_STATE_CANCELLED"
+    assert recorded[names[0]]["name"] == next(
+        b["name"] for b in emulator.state()["batches"] if b["state"] == "BATCH_STATE_CANCELLED"
+    )
+    assert recorded[names[1]]["state"] == "JOB_STATE_PENDING"  # as submit recorded it
 
 
 @FAST_JOBS

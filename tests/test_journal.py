@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from gembatch_async._journal import Journal
 
@@ -116,7 +120,7 @@ def test_rewrite_keeps_lines_appended_by_others(tmp_path: Path) -> None:
 
 
 def test_claims_exclude_other_processes(tmp_path: Path) -> None:
-    """A claim held by one process is refused to another, and freed when it exits."""
+    """A claim held by one process is refused to another; releasing it frees it."""
     path = tmp_path / "job-info.jsonl"
     journal = Journal(path)
     journal.open()
@@ -127,6 +131,54 @@ def test_claims_exclude_other_processes(tmp_path: Path) -> None:
         assert pool.apply(_try_claim, (str(path), "gba-2")) is True
         journal.release_claim("gba-1")
         assert pool.apply(_try_claim, (str(path), "gba-1")) is True
+
+
+_HOLD_CLAIM = """
+import os, signal, sys, time
+from gembatch_async._journal import Journal
+journal = Journal(sys.argv[1])
+journal.open()
+assert journal.try_claim("gba-1")
+print("claimed", flush=True)
+sys.stdin.readline()  # wait for the word; then leave without releasing anything
+if sys.argv[2] == "exit":
+    os._exit(0)
+time.sleep(60)  # killed meanwhile
+"""
+
+
+@pytest.mark.parametrize("end", ["exit", "sigkill"])
+def test_claim_is_freed_when_its_process_ends(tmp_path: Path, end: str) -> None:
+    """A process that takes a claim and exits, or is killed, without releasing it: the claim
+    is refused while it lives and free once it is gone (no stale lock, ever)."""
+    path = tmp_path / "job-info.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CLAIM, str(path), end],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        journal = Journal(path)
+        journal.open()
+        assert journal.try_claim("gba-1") is False
+        if end == "exit":
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+        else:
+            holder.kill()
+        holder.wait(timeout=30)
+        assert journal.try_claim("gba-1") is True
+        journal.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()
 
 
 def _try_claim(path: str, identity: str) -> bool:

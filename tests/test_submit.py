@@ -191,6 +191,7 @@ async def test_cleanup_that_fails_names_what_is_left(
     (failed,) = [e for e in events if isinstance(e, FileFailed)]
     (cleanup,) = [e for e in events if isinstance(e, CleanupFailed)]
     assert failed.left_behind == cleanup.file_name
+    assert cleanup.reason.startswith("503 UNAVAILABLE")
     assert [f["name"] for f in emulator.state()["files"]] == [failed.left_behind]
 
 

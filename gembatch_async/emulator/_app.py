@@ -27,6 +27,7 @@ from gembatch_async.emulator._errors import STORAGE_METRIC, ApiError, fault_mess
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
 from gembatch_async.emulator._models import BATCH_EMBED, BATCH_GENERATE, model_spec
 from gembatch_async.emulator._request_errors import RequestErrors
+from gembatch_async.emulator._scenarios import SCENARIO_ACTIONS, Scenarios
 from gembatch_async.emulator._store import (
     UNFINISHED,
     BatchRecord,
@@ -64,7 +65,14 @@ _MIME = re.compile(
 )
 # MIME types without a slash that the real service accepts for JSONL batch input.
 _BARE_MIME_TYPES = ("jsonl",)
-_ENDED = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_CANCELLED", "BATCH_STATE_FAILED")
+_ENDED = (
+    "BATCH_STATE_SUCCEEDED",
+    "BATCH_STATE_CANCELLED",
+    "BATCH_STATE_FAILED",
+    "BATCH_STATE_EXPIRED",
+)
+
+_ADMIN_ACTIONS = "|".join(("state", "reset", "faults", *SCENARIO_ACTIONS))
 
 T = TypeVar("T")
 Handler = Callable[[Request, "re.Match[str]"], Awaitable[Response]]
@@ -212,6 +220,7 @@ class EmulatorApp:
         self.extensions = tuple(extensions)
         self.log = RequestLog()
         self.faults = FaultInjector(parse_fault_spec(config.faults), config.fault_seed)
+        self.scenarios = Scenarios()
         self._generate_lock = anyio.Lock()
         self._routes = self._build_routes()
         # A class instance (not a function) makes Starlette pass the raw ASGI call through,
@@ -275,7 +284,7 @@ class EmulatorApp:
 
     async def _dispatch(self, request: Request) -> Response | None:
         path = request.url.path
-        admin = re.match(_PREFIX + r"/_emulator/(?P<action>state|reset|faults)$", path)
+        admin = re.match(_PREFIX + rf"/_emulator/(?P<action>{_ADMIN_ACTIONS})$", path)
         if admin:
             return await self._admin(request, admin.group("action"))
         for route in self._routes:
@@ -306,6 +315,9 @@ class EmulatorApp:
         with self.log.track(route.endpoint):
             if self.config.latency_ms > 0:
                 await anyio.sleep(self.config.latency_ms / 1000)
+            stall = self.scenarios.stall_seconds(route.endpoint)
+            if stall > 0:
+                await anyio.sleep(stall)
             # `lost` on uploads hits the finalizing chunk: the file is stored, the answer lost.
             rule = self.faults.decide(route.endpoint, allow_lost=not is_upload or final_chunk)
             if rule is not None and rule.kind == "reset":
@@ -381,6 +393,8 @@ class EmulatorApp:
 
     def _transition_times(self, batch: BatchRecord, state: str) -> tuple[float, float | None]:
         """(updateTime, endTime) for the current state."""
+        if batch.end_state is not None and batch.end_time is not None:
+            return batch.end_time, batch.end_time
         if state == "BATCH_STATE_CANCELLED" and batch.cancel_time is not None:
             return batch.cancel_time, batch.cancel_time
         if state == "BATCH_STATE_SUCCEEDED":
@@ -593,6 +607,7 @@ class EmulatorApp:
         return _json(self._file_json(record, match.group("ver")))
 
     async def _delete_file(self, request: Request, match: re.Match[str]) -> Response:
+        self.scenarios.check_delete(match.group("id"))
         self.store.delete_file(match.group("id"))
         return _json({})
 
@@ -767,12 +782,15 @@ class EmulatorApp:
             for extension in self.extensions:
                 extension.reset()
             self.log.reset()
+            self.scenarios = Scenarios()
             self.faults = FaultInjector(
                 parse_fault_spec(self.config.faults), self.config.fault_seed
             )
             return _json({})
         if action == "faults" and request.method == "POST":
             return await self._admin_faults(request)
+        if action in SCENARIO_ACTIONS and request.method == "POST":
+            return await self._admin_scenario(request, action)
         return _error_response(ApiError(405, f"Method {request.method} not allowed."), False)
 
     async def _admin_faults(self, request: Request) -> Response:
@@ -789,6 +807,13 @@ class EmulatorApp:
             return _error_response(err, upload=False)
         self.faults = FaultInjector(rules, seed)
         return _json({"faults": spec, "seed": seed})
+
+    async def _admin_scenario(self, request: Request, action: str) -> Response:
+        try:
+            body = await _json_body(request)
+            return _json(self.scenarios.apply(action, body, self.store, FILE_LIFETIME_SECONDS))
+        except ApiError as err:
+            return _error_response(err, upload=False)
 
     def state(self) -> dict[str, Any]:
         """The /_emulator/state document (sizes as JSON numbers, states as wire enums)."""

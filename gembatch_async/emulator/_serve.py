@@ -113,6 +113,22 @@ class RunningEmulator:
         """POST /_emulator/faults: replace the fault spec (urllib raises HTTPError on 400)."""
         self._admin("faults", {"faults": spec, "seed": seed})
 
+    def end_batch(self, name: str, state: str) -> None:
+        """POST /_emulator/end-batch: the batch ends now, BATCH_STATE_FAILED or _EXPIRED."""
+        self._admin("end-batch", {"name": name, "state": state})
+
+    def expire_file(self, name: str, seconds: float) -> None:
+        """POST /_emulator/expire-file: the file now expires in ``seconds``."""
+        self._admin("expire-file", {"name": name, "seconds": seconds})
+
+    def refuse_delete(self, name: str) -> None:
+        """POST /_emulator/refuse-delete: deleting this file answers 400 from now on."""
+        self._admin("refuse-delete", {"name": name})
+
+    def stall(self, endpoint: str, seconds: float) -> None:
+        """POST /_emulator/stall: requests to ``endpoint`` arriving from now on wait ``seconds``."""
+        self._admin("stall", {"endpoint": endpoint, "seconds": seconds})
+
 
 def _bind(host: str, port: int) -> socket.socket:
     """Bind ourselves, so a busy port raises OSError here instead of uvicorn's sys.exit."""

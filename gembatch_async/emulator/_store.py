@@ -85,6 +85,9 @@ class BatchRecord:
     kind: str = GENERATE  # GENERATE (batchGenerateContent) or EMBED (asyncBatchEmbedContent)
     #: Enqueued tokens, as the emulator counts them: one per 4 bytes of request JSON.
     tokens: int = 0
+    #: Set by the end-batch scenario: the job FAILED or EXPIRED at end_time.
+    end_state: str | None = None
+    end_time: float | None = None
 
     @property
     def name(self) -> str:
@@ -273,6 +276,8 @@ class Store:
 
     def batch_state(self, batch: BatchRecord, now: float | None = None) -> str:
         """The wire state, computed from the create time so it survives restarts."""
+        if batch.end_state is not None:
+            return batch.end_state
         if batch.cancel_time is not None:
             return "BATCH_STATE_CANCELLED"
         elapsed = (time.time() if now is None else now) - batch.create_time

@@ -194,8 +194,17 @@ async def _check_locally(
         problems.append(Problem("GEMINI_API_KEY", unsendable))
     if problems:
         raise PreflightError(problems)
-    items = [replace(found[p], identity=identities[p]) for p in readable if p in found]
+    items = [
+        replace(found[p], identity=identities[p]) if p in found else _unreadable(p, identities[p])
+        for p in readable
+    ]
     return [unit for item in items for unit in item.units()]
+
+
+def _unreadable(path: str, identity: str) -> InputFile:
+    """A recorded file whose content no longer passes pre-flight: it is skipped (and said
+    to have changed), never submitted, so it only needs its identity."""
+    return InputFile(path, 0, "", 0, identity=identity)
 
 
 def _to_submit(

@@ -813,11 +813,6 @@ async def test_recorded_file_whose_content_broke_is_not_refused(
     assert len(emulator.state()["batches"]) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a recorded file that no longer validates drops out of the run's output "
-    "instead of being reported skipped (found by the mutation triage; left to the owner)",
-)
 @pytest.mark.asyncio
 async def test_recorded_file_whose_content_broke_is_reported_skipped(
     emulator: RunningEmulator, tmp_path: Path

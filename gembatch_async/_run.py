@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import anyio
 from google import genai
 
-from ._admission import Admission
+from ._admission import Admission, Limit
 from ._backend import END_STATES, RESULT_STATES, VertexTarget
 from ._errors import ApiError
 from ._events import (
@@ -34,12 +34,14 @@ from ._events import (
     JobEnded,
     ResultsSaved,
     RunSummary,
+    WaitingForCapacity,
     ignore_events,
 )
 from ._inputs import InputFile
 from ._jobs import (
     JobsContext,
     JobStatus,
+    cleanup_files,
     collect_results,
     refresh_lines,
     with_uploads_deleted,
@@ -153,6 +155,8 @@ class _Runner:
         self.stop = stop
         self.watch = watch
         self.polling = _Polling(None, 30.0)
+        #: A file waits for storage: the watcher deletes ended jobs' uploads.
+        self._storage_short = False
         #: Results built at once (CPU work, a few MiB each).
         self._builds = anyio.CapacityLimiter(2)
         self.submitted = self._submit_run(settings)
@@ -190,6 +194,8 @@ class _Runner:
 
     def _on_submit_event(self) -> EventHandler:
         def forward(event: Event) -> None:
+            if isinstance(event, WaitingForCapacity) and event.reason == Limit.STORAGE.value:
+                self._storage_short = True
             if isinstance(event, FileFailed):
                 entry = self._input_named(event.path)
                 if entry is not None:
@@ -226,12 +232,26 @@ class _Runner:
     async def _watch_until_settled(self, tg: anyio.abc.TaskGroup) -> None:
         while True:
             await self._poll_once(tg)
+            if self._storage_short:
+                self._storage_short = False
+                await self._free_storage()
             if self.watch.settled() or (self.stop.is_set() and self.watch.submitting == 0):
                 if self.stop.is_set():
                     self.watch.interrupted = True
                 return
             with anyio.move_on_after(self.polling.interval):
                 await self.stop.wait()
+
+    async def _free_storage(self) -> None:
+        """Storage holds files back: delete the uploads of every ended job the journal
+        records (they only take room now, until they expire), and count the room free."""
+        sizes = {
+            line.get("uploaded_file_name"): line.get("size_bytes") for line in self.jobs.recorded()
+        }
+        for cleaned in await cleanup_files(self.jobs):
+            size = sizes.get(cleaned.file_name)
+            if (cleaned.deleted or cleaned.error == "already gone") and isinstance(size, int):
+                self.admission.release_bytes(size)
 
     async def _poll_once(self, tg: anyio.abc.TaskGroup) -> None:
         view = self.jobs.journal.refresh()

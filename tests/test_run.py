@@ -10,13 +10,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from google import genai
 from google.genai import types
 
+from gembatch_async import Event, SubmitSettings, WaitingForCapacity, run, submit
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from .helpers import cli_env, creates_reached, make_inputs, read_journal, run_cli, wait_until
+from .helpers import (
+    FAST_RETRY,
+    TEST_API_KEY,
+    cli_env,
+    creates_reached,
+    make_inputs,
+    read_journal,
+    run_cli,
+    wait_until,
+)
 from .services import Service
 
 WINDOW_OF_8 = pytest.mark.parametrize(
@@ -220,3 +231,39 @@ def test_a_deleted_batch_ends_the_file_instead_of_polling_forever(
     again = run_cli([*RUN, "--retry-failed", *names], cwd=tmp_path, env=env, timeout=60)
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(_result_files(tmp_path)) == 1
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
+)
+@pytest.mark.asyncio
+async def test_run_frees_storage_held_by_ended_jobs_first(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Storage is the limit: uploads of earlier, ended jobs are deleted to make room, and
+    the new files go through (before, those uploads stayed until they expired)."""
+    old = make_inputs(tmp_path / "old", 2, lines=2)
+    new = make_inputs(tmp_path / "new", 2, lines=2, prefix="new")
+    journal = tmp_path / "job-info.jsonl"
+    size = old[0].stat().st_size
+    await submit(
+        [str(p) for p in old], job_info=journal, api_key=TEST_API_KEY, base_url=emulator.base_url
+    )
+    wait_until(
+        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
+    )
+    events: list[Event] = []
+    settings = SubmitSettings(storage_quota_bytes=3 * size + size // 2, retry=FAST_RETRY)
+    with anyio.fail_after(60):
+        summary = await run(
+            [str(p) for p in new],
+            settings=settings,
+            job_info=journal,
+            interval=0.2,
+            api_key=TEST_API_KEY,
+            base_url=emulator.base_url,
+            on_event=events.append,
+        )
+    assert (summary.downloaded, summary.failed) == (2, 0)
+    assert any(isinstance(e, WaitingForCapacity) for e in events), "storage was the limit"
+    assert _uploads(emulator) == [], "the ended jobs' uploads were deleted to make room"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gembatch_async import FileSkipped, JournalError, submit
+from gembatch_async import JournalError, submit
 from gembatch_async._journal import Journal, encode_line
 
 from .test_promises import traced_syscalls
@@ -135,19 +135,25 @@ def _first(trace: list[str], pattern: str) -> int | None:
 
 
 @pytest.mark.asyncio
-async def test_a_line_without_a_batch_counts_as_recorded(
+async def test_a_line_without_a_batch_does_not_record_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A hand-made line with no batch still records the file: skipped, no batch name, no
-    request (and no crash)."""
+    """A hand-made line with no batch name is reported and records nothing (issue 8:
+    never "already submitted as " with an empty name); a journal of only such lines is
+    not a journal and is refused, untouched."""
     (tmp_path / "a.jsonl").write_text('{"key": "k", "request": {}}\n')
     journal = tmp_path / "job-info.jsonl"
     journal.write_text('{"input_file": "a.jsonl", "count": 1}\n')
-    events: list[object] = []
     monkeypatch.chdir(tmp_path)
-    summary = await submit(["a.jsonl"], job_info=journal, api_key="unused", on_event=events.append)
-    assert summary.skipped == 1
-    assert events == [FileSkipped("a.jsonl", "", 1, 1, False)]
+    with pytest.raises(JournalError, match="not a gembatch journal"):
+        await submit(["a.jsonl"], job_info=journal, api_key="unused")
+    assert journal.read_text() == '{"input_file": "a.jsonl", "count": 1}\n'
+    journal.write_text(
+        encode_line(line("b.jsonl", "batches/b")).decode() + '{"input_file": "a.jsonl"}\n'
+    )
+    view = Journal(journal).open()
+    assert sorted(view.latest) == ["b.jsonl"]
+    assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [(2, "no batch name")]
 
 
 # -- reading: torn tails, blank lines, problems -----------------------------------------
@@ -222,13 +228,14 @@ def test_blank_lines_are_not_problems(tmp_path: Path, last: bytes) -> None:
 def test_lines_that_are_not_job_lines_say_why(tmp_path: Path) -> None:
     """Each unreadable line is reported with its number and the reason."""
     path = tmp_path / "job-info.jsonl"
-    path.write_text('[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n')
+    first = encode_line(line("a.jsonl", "batches/a")).decode()
+    path.write_text(first + '[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n')
     view = Journal(path).open()
     assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [
-        (1, "not a JSON object; line skipped"),
-        (2, 'no "input_file"; line skipped'),
+        (2, "not a JSON object; line skipped"),
         (3, 'no "input_file"; line skipped'),
-        (4, "not valid JSON"),
+        (4, 'no "input_file"; line skipped'),
+        (5, "not valid JSON"),
     ]
 
 
@@ -302,16 +309,18 @@ def test_journal_in_a_new_folder_and_errors_that_name_the_file(tmp_path: Path) -
     assert sorted(Journal(nested).open().latest) == ["a.jsonl"]
     (tmp_path / "file").write_text("")
     blocked = tmp_path / "file" / "job-info.jsonl"
-    with pytest.raises(JournalError, match=re.escape(f"cannot open {blocked}.lock: ")):
+    with pytest.raises(JournalError, match=re.escape(f"cannot read {blocked}: Not a directory")):
         Journal(blocked).open()
     folder = tmp_path / "folder.jsonl"
     folder.mkdir()
-    with pytest.raises(JournalError, match=re.escape(f"cannot read {folder}: Is a directory")):
+    with pytest.raises(JournalError, match=re.escape(f"{folder} is not a regular file")):
         Journal(folder).open()
 
 
 def test_problems_name_the_journal(tmp_path: Path) -> None:
     """Every reported problem carries the journal's path, for the warning line."""
     path = tmp_path / "job-info.jsonl"
-    path.write_text('[1]\n{"input_file": "x.js')
+    path.write_text(
+        encode_line(line("a.jsonl", "batches/a")).decode() + '[1]\n{"input_file": "x.js'
+    )
     assert {p.journal for p in Journal(path).open().problems} == {str(path)}

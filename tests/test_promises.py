@@ -533,8 +533,8 @@ async def test_cleanup_carries_on_past_a_refused_delete(
 # -- the journal line and the events, as documented ---------------------------------------
 
 JOURNAL_KEYS = {
-    "input_file", "count", "uploaded_file_name", "sha256", "size_bytes", "model",
-    "submitted_at", "display_name", "adopted", "batch",
+    "input_file", "input_identity", "journal_id", "count", "uploaded_file_name", "sha256",
+    "size_bytes", "model", "submitted_at", "display_name", "adopted", "batch",
 }  # fmt: skip
 
 
@@ -707,23 +707,20 @@ async def test_long_paths_keep_their_tail_in_the_display_name(
 
 
 @pytest.mark.asyncio
-async def test_retry_failed_when_the_state_cannot_be_read_fails_that_file(
+async def test_retry_failed_submits_a_batch_that_no_longer_exists_again(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    """--retry-failed must ask for a live job's state; when it cannot, the file fails with
-    that reason and nothing is resubmitted."""
+    """--retry-failed asks for a live job's state; a batch that is gone (404: deleted on
+    the service) will never run, so the file is submitted again, once."""
     paths = make_inputs(tmp_path / "in", 1)
     journal = tmp_path / "j.jsonl"
     await run_submit(emulator, paths, journal)
     client = sdk(emulator)
     client.batches.delete(name=read_journal(journal)[0]["batch"]["name"])
-    events, summary = await run_submit(emulator, paths, journal, retry_failed=True)
-    assert (summary.submitted, summary.failed) == (0, 1)
-    (failed,) = events
-    assert isinstance(failed, FileFailed)
-    assert (failed.path, failed.left_behind) == (str(paths[0]), None)
-    assert failed.reason.startswith("cannot read the recorded batch's state: 404")
-    assert emulator.state()["batches"] == []
+    _, summary = await run_submit(emulator, paths, journal, retry_failed=True)
+    assert (summary.submitted, summary.failed) == (1, 0)
+    assert len(emulator.state()["batches"]) == 1
+    assert len(read_journal(journal)) == 2
 
 
 @pytest.mark.asyncio
@@ -746,27 +743,28 @@ async def test_the_same_file_for_another_model_is_another_batch(
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=150), id="latency")]
 )
-async def test_local_failure_mid_run_is_reported_cleaned_up_and_raised(
+async def test_an_input_that_vanishes_mid_run_fails_alone(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    """An input that vanishes after pre-flight: that file fails (reported with the reason),
-    the run stops, what was created is recorded, and the error comes out as itself.
+    """An input that vanishes after pre-flight: that file fails (reported with the reason,
+    nothing left behind) and the run goes on with the others (issue 8).
 
-    Latency keeps the next file in its upload's first request (the file is opened
-    after it) while the event that deletes it is delivered."""
+    One at a time, with latency: when the first file's event is delivered, the second
+    is uploading (from the descriptor opened before, so it is submitted as checked) and
+    the third has not started; the third is the one that vanishes."""
     paths = make_inputs(tmp_path / "in", 3)
     journal = tmp_path / "j.jsonl"
     seen: list[Event] = []
 
     def remove_the_next(event: Event) -> None:
         seen.append(event)
-        if isinstance(event, FileSubmitted) and paths[1].exists():
-            paths[1].unlink()
+        if isinstance(event, FileSubmitted) and paths[2].exists():
+            paths[2].unlink()
 
-    with pytest.raises(FileNotFoundError):
-        await run_submit(emulator, paths, journal, also=remove_the_next, concurrency=1)
+    _, summary = await run_submit(emulator, paths, journal, also=remove_the_next, concurrency=1)
+    assert (summary.submitted, summary.failed) == (2, 1)
     failed = {e.path: e for e in seen if isinstance(e, FileFailed)}
-    assert "No such file" in failed[str(paths[1])].reason
+    assert "vanished since pre-flight" in failed[str(paths[2])].reason
     assert all(e.left_behind is None for e in failed.values())
     state = emulator.state()
     assert {line["batch"]["name"] for line in read_journal(journal)} == {

@@ -22,7 +22,9 @@ good_lines = st.lists(
 bad_values = st.one_of(
     st.just("not json"),
     st.just("[1, 2]"),
-    st.just('{"key": "x"}'),
+    # A key no good line uses: a bad line that shares a good line's key is also a
+    # duplicate there (two problems, rightly), which is another test's concern.
+    st.just('{"key": "not-a-good-key!"}'),
     st.just('{"request": 5}'),
     st.just('{"key": 7, "request": {}}'),
 )

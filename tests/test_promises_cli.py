@@ -213,7 +213,11 @@ def test_mime_type_default_and_option(emulator: RunningEmulator, tmp_path: Path)
         ).returncode
         == 0
     )
-    declared = {f["displayName"]: f["mimeType"] for f in emulator.state()["files"]}
+    declared = {
+        f["displayName"]: f["mimeType"]
+        for f in emulator.state()["files"]
+        if f["source"] == "UPLOADED"  # not a finished job's output file
+    }
     assert declared == {"a.jsonl": "application/jsonl", "b.jsonl": "text/plain"}
 
 

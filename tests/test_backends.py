@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import google.auth.credentials
 import pytest
+from google.cloud import storage
 
 from gembatch_async import SubmitSettings, submit
 from gembatch_async._storage import converted_line
 from gembatch_async.emulator import EmulatorConfig
 
+from .conftest import TEST_BUCKET
 from .helpers import FAST_RETRY, cli_env, make_inputs, read_journal, run_cli
 from .services import Service
 
@@ -86,3 +89,55 @@ def test_vertex_output_lines_become_batch_api_lines() -> None:
         "error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "no"},
     }
     assert converted_line(b"not json\n") == b"not json\n"
+
+
+def _bucket_objects(service: Service) -> list[str]:
+    assert service.storage is not None
+    client = storage.Client(
+        project="p",
+        credentials=google.auth.credentials.AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": service.storage.url},
+    )
+    return [f"gs://{TEST_BUCKET}/{b.name}" for b in client.list_blobs(TEST_BUCKET)]
+
+
+def _put_object(service: Service, uri: str) -> None:
+    assert service.storage is not None
+    client = storage.Client(
+        project="p",
+        credentials=google.auth.credentials.AnonymousCredentials(),  # type: ignore[no-untyped-call]
+        client_options={"api_endpoint": service.storage.url},
+    )
+    client.bucket(TEST_BUCKET).blob(uri.removeprefix(f"gs://{TEST_BUCKET}/")).upload_from_string(
+        "{}\n"
+    )
+
+
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, processing_seconds=0.5)])
+@pytest.mark.parametrize("service", ["vertex"], indirect=True)
+def test_cleanup_outputs_deletes_the_vertex_output_folder_and_nothing_beside_it(
+    service: Service, tmp_path: Path
+) -> None:
+    """Issue 17 item 4: ``cleanup --outputs`` deletes every object in the job's output
+    folder (it is a prefix, not an object) and reports it deleted; objects beside it,
+    even a folder whose name starts the same, stay."""
+    (name,) = (p.name for p in make_inputs(tmp_path, 1, lines=3))
+    env = service.env()
+    assert run_cli(["submit", name], cwd=tmp_path, env=env).returncode == 0
+    watched = run_cli(["status", "--watch", "--interval", "0.2"], cwd=tmp_path, env=env)
+    assert watched.returncode == 0, watched.stderr
+    (job,) = service.jobs()
+    folder = job["outputDirectory"] + "/"
+    inside = [o for o in _bucket_objects(service) if o.startswith(folder)]
+    assert inside, "the job wrote its predictions"
+    beside = [folder.rstrip("/") + "-copy/predictions.jsonl", f"gs://{TEST_BUCKET}/keep.jsonl"]
+    for uri in beside:
+        _put_object(service, uri)
+    cleanup = run_cli(["cleanup", "--outputs"], cwd=tmp_path, env=env)
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert f"deleted {folder} ({name})" in cleanup.stdout, cleanup.stdout
+    assert "already gone" not in cleanup.stdout
+    left = _bucket_objects(service)
+    assert [o for o in left if o.startswith(folder)] == []
+    assert all(uri in left for uri in beside)
+    assert service.uploads() == []

@@ -623,7 +623,7 @@ def _nested(levels: int) -> dict[str, Any]:
 
 
 #: One line each Vertex's table import refuses, and the BigQuery words expected.
-IMPORT_FAILURES = {
+IMPORT_FAILURES: dict[str, tuple[dict[str, Any], str]] = {
     "type changes between lines": (
         {"generationConfig": {"responseJsonSchema": {"type": ["string", "null"]}}},
         "has changed type",

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import google.auth.credentials
 import pytest
 from google.cloud import storage
 
 from gembatch_async import SubmitSettings, submit
-from gembatch_async._storage import converted_line
+from gembatch_async._errors import UsageError
+from gembatch_async._inputs import JobLimits
+from gembatch_async._storage import converted_line, is_output_shard
 from gembatch_async.emulator import EmulatorConfig
 
 from .conftest import TEST_BUCKET
@@ -141,3 +144,115 @@ def test_cleanup_outputs_deletes_the_vertex_output_folder_and_nothing_beside_it(
     assert [o for o in left if o.startswith(folder)] == []
     assert all(uri in left for uri in beside)
     assert service.uploads() == []
+
+
+def _request(key: str, **request: Any) -> str:
+    body = {"contents": [{"role": "user", "parts": [{"text": "q"}]}], **request}
+    return json.dumps({"key": key, "request": body})
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"leaf": "x"}
+    for _ in range(levels - 1):
+        value = {"inner": value}
+    return value
+
+
+#: Lines Vertex's table import fails the whole job on, after one fine line 1.
+IMPORT_REFUSED = [
+    _request("ok", generationConfig={"responseJsonSchema": {"type": "string"}}),
+    _request("search", tools=[{"googleSearch": {}}]),
+    _request("types", generationConfig={"responseJsonSchema": {"type": ["string", "null"]}}),
+    _request("defs", generationConfig={"responseJsonSchema": {"$defs": {"a": {"type": "string"}}}}),
+    _request("deep", generationConfig={"responseJsonSchema": _deep(13)}),
+]
+
+
+@pytest.mark.parametrize("service", ["gemini", "vertex"], indirect=True)
+def test_vertex_preflight_refuses_what_its_table_import_fails_on(
+    service: Service, tmp_path: Path
+) -> None:
+    """Issue 16: on Vertex, a line its import would fail the whole job on is refused
+    before anything is uploaded, FILE:LINE: field path: reason, exit 2. The Gemini API
+    reads lines as requests, so the same file goes there."""
+    (tmp_path / "in.jsonl").write_text("".join(line + "\n" for line in IMPORT_REFUSED))
+    result = run_cli(["submit", "in.jsonl"], cwd=tmp_path, env=service.env())
+    if service.kind == "gemini":
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 2, result.stdout + result.stderr
+    for expected in (
+        "in.jsonl:2: request.tools[0].googleSearch: an empty object",
+        "in.jsonl:3: request.generationConfig.responseJsonSchema.type: a list here but a "
+        "string on line 1",
+        'in.jsonl:4: request.generationConfig.responseJsonSchema.$defs: "$defs" is not',
+        "in.jsonl:5: request.generationConfig.responseJsonSchema.inner.inner.inner.inner"
+        ".inner.inner.inner.inner.inner.inner.inner.inner.leaf: nested deeper than 15 levels",
+    ):
+        assert expected in result.stderr, result.stderr
+    assert "in.jsonl:1:" not in result.stderr
+    assert service.uploads() == []
+    assert service.creates() == 0
+
+
+def test_split_limits_follow_the_backend() -> None:
+    """Unasked, a job takes what its backend allows: 2 GB on Gemini; 1 GB and 200,000
+    requests on Vertex. More than Vertex allows is a usage error, not a failed job."""
+    assert JobLimits.of(None, None, vertex=False) == JobLimits(2 * 10**9, None)
+    assert JobLimits.of(None, None, vertex=True) == JobLimits(10**9, 200_000)
+    assert JobLimits.of(5000, 7, vertex=True) == JobLimits(5000, 7)
+    with pytest.raises(UsageError, match="1GB"):
+        JobLimits.of(10**9 + 1, None, vertex=True)
+    with pytest.raises(UsageError, match="200,000"):
+        JobLimits.of(None, 200_001, vertex=True)
+
+
+@pytest.mark.parametrize("service", ["vertex"], indirect=True)
+def test_vertex_splits_past_200000_requests_by_default(service: Service, tmp_path: Path) -> None:
+    """A 200,001-request input on Vertex is two jobs without any --max-* option (the
+    dry run shows the parts; nothing is uploaded); asking for 2GB a job is refused."""
+    (tmp_path / "big.jsonl").write_text("".join(_request(f"k{i}") + "\n" for i in range(200_001)))
+    env = service.env()
+    dry = run_cli(["submit", "--dry-run", "--no-schema-check", "big.jsonl"], cwd=tmp_path, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "big.jsonl (part 1/2) (200000 requests" in dry.stdout, dry.stdout
+    assert "big.jsonl (part 2/2) (1 requests" in dry.stdout, dry.stdout
+    refused = run_cli(["submit", "--max-bytes-per-job", "2GB", "big.jsonl"], cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert "at most 1000000000 bytes (1GB) on the Vertex backend" in refused.stderr
+    assert service.uploads() == []
+    assert service.creates() == 0
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [EmulatorConfig(port=0, processing_seconds=0.5, vertex_output_shards=3)]
+)
+@pytest.mark.parametrize("service", ["vertex"], indirect=True)
+def test_results_are_read_from_every_output_shard(service: Service, tmp_path: Path) -> None:
+    """Issue 16: output written in shards (predictions.jsonl-0000N-of-00003) is read in
+    full: every request's answer reaches the results file."""
+    (name,) = (p.name for p in make_inputs(tmp_path, 1, lines=7))
+    result = run_cli(["run", "--interval", "0.2", name], cwd=tmp_path, env=service.env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [json.loads(x) for x in (tmp_path / "results" / name).read_text().splitlines()]
+    assert [r["key"] for r in rows] == [f"k{i}" for i in range(7)]
+    assert all("response" in r for r in rows)
+
+
+def test_output_shard_names() -> None:
+    """Every naming of prediction files the evidence shows; nothing else in the folder."""
+    for name in (
+        "predictions.jsonl",
+        "predictions_0001.jsonl",
+        "predictions.jsonl-00000-of-00002",
+        "prediction.results-00001-of-00002",
+    ):
+        assert is_output_shard(name), name
+    for name in (
+        "incremental_predictions.jsonl",
+        "predictions.jsonl.metadata",
+        "prediction.errors_stats-00000-of-00001",
+        "errors_0001.jsonl",
+        "sub/predictions.jsonl",
+    ):
+        assert not is_output_shard(name), name

@@ -6,7 +6,8 @@ SDK's do in ``_client``. An input is staged under a content-derived object name 
 its sha256 in the object's metadata, so a retry or rerun finds it (AlreadyExistsApiError,
 like the Files API's 409) and checks it before reusing it.
 
-A job's output directory holds ``predictions*.jsonl``; each line becomes the
+A job's output directory holds ``predictions.jsonl`` or shards of it (see
+:func:`is_output_shard`), all read; each line becomes the
 ``{"key", "response"}`` / ``{"key", "error"}`` line ``_results`` reads (a Vertex line
 carries its failure as text in ``status``).
 """
@@ -220,7 +221,8 @@ class Storage:
 
     # -- outputs --------------------------------------------------------------------------
     async def download_output(self, directory: str, destination: str) -> None:
-        """The job's ``predictions*.jsonl`` under ``directory``, converted, to ``destination``."""
+        """Every prediction file in ``directory`` (one, or all shards, in name order),
+        converted, to ``destination``."""
 
         def work() -> None:
             bucket_name, prefix = parse_gs_uri(directory.rstrip("/") + "/")

@@ -153,7 +153,7 @@ def phase_of(job: VertexJob, timing: Timing, now: float) -> Phase:
         if now < done:
             return Phase(CANCELLING, job.cancel_time)
         ran = ran_until(job, timing, job.cancel_time)
-        if ran and not job.output_written:
+        if ran and _output_pending(job):
             return Phase(CANCELLING, job.cancel_time, needs_output=True)
         running_at = (job.start_time or 0.0) + timing.pending_seconds
         return Phase(CANCELLED, done, running_at if ran else None, end_time=done)
@@ -172,7 +172,7 @@ def _started_phase(
     if job.start_error is not None:
         finish = running_at  # fails as it would begin running
     if expiry is not None and expiry < finish and now >= expiry:
-        if ran_until(job, timing, expiry) and not job.output_written:
+        if ran_until(job, timing, expiry) and _output_pending(job):
             return Phase(RUNNING, running_at, running_at, needs_output=True)
         return Phase(EXPIRED, expiry, _started(running_at, expiry), end_time=expiry)
     if now < running_at:
@@ -191,6 +191,11 @@ def ran_until(job: VertexJob, timing: Timing, moment: float) -> bool:
     if job.start_time is None or job.start_error is not None:
         return False
     return moment > job.start_time + timing.pending_seconds
+
+
+def _output_pending(job: VertexJob) -> bool:
+    """Its rows are still to be written (a failed write is not retried for ever)."""
+    return not job.output_written and job.output_error is None
 
 
 def completed_share(job: VertexJob, timing: Timing) -> float:

@@ -12,14 +12,15 @@ import pytest
 from google.cloud import storage
 
 from gembatch_async import SubmitSettings, submit
-from gembatch_async._errors import UsageError
+from gembatch_async._errors import PermanentApiError, UsageError
 from gembatch_async._inputs import JobLimits
 from gembatch_async._storage import converted_line, is_output_shard
+from gembatch_async._vertex import vertex_session
 from gembatch_async.emulator import EmulatorConfig
 
 from .conftest import TEST_BUCKET
 from .helpers import FAST_RETRY, cli_env, make_inputs, read_journal, run_cli
-from .services import Service
+from .services import BUCKET_URI, Service
 
 
 @pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, processing_seconds=0.5)])
@@ -256,3 +257,30 @@ def test_output_shard_names() -> None:
         "sub/predictions.jsonl",
     ):
         assert not is_output_shard(name), name
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("service", ["vertex"], indirect=True)
+async def test_only_a_jobs_output_folder_is_ever_deleted_whole(service: Service) -> None:
+    """A folder delete is refused unless it is one job's folder under our out/<token>/:
+    not the bucket, not the prefix, not out/ (whatever name reaches the backend)."""
+    assert service.vertex is not None
+    inside = f"{BUCKET_URI}/out/gba-1/prediction-model-T/predictions.jsonl"
+    keep = [f"{BUCKET_URI}/gba-x.jsonl", f"{BUCKET_URI}/out/gba-1/other.jsonl", inside]
+    for uri in keep:
+        _put_object(service, uri)
+    async with vertex_session(service.vertex) as api:
+        for folder in (
+            f"gs://{TEST_BUCKET}/",
+            f"{BUCKET_URI}/",
+            f"{BUCKET_URI}/out/",
+            f"{BUCKET_URI}/out/gba-1/",
+            f"{BUCKET_URI}/out/gba-1/../../",
+            f"gs://{TEST_BUCKET}/elsewhere/out/gba-1/prediction-model-T/",
+        ):
+            with pytest.raises(PermanentApiError, match="not a job's output folder"):
+                await api.delete_file(folder)
+        assert sorted(keep) == sorted(_bucket_objects(service))
+        assert await api.delete_file(f"{BUCKET_URI}/out/gba-1/prediction-model-T/")
+        assert not await api.delete_file(f"{BUCKET_URI}/out/gba-1/prediction-model-T/")
+    assert sorted(_bucket_objects(service)) == sorted(keep[:2])

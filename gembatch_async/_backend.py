@@ -154,15 +154,26 @@ def output_of(batch: Mapping[str, Any]) -> str | None:
         return name
     info = batch.get("output_info")
     directory = info.get("gcs_output_directory") if isinstance(info, Mapping) else None
-    return directory if isinstance(directory, str) and directory else None
+    return as_folder(directory)
 
 
 def output_of_job(batch: types.BatchJob) -> str | None:
     if batch.dest is not None and batch.dest.file_name:
         return batch.dest.file_name
     info = getattr(batch, "output_info", None)
-    directory = getattr(info, "gcs_output_directory", None)
-    return directory if isinstance(directory, str) and directory else None
+    return as_folder(getattr(info, "gcs_output_directory", None))
+
+
+def as_folder(directory: object) -> str | None:
+    """A Vertex output directory named as a folder, ``gs://B/.../prediction-model-T/``.
+
+    The service reports it without the slash, yet it is no object but a prefix holding
+    ``predictions*.jsonl`` (one file or shards). Named with the slash, deleting it means
+    deleting every object inside it and nothing beside it (issue 17 item 4: deleted as
+    an object name it was "already gone" while its predictions stayed in the bucket)."""
+    if not isinstance(directory, str) or not directory:
+        return None
+    return directory.rstrip("/") + "/"
 
 
 Opener = Callable[[], contextlib.AbstractAsyncContextManager[Backend]]

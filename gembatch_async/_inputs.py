@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 import anyio
 import anyio.to_thread
 
-from ._errors import InputChangedError, Problem
+from ._errors import InputChangedError, Problem, UsageError
 from ._keysort import SortedHashes, repeated
 from ._schema import GENERATE, KIND_FIELDS, MISSING, check_request, request_kind
-from ._settings import MAX_INPUT_BYTES
+from ._settings import MAX_INPUT_BYTES, VERTEX_MAX_INPUT_BYTES, VERTEX_MAX_REQUESTS
+from ._vertex_import import TableImport
 
 #: Beyond this many problems in one file the rest are summarised in one line.
 MAX_PROBLEMS_PER_FILE = 20
@@ -54,6 +55,27 @@ class JobLimits:
     max_bytes: int = MAX_INPUT_BYTES
     #: Requests per job, for users whose token quota is the tighter limit.
     max_requests: int | None = None
+
+    @classmethod
+    def of(cls, max_bytes: int | None, max_requests: int | None, *, vertex: bool) -> JobLimits:
+        """What the user asked (None: the backend's limit), never past the backend's limit:
+        Vertex takes 1 GB and 200,000 requests a job, the Batch API 2 GB."""
+        if not vertex:
+            return cls(MAX_INPUT_BYTES if max_bytes is None else max_bytes, max_requests)
+        if max_bytes is not None and max_bytes > VERTEX_MAX_INPUT_BYTES:
+            raise UsageError(
+                f"--max-bytes-per-job: at most {VERTEX_MAX_INPUT_BYTES} bytes (1GB) on the "
+                "Vertex backend, its limit for one input file"
+            )
+        if max_requests is not None and max_requests > VERTEX_MAX_REQUESTS:
+            raise UsageError(
+                f"--max-requests-per-job: at most {VERTEX_MAX_REQUESTS:,} on the Vertex "
+                "backend, its limit for one job"
+            )
+        return cls(
+            VERTEX_MAX_INPUT_BYTES if max_bytes is None else max_bytes,
+            VERTEX_MAX_REQUESTS if max_requests is None else max_requests,
+        )
 
 
 @dataclass(frozen=True)
@@ -268,9 +290,11 @@ def check_regular_file(path: str) -> Problem | None:
 class _Validator:
     """Checks request lines one by one and remembers what it needs for the end."""
 
-    def __init__(self, path: str, schema_check: bool = True) -> None:
+    def __init__(self, path: str, schema_check: bool = True, table_import: bool = False) -> None:
         self.path = path
         self.schema_check = schema_check
+        #: Vertex: the rules of the table import that would fail the whole job.
+        self.table = TableImport() if table_import else None
         self.problems: list[Problem] = []
         self.suppressed = 0
         self.count = 0
@@ -312,6 +336,15 @@ class _Validator:
             self.check_request(number, request)
         if "key" in obj:
             self.check_key(number, obj["key"])
+        if self.table is not None:
+            for issue in self.table.check(number, obj):
+                self.add_problem(number, f"{issue.path}: {issue.reason}")
+
+    def finish(self) -> None:
+        """What only the whole file shows (after its last line)."""
+        issue = self.table.finish() if self.table is not None else None
+        if issue is not None:
+            self.problems.append(Problem(self.path, issue.reason))
 
     def check_request(self, number: int, request: dict[str, object]) -> None:
         """One kind per file (one batch job runs one method), and the API's schema."""
@@ -401,19 +434,21 @@ def scan_file(
     *,
     checked: bool = False,
     schema_check: bool = True,
+    table_import: bool = False,
 ) -> tuple[InputFile | None, list[Problem]]:
     """Read one file once: hash, count, validate it, and plan its parts if it is over
     ``limits``. Blocking; run it in a thread.
 
     ``checked``: :func:`check_regular_file` already passed for this path.
     ``schema_check``: check each request against the API's schema (``_schema``).
+    ``table_import``: check the lines as Vertex imports them (``_vertex_import``).
     """
     splitter = _Splitter(limits or JobLimits())
     problem = None if checked else check_regular_file(path)
     if problem is not None:
         return None, [problem]
     hasher = hashlib.sha256()
-    validator = _Validator(path, schema_check)
+    validator = _Validator(path, schema_check, table_import)
     try:
         with open(path, "rb", buffering=_READ_SIZE) as handle:
             before = Fingerprint.of(os.fstat(handle.fileno()))
@@ -426,6 +461,7 @@ def scan_file(
                 return None, [Problem(path, "changed while it was being read; try again")]
     except OSError as exc:
         return None, [Problem(path, f"cannot read: {exc.strerror or exc}")]
+    validator.finish()
     with validator.key_hashes:
         problems = validator.problems + _duplicate_keys(path, validator.key_hashes)
     if validator.suppressed:
@@ -448,9 +484,12 @@ def scan_file(
 
 
 def _scan_many(
-    paths: list[str], schema_check: bool, limits: JobLimits
+    paths: list[str], schema_check: bool, limits: JobLimits, table_import: bool
 ) -> list[tuple[InputFile | None, list[Problem]]]:
-    return [scan_file(path, limits, checked=True, schema_check=schema_check) for path in paths]
+    return [
+        scan_file(path, limits, checked=True, schema_check=schema_check, table_import=table_import)
+        for path in paths
+    ]
 
 
 async def scan_inputs(
@@ -459,6 +498,7 @@ async def scan_inputs(
     *,
     schema_check: bool = True,
     limits: JobLimits | None = None,
+    table_import: bool = False,
 ) -> tuple[dict[str, InputFile], list[Problem]]:
     """Scan paths that passed :func:`check_regular_file` in worker threads.
 
@@ -473,7 +513,12 @@ async def scan_inputs(
 
     async def scan_group(group: list[str]) -> None:
         results = await anyio.to_thread.run_sync(
-            _scan_many, group, schema_check, limits or JobLimits(), limiter=limiter
+            _scan_many,
+            group,
+            schema_check,
+            limits or JobLimits(),
+            table_import,
+            limiter=limiter,
         )
         for path, (item, file_problems) in zip(group, results, strict=True):
             if item is not None:

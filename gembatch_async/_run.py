@@ -113,7 +113,16 @@ async def run(
     stop = stop or anyio.Event()
     started = time.monotonic()
     async with (
-        prepared(paths, settings, job_info, client, api_key, on_event, vertex is None) as (
+        prepared(
+            paths,
+            settings,
+            job_info,
+            client,
+            api_key,
+            on_event,
+            vertex is None,
+            vertex=vertex is not None,
+        ) as (
             journal,
             view,
             items,

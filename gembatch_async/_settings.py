@@ -18,6 +18,11 @@ DEFAULT_MIME_TYPE = "application/jsonl"
 DEFAULT_JOB_INFO = "job-info.jsonl"
 #: The Batch API refuses input files over 2 GB.
 MAX_INPUT_BYTES = 2 * 10**9
+#: Vertex AI batch prediction takes at most 200,000 requests per job and a Cloud
+#: Storage input file of at most 1 GB (Google Cloud, "Batch prediction with Gemini",
+#: Quotas and limits). 1 GB read as 10**9 bytes, the smaller reading.
+VERTEX_MAX_INPUT_BYTES = 10**9
+VERTEX_MAX_REQUESTS = 200_000
 #: Uploads a project may store at once.
 STORAGE_QUOTA_BYTES = 20 * 10**9
 #: Uploads expire after this long; older journal lines hold no storage.
@@ -71,7 +76,9 @@ class SubmitSettings:
     #: While waiting at a limit whose end we cannot see, one file tries this often.
     capacity_probe_seconds: float = 60.0
     #: An input over either is split at line boundaries into parts, each its own job.
-    max_bytes_per_job: int = MAX_INPUT_BYTES
+    #: None: the backend's own limit (Gemini: 2 GB, no request limit; Vertex: 1 GB and
+    #: 200,000 requests).
+    max_bytes_per_job: int | None = None
     max_requests_per_job: int | None = None
     #: Check every request against the API's request schema before uploading;
     #: turn off only for fields newer than this tool's schema.
@@ -82,7 +89,10 @@ class SubmitSettings:
             raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
         if not self.model.strip():
             raise UsageError("model name is empty")
-        if not 1 <= self.max_bytes_per_job <= MAX_INPUT_BYTES:
+        if (
+            self.max_bytes_per_job is not None
+            and not 1 <= self.max_bytes_per_job <= MAX_INPUT_BYTES
+        ):
             raise UsageError(f"bytes per job must be 1 to {MAX_INPUT_BYTES} (the API's limit)")
         if self.max_requests_per_job is not None and self.max_requests_per_job < 1:
             raise UsageError("requests per job must be at least 1")

@@ -6,7 +6,8 @@ SDK's do in ``_client``. An input is staged under a content-derived object name 
 its sha256 in the object's metadata, so a retry or rerun finds it (AlreadyExistsApiError,
 like the Files API's 409) and checks it before reusing it.
 
-A job's output directory holds ``predictions*.jsonl``; each line becomes the
+A job's output directory holds ``predictions.jsonl`` or shards of it (see
+:func:`is_output_shard`), all read; each line becomes the
 ``{"key", "response"}`` / ``{"key", "error"}`` line ``_results`` reads (a Vertex line
 carries its failure as text in ``status``).
 """
@@ -39,6 +40,9 @@ from ._errors import (
 T = TypeVar("T")
 _GS_URI = re.compile(r"gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?:/(?P<name>.*))?")
 _OUTPUT_PATTERN = "predictions*.jsonl"
+#: ``NAME-00000-of-00002``: a sharded output's parts (``predictions.jsonl-...``,
+#: ``prediction.results-...``); not ``prediction.errors_stats-...``.
+_SHARD = re.compile(r"(predictions[^/]*|prediction\.results)-\d{5}-of-\d{5}(\.jsonl)?")
 SHA256_METADATA = "gembatch-sha256"
 
 
@@ -200,17 +204,25 @@ class Storage:
                         return False
                     raise
                 return True
-            blobs = list(bucket.list_blobs(prefix=name))
-            for blob in blobs:
-                with contextlib.suppress(Exception):
+            deleted = 0
+            for blob in bucket.list_blobs(prefix=name):
+                try:
                     blob.delete()
-            return bool(blobs)
+                except Exception as exc:
+                    # Gone meanwhile is fine; any other refusal leaves storage the
+                    # user pays for, so it is reported, never counted as deleted.
+                    if not isinstance(_storage_error(exc), NotFoundApiError):
+                        raise
+                    continue
+                deleted += 1
+            return deleted > 0
 
         return await self._call(work)
 
     # -- outputs --------------------------------------------------------------------------
     async def download_output(self, directory: str, destination: str) -> None:
-        """The job's ``predictions*.jsonl`` under ``directory``, converted, to ``destination``."""
+        """Every prediction file in ``directory`` (one, or all shards, in name order),
+        converted, to ``destination``."""
 
         def work() -> None:
             bucket_name, prefix = parse_gs_uri(directory.rstrip("/") + "/")
@@ -218,7 +230,7 @@ class Storage:
             names = sorted(
                 blob.name
                 for blob in bucket.list_blobs(prefix=prefix)
-                if fnmatch.fnmatch(blob.name.rsplit("/", 1)[-1], _OUTPUT_PATTERN)
+                if is_output_shard(blob.name[len(prefix) :])
             )
             if not names:
                 raise NotFoundApiError(f"no {_OUTPUT_PATTERN} in {directory}", code=404)
@@ -232,6 +244,24 @@ class Storage:
                                 target.write(converted_line(line))
 
         await self._call(work)
+
+
+def is_output_shard(name: str) -> bool:
+    """Whether an object directly in a job's output folder holds prediction lines.
+
+    Every naming the evidence shows is read, so no row is missed (issue 16):
+    ``predictions.jsonl`` (the Gemini batch docs; python-genai#486),
+    ``predictions_0001.jsonl`` ... (the ``gcs_destination`` reference in
+    google/cloud/aiplatform_v1/types/batch_prediction_job.py) and ``*-00000-of-00002``
+    shards (``predictions.jsonl-00000-of-00002``, ``prediction.results-00000-of-00001``,
+    seen in public readers of Vertex batch output). Files in sub-folders, ``errors_*``
+    and ``*.metadata`` / ``*errors_stats*`` files are not predictions.
+    """
+    if "/" in name:
+        return False
+    if fnmatch.fnmatch(name, _OUTPUT_PATTERN):
+        return True
+    return _SHARD.fullmatch(name) is not None
 
 
 def converted_line(line: bytes) -> bytes:

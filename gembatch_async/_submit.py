@@ -66,7 +66,9 @@ async def submit(
     settings = settings or SubmitSettings()
     started = time.monotonic()
     needs_key = vertex is None
-    async with prepared(paths, settings, job_info, client, api_key, on_event, needs_key) as (
+    async with prepared(
+        paths, settings, job_info, client, api_key, on_event, needs_key, vertex=not needs_key
+    ) as (
         journal,
         view,
         items,
@@ -109,8 +111,11 @@ async def prepared(
     api_key: str | None,
     on_event: EventHandler,
     needs_key: bool = True,
+    *,
+    vertex: bool = False,
 ) -> AsyncIterator[tuple[Journal, JournalView, list[InputFile]]]:
-    """The journal, open, and the inputs that passed the local pre-flight (nothing sent)."""
+    """The journal, open, and the inputs that passed the local pre-flight (nothing sent);
+    ``vertex``: split at Vertex's limits and refuse what its table import fails on."""
     journal = Journal(job_info)
     wanted = _without_journal(unique_paths(paths), journal)
     try:
@@ -120,7 +125,9 @@ async def prepared(
         )
         for problem in view.problems:
             on_event(problem)
-        items = await _check_locally(wanted, journal, view, settings, client, api_key, needs_key)
+        items = await _check_locally(
+            wanted, journal, view, settings, client, api_key, needs_key, vertex
+        )
         yield journal, view, items
     finally:
         journal.close()
@@ -162,8 +169,10 @@ async def _check_locally(
     client: genai.Client | None,
     api_key: str | None,
     needs_key: bool = True,
+    vertex: bool = False,
 ) -> list[InputFile]:
     """Every local problem at once: files, their content, the API key. Sends nothing."""
+    limits = JobLimits.of(settings.max_bytes_per_job, settings.max_requests_per_job, vertex=vertex)
     checks = {path: check_regular_file(path) for path in paths}
     problems = [p for p in checks.values() if p is not None]
     identities = _one_path_per_identity(
@@ -174,7 +183,8 @@ async def _check_locally(
         readable,
         anyio.CapacityLimiter(_SCAN_THREADS),
         schema_check=settings.schema_check,
-        limits=JobLimits(settings.max_bytes_per_job, settings.max_requests_per_job),
+        limits=limits,
+        table_import=vertex,
     )
     # A file the journal already covers (whole or in parts) is skipped: its content does not matter.
     problems += [

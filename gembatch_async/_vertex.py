@@ -109,7 +109,18 @@ class VertexApi:
         return await self._storage.get(name)
 
     async def delete_file(self, name: str) -> bool:
+        """An input object, or a job's output folder (``.../``: every object in it)."""
+        if name.endswith("/"):
+            self._require_output_folder(name)
         return await self._storage.delete(name)
+
+    def _require_output_folder(self, folder: str) -> None:
+        """A folder is deleted whole only when it is one job's output folder, inside our
+        ``out/<token>/``: never the bucket, the prefix or ``out/`` itself, whatever name
+        a journal or an answer holds."""
+        inside = folder.removeprefix(f"{self._base()}/out/")
+        if inside == folder or len([p for p in inside.split("/") if p]) < 2 or ".." in inside:
+            raise PermanentApiError(f"{folder} is not a job's output folder; not deleted")
 
     async def download_file(self, name: str, destination: str) -> None:
         await self._storage.download_output(name, destination)

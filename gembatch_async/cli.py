@@ -244,14 +244,16 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         type=_at_least(1),
         default=None,
         metavar="N",
-        help="split an input with more requests into parts, each its own job",
+        help="split an input with more requests into parts, each its own job (default: "
+        "none on Gemini; 200,000, Vertex's limit, on Vertex)",
     )
     sub.add_argument(
         "--max-bytes-per-job",
         type=_size,
-        default=MAX_INPUT_BYTES,
+        default=None,
         metavar="SIZE",
-        help="split a larger input into parts (e.g. 500MB; default and most: the API's 2GB)",
+        help="split a larger input into parts (e.g. 500MB; default and most: the API's 2GB, "
+        "on Vertex 1GB)",
     )
     sub.add_argument(
         "--no-schema-check",

@@ -578,3 +578,186 @@ def test_storage_faults(storage_emulator: RunningStorageEmulator) -> None:
         client.bucket(TEST_BUCKET).blob("f/b").upload_from_string(b"y", retry=None)
     storage_emulator.set_faults("")
     assert objects(storage_emulator, "f/") == ["f/b"]
+
+
+# ----- issue 16: the service's limits, its table import, early ends, sharded output ----------
+
+
+def test_the_documented_limits_are_the_defaults() -> None:
+    """200,000 requests a job and 1 GB an input file ("Batch prediction with Gemini",
+    Quotas and limits); one predictions.jsonl, as Gemini jobs are seen to write."""
+    config = EmulatorConfig()
+    assert (config.vertex_max_requests, config.vertex_max_input_bytes) == (200_000, 10**9)
+    assert config.vertex_output_shards == 1
+
+
+def test_a_create_past_the_limits_is_refused(storage_emulator: RunningStorageEmulator) -> None:
+    """More requests than a job takes, or an input object over the size limit: 400
+    INVALID_ARGUMENT at create (the form is a guess, see docs/fidelity-vertex.md), no job;
+    a job at the limit runs."""
+    with vertex_emulator_with(
+        storage_emulator, vertex_max_requests=3, vertex_max_input_bytes=400
+    ) as emu:
+        client = vertex_client(emu)
+        at_limit = put_input(storage_emulator, "in/three.jsonl", [request_line("a", "b")] * 3)
+        assert create(client, at_limit, "three").name
+        over = put_input(storage_emulator, "in/four.jsonl", [request_line("a", "b")] * 4)
+        with pytest.raises(errors.ClientError) as refused:
+            create(client, over, "four")
+        assert (refused.value.code, refused.value.status) == (400, "INVALID_ARGUMENT")
+        assert "at most 3" in str(refused.value.message)
+        big = put_input(storage_emulator, "in/big.jsonl", [request_line("a", "b" * 500)])
+        with pytest.raises(errors.ClientError) as too_big:
+            create(client, big, "big")
+        assert too_big.value.code == 400
+        assert "at most 400 bytes" in str(too_big.value.message)
+        assert [j["displayName"] for j in emu.state()["batchPredictionJobs"]] == ["three"]
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """An object ``levels`` objects deep, a string at the bottom."""
+    value: dict[str, Any] = {"leaf": "x"}
+    for _ in range(levels - 1):
+        value = {"inner": value}
+    return value
+
+
+#: One line each Vertex's table import refuses, and the BigQuery words expected.
+IMPORT_FAILURES: dict[str, tuple[dict[str, Any], str]] = {
+    "type changes between lines": (
+        {"generationConfig": {"responseJsonSchema": {"type": ["string", "null"]}}},
+        "has changed type",
+    ),
+    "an empty object": ({"tools": [{"googleSearch": {}}]}, "Unsupported empty struct type"),
+    "nesting deeper than 15": (
+        # request.generationConfig.responseJsonSchema, 13 objects, a leaf: 16 levels
+        {"generationConfig": {"responseJsonSchema": _nested(13)}},
+        "maximum allowed depth is 15",
+    ),
+    "a $defs key": (
+        {"generationConfig": {"responseJsonSchema": {"$defs": {"a": {"type": "string"}}}}},
+        'Invalid field name "$defs"',
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPORT_FAILURES))
+def test_a_line_the_table_import_refuses_fails_the_whole_job(
+    case: str, vertex_emulator: RunningEmulator, storage_emulator: RunningStorageEmulator
+) -> None:
+    """Issue 16, python-aiplatform#4110: Vertex imports the input as a BigQuery table, so
+    one line it cannot store fails every request: FAILED, code 3, "Failed to import
+    data. ..." and no output at all."""
+    extra, words = IMPORT_FAILURES[case]
+    lines = [
+        request_line("ok-1", "one", generationConfig={"responseJsonSchema": {"type": "string"}}),
+        request_line("odd", "two", **extra),
+        request_line("ok-2", "three"),
+    ]
+    client = vertex_client(vertex_emulator)
+    job = create(client, put_input(storage_emulator, "in/imp.jsonl", lines), "imp")
+    assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_FAILED"
+    done = client.batches.get(name=str(job.name))
+    assert done.error is not None
+    assert done.error.code == 3
+    assert str(done.error.message).startswith("Failed to import data. ")
+    assert words in str(done.error.message)
+    assert objects(storage_emulator, "out/") == []
+
+
+def test_fifteen_levels_and_numbers_of_both_kinds_import(
+    vertex_emulator: RunningEmulator, storage_emulator: RunningStorageEmulator
+) -> None:
+    """The limits are not tighter than BigQuery's: 15 levels, 1 then 0.5 in one field."""
+    lines = [
+        request_line(
+            "a", "one", generationConfig={"responseJsonSchema": _nested(12), "temperature": 1}
+        ),
+        request_line("b", "two", generationConfig={"temperature": 0.5}),
+    ]
+    client = vertex_client(vertex_emulator)
+    job = create(client, put_input(storage_emulator, "in/fine.jsonl", lines), "fine")
+    assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
+
+
+def _wait_for_state(client: genai.Client, name: str, state: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := client.batches.get(name=name).state) is None or got.name != state:
+        assert time.monotonic() < deadline, f"still {got}"
+        time.sleep(0.05)
+
+
+def _rows_written(gcs: RunningStorageEmulator, job: types.BatchJob) -> list[dict[str, Any]]:
+    assert job.output_info is not None
+    assert job.output_info.gcs_output_directory
+    return read_predictions(gcs, job.output_info.gcs_output_directory)
+
+
+def test_a_job_cancelled_while_running_keeps_its_completed_rows_and_says_cancelled(
+    storage_emulator: RunningStorageEmulator,
+) -> None:
+    """Cancel mid-run: CANCELLED with error code 1 (Code.CANCELLED), the rows it completed
+    left in its output folder ("any files already outputted by the job are not
+    deleted"), counted successful; the rest incomplete."""
+    with vertex_emulator_with(storage_emulator, processing_seconds=3.0) as emu:
+        client = vertex_client(emu)
+        lines = [request_line(f"k{i}", "q") for i in range(20)]
+        job = create(client, put_input(storage_emulator, "in/mid.jsonl", lines), "mid")
+        _wait_for_state(client, str(job.name), "JOB_STATE_RUNNING")
+        time.sleep(0.6)
+        client.batches.cancel(name=str(job.name))
+        assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_CANCELLED"
+        done = client.batches.get(name=str(job.name))
+        assert done.error is not None
+        assert done.error.code == 1
+        rows = _rows_written(storage_emulator, done)
+        assert 0 < len(rows) < 20
+        assert all(row["status"] == "" and "response" in row for row in rows)
+        stats = done.completion_stats
+        assert stats is not None
+        assert (stats.successful_count, stats.incomplete_count) == (len(rows), 20 - len(rows))
+
+
+def test_a_job_expired_while_running_keeps_its_completed_rows(
+    storage_emulator: RunningStorageEmulator,
+) -> None:
+    """Expired after running 60% of its time: EXPIRED, 6 of 10 rows in its output folder."""
+    with vertex_emulator_with(
+        storage_emulator, processing_seconds=3.0, expire_after_seconds=2.2
+    ) as emu:
+        client = vertex_client(emu)
+        lines = [request_line(f"k{i}", "q") for i in range(10)]
+        job = create(client, put_input(storage_emulator, "in/exp.jsonl", lines), "exp")
+        assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_EXPIRED"
+        done = client.batches.get(name=str(job.name))
+        rows = _rows_written(storage_emulator, done)
+        assert len({row["key"] for row in rows}) == len(rows)
+        assert 5 <= len(rows) <= 7  # the job's clock starts when create returns
+        assert done.completion_stats is not None
+        assert done.completion_stats.incomplete_count == 10 - len(rows)
+
+
+def test_output_in_shards(storage_emulator: RunningStorageEmulator) -> None:
+    """vertex_output_shards=3: predictions.jsonl-0000N-of-00003, every row in exactly one."""
+    with vertex_emulator_with(storage_emulator, vertex_output_shards=3) as emu:
+        client = vertex_client(emu)
+        lines = [request_line(f"k{i}", "q") for i in range(7)]
+        job = create(client, put_input(storage_emulator, "in/sh.jsonl", lines), "sh")
+        assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
+        done = client.batches.get(name=str(job.name))
+        assert done.output_info is not None
+        folder = str(done.output_info.gcs_output_directory).removeprefix(f"gs://{TEST_BUCKET}/")
+        names = objects(storage_emulator, folder + "/")
+        assert [n.rsplit("/", 1)[-1] for n in names] == [
+            f"predictions.jsonl-0000{i}-of-00003" for i in range(3)
+        ]
+        keys = [
+            json.loads(line)["key"]
+            for name in names
+            for line in gcs_client(storage_emulator)
+            .bucket(TEST_BUCKET)
+            .blob(name)
+            .download_as_text()
+            .splitlines()
+        ]
+        assert sorted(keys) == sorted(f"k{i}" for i in range(7))

@@ -6,8 +6,13 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "gembatch_async"
-#: Tool modules the emulator may import: the schema (a leaf) and its generated tables.
-SHARED = {"gembatch_async._schema", "gembatch_async._schema_tables"}
+#: Tool modules the emulator may import: the schema (a leaf) and its generated tables,
+#: and the rules of Vertex's table import (a leaf).
+SHARED = {
+    "gembatch_async._schema",
+    "gembatch_async._schema_tables",
+    "gembatch_async._vertex_import",
+}
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:
@@ -48,7 +53,7 @@ def test_emulator_imports_only_the_schema_from_the_tool() -> None:
 
 def test_schema_is_a_leaf() -> None:
     """The shared schema imports only the standard library and its own tables."""
-    for name in ("_schema.py", "_schema_tables.py"):
+    for name in ("_schema.py", "_schema_tables.py", "_vertex_import.py"):
         ours = {m for m in imported_modules(PACKAGE / name) if m.startswith("gembatch_async")}
         assert ours <= SHARED | {
             f"{m}.{n}" for m in SHARED for n in ("ENUMS", "MESSAGES", "SDK_VERSION")

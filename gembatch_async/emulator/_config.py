@@ -42,12 +42,24 @@ class EmulatorConfig:
     #: outputs to, e.g. "http://127.0.0.1:4443". None: $STORAGE_EMULATOR_HOST when the
     #: app starts; unset too, and Vertex creates answer 400 (never real Cloud Storage).
     storage_emulator_host: str | None = None
+    #: Vertex refuses a job of more requests, or an input object larger than this
+    #: ("Batch prediction with Gemini", Quotas and limits: 200,000 requests, 1 GB).
+    vertex_max_requests: int = 200_000
+    vertex_max_input_bytes: int = 10**9
+    #: How many files a Vertex job's predictions are written in: 1 writes
+    #: ``predictions.jsonl`` (what Gemini batch jobs are documented and seen to write);
+    #: more write ``predictions.jsonl-0000N-of-0000M`` shards (seen in public readers
+    #: of Vertex output; the API reference names ``predictions_0001.jsonl`` ...), for
+    #: tests that the tool reads every shard.
+    vertex_output_shards: int = 1
 
     def __post_init__(self) -> None:
         # Fail at configuration time (the CLI reports FaultSpecError as a usage error).
         parse_fault_spec(self.faults)
         if self.latency_ms < 0 or self.processing_seconds < 0:
             raise ValueError("latency_ms and processing_seconds must not be negative")
+        if self.vertex_output_shards < 1 or self.vertex_max_requests < 1:
+            raise ValueError("vertex_output_shards and vertex_max_requests must be at least 1")
         if not 0.0 <= self.request_errors <= 1.0:  # also refuses NaN
             raise ValueError("request_errors must be a share between 0 and 1")
         if any(

@@ -50,6 +50,17 @@ class CloudStorage:
         with _translated_errors(uri), target.open("ab") as fh:
             self._bucket(bucket).blob(name).download_to_file(fh)
 
+    def size(self, uri: str) -> int:
+        """The object's size in bytes (StorageProblem if missing)."""
+        bucket, name = parse_gs_uri(uri)
+        if not name:
+            raise StorageProblem(f"{uri} names a bucket, not an object.")
+        with _translated_errors(uri):
+            blob = self._bucket(bucket).get_blob(name)
+        if blob is None:
+            raise StorageProblem(f"No such object: {uri}")
+        return int(blob.size or 0)
+
     def upload(self, source: pathlib.Path, uri: str) -> None:
         """Write a local file to ``uri`` (a resumable upload when large)."""
         bucket, name = parse_gs_uri(uri)

@@ -38,6 +38,7 @@ The client recipe (google-genai 3.6, checked by tests/test_emulator_vertex.py)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -51,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gembatch_async._schema import GENERATE
+from gembatch_async._vertex_import import TableImport
 from gembatch_async.emulator._app import (
     ExtraRoute,
     _json_body,
@@ -79,13 +81,18 @@ from gembatch_async.emulator._vertex_jobs import (
     Phase,
     Timing,
     VertexJob,
+    completed_share,
     new_job_id,
     parse_filter,
     phase_of,
     project_number,
     schedule,
 )
-from gembatch_async.emulator._vertex_output import processed_time, write_predictions_blocking
+from gembatch_async.emulator._vertex_output import (
+    processed_time,
+    shard_names,
+    write_predictions_blocking,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +104,12 @@ _MODEL = r"/publishers/(?P<publisher>[^/:]+)/models/(?P<model>[^/:]+)"
 _TYPES = "type.googleapis.com/google.cloud.aiplatform"
 #: google.rpc.Code INVALID_ARGUMENT, the code Vertex gives a job whose data it cannot import.
 _INVALID_ARGUMENT = 3
+#: The error of a cancelled job. BatchPredictionJob.error is "only populated when the
+#: job's state is JOB_STATE_FAILED or JOB_STATE_CANCELLED" (aiplatform v1
+#: batch_prediction_job.proto); Vertex's other jobs document a cancelled job's error as
+#: google.rpc.Status code 1, Code.CANCELLED (CustomJob, PipelineJob, TrainingPipeline
+#: cancel references). The message text is a guess: none is captured for batch jobs.
+_CANCELLED_ERROR = {"code": 1, "message": "CANCELED"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,19 +183,30 @@ class VertexRoutes:
             self.book.save()
 
     def _write_output_blocking(self, job: VertexJob, storage: CloudStorage) -> None:
+        """The job's output files; for a job cancelled or expired while running, only the
+        rows it completed (see _vertex_jobs), and none at all when that is none."""
         finish = (job.start_time or job.create_time) + self.timing.processing_seconds
-        local = self.book.snapshots / f"{job.job_id}.predictions.jsonl"
+        share = completed_share(job, self.timing)
+        limit = None if share >= 1.0 else int(job.request_count * share)
+        names = shard_names(self.config.vertex_output_shards)
+        locals_ = [self.book.snapshots / f"{job.job_id}.{name}" for name in names]
         try:
-            write_predictions_blocking(
+            written, failed = write_predictions_blocking(
                 self.book.snapshot_path(job.job_id),
-                local,
+                locals_,
                 job.job_id,
                 job.model.rsplit("/", 1)[-1],
                 processed_time(finish),
+                limit,
             )
-            storage.upload(local, f"{job.output_directory}/predictions.jsonl")
+            if limit is not None:
+                job.completed_count, job.completed_failed = written, failed
+            for local, name in zip(locals_, names, strict=True):
+                if written:
+                    storage.upload(local, f"{job.output_directory}/{name}")
         finally:
-            local.unlink(missing_ok=True)
+            for local in locals_:
+                local.unlink(missing_ok=True)
 
     # ----- handlers ------------------------------------------------------------------------
 
@@ -223,6 +247,9 @@ class VertexRoutes:
                 "code": _INVALID_ARGUMENT,
                 "message": f"Failed to import data. {exc}",
             }
+        except ApiError:
+            snapshot.unlink(missing_ok=True)
+            raise
 
     def _read_input_blocking(
         self, job: VertexJob, storage: CloudStorage, snapshot: pathlib.Path
@@ -230,12 +257,28 @@ class VertexRoutes:
         snapshot.unlink(missing_ok=True)
         snapshot.touch()
         for uri in job.input_uris:
+            self._require_size(uri, storage.size(uri))
             storage.download(uri, snapshot)
         storage.check_bucket(job.output_prefix)
         total, failed = count_requests_blocking(snapshot, GENERATE)
         if total == 0:
             raise StorageProblem(f"The input {', '.join(job.input_uris)} holds no requests.")
+        if total > self.config.vertex_max_requests:
+            raise _over_limit(
+                f"The batch prediction input holds {total} requests; a job takes at most "
+                f"{self.config.vertex_max_requests}."
+            )
+        refused = import_refusal(snapshot)
+        if refused is not None:
+            raise StorageProblem(refused)
         job.request_count, job.failed_count = total, failed
+
+    def _require_size(self, uri: str, size: int) -> None:
+        if size > self.config.vertex_max_input_bytes:
+            raise _over_limit(
+                f"The batch prediction input {uri} is {size} bytes; an input file may be at "
+                f"most {self.config.vertex_max_input_bytes} bytes (1 GB)."
+            )
 
     async def _get(self, request: Request, match: re.Match[str]) -> Response:
         await self.refresh()
@@ -501,7 +544,35 @@ def _check_gs_uri(uri: Any, field: str, *, want_object: bool) -> None:
         raise ApiError(400, f"Invalid {field}: {uri!r} does not name an object.")
 
 
+def _over_limit(message: str) -> ApiError:
+    """A create past Vertex's documented limits (200,000 requests, 1 GB per input file).
+    Where and how Vertex refuses it is not captured: this 400 INVALID_ARGUMENT at create,
+    with a plain message, is a guess (docs/fidelity-vertex.md); the tool never sends one."""
+    return ApiError(400, message)
+
+
+def import_refusal(snapshot: pathlib.Path) -> str | None:
+    """Why Vertex's table import of the input fails the whole job, or None (see
+    gembatch_async/_vertex_import.py for the rules and their sources). Lines that are
+    not JSON objects fail one by one later, as the service reports them."""
+    table = TableImport()
+    with snapshot.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                row = json.loads(raw)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(row, dict):
+                issues = table.check(number, row)
+                if issues:
+                    return issues[0].bigquery
+    issue = table.finish()
+    return issue.bigquery if issue is not None else None
+
+
 def _job_error(job: VertexJob, phase: Phase) -> dict[str, Any] | None:
+    if phase.state == CANCELLED:
+        return dict(_CANCELLED_ERROR)
     if phase.state != FAILED:
         return None
     if job.start_error is not None:
@@ -518,7 +589,12 @@ def _job_error(job: VertexJob, phase: Phase) -> dict[str, Any] | None:
 def _completion_stats(job: VertexJob, phase: Phase) -> dict[str, str]:
     """proto3 JSON: int64 as strings, zero counts left out (as Google's APIs send them)."""
     if phase.state in (CANCELLED, EXPIRED):
-        counts = {"incompleteCount": job.request_count}
+        done = job.completed_count or 0
+        counts = {
+            "successfulCount": done - job.completed_failed,
+            "failedCount": job.completed_failed,
+            "incompleteCount": job.request_count - done,
+        }
     elif phase.state in ENDED and job.output_written:
         counts = {
             "successfulCount": job.request_count - job.failed_count,

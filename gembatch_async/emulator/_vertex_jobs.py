@@ -14,7 +14,13 @@ restart with ``state_dir``. The timeline, with ``p = processing_seconds``:
 - ``JOB_STATE_EXPIRED`` at ``expire_after_seconds`` after creation for a job not ended.
 
 A finished job reports its end state only once its predictions are written to Cloud
-Storage (see _vertex.py); until then it stays RUNNING.
+Storage (see _vertex.py); until then it stays RUNNING. A job cancelled or expired
+after it began running first writes the rows it completed by then, a share of its
+requests in proportion to the running time it had: "Any files already outputted by
+the job are not deleted" (the REST reference of batchPredictionJobs.cancel), and
+"if the batch prediction job is terminated, all completed rows are exported" (the
+"Batch inference from Cloud Storage" guide). Until written it stays CANCELLING or
+RUNNING.
 """
 
 from __future__ import annotations
@@ -88,6 +94,10 @@ class VertexJob:
     start_time: float | None = None
     #: Set once predictions.jsonl is in Cloud Storage.
     output_written: bool = False
+    #: For a job ended early (cancelled, expired) with its completed rows written: how
+    #: many rows it completed, and how many of them failed.
+    completed_count: int | None = None
+    completed_failed: int = 0
 
     @property
     def name(self) -> str:
@@ -142,7 +152,11 @@ def phase_of(job: VertexJob, timing: Timing, now: float) -> Phase:
         done = job.cancel_time + timing.pending_seconds
         if now < done:
             return Phase(CANCELLING, job.cancel_time)
-        return Phase(CANCELLED, done, end_time=done)
+        ran = ran_until(job, timing, job.cancel_time)
+        if ran and _output_pending(job):
+            return Phase(CANCELLING, job.cancel_time, needs_output=True)
+        running_at = (job.start_time or 0.0) + timing.pending_seconds
+        return Phase(CANCELLED, done, running_at if ran else None, end_time=done)
     if job.start_time is None:  # `schedule` found no free slot for it yet
         if expiry is not None and now >= expiry:
             return Phase(EXPIRED, expiry, end_time=expiry)
@@ -158,6 +172,8 @@ def _started_phase(
     if job.start_error is not None:
         finish = running_at  # fails as it would begin running
     if expiry is not None and expiry < finish and now >= expiry:
+        if ran_until(job, timing, expiry) and _output_pending(job):
+            return Phase(RUNNING, running_at, running_at, needs_output=True)
         return Phase(EXPIRED, expiry, _started(running_at, expiry), end_time=expiry)
     if now < running_at:
         return Phase(PENDING, start)
@@ -168,6 +184,32 @@ def _started_phase(
     if now < finish or not job.output_written:
         return Phase(RUNNING, running_at, running_at, needs_output=now >= finish)
     return Phase(_outcome(job), finish, running_at, end_time=finish)
+
+
+def ran_until(job: VertexJob, timing: Timing, moment: float) -> bool:
+    """Whether the job was RUNNING (had completed any share of its rows) at ``moment``."""
+    if job.start_time is None or job.start_error is not None:
+        return False
+    return moment > job.start_time + timing.pending_seconds
+
+
+def _output_pending(job: VertexJob) -> bool:
+    """Its rows are still to be written (a failed write is not retried for ever)."""
+    return not job.output_written and job.output_error is None
+
+
+def completed_share(job: VertexJob, timing: Timing) -> float:
+    """The share of its rows a job completed: all, unless cancelled or expired first
+    (then in proportion to the running time it had)."""
+    if job.start_time is None:
+        return 0.0
+    running_at = job.start_time + timing.pending_seconds
+    finish = job.start_time + timing.processing_seconds
+    ends = [t for t in (job.cancel_time, _expiry(job, timing)) if t is not None and t < finish]
+    if not ends:
+        return 1.0
+    span = finish - running_at
+    return 0.0 if span <= 0 else max(0.0, min(1.0, (min(ends) - running_at) / span))
 
 
 def _started(running_at: float, until: float) -> float | None:

@@ -22,6 +22,7 @@ lines are written in an order of their own, as the service does not keep input o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import pathlib
@@ -77,13 +78,37 @@ def prediction_line(
     return out
 
 
+def shard_names(shards: int) -> list[str]:
+    """The output files of a job: ``predictions.jsonl``, or its shards
+    ``predictions.jsonl-00000-of-00002`` ... (the naming public readers of Vertex
+    batch output handle; see EmulatorConfig.vertex_output_shards)."""
+    if shards <= 1:
+        return ["predictions.jsonl"]
+    return [f"predictions.jsonl-{i:05d}-of-{shards:05d}" for i in range(shards)]
+
+
 def write_predictions_blocking(
-    input_path: pathlib.Path, output_path: pathlib.Path, job_id: str, model: str, stamp: str
-) -> None:
-    """Write predictions.jsonl for a job's input, streaming both files (a worker thread)."""
+    input_path: pathlib.Path,
+    output_paths: list[pathlib.Path],
+    job_id: str,
+    model: str,
+    stamp: str,
+    limit: int | None = None,
+) -> tuple[int, int]:
+    """Write a job's output lines for its input, streaming (a worker thread): lines go to
+    ``output_paths`` in turn; only the first ``limit`` rows when the job ended early.
+    Returns (rows written, rows among them that failed)."""
     rng = random.Random(job_id)  # the same order every time for one job
-    with input_path.open("rb") as src, output_path.open("wb") as dst:
+    written = failed = 0
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(input_path.open("rb"))
+        targets = [stack.enter_context(path.open("wb")) for path in output_paths]
         for window in _windows(src, rng):
             for position, raw in window:
+                if limit is not None and written >= limit:
+                    return written, failed
                 line = prediction_line(raw, job_id, model, position, stamp)
-                dst.write(json.dumps(line).encode() + b"\n")
+                targets[written % len(targets)].write(json.dumps(line).encode() + b"\n")
+                written += 1
+                failed += bool(line.get("status"))
+    return written, failed

@@ -27,8 +27,10 @@ from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._responses import (
     line_error,
     line_result,
+    parse_line,
     request_response,
 )
+from gembatch_async.emulator._validation import MAX_LINES_NAMED, line_problem, uses_field
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _STATE_FILE = "state.json"
@@ -340,10 +342,14 @@ class Store:
         return None
 
     def delete_batch(self, batch_id: str) -> None:
-        """Delete a batch (its output file, if any, stays, as on the real service)."""
-        self.get_batch(batch_id)
+        """Delete a batch and its output file: output files answer 404 once their batch
+        is deleted (go-genai#436, as issue 16 quotes it)."""
+        batch = self.get_batch(batch_id)
         del self.batches[batch_id]
         self.batch_input_path(batch_id).unlink(missing_ok=True)
+        output = self.output_file_id(batch)
+        if self.files.pop(output, None) is not None:
+            self.blob_path(output).unlink(missing_ok=True)
         self.save()
 
     def output_file_id(self, batch: BatchRecord) -> str:
@@ -393,6 +399,41 @@ def count_requests_blocking(path: pathlib.Path, kind: str = GENERATE) -> tuple[i
             if line_error(raw, kind) is not None:
                 malformed += 1
     return total, malformed
+
+
+@dataclasses.dataclass
+class InputScan:
+    """What a create learns from reading its input file once."""
+
+    requests: int = 0
+    #: Requests the service cannot parse (answered with an error line when the
+    #: emulator is told to be kinder than the service, see answer_invalid_lines).
+    malformed: int = 0
+    #: (line number, why) for the first lines the service would refuse.
+    problems: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    #: A line uses a field the service is set to refuse (refused_fields).
+    refused: bool = False
+
+
+def scan_input_blocking(
+    path: pathlib.Path, kind: str = GENERATE, refused_fields: frozenset[str] = frozenset()
+) -> InputScan:
+    """Count a JSONL input's requests and find the lines the service refuses, line by line."""
+    scan = InputScan()
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            scan.requests += 1
+            problem = line_problem(raw, kind)
+            if problem is not None:
+                scan.malformed += 1
+                if len(scan.problems) < MAX_LINES_NAMED:
+                    scan.problems.append((number, problem))
+            elif refused_fields and not scan.refused:
+                _, request, _ = parse_line(raw)
+                scan.refused = uses_field(request, refused_fields)
+    return scan
 
 
 def _windows(fh: IO[bytes], rng: random.Random) -> Iterator[list[tuple[int, bytes]]]:

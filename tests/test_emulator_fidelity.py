@@ -226,9 +226,7 @@ def test_embedding_batch_cancel(emulator: RunningEmulator) -> None:
 # -- per-request validation -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "emulator_config", [dataclasses.replace(FAST, answer_invalid_lines=True)]
-)
+@pytest.mark.parametrize("emulator_config", [dataclasses.replace(FAST, answer_invalid_lines=True)])
 def test_unknown_fields_get_per_request_errors(emulator: RunningEmulator) -> None:
     """With --answer-invalid-lines, lines naming fields the API lacks get the service's
     error; the rest are answered, in either JSON spelling."""

@@ -377,9 +377,9 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     emu.add_argument(
         "--expire-after",
         type=_positive_seconds,
-        default=None,
+        default=48 * 3600.0,
         metavar="S",
-        help="unfinished jobs end EXPIRED this long after creation (default: never)",
+        help="unfinished jobs end EXPIRED this long after creation (default: 48 h, as the service)",
     )
     emu.add_argument(
         "--storage-quota-bytes",

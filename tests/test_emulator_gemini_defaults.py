@@ -177,3 +177,24 @@ def test_refused_field_refuses_the_create_as_the_service_refused_response_schema
     ok = client.batches.create(model=MODEL, src=_upload(client, _line("a")))
     assert ok.name is not None
     assert [b["name"] for b in emulator.state()["batches"]] == [ok.name]
+
+
+# -- expiry -----------------------------------------------------------------------------------
+
+
+def test_uploads_are_deleted_48_hours_after_creation(emulator: RunningEmulator) -> None:
+    """An upload past its expirationTime is gone: get answers the service's 403 for a
+    missing file, list leaves it out, and its bytes no longer count against storage."""
+    client = sync_client(emulator)
+    name, other = _upload(client, jsonl_lines(1)), _upload(client, jsonl_lines(1))
+    emulator.expire_file(name, 0)
+    with pytest.raises(errors.ClientError) as gone:
+        client.files.get(name=name)
+    assert gone.value.code == 403
+    assert [f.name for f in client.files.list()] == [other]
+    assert [f["name"] for f in emulator.state()["files"]] == [other]
+
+
+def test_unfinished_jobs_expire_at_48_hours_by_default() -> None:
+    """The service expires a job pending or running for more than 48 h."""
+    assert EmulatorConfig().expire_after_seconds == 48 * 3600

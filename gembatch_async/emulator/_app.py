@@ -29,6 +29,7 @@ from gembatch_async.emulator._models import BATCH_EMBED, BATCH_GENERATE, model_s
 from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._scenarios import SCENARIO_ACTIONS, Scenarios
 from gembatch_async.emulator._store import (
+    FILE_LIFETIME_SECONDS,
     UNFINISHED,
     BatchRecord,
     FileRecord,
@@ -61,7 +62,6 @@ BATCH_TYPES = {GENERATE: "GenerateContentBatch", EMBED: "EmbedContentBatch"}
 #: The model method each kind of batch needs.
 BATCH_METHODS = {GENERATE: BATCH_GENERATE, EMBED: BATCH_EMBED}
 CHUNK_GRANULARITY = 8 * 1024 * 1024
-FILE_LIFETIME_SECONDS = 48 * 3600
 
 _VER = r"(?P<ver>v1|v1beta|v1alpha)"
 _PREFIX = r"^(?P<prefix>(?:/[^/]+)*?)"
@@ -355,6 +355,7 @@ class EmulatorApp:
                 raise _fault_error(rule.status)
             if not is_chunk:  # the upload URL itself is the credential for chunks
                 (route.authenticate or _check_api_key)(request)
+            self.store.expire_files()  # every answer sees the files the service still has
             return await route.handler(request, match)
         except ApiError as err:
             if is_chunk:
@@ -801,6 +802,7 @@ class EmulatorApp:
 
     async def _admin(self, request: Request, action: str) -> Response:
         if action == "state" and request.method == "GET":
+            self.store.expire_files()
             await self._observe_all()
             for extension in self.extensions:
                 await extension.refresh()

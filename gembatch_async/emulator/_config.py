@@ -34,9 +34,10 @@ class EmulatorConfig:
     #: Enqueued tokens allowed per model across unfinished jobs (None: no quota);
     #: the emulator counts one token per 4 bytes of request JSON.
     enqueued_token_quota: int | None = None
-    #: Unfinished jobs end EXPIRED this long after creation (None: never; the
-    #: service's own limit is 48 h).
-    expire_after_seconds: float | None = None
+    #: Unfinished jobs end EXPIRED this long after creation (None: never). Source: a
+    #: job pending or running for more than 48 hours expires (Google's batch API guide,
+    #: as read for PROTOCOL.md section 5; users saw it in python-genai#1482 and #2974).
+    expire_after_seconds: float | None = 48 * 3600
     max_file_bytes: int = 2 * 10**9
     #: Kinder than the service, for tests of per-request errors: input-file lines the
     #: service cannot parse are answered line by line in the output (an error line

@@ -37,6 +37,9 @@ _STATE_FILE = "state.json"
 # Lines are shuffled within windows of this many lines: the real service does not keep
 # input order, and a bounded window keeps memory flat for huge inputs.
 _SHUFFLE_WINDOW = 64
+#: Uploaded files are deleted 48 h after their creation (Google docs, files guide:
+#: "Files are stored for 48 hours"; python-genai#1172 quotes it).
+FILE_LIFETIME_SECONDS = 48 * 3600
 
 
 def new_id(length: int) -> str:
@@ -209,6 +212,21 @@ class Store:
         self.save()
 
     # ----- files -------------------------------------------------------------------------
+
+    def expire_files(self, now: float | None = None) -> None:
+        """Delete the uploads past their 48 h, as the service does. Output files are
+        kept: how long the service keeps them is not documented (docs/fidelity.md)."""
+        limit = (time.time() if now is None else now) - FILE_LIFETIME_SECONDS
+        expired = [
+            f.file_id
+            for f in self.files.values()
+            if f.source == "UPLOADED" and f.create_time <= limit
+        ]
+        for file_id in expired:
+            del self.files[file_id]
+            self.blob_path(file_id).unlink(missing_ok=True)
+        if expired:
+            self.save()
 
     def uploaded_bytes(self) -> int:
         """Bytes counted against the storage quota: stored uploads plus uploads in progress."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +16,7 @@ from google import genai
 from google.genai import errors
 
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
-from tests.helpers import sdk_httpx
+from tests.helpers import cli_env, sdk_httpx
 from tests.test_emulator_support import (
     AIOHTTP_SUBCLASS_WARNING,
     API_KEY,
@@ -198,3 +201,37 @@ def test_uploads_are_deleted_48_hours_after_creation(emulator: RunningEmulator) 
 def test_unfinished_jobs_expire_at_48_hours_by_default() -> None:
     """The service expires a job pending or running for more than 48 h."""
     assert EmulatorConfig().expire_after_seconds == 48 * 3600
+
+
+def test_the_kinder_answers_are_emulator_options(tmp_path: Path) -> None:
+    """`gembatch-async emulator --answer-invalid-lines --refuse-field NAME` reaches the
+    server: a bad line is answered in the output, a refused field refuses the create."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gembatch_async", "emulator", "--port", "0",
+         "--processing-seconds", "0.5", "--answer-invalid-lines",
+         "--refuse-field", "response_schema"],
+        cwd=tmp_path, env=cli_env(None), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip().rsplit(" ", 1)[-1]
+        emu = RunningEmulator("127.0.0.1", int(url.rsplit(":", 1)[1]), url)
+        client = sync_client(emu)
+        job = client.batches.create(
+            model=MODEL, src=_upload(client, _line("ok") + _line("bad", temprature=1))
+        )
+        assert job.name is not None
+        done = wait_state(client, job.name, "JOB_STATE_SUCCEEDED")
+        rows = [json.loads(x) for x in client.files.download(file=done.dest.file_name).splitlines()]
+        assert {row["key"]: "error" in row for row in rows} == {"ok": False, "bad": True}
+        schema = {"responseSchema": {"type": "STRING"}}
+        with pytest.raises(errors.ClientError) as refused:
+            client.batches.create(
+                model=MODEL, src=_upload(client, _line("s", generationConfig=schema))
+            )
+        assert _error(refused)["message"] == "Request contains an invalid argument."
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        if server.stdout is not None:
+            server.stdout.close()

@@ -252,7 +252,8 @@ HELP_MENTIONS = {
     ("cleanup",): ["--outputs", "--dry-run", "--json"],
     ("emulator",): ["--host", "--port", "--state-dir", "--latency-ms", "--processing-seconds",
                     "--faults", "--fault-seed", "--max-unfinished-batches",
-                    "--storage-quota-bytes"],
+                    "--storage-quota-bytes", "--expire-after", "--answer-invalid-lines",
+                    "--refuse-field"],
 }  # fmt: skip
 
 

@@ -37,24 +37,50 @@ def _client(emulator: RunningEmulator) -> genai.Client:
     return genai.Client(api_key=TEST_API_KEY, http_options=options)
 
 
-@pytest.mark.parametrize("emulator_config", [REFUSING])
+#: (emulator, extra options, the bad request, the end of the report). The service
+#: refuses a field its schema has (python-genai#1150); or, pre-flight's schema check
+#: off, a line it cannot parse refuses the whole create (inspect_ai#3257).
+CASES = {
+    "refused-field": (
+        REFUSING,
+        [],
+        {**OK, "generationConfig": SCHEMA},
+        "400 INVALID_ARGUMENT: Request contains an invalid argument.",
+    ),
+    "unparsable-line": (
+        EmulatorConfig(port=0, processing_seconds=1.0),
+        ["--no-schema-check"],
+        {**OK, "generationConfig": {"temprature": 1}},
+        "no such field: 'temprature'",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("emulator_config", "options", "bad", "reason"),
+    [pytest.param(*case, id=name) for name, case in CASES.items()],
+)
 @pytest.mark.parametrize("command", ["submit", "run"])
 def test_a_create_refused_for_its_content_fails_that_file_and_leaves_nothing(
-    emulator: RunningEmulator, tmp_path: Path, command: str
+    emulator: RunningEmulator,
+    tmp_path: Path,
+    command: str,
+    options: list[str],
+    bad: dict[str, Any],
+    reason: str,
 ) -> None:
     """Pre-flight passes the file, the service refuses its create with 400: that file
     is reported failed on one line with the service's reason, its upload is deleted, no
     job is recorded; the other file goes through."""
     _write(tmp_path / "good.jsonl", OK)
-    _write(tmp_path / "bad.jsonl", OK, {**OK, "generationConfig": SCHEMA})
+    _write(tmp_path / "bad.jsonl", OK, bad)
     poll = ["--interval", "0.2"] if command == "run" else []
-    args = [command, *poll, "good.jsonl", "bad.jsonl"]
+    args = [command, *poll, *options, "good.jsonl", "bad.jsonl"]
     result = run_cli(args, cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 1, result.stdout + result.stderr
     (line,) = [x for x in result.stdout.splitlines() if "bad.jsonl" in x]
-    assert line.endswith(
-        "error bad.jsonl: 400 INVALID_ARGUMENT: Request contains an invalid argument."
-    )
+    assert "] error bad.jsonl: 400 INVALID_ARGUMENT: " in line
+    assert line.endswith(reason)
     assert "Traceback" not in result.stderr
     state = emulator.state()
     uploads = [f for f in state["files"] if f["source"] == "UPLOADED"]

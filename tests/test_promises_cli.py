@@ -213,7 +213,9 @@ def test_mime_type_default_and_option(emulator: RunningEmulator, tmp_path: Path)
         ).returncode
         == 0
     )
-    declared = {f["displayName"]: f["mimeType"] for f in emulator.state()["files"]}
+    # Uploads only: a job that already ended has its output file listed too.
+    files = [f for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
+    declared = {f["displayName"]: f["mimeType"] for f in files}
     assert declared == {"a.jsonl": "application/jsonl", "b.jsonl": "text/plain"}
 
 

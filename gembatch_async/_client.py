@@ -119,7 +119,7 @@ def _from_api_error(
 ) -> ApiError:
     code = int(error.code or 0)
     status = error.status if isinstance(error.status, str) else None
-    message = redact(f"{code} {status or ''}: {error.message or ''}".strip(), secret)
+    message = redact(f"{code} {status or ''}: {_one_line(error.message or '')}".strip(), secret)
     kwargs: dict[str, Any] = {"code": code, "status": status, "details": _error_details(error)}
     if code in _TRANSIENT_CODES:
         limit = limit_of(TransientApiError(message, **kwargs))
@@ -133,6 +133,13 @@ def _from_api_error(
     if code == 409:
         return AlreadyExistsApiError(message, **kwargs)
     return PermanentApiError(message, **kwargs)
+
+
+def _one_line(text: str) -> str:
+    """A service message on one line: a create refused for its input file names each bad
+    line on a line of its own ("Error on line 1: ...\nError on line 2: ...",
+    UKGovernmentBEIS/inspect_ai#3257), and every report is one line."""
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 def _from_transport_error(error: BaseException, secret: str | None) -> ApiError:

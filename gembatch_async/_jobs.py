@@ -504,6 +504,25 @@ class Cleaned:
     file_name: str
     deleted: bool
     error: str | None = None
+    #: The service refused to delete it, as it does every output file: nothing to fix.
+    kept: bool = False
+
+
+#: Why a Gemini output file stays. The service checks a file id's length (at most 40
+#: characters) before it deletes, and output files are named ``files/batch-`` and the
+#: 36-character batch id: every delete of one answers 400 INVALID_ARGUMENT (python-genai#1759,
+#: python-genai#1613, go-genai#436; USERS.md P3).
+KEPT_BY_SERVICE = "the Gemini API does not let output files be deleted"
+
+
+def kept_by_service(name: str, error: ApiError) -> bool:
+    """Whether a refused delete is the service keeping one of its output files (reported
+    as kept, not as a failure), rather than a delete that went wrong."""
+    return (
+        name.startswith("files/batch-")
+        and isinstance(error, PermanentApiError)
+        and error.code == 400
+    )
 
 
 async def cleanup_files(
@@ -512,8 +531,9 @@ async def cleanup_files(
     """Delete the uploads of recorded jobs that have ended (and their outputs, if asked).
 
     Storage counts against the project's 20 GB quota for 48 h (USERS.md P2); a
-    finished job no longer needs its input. Output files cannot always be
-    deleted (USERS.md P3): failures are reported and the rest carries on.
+    finished job no longer needs its input. The Gemini API refuses to delete its
+    output files (USERS.md P3): each is reported kept (``Cleaned.kept``), which is
+    no failure; other failures are reported and the rest carries on.
     """
     lines = jobs.recorded()
     targets: list[tuple[str, str]] = []
@@ -535,7 +555,9 @@ async def cleanup_files(
         try:
             gone = await jobs.call(lambda: jobs.api.delete_file(name))
         except ApiError as exc:
-            cleaned.append(Cleaned(path, name, deleted=False, error=describe(exc)))
+            kept = kept_by_service(name, exc)
+            error = None if kept else describe(exc)
+            cleaned.append(Cleaned(path, name, deleted=False, error=error, kept=kept))
             return
         cleaned.append(Cleaned(path, name, deleted=gone, error=None if gone else "already gone"))
 

@@ -25,7 +25,7 @@ from ._events import (
     WouldSubmit,
     event_to_dict,
 )
-from ._jobs import Cleaned, JobStatus
+from ._jobs import KEPT_BY_SERVICE, Cleaned, JobStatus
 from ._results import ResultFile
 
 
@@ -228,6 +228,8 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
 
 
 def render_cleaned(item: Cleaned) -> str:
+    if item.kept:
+        return f"kept by the service: {item.file_name} ({item.path}) ({KEPT_BY_SERVICE})"
     if item.error and item.error != "already gone":
         return f"error {item.file_name} ({item.path}): {item.error}"
     verb = "deleted" if item.deleted else ("already gone" if item.error else "would delete")

@@ -379,15 +379,30 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     emu.add_argument(
         "--expire-after",
         type=_positive_seconds,
-        default=None,
+        default=48 * 3600.0,
         metavar="S",
-        help="unfinished jobs end EXPIRED this long after creation (default: never)",
+        help="unfinished jobs end EXPIRED this long after creation (default: 48 h, as the service)",
     )
     emu.add_argument(
         "--storage-quota-bytes",
         type=_at_least(0),
-        default=20 * 10**9,
-        help="total size of uploaded files allowed (default: %(default)s, 20 GB)",
+        default=20 * 2**30,  # EmulatorConfig's (the emulator is imported only to serve)
+        help="total size of uploaded files allowed (default: %(default)s, 20 GiB as the service)",
+    )
+    emu.add_argument(
+        "--answer-invalid-lines",
+        action="store_true",
+        help="answer input lines the service cannot parse with an error line each, instead "
+        "of refusing the whole batch create with 400 as the service does",
+    )
+    emu.add_argument(
+        "--refuse-field",
+        dest="refused_fields",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="refuse (400) a batch create whose input file uses this request field, as the "
+        "service refused responseSchema (repeatable)",
     )
 
 
@@ -771,6 +786,8 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             enqueued_token_quota=args.enqueued_token_quota,
             expire_after_seconds=args.expire_after,
             storage_quota_bytes=args.storage_quota_bytes,
+            answer_invalid_lines=args.answer_invalid_lines,
+            refused_fields=tuple(args.refused_fields),
             extra_models=tuple(args.models),
             request_errors=args.request_errors,
         )

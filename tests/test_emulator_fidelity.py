@@ -4,6 +4,7 @@ files:register, and an exact unfinished-jobs limit, all through the real SDK."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import os
@@ -225,10 +226,10 @@ def test_embedding_batch_cancel(emulator: RunningEmulator) -> None:
 # -- per-request validation -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("emulator_config", [FAST])
+@pytest.mark.parametrize("emulator_config", [dataclasses.replace(FAST, answer_invalid_lines=True)])
 def test_unknown_fields_get_per_request_errors(emulator: RunningEmulator) -> None:
-    """Lines naming fields the API lacks get the service's error; the rest are answered,
-    in either JSON spelling."""
+    """With --answer-invalid-lines, lines naming fields the API lacks get the service's
+    error; the rest are answered, in either JSON spelling."""
     client = sync_client(emulator)
     lines = [
         generate_line("camel", generationConfig={"temperature": 0.2, "maxOutputTokens": 8}),

@@ -213,11 +213,9 @@ def test_mime_type_default_and_option(emulator: RunningEmulator, tmp_path: Path)
         ).returncode
         == 0
     )
-    declared = {
-        f["displayName"]: f["mimeType"]
-        for f in emulator.state()["files"]
-        if f["source"] == "UPLOADED"  # not a finished job's output file
-    }
+    # Uploads only: a job that already ended has its output file listed too.
+    files = [f for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
+    declared = {f["displayName"]: f["mimeType"] for f in files}
     assert declared == {"a.jsonl": "application/jsonl", "b.jsonl": "text/plain"}
 
 
@@ -256,7 +254,8 @@ HELP_MENTIONS = {
     ("cleanup",): ["--outputs", "--dry-run", "--json"],
     ("emulator",): ["--host", "--port", "--state-dir", "--latency-ms", "--processing-seconds",
                     "--faults", "--fault-seed", "--max-unfinished-batches",
-                    "--storage-quota-bytes"],
+                    "--storage-quota-bytes", "--expire-after", "--answer-invalid-lines",
+                    "--refuse-field"],
 }  # fmt: skip
 
 

@@ -26,15 +26,29 @@ class EmulatorConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     # More models to serve beside `models` (the CLI's repeatable --model NAME).
     extra_models: tuple[str, ...] = ()
-    storage_quota_bytes: int = 20 * 10**9
+    #: The project's file storage quota. Source: the service's own 429 names it,
+    #: ``quota_id: "FileStorageBytesPerProject" quota_value: 21474836480`` (20 GiB,
+    #: python-genai#1172); Google's docs say "20 GB" (ai.google.dev files guide).
+    storage_quota_bytes: int = 20 * 2**30
     max_unfinished_batches: int = 100
     #: Enqueued tokens allowed per model across unfinished jobs (None: no quota);
     #: the emulator counts one token per 4 bytes of request JSON.
     enqueued_token_quota: int | None = None
-    #: Unfinished jobs end EXPIRED this long after creation (None: never; the
-    #: service's own limit is 48 h).
-    expire_after_seconds: float | None = None
+    #: Unfinished jobs end EXPIRED this long after creation (None: never). Source: a
+    #: job pending or running for more than 48 hours expires (Google's batch API guide,
+    #: as read for PROTOCOL.md section 5; users saw it in python-genai#1482 and #2974).
+    expire_after_seconds: float | None = 48 * 3600
     max_file_bytes: int = 2 * 10**9
+    #: Kinder than the service, for tests of per-request errors: input-file lines the
+    #: service cannot parse are answered line by line in the output (an error line
+    #: each) instead of refusing the whole create with 400 (the default; see
+    #: _validation.input_file_error for the sources).
+    answer_invalid_lines: bool = False
+    #: Request fields (either spelling, at any depth) the service refuses in an input
+    #: file although its schema has them, as it refused ``responseSchema`` with 400
+    #: "Request contains an invalid argument." (python-genai#1150). Lets a test make
+    #: the service refuse a file that pre-flight (the schema) accepts.
+    refused_fields: tuple[str, ...] = ()
     # Share of requests (0..1) answered by a per-request error line, chosen by a hash
     # of fault_seed and the request's key (see _request_errors).
     request_errors: float = 0.0

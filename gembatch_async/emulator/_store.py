@@ -27,14 +27,19 @@ from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._responses import (
     line_error,
     line_result,
+    parse_line,
     request_response,
 )
+from gembatch_async.emulator._validation import MAX_LINES_NAMED, line_problem, uses_field
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _STATE_FILE = "state.json"
 # Lines are shuffled within windows of this many lines: the real service does not keep
 # input order, and a bounded window keeps memory flat for huge inputs.
 _SHUFFLE_WINDOW = 64
+#: Uploaded files are deleted 48 h after their creation (Google docs, files guide:
+#: "Files are stored for 48 hours"; python-genai#1172 quotes it).
+FILE_LIFETIME_SECONDS = 48 * 3600
 
 
 def new_id(length: int) -> str:
@@ -208,6 +213,21 @@ class Store:
 
     # ----- files -------------------------------------------------------------------------
 
+    def expire_files(self, now: float | None = None) -> None:
+        """Delete the uploads past their 48 h, as the service does. Output files are
+        kept: how long the service keeps them is not documented (docs/fidelity.md)."""
+        limit = (time.time() if now is None else now) - FILE_LIFETIME_SECONDS
+        expired = [
+            f.file_id
+            for f in self.files.values()
+            if f.source == "UPLOADED" and f.create_time <= limit
+        ]
+        for file_id in expired:
+            del self.files[file_id]
+            self.blob_path(file_id).unlink(missing_ok=True)
+        if expired:
+            self.save()
+
     def uploaded_bytes(self) -> int:
         """Bytes counted against the storage quota: stored uploads plus uploads in progress."""
         stored = sum(f.size_bytes for f in self.files.values() if f.source == "UPLOADED")
@@ -340,10 +360,14 @@ class Store:
         return None
 
     def delete_batch(self, batch_id: str) -> None:
-        """Delete a batch (its output file, if any, stays, as on the real service)."""
-        self.get_batch(batch_id)
+        """Delete a batch and its output file: output files answer 404 once their batch
+        is deleted (go-genai#436, as issue 16 quotes it)."""
+        batch = self.get_batch(batch_id)
         del self.batches[batch_id]
         self.batch_input_path(batch_id).unlink(missing_ok=True)
+        output = self.output_file_id(batch)
+        if self.files.pop(output, None) is not None:
+            self.blob_path(output).unlink(missing_ok=True)
         self.save()
 
     def output_file_id(self, batch: BatchRecord) -> str:
@@ -393,6 +417,41 @@ def count_requests_blocking(path: pathlib.Path, kind: str = GENERATE) -> tuple[i
             if line_error(raw, kind) is not None:
                 malformed += 1
     return total, malformed
+
+
+@dataclasses.dataclass
+class InputScan:
+    """What a create learns from reading its input file once."""
+
+    requests: int = 0
+    #: Requests the service cannot parse (answered with an error line when the
+    #: emulator is told to be kinder than the service, see answer_invalid_lines).
+    malformed: int = 0
+    #: (line number, why) for the first lines the service would refuse.
+    problems: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    #: A line uses a field the service is set to refuse (refused_fields).
+    refused: bool = False
+
+
+def scan_input_blocking(
+    path: pathlib.Path, kind: str = GENERATE, refused_fields: frozenset[str] = frozenset()
+) -> InputScan:
+    """Count a JSONL input's requests and find the lines the service refuses, line by line."""
+    scan = InputScan()
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            scan.requests += 1
+            problem = line_problem(raw, kind)
+            if problem is not None:
+                scan.malformed += 1
+                if len(scan.problems) < MAX_LINES_NAMED:
+                    scan.problems.append((number, problem))
+            elif refused_fields and not scan.refused:
+                _, request, _ = parse_line(raw)
+                scan.refused = uses_field(request, refused_fields)
+    return scan
 
 
 def _windows(fh: IO[bytes], rng: random.Random) -> Iterator[list[tuple[int, bytes]]]:

@@ -79,3 +79,92 @@ def _proto_type(code: str) -> str:
 
 def _join(prefix: str, path: str) -> str:
     return ".".join(part for part in (prefix, path) if part)
+
+
+# ----- input files: one line the service cannot parse refuses the whole create ---------
+#
+# Source: the service refuses a batchGenerateContent whose input file has a line it
+# cannot parse, at create time, with 400 INVALID_ARGUMENT naming each line:
+# "Error on line 1: invalid JSON, near column 1032: no such field: 'thinking_config'\n
+# Error on line 2: ..." (UKGovernmentBEIS/inspect_ai#3257) and "Error on line 1: invalid
+# JSON, near column 23: unexpected character: '['; expected '{'" (inspect_ai#5100: "failing
+# every request in the batch at once"). Texts for other kinds of line are the emulator's.
+
+#: Lines named in one refusal at most (the emulator's bound: the service's is unknown).
+MAX_LINES_NAMED = 20
+#: The service's text when it refuses a field its schema has (python-genai#1150).
+INVALID_ARGUMENT = "Request contains an invalid argument."
+
+
+def line_problem(raw: bytes, kind: str) -> str | None:
+    """Why the service's parser refuses one input-file line, in its words, or None."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as exc:
+        column = getattr(exc, "colno", 1)
+        return f"invalid JSON, near column {column}: {getattr(exc, 'msg', str(exc)).lower()}"
+    if not isinstance(obj, dict):
+        return f"invalid JSON, near column 1: {_unexpected(obj, '{')}"
+    request = obj.get("request")
+    if not isinstance(request, dict):
+        if "request" not in obj:
+            return "invalid JSON: missing field: 'request'"
+        where = _column(raw, "request")
+        return f"invalid JSON, near column {where}: {_unexpected(request, '{')}"
+    issues = request_issues(request, kind)
+    if not issues:
+        return None
+    issue = issues[0]  # the service's parser stops at the first (inspect_ai#5100)
+    if issue.problem == _schema.UNKNOWN:
+        return (
+            f"invalid JSON, near column {_column(raw, issue.field)}: no such field: '{issue.field}'"
+        )
+    bracket = _bracket(issue.expected, issue.value) if issue.problem == _schema.WRONG_TYPE else None
+    if bracket is not None:
+        where = _column(raw, issue.field)
+        return f"invalid JSON, near column {where}: {_unexpected(issue.value, bracket)}"
+    return issue_message(issue, kind)
+
+
+def input_file_error(problems: list[tuple[int, str]]) -> str:
+    """The 400 message for a create whose input file has lines the service refuses."""
+    return "\n".join(f"Error on line {number}: {text}" for number, text in problems)
+
+
+def uses_field(value: Any, names: frozenset[str]) -> bool:
+    """Whether a request uses one of ``names`` (camelCase or snake_case) at any depth."""
+    if isinstance(value, dict):
+        return any(
+            _camel(str(key)) in names or uses_field(item, names) for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return any(uses_field(item, names) for item in value)
+    return False
+
+
+def camel_names(names: tuple[str, ...]) -> frozenset[str]:
+    """Field names in one spelling, for :func:`uses_field`."""
+    return frozenset(_camel(name) for name in names)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _column(raw: bytes, field: str) -> int:
+    """1-based column of a field's name in the line (1 when it cannot be found)."""
+    return raw.find(f'"{field}"'.encode()) + 1 or 1
+
+
+def _unexpected(value: Any, bracket: str) -> str:
+    return f"unexpected character: '{json.dumps(value)[:1]}'; expected '{bracket}'"
+
+
+def _bracket(code: str, value: Any) -> str | None:
+    """The bracket the parser wanted where a list or an object belongs, else None."""
+    if code.startswith("[]") and not isinstance(value, list):
+        return "["
+    code = code.removeprefix("[]")
+    is_object = code == "struct" or code.startswith("map:") or code[:1].isupper()
+    return "{" if is_object and not isinstance(value, dict) else None

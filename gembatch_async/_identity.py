@@ -64,10 +64,11 @@ def identity_of_path(path: str, root: str) -> str:
     return os.path.relpath(os.path.realpath(path), root)
 
 
-def identity_of_line(line: Mapping[str, Any], root: str) -> str:
-    """The key a journal line records: its input's identity, and for one part of a
-    split input which part (``ID#2/3``, see ``_inputs.InputFile.key``)."""
-    base = base_identity_of_line(line, root)
+def identity_of_line(line: Mapping[str, Any], root: str, base: str | None = None) -> str:
+    """The key a journal line records: its input's identity (``base`` when already
+    known), and for one part of a split input which part (``ID#2/3``, see
+    ``_inputs.InputFile.key``)."""
+    base = base_identity_of_line(line, root) if base is None else base
     part, parts = line.get("part"), line.get("parts")
     if isinstance(part, int) and isinstance(parts, int) and parts > 1:
         return f"{base}#{part}/{parts}"

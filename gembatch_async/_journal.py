@@ -78,22 +78,20 @@ class JournalView:
     lines_read: int = 0
     #: The line number of each input's newest line, for messages about it.
     line_numbers: dict[str, int] = field(default_factory=dict)
-    #: Recorded inputs by file name and by whole-input sha256: where another name
-    #: of a recorded file is looked for (see :meth:`identity_of`).
-    by_name: dict[str, set[str]] = field(default_factory=dict)
-    by_sha256: dict[str, set[str]] = field(default_factory=dict)
+    #: Recorded inputs by file name and by whole-input sha256, and the line count
+    #: they were made at: where another name of a recorded file is looked for (see
+    #: :meth:`identity_of`). Made on first need, so folding stays plain.
+    _by_name: dict[str, set[str]] = field(default_factory=dict)
+    _by_sha256: dict[str, set[str]] = field(default_factory=dict)
+    _indexed_at: int = -1
 
     def add(self, line: JobLine) -> None:
-        identity = identity_of_line(line, self.root)
         base = base_identity_of_line(line, self.root)
+        identity = identity_of_line(line, self.root, base)
         self.latest[identity] = line
         self.history[identity] = self.history.get(identity, 0) + 1
         self.latest_by_base[base] = line
         self.line_numbers[base] = self.lines_read
-        self.by_name.setdefault(os.path.basename(base), set()).add(base)
-        whole = input_sha256_of(line)
-        if whole is not None:
-            self.by_sha256.setdefault(whole, set()).add(base)
         upload = line.get("uploaded_file_name")
         if isinstance(upload, str):
             self.uploads_in_use.add(upload)
@@ -112,9 +110,10 @@ class JournalView:
         own = identity_of_path(path, self.root)
         if own in self.latest_by_base:
             return own
-        candidates = set(self.by_name.get(os.path.basename(own), ()))
+        self._index()
+        candidates = set(self._by_name.get(os.path.basename(own), ()))
         if sha256:
-            candidates |= self.by_sha256.get(sha256, set())
+            candidates |= self._by_sha256.get(sha256, set())
         if not candidates:
             return own
         try:
@@ -126,6 +125,17 @@ class JournalView:
             if any(same_file(place, info) for place in places):
                 return identity
         return own
+
+    def _index(self) -> None:
+        if self._indexed_at == self.lines_read:
+            return
+        self._by_name, self._by_sha256 = {}, {}
+        for base, line in self.latest_by_base.items():
+            self._by_name.setdefault(os.path.basename(base), set()).add(base)
+            whole = input_sha256_of(line)
+            if whole is not None:
+                self._by_sha256.setdefault(whole, set()).add(base)
+        self._indexed_at = self.lines_read
 
     def recorded(self, key: str, identity: str, parts: int | None) -> JobLine | None:
         """The line that covers one unit of an input (``key``; ``parts`` when it is one

@@ -160,7 +160,8 @@ def outside_reason(location: str, roots: Sequence[str]) -> str | None:
     if "\0" in location:
         return "its input path holds a NUL character"
     real = os.path.realpath(location)
-    if any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+    # Strictly below: an input *is* never the folder itself (its results/ would be beside it).
+    if any(real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
         return None
     return "its input is outside the journal's folder"
 

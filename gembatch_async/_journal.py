@@ -221,6 +221,8 @@ def _check_line(obj: object) -> JobLine | str:
         # bool is an int to Python, not a number to JSON
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             return f'"{name}" is not a part number from 1'
+    if obj.get("part", 1) > obj.get("parts", obj.get("part", 1)):
+        return '"part" is over "parts"'
     strings = ("job_name", "uploaded_file_name", "input_identity", "journal_id", "sha256")
     for name in (*strings, "input_sha256"):
         if name in obj and not isinstance(obj[name], str):

@@ -158,7 +158,12 @@ def test_journal_lines_never_steer_reads_or_writes_outside_the_project(
     wait_until(lambda: all_succeeded(emulator))
     journal = project / "job-info.jsonl"
     (line,) = read_journal(journal)
-    hostile = [str(victim / "secret.jsonl"), "../victim/secret.jsonl", "link/secret.jsonl"]
+    hostile = [
+        str(victim / "secret.jsonl"),
+        "../victim/secret.jsonl",
+        "link/secret.jsonl",
+        ".",  # the project folder itself: its results/ would be beside the project
+    ]
     with journal.open("a") as handle:
         for identity in hostile:
             handle.write(json.dumps({**line, "input_identity": identity}) + "\n")
@@ -166,12 +171,13 @@ def test_journal_lines_never_steer_reads_or_writes_outside_the_project(
     assert "Traceback" not in result.stderr
     assert result.returncode == 1, result.stdout + result.stderr
     assert not (victim / "results").exists(), "a journal line made us write outside the project"
+    assert not (tmp_path / "results").exists()
     assert (project / "results" / "a.jsonl").exists(), "the user's own input still gets results"
     assert [w.split(":")[2] for w in warnings(result.stderr)] == ["2"]
     assert "not a relative path" in result.stderr
     refused = [x for x in result.stdout.splitlines() if x.startswith("error ")]
-    assert len(refused) == 2, result.stdout
-    assert sorted(x.split(" line ")[1].split(":")[0] for x in refused) == ["3", "4"]
+    assert len(refused) == 3, result.stdout
+    assert sorted(x.split(" line ")[1].split(":")[0] for x in refused) == ["3", "4", "5"]
     assert all("outside the journal's folder" in x for x in refused)
     assert (victim / "secret.jsonl").read_text() == "private text\n"
 
@@ -213,8 +219,10 @@ def test_part_numbers_are_whole_numbers_from_one(emulator: RunningEmulator, tmp_
     with journal.open("a") as handle:
         for part in (True, 0, -1, 1.5):
             handle.write(json.dumps({**line, "part": part, "parts": 2}) + "\n")
+        handle.write(json.dumps({**line, "part": 3, "parts": 2}) + "\n")
     result = run_cli(["status"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     shown = warnings(result.stderr)
-    assert [w.split(":")[2] for w in shown] == ["2", "3", "4", "5"], result.stderr
-    assert all('"part" is not a part number from 1' in w for w in shown), shown
+    assert [w.split(":")[2] for w in shown] == ["2", "3", "4", "5", "6"], result.stderr
+    assert all('"part" is not a part number from 1' in w for w in shown[:4]), shown
+    assert '"part" is over "parts"' in shown[4]

@@ -138,6 +138,8 @@ def test_a_new_split_of_an_unchanged_input_follows_the_recorded_jobs(
     assert len(batches(emulator)) == before, "a recorded, unchanged file was submitted again"
     rows = (tmp_path / "results" / "a.jsonl").read_text().splitlines()
     assert [json.loads(row)["key"] for row in rows] == [f"k{i}" for i in range(6)]
+    named = run_cli(["status", "a.jsonl"], cwd=tmp_path, env=env)
+    assert named.returncode == 0, named.stderr  # a split input is found by its name too
 
 
 # -- item 7: a journal line never steers a read or write ------------------------------------

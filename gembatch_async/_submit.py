@@ -202,19 +202,24 @@ async def _in_recorded_split(
     view: JournalView,
     settings: SubmitSettings,
     limits: JobLimits,
-) -> dict[str, InputFile]:
+) -> tuple[dict[str, InputFile], list[Problem]]:
     """A recorded input keeps the split it was recorded with, whatever this run's
     --max-*-per-job: its jobs are the recorded ones (skipped, or resubmitted by
     --retry-failed), never new ones for the same requests. Only --force cuts anew.
-    A file whose recorded limits differ from this run's is read once more."""
+    A file whose recorded limits differ from this run's is read once more; one whose
+    part lines do not say (older lines) and that this run cuts otherwise is a problem."""
     if settings.force:
-        return found
+        return found, []
     kept = dict(found)
+    problems: list[Problem] = []
     for path, item in found.items():
         line = view.latest_by_base.get(identities[path])
         if line is None:
             continue
         recorded = recorded_limits(line)
+        if recorded is None and len(item.parts) != line.get("parts"):
+            problems.append(Problem(path, _UNKNOWN_SPLIT.format(parts=line.get("parts"))))
+            continue
         if recorded is None or recorded == limits:
             continue
         if "part" not in line:  # recorded whole: one job, as then
@@ -225,7 +230,14 @@ async def _in_recorded_split(
         )
         if path in again:
             kept[path] = again[path]
-    return kept
+    return kept, problems
+
+
+_UNKNOWN_SPLIT = (
+    "recorded in {parts} parts by an older version, which did not record the limits it "
+    "cut them by: run it with the --max-requests-per-job / --max-bytes-per-job it was "
+    "submitted with (status and download need neither)"
+)
 
 
 async def _check_locally(
@@ -252,7 +264,8 @@ async def _check_locally(
         limits=limits,
     )
     identities = _by_content(identities, found, view)
-    found = await _in_recorded_split(found, identities, view, settings, limits)
+    found, split_problems = await _in_recorded_split(found, identities, view, settings, limits)
+    problems += split_problems
     # A file the journal already covers (whole or in parts) is skipped: its content does not matter.
     problems += [
         p

@@ -228,3 +228,27 @@ def test_part_numbers_are_whole_numbers_from_one(emulator: RunningEmulator, tmp_
     assert [w.split(":")[2] for w in shown] == ["2", "3", "4", "5", "6"], result.stderr
     assert all('"part" is not a part number from 1' in w for w in shown[:4]), shown
     assert '"part" is over "parts"' in shown[4]
+
+
+def test_older_part_lines_cut_otherwise_are_one_clear_line(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Part lines from before the split was recorded, and a run cutting the file
+    otherwise: exit 2 saying what to do, never a wait for jobs that do not exist."""
+    write_jsonl(tmp_path / "a.jsonl", 6)
+    env = cli_env(emulator)
+    made = run_cli(["submit", "--max-requests-per-job", "2", "a.jsonl"], cwd=tmp_path, env=env)
+    assert made.returncode == 0, made.stderr
+    journal = tmp_path / "job-info.jsonl"
+    older = [
+        {k: v for k, v in line.items() if k not in ("split", "input_sha256")}
+        for line in read_journal(journal)
+    ]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in older))
+    again = run_cli([*RUN, "a.jsonl"], cwd=tmp_path, env=env, timeout=60)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "--max-requests-per-job" in again.stderr
+    assert len(batches(emulator)) == 3
+    same = run_cli(["submit", "--max-requests-per-job", "2", "a.jsonl"], cwd=tmp_path, env=env)
+    assert same.returncode == 0, same.stderr
+    assert "submitted 0, skipped 3" in same.stdout

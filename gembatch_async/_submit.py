@@ -204,10 +204,15 @@ async def _in_recorded_split(
     limits: JobLimits,
 ) -> tuple[dict[str, InputFile], list[Problem]]:
     """A recorded input keeps the split it was recorded with, whatever this run's
-    --max-*-per-job: its jobs are the recorded ones (skipped, or resubmitted by
+    --max-*-per-job: its units are its recorded jobs (skipped, or resubmitted by
     --retry-failed), never new ones for the same requests. Only --force cuts anew.
-    A file whose recorded limits differ from this run's is read once more; one whose
-    part lines do not say (older lines) and that this run cuts otherwise is a problem."""
+
+    A file whose recorded limits differ from this run's is read once more and cut by
+    them. When that does not give its recorded parts (its content changed), its
+    units are the recorded parts as they are, to be skipped (and said changed). Part
+    lines that do not say how they were cut (older ones), for a file this run cuts
+    otherwise, are a problem: nothing to skip by, nothing to submit safely.
+    """
     if settings.force:
         return found, []
     kept = dict(found)
@@ -216,20 +221,22 @@ async def _in_recorded_split(
         line = view.latest_by_base.get(identities[path])
         if line is None:
             continue
-        recorded = recorded_limits(line)
-        if recorded is None and len(item.parts) != line.get("parts"):
-            problems.append(Problem(path, _UNKNOWN_SPLIT.format(parts=line.get("parts"))))
-            continue
-        if recorded is None or recorded == limits:
-            continue
         if "part" not in line:  # recorded whole: one job, as then
-            kept[path] = replace(item, parts=(), limits=None)
+            kept[path] = replace(item, parts=(), limits=None) if item.parts else item
             continue
-        again, _ = await scan_inputs(
-            [path], anyio.CapacityLimiter(1), schema_check=False, limits=recorded
-        )
-        if path in again:
-            kept[path] = again[path]
+        of = line.get("parts")
+        recorded = recorded_limits(line)
+        if recorded is not None and recorded != limits:
+            again, _ = await scan_inputs(
+                [path], anyio.CapacityLimiter(1), schema_check=False, limits=recorded
+            )
+            item = again.get(path, item)
+        if len(item.parts) == of:
+            kept[path] = item
+        elif recorded is None:
+            problems.append(Problem(path, _UNKNOWN_SPLIT.format(parts=of)))
+        else:
+            kept[path] = _as_recorded(item, of)
     return kept, problems
 
 
@@ -238,6 +245,16 @@ _UNKNOWN_SPLIT = (
     "cut them by: run it with the --max-requests-per-job / --max-bytes-per-job it was "
     "submitted with (status and download need neither)"
 )
+
+
+def _as_recorded(item: InputFile, of: object) -> InputFile:
+    """The input as the recorded parts it can no longer be cut into: units that only
+    carry their keys, so they are skipped (as changed) and ``run`` follows their jobs.
+    Submitting one again fails at upload (its bytes do not match), never sends others."""
+    if not isinstance(of, int) or of < 2:
+        return replace(item, parts=(), limits=None)
+    parts = tuple(Part(n, of, 0, 0, 0, "") for n in range(1, of + 1))
+    return replace(item, parts=parts, limits=None)
 
 
 async def _check_locally(
@@ -299,11 +316,7 @@ def _unreadable(path: str, identity: str, view: JournalView) -> InputFile:
     was recorded in (so ``run`` follows the recorded jobs)."""
     item = InputFile(path, 0, "", 0, identity=identity)
     line = view.latest_by_base.get(identity)
-    of = line.get("parts") if line is not None else None
-    if not isinstance(of, int) or of < 2:
-        return item
-    parts = tuple(Part(n, of, 0, 0, 0, "") for n in range(1, of + 1))
-    return replace(item, parts=parts)
+    return _as_recorded(item, line.get("parts")) if line is not None else item
 
 
 def _to_submit(

@@ -258,15 +258,15 @@ def test_older_part_lines_cut_otherwise_are_one_clear_line(
 def test_a_changed_input_cut_otherwise_is_skipped_as_changed_not_waited_for(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    """Recorded in 3 parts, then edited so that its recorded limits now cut 4: run says
-    it changed, pays nothing, and ends (it follows the recorded jobs)."""
+    """Recorded in 3 parts, then edited so that its recorded limits now cut 4 (and this
+    run's, 2): run says it changed, pays nothing, and ends (it follows the recorded jobs)."""
     write_jsonl(tmp_path / "a.jsonl", 6)
     env = cli_env(emulator)
     made = run_cli([*RUN, "--max-requests-per-job", "2", "a.jsonl"], cwd=tmp_path, env=env)
     assert made.returncode == 0, made.stdout + made.stderr
     write_jsonl(tmp_path / "a.jsonl", 7)
     again = run_cli(
-        [*RUN, "--max-requests-per-job", "3", "a.jsonl"], cwd=tmp_path, env=env, timeout=60
+        [*RUN, "--max-requests-per-job", "4", "a.jsonl"], cwd=tmp_path, env=env, timeout=60
     )
     assert "Traceback" not in again.stderr
     assert "changed" in again.stdout + again.stderr

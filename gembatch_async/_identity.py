@@ -1,11 +1,28 @@
 """What makes an input "the same", and the names the server knows it by.
 
 An input's **identity** is its resolved path (symlinks followed, ``..`` and ``.``
-gone) relative to the journal's resolved folder. ``a.jsonl``, ``./a.jsonl``,
-``sub/../a.jsonl``, ``/abs/a.jsonl``, a symlink to it, and the same file named from
-another working directory are one identity; moving the whole project folder keeps
-it. The path as the user gave it stays in the journal's ``input_file`` (the
-original gembatch reads it); the identity goes beside it in ``input_identity``.
+gone) relative to the journal's folder: the folder the journal is *named* in,
+resolved (a journal that is itself a symlink keeps the folder of its name, so a
+journal moved into a sub-folder with a symlink left at its old path keeps its
+identities). ``a.jsonl``, ``./a.jsonl``, ``sub/../a.jsonl``, ``/abs/a.jsonl``, a
+symlink to it, and the same file named from another working directory are one
+identity; moving the whole project folder keeps it. The path as the user gave it
+stays in the journal's ``input_file`` (the original gembatch reads it); the
+identity goes beside it in ``input_identity``.
+
+**The same input** is one file however it is named: the same identity, or the same
+file (device and inode) as a recorded input's location: a hard link, or a file the
+journal recorded relative to its other folder (the one its symlink points into).
+Recorded inputs are looked up that way only when the identity misses, among the
+few recorded with the same content (sha256) or the same file name: see
+``JournalView.identity_of``.
+
+**A journal never steers where we read or write.** A line is data: its identity
+locates an input (for ``download`` with no files named) only when that location,
+resolved, lies inside the journal's folder tree (:func:`outside_reason`). An
+input outside it (a legitimate ``../data/a.jsonl``) is read and written for only
+when the user names it on the command line; an absolute identity, or one with a
+NUL, is refused as a malformed line (``_journal``).
 
 Every name we give the server also carries the journal's **scope id**, made once
 per journal (from the machine and the journal's path) and kept with it, so a batch
@@ -18,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: Display names keep at most this much of the path (the service caps them).
@@ -28,8 +45,18 @@ NAME_PREFIX = "gba-"
 
 
 def journal_root(journal_path: str | os.PathLike[str]) -> str:
-    """The journal's folder, resolved: identities are relative to it."""
+    """The folder a journal path names, resolved (the journal's own symlink is not
+    followed): identities are relative to it."""
     return os.path.realpath(os.path.dirname(os.path.abspath(journal_path)))
+
+
+def journal_roots(journal_path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The folders identities may be relative to: the one the journal is named in
+    first, then, for a symlinked journal, the folder of its target (identities an
+    older version recorded were relative to that)."""
+    named = journal_root(journal_path)
+    real = journal_root(os.path.realpath(journal_path))
+    return (named,) if real == named else (named, real)
 
 
 def identity_of_path(path: str, root: str) -> str:
@@ -37,10 +64,11 @@ def identity_of_path(path: str, root: str) -> str:
     return os.path.relpath(os.path.realpath(path), root)
 
 
-def identity_of_line(line: Mapping[str, Any], root: str) -> str:
-    """The key a journal line records: its input's identity, and for one part of a
-    split input which part (``ID#2/3``, see ``_inputs.InputFile.key``)."""
-    base = base_identity_of_line(line, root)
+def identity_of_line(line: Mapping[str, Any], root: str, base: str | None = None) -> str:
+    """The key a journal line records: its input's identity (``base`` when already
+    known), and for one part of a split input which part (``ID#2/3``, see
+    ``_inputs.InputFile.key``)."""
+    base = base_identity_of_line(line, root) if base is None else base
     part, parts = line.get("part"), line.get("parts")
     if isinstance(part, int) and isinstance(parts, int) and parts > 1:
         return f"{base}#{part}/{parts}"
@@ -99,9 +127,49 @@ def derived_scope_id(journal_path: str | os.PathLike[str]) -> str:
     return hashlib.sha256(place.encode()).hexdigest()[:24]
 
 
-def input_location(line: Mapping[str, Any], root: str) -> str:
+def input_location(line: Mapping[str, Any], roots: Sequence[str]) -> str:
     """Where a recorded input is, whatever folder the command runs in: the path as the
-    user gave it when it still names that file from here, else the full path."""
-    location = os.path.normpath(os.path.join(root, base_identity_of_line(line, root)))
+    user gave it when it still names that file from here, else the full path.
+
+    ``roots``: the journal's folders (see :func:`journal_roots`); the identity is
+    looked for under each only when the journal has more than one.
+    """
+    location = recorded_location(base_identity_of_line(line, roots[0]), roots)
     given = str(line["input_file"])
     return given if os.path.abspath(given) == location else location
+
+
+def recorded_location(identity: str, roots: Sequence[str]) -> str:
+    """The full path an identity names: under the first of ``roots`` where something
+    is there (no file system call when there is one root)."""
+    locations = [os.path.normpath(os.path.join(root, identity)) for root in roots]
+    if len(locations) > 1:
+        for location in locations:
+            if os.path.lexists(location):
+                return location
+    return locations[0]
+
+
+def outside_reason(location: str, roots: Sequence[str]) -> str | None:
+    """Why a journal line may not steer a read or write to ``location`` (None: it may).
+
+    The single rule for every read and write a line's identity would cause: the
+    location, symlinks resolved, must lie inside one of the journal's folders.
+    A file outside them is touched only when the user names it in the command.
+    """
+    if "\0" in location:
+        return "its input path holds a NUL character"
+    real = os.path.realpath(location)
+    # Strictly below: an input *is* never the folder itself (its results/ would be beside it).
+    if any(real.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        return None
+    return "its input is outside the journal's folder"
+
+
+def same_file(path: str, info: os.stat_result) -> bool:
+    """Whether ``path`` is the file ``info`` describes (same device and inode)."""
+    try:
+        other = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return (other.st_dev, other.st_ino) == (info.st_dev, info.st_ino)

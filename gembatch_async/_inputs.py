@@ -108,6 +108,10 @@ class InputFile:
     parts: tuple[Part, ...] = ()
     #: For one part of a split input (see :meth:`units`): which part this is.
     part: Part | None = None
+    #: The limits its parts were cut by (None when it fits one job).
+    limits: JobLimits | None = None
+    #: For one part: the sha256 of the whole input (``sha256`` is the part's).
+    input_sha256: str = ""
 
     @property
     def key(self) -> str:
@@ -133,7 +137,13 @@ class InputFile:
             return [self]
         return [
             replace(
-                self, size_bytes=p.end - p.start, sha256=p.sha256, count=p.count, parts=(), part=p
+                self,
+                size_bytes=p.end - p.start,
+                sha256=p.sha256,
+                count=p.count,
+                parts=(),
+                part=p,
+                input_sha256=self.sha256,
             )
             for p in self.parts
         ]
@@ -480,7 +490,8 @@ def scan_file(
         return None, problems
     kind = validator.kind or GENERATE
     item = InputFile(path, size, hasher.hexdigest(), validator.count, before, kind=kind)
-    return replace(item, parts=splitter.parts()), []
+    parts = splitter.parts()
+    return replace(item, parts=parts, limits=splitter.limits if parts else None), []
 
 
 def _scan_many(

@@ -8,6 +8,7 @@ cleanup deleted every file and batch it could see).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,8 +33,8 @@ from ._backend import (
 from ._client import BatchDetail, batch_to_dict
 from ._errors import ApiError, PermanentApiError, UsageError
 from ._events import BatchStats, JournalProblem
-from ._identity import identity_of_path, input_location
-from ._journal import JobLine, Journal, batch_name_of, batch_state_of
+from ._identity import base_identity_of_line, input_location, outside_reason
+from ._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
 from ._results import (
     ResultCounts,
     ResultFile,
@@ -129,14 +130,33 @@ class JobsContext:
         view = self.journal.refresh()
         if not paths:
             return list(view.latest.values())
-        wanted = {identity_of_path(p, self.journal.root): p for p in paths}
-        missing = [p for identity, p in wanted.items() if identity not in view.latest]
+        wanted = {_named_identity(view, p): p for p in paths}
+        missing = [p for identity, p in wanted.items() if identity not in view.latest_by_base]
         if missing:
             raise UsageError(f"not in {self.journal.given}: {', '.join(missing)}")
-        return [view.latest[identity] for identity in wanted]
+        by_input: dict[str, list[JobLine]] = {}
+        for line in view.latest.values():  # a split input's lines: every part's
+            by_input.setdefault(base_identity_of_line(line, view.root), []).append(line)
+        return [line for identity in wanted for line in by_input[identity]]
 
     async def call(self, call: Callable[[], Awaitable[T]]) -> T:
         return await call_with_retries(self.retry, call)
+
+
+def _named_identity(view: JournalView, path: str) -> str:
+    """A file named on the command line: its identity in the journal (``_identity``),
+    by its content too when its name alone does not find it (a hard link)."""
+    identity = view.identity_of(path)
+    if identity in view.latest_by_base:
+        return identity
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return identity
+    return view.identity_of(path, digest.hexdigest())
 
 
 @asynccontextmanager
@@ -190,24 +210,24 @@ async def refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStat
     """The status of each line, in the same order (ended jobs from the journal alone)."""
     fresh: dict[str, BatchDetail] = {}
     statuses: list[JobStatus | None] = [None] * len(lines)
-    root = jobs.journal.root
+    roots = jobs.journal.roots
 
     async def check(index: int) -> None:
         line = lines[index]
         name = batch_name_of(line)
         if batch_state_of(line) in END_STATES:  # settled: nothing can change any more
-            statuses[index] = _status_from_line(line, root)
+            statuses[index] = _status_from_line(line, roots)
             return
         try:
             detail = await jobs.call(lambda: jobs.api.get_batch_detail(name))
         except ApiError as exc:
             statuses[index] = replace(
-                _status_from_line(line, root, error=describe(exc)),
+                _status_from_line(line, roots, error=describe(exc)),
                 error_is_final=isinstance(exc, PermanentApiError),
             )
             return
         fresh[name] = detail
-        statuses[index] = _status_from_batch(line, root, detail)
+        statuses[index] = _status_from_batch(line, roots, detail)
 
     await _for_each(range(len(lines)), check)
     if fresh:
@@ -237,7 +257,7 @@ def _recorded_results(line: JobLine) -> ResultCounts | None:
     return counts if counts is not None and counts.batch_name == batch_name_of(line) else None
 
 
-def _status_from_batch(line: JobLine, root: str, detail: BatchDetail) -> JobStatus:
+def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail) -> JobStatus:
     batch = detail.job
     state = batch.state.value if batch.state is not None else "JOB_STATE_UNSPECIFIED"
     age = (
@@ -255,7 +275,7 @@ def _status_from_batch(line: JobLine, root: str, detail: BatchDetail) -> JobStat
         results=_recorded_results(line),
         stats=detail.stats,
         batch_error=detail.error,
-        location=input_location(line, root),
+        location=input_location(line, roots),
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
     )
@@ -269,7 +289,7 @@ def _part_of(line: JobLine) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _status_from_line(line: JobLine, root: str, error: str | None = None) -> JobStatus:
+def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = None) -> JobStatus:
     batch = line.get("batch") if isinstance(line.get("batch"), dict) else {}
     assert isinstance(batch, dict)
     created = batch.get("create_time")
@@ -293,7 +313,7 @@ def _status_from_line(line: JobLine, root: str, error: str | None = None) -> Job
         _recorded_results(line),
         _recorded_stats(line.get("batch_stats")),
         recorded_error if isinstance(recorded_error, str) else None,
-        location=input_location(line, root),
+        location=input_location(line, roots),
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
     )
@@ -348,11 +368,14 @@ async def download_results(
     if out_dir is not None and await _exists_but_not_folder(out_dir):
         raise UsageError(f"--out {os.fspath(out_dir)} exists and is not a folder")
     ready = ready_inputs(await refresh_status(jobs, paths))
-    root = jobs.journal.root
+    refused: list[ResultFile] = []
+    if not paths:  # files named in this command are the user's; the journal's lines are not
+        ready, refused = _within_journal_folder(jobs, ready)
+    roots = jobs.journal.roots
     plan = plan_targets(
         [group[0].location for group in ready],
         out_dir,
-        inputs=[input_location(line, root) for line in jobs.recorded()],
+        inputs=[input_location(line, roots) for line in jobs.recorded()],
         keep_raw=keep_raw,
     )
     limiter = anyio.CapacityLimiter(_BUILDS_AT_ONCE)
@@ -367,9 +390,42 @@ async def download_results(
         on_result(result)
 
     written: dict[str, ResultCounts] = {}
+    for result in refused:
+        on_result(result)
     await _for_each(range(len(ready)), fetch)
     await _record_counts(jobs, written)  # one rewrite for the whole download
-    return [result for result in results if result is not None]
+    return refused + [result for result in results if result is not None]
+
+
+def _within_journal_folder(
+    jobs: JobsContext, ready: list[list[JobStatus]]
+) -> tuple[list[list[JobStatus]], list[ResultFile]]:
+    """A journal never steers where we read or write (see ``_identity.outside_reason``):
+    an input its line locates outside the journal's folder is not read and gets no
+    results there; it is reported once, with its line, until the user names it."""
+    view = jobs.journal.refresh()
+    roots = jobs.journal.roots
+    numbers = {
+        input_location(line, roots): view.line_numbers.get(base_identity_of_line(line, view.root))
+        for line in view.latest_by_base.values()
+    }
+    inside: list[list[JobStatus]] = []
+    refused: list[ResultFile] = []
+    for group in ready:
+        status = group[0]
+        reason = outside_reason(status.location, roots)
+        if reason is None:
+            inside.append(group)
+            continue
+        number = numbers.get(status.location)
+        where = f"{jobs.journal.given} line {number}" if number else jobs.journal.given
+        error = (
+            f"not downloaded: {where}: {reason} ({status.location!r}); nothing was read or "
+            "written for it; name the file to download its results: "
+            "gembatch-async download PATH"
+        )
+        refused.append(ResultFile(status.path, status.batch_name, "", error=error))
+    return inside, refused
 
 
 def ready_inputs(statuses: Sequence[JobStatus]) -> list[list[JobStatus]]:
@@ -396,10 +452,10 @@ async def collect_results(
     """One input's results (for ``run``; the jobs of all its parts, in order): written
     where ``download`` puts them, skipped when already current, refused on a
     collision, recorded in the journal."""
-    root = jobs.journal.root
+    roots = jobs.journal.roots
     location = group[0].location
     plan = plan_targets(
-        [location], out_dir, inputs=[input_location(line, root) for line in jobs.recorded()]
+        [location], out_dir, inputs=[input_location(line, roots) for line in jobs.recorded()]
     )
     result = await _results_of(jobs, group, plan[location], _Choice(out_dir, False, False, limiter))
     await _record_counts(jobs, _counts_by_batch(group, result))

@@ -41,7 +41,10 @@ from ._identity import (
     base_identity_of_line,
     derived_scope_id,
     identity_of_line,
+    identity_of_path,
     journal_root,
+    journal_roots,
+    same_file,
 )
 
 JobLine = dict[str, Any]
@@ -57,8 +60,10 @@ _SNIFF_LINES = 100
 class JournalView:
     """What the journal says, folded by input identity: the latest line wins."""
 
-    #: The journal's resolved folder: identities of old lines are relative to it.
+    #: The folder the journal is named in, resolved: identities are relative to it.
     root: str = ""
+    #: Every folder a recorded identity may be relative to (see ``journal_roots``).
+    roots: tuple[str, ...] = ()
     latest: dict[str, JobLine] = field(default_factory=dict)
     history: dict[str, int] = field(default_factory=dict)
     #: The newest line of each input, whole or any part of it.
@@ -71,17 +76,66 @@ class JournalView:
     offset: int = 0
     inode: int = 0
     lines_read: int = 0
+    #: The line number of each input's newest line, for messages about it.
+    line_numbers: dict[str, int] = field(default_factory=dict)
+    #: Recorded inputs by file name and by whole-input sha256, and the line count
+    #: they were made at: where another name of a recorded file is looked for (see
+    #: :meth:`identity_of`). Made on first need, so folding stays plain.
+    _by_name: dict[str, set[str]] = field(default_factory=dict)
+    _by_sha256: dict[str, set[str]] = field(default_factory=dict)
+    _indexed_at: int = -1
 
     def add(self, line: JobLine) -> None:
-        identity = identity_of_line(line, self.root)
+        base = base_identity_of_line(line, self.root)
+        identity = identity_of_line(line, self.root, base)
         self.latest[identity] = line
         self.history[identity] = self.history.get(identity, 0) + 1
-        self.latest_by_base[base_identity_of_line(line, self.root)] = line
+        self.latest_by_base[base] = line
+        self.line_numbers[base] = self.lines_read
         upload = line.get("uploaded_file_name")
         if isinstance(upload, str):
             self.uploads_in_use.add(upload)
         if self.recorded_scope_id is None and isinstance(line.get("journal_id"), str):
             self.recorded_scope_id = line["journal_id"]
+
+    def identity_of(self, path: str, sha256: str | None = None) -> str:
+        """The identity of the input at ``path`` in this journal.
+
+        Its own (see ``_identity``); or, when the journal does not know that one,
+        the identity of a recorded input that is the same file: same device and
+        inode at its recorded location (a hard link made since; a line recorded
+        relative to the journal's other folder). Only recorded inputs with the same
+        file name or the same content (``sha256``) are looked at: a few stats.
+        """
+        own = identity_of_path(path, self.root)
+        if own in self.latest_by_base:
+            return own
+        self._index()
+        candidates = set(self._by_name.get(os.path.basename(own), ()))
+        if sha256:
+            candidates |= self._by_sha256.get(sha256, set())
+        if not candidates:
+            return own
+        try:
+            info = os.stat(path)
+        except OSError:
+            return own
+        for identity in sorted(candidates):
+            places = (os.path.join(root, identity) for root in self.roots or (self.root,))
+            if any(same_file(place, info) for place in places):
+                return identity
+        return own
+
+    def _index(self) -> None:
+        if self._indexed_at == self.lines_read:
+            return
+        self._by_name, self._by_sha256 = {}, {}
+        for base, line in self.latest_by_base.items():
+            self._by_name.setdefault(os.path.basename(base), set()).add(base)
+            whole = input_sha256_of(line)
+            if whole is not None:
+                self._by_sha256.setdefault(whole, set()).add(base)
+        self._indexed_at = self.lines_read
 
     def recorded(self, key: str, identity: str, parts: int | None) -> JobLine | None:
         """The line that covers one unit of an input (``key``; ``parts`` when it is one
@@ -105,6 +159,16 @@ def batch_name_of(line: JobLine) -> str:
     if not name:
         name = line.get("job_name")
     return name if isinstance(name, str) else ""
+
+
+def input_sha256_of(line: JobLine) -> str | None:
+    """The sha256 of the whole input a line records (a part's line carries it beside
+    the part's own), or None when it does not say."""
+    whole = line.get("input_sha256")
+    if isinstance(whole, str):
+        return whole
+    sha256 = line.get("sha256")
+    return sha256 if isinstance(sha256, str) and "part" not in line else None
 
 
 def batch_state_of(line: JobLine) -> str:
@@ -153,11 +217,21 @@ def _check_line(obj: object) -> JobLine | str:
     if "batch" in obj and not isinstance(obj["batch"], dict):
         return '"batch" is not a JSON object'
     for name in ("part", "parts"):
-        if name in obj and not (isinstance(obj[name], int) and obj[name] >= 1):
-            return f'"{name}" is not a whole number'
-    for name in ("job_name", "uploaded_file_name", "input_identity", "journal_id", "sha256"):
+        value = obj.get(name, 1)
+        # bool is an int to Python, not a number to JSON
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f'"{name}" is not a part number from 1'
+    if obj.get("part", 1) > obj.get("parts", obj.get("part", 1)):
+        return '"part" is over "parts"'
+    strings = ("job_name", "uploaded_file_name", "input_identity", "journal_id", "sha256")
+    for name in (*strings, "input_sha256"):
         if name in obj and not isinstance(obj[name], str):
             return f'"{name}" is not a string'
+    identity = obj.get("input_identity")
+    if identity and (os.path.isabs(identity) or "\0" in identity):
+        # We only ever record a relative path: any other is not ours, and a journal
+        # line never points us at a file by its absolute name (see ``_identity``).
+        return '"input_identity" is not a relative path'
     batch = obj.get("batch") or {}
     for name in ("name", "state"):
         if name in batch and not isinstance(batch[name], str):
@@ -245,9 +319,11 @@ class Journal:
         # A symlinked journal is written through to its target, never replaced by a copy.
         self.path = Path(os.path.realpath(path))
         self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.root = journal_root(self.path)
+        # Named, not resolved: a journal moved with a symlink left keeps its identities.
+        self.root = journal_root(self.given)
+        self.roots = journal_roots(self.given)
         self._lock: _LockFile | None = None
-        self._view = JournalView(root=self.root)
+        self._view = self._new_view()
         #: The id every server-side name of this journal carries (None when read-only).
         self.scope_id: str | None = None
 
@@ -259,7 +335,7 @@ class Journal:
         """
         self._refuse_if_not_a_journal()
         if read_only:
-            self._view = JournalView(root=self.root, problems=self._torn_tail_notice())
+            self._view = self._new_view(self._torn_tail_notice())
             self._read_from(0)
             return self._view
         try:
@@ -268,10 +344,13 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot open {self.lock_path}: {exc.strerror}") from exc
         problems = self._repair_torn_tail()
-        self._view = JournalView(root=self.root, problems=problems)
+        self._view = self._new_view(problems)
         self._read_from(0)
         self.scope_id = self._settle_scope_id(self._view.recorded_scope_id)
         return self._view
+
+    def _new_view(self, problems: list[JournalProblem] | None = None) -> JournalView:
+        return JournalView(root=self.root, roots=self.roots, problems=problems or [])
 
     def close(self) -> None:
         if self._lock is not None:
@@ -493,7 +572,7 @@ class Journal:
             return self._view
         view = self._view
         if info.st_ino != view.inode or info.st_size < view.offset:  # replaced by a rewrite
-            self._view = JournalView(root=self.root, problems=view.problems)
+            self._view = self._new_view(view.problems)
             self._read_from(0)
         elif info.st_size > view.offset:
             self._read_from(view.offset)
@@ -528,8 +607,8 @@ class Journal:
         """Fold our own append into the view, unless others wrote too (then refresh reads it)."""
         view = self._view
         if where.start == view.offset and where.inode == view.inode:
-            view.lines_read += len(lines)
             for line in lines:
+                view.lines_read += 1
                 view.add(line)
             view.offset = where.end
 
@@ -546,7 +625,7 @@ class Journal:
                 return
             out = [self._transform_raw(raw, transform) for raw in raw_lines]
             self._replace_atomically(b"".join(out))
-            self._view = JournalView(root=self.root)
+            self._view = self._new_view()
             self._read_from(0)
 
     @staticmethod

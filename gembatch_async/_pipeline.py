@@ -595,7 +595,15 @@ def _part_fields(item: InputFile) -> JobLine:
     """A part's place in its input: the original tool ignores these fields."""
     if item.part is None:
         return {}
-    return {"part": item.part.number, "parts": item.part.of}
+    fields: JobLine = {"part": item.part.number, "parts": item.part.of}
+    if item.limits is not None:  # how it was cut, so a later run cuts it the same way
+        fields["split"] = {
+            "max_bytes": item.limits.max_bytes,
+            "max_requests": item.limits.max_requests,
+        }
+    if item.input_sha256:
+        fields["input_sha256"] = item.input_sha256
+    return fields
 
 
 def _skipped(item: InputFile, latest: JobLine) -> _Completion:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -22,8 +23,7 @@ from ._admission import Admission, bytes_held
 from ._backend import Backend, VertexTarget
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
-from ._identity import identity_of_path
-from ._inputs import InputFile, JobLimits, check_regular_file, scan_inputs, unique_paths
+from ._inputs import InputFile, JobLimits, Part, check_regular_file, scan_inputs, unique_paths
 from ._journal import JobLine, Journal, JournalView, batch_name_of
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
@@ -149,16 +149,119 @@ def _without_journal(paths: list[str], journal: Journal) -> list[str]:
     return [p for p in paths if os.path.realpath(p) not in own]
 
 
-def _one_path_per_identity(paths: list[str], root: str) -> dict[str, str]:
-    """Path -> identity, keeping the first spelling of each file named twice."""
+def _one_path_per_file(paths: list[str], view: JournalView) -> dict[str, str]:
+    """Path -> identity, keeping the first name of each file named twice: another
+    spelling, a symlink, or a hard link (one device and inode are one file)."""
     chosen: dict[str, str] = {}
-    seen: set[str] = set()
+    seen_identities: set[str] = set()
+    seen_files: set[tuple[int, int]] = set()
     for path in paths:
-        identity = identity_of_path(path, root)
-        if identity not in seen:
-            seen.add(identity)
+        identity = view.identity_of(path)
+        try:
+            info = os.stat(path)
+        except OSError:  # gone since it was checked: the scan reports it
+            file = (-1, len(chosen))
+        else:
+            file = (info.st_dev, info.st_ino)
+        if identity not in seen_identities and file not in seen_files:
+            seen_identities.add(identity)
+            seen_files.add(file)
             chosen[path] = identity
     return chosen
+
+
+def _by_content(
+    identities: dict[str, str], found: dict[str, InputFile], view: JournalView
+) -> dict[str, str]:
+    """Each input's identity, now that its content is known: a file the journal
+    recorded under another name (a hard link made since) is found by its sha256."""
+    return {
+        path: identity
+        if identity in view.latest_by_base or path not in found
+        else view.identity_of(path, found[path].sha256)
+        for path, identity in identities.items()
+    }
+
+
+def recorded_limits(line: JobLine) -> JobLimits | None:
+    """The limits a recorded input was cut by: one job for a whole input's line, the
+    recorded ones for a part's, None when a part's line does not say (older lines)."""
+    if "part" not in line:
+        return JobLimits(max_bytes=sys.maxsize)
+    split = line.get("split")
+    if not isinstance(split, dict):
+        return None
+    max_bytes, max_requests = split.get("max_bytes"), split.get("max_requests")
+    if not isinstance(max_bytes, int) or not _positive_int(max_bytes):
+        return None
+    if not (max_requests is None or _positive_int(max_requests)):
+        return None
+    return JobLimits(max_bytes=max_bytes, max_requests=max_requests)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+async def _in_recorded_split(
+    found: dict[str, InputFile],
+    identities: dict[str, str],
+    view: JournalView,
+    settings: SubmitSettings,
+    limits: JobLimits,
+) -> tuple[dict[str, InputFile], list[Problem]]:
+    """A recorded input keeps the split it was recorded with, whatever this run's
+    --max-*-per-job: its units are its recorded jobs (skipped, or resubmitted by
+    --retry-failed), never new ones for the same requests. Only --force cuts anew.
+
+    A file whose recorded limits differ from this run's is read once more and cut by
+    them. When that does not give its recorded parts (its content changed), its
+    units are the recorded parts as they are, to be skipped (and said changed). Part
+    lines that do not say how they were cut (older ones), for a file this run cuts
+    otherwise, are a problem: nothing to skip by, nothing to submit safely.
+    """
+    if settings.force:
+        return found, []
+    kept = dict(found)
+    problems: list[Problem] = []
+    for path, item in found.items():
+        line = view.latest_by_base.get(identities[path])
+        if line is None:
+            continue
+        if "part" not in line:  # recorded whole: one job, as then
+            kept[path] = replace(item, parts=(), limits=None) if item.parts else item
+            continue
+        of = line.get("parts")
+        recorded = recorded_limits(line)
+        if recorded is not None and recorded != limits:
+            again, _ = await scan_inputs(
+                [path], anyio.CapacityLimiter(1), schema_check=False, limits=recorded
+            )
+            item = again.get(path, item)
+        if len(item.parts) == of:
+            kept[path] = item
+        elif recorded is None:
+            problems.append(Problem(path, _UNKNOWN_SPLIT.format(parts=of)))
+        else:
+            kept[path] = _as_recorded(item, of)
+    return kept, problems
+
+
+_UNKNOWN_SPLIT = (
+    "recorded in {parts} parts by an older version, which did not record the limits it "
+    "cut them by: run it with the --max-requests-per-job / --max-bytes-per-job it was "
+    "submitted with (status and download need neither)"
+)
+
+
+def _as_recorded(item: InputFile, of: object) -> InputFile:
+    """The input as the recorded parts it can no longer be cut into: units that only
+    carry their keys, so they are skipped (as changed) and ``run`` follows their jobs.
+    Submitting one again fails at upload (its bytes do not match), never sends others."""
+    if not isinstance(of, int) or of < 2:
+        return replace(item, parts=(), limits=None)
+    parts = tuple(Part(n, of, 0, 0, 0, "") for n in range(1, of + 1))
+    return replace(item, parts=parts, limits=None)
 
 
 async def _check_locally(
@@ -175,8 +278,8 @@ async def _check_locally(
     limits = JobLimits.of(settings.max_bytes_per_job, settings.max_requests_per_job, vertex=vertex)
     checks = {path: check_regular_file(path) for path in paths}
     problems = [p for p in checks.values() if p is not None]
-    identities = _one_path_per_identity(
-        [path for path, problem in checks.items() if problem is None], journal.root
+    identities = _one_path_per_file(
+        [path for path, problem in checks.items() if problem is None], view
     )
     readable = list(identities)
     found, content_problems = await scan_inputs(
@@ -186,6 +289,9 @@ async def _check_locally(
         limits=limits,
         table_import=vertex,
     )
+    identities = _by_content(identities, found, view)
+    found, split_problems = await _in_recorded_split(found, identities, view, settings, limits)
+    problems += split_problems
     # A file the journal already covers (whole or in parts) is skipped: its content does not matter.
     problems += [
         p
@@ -205,16 +311,21 @@ async def _check_locally(
     if problems:
         raise PreflightError(problems)
     items = [
-        replace(found[p], identity=identities[p]) if p in found else _unreadable(p, identities[p])
+        replace(found[p], identity=identities[p])
+        if p in found
+        else _unreadable(p, identities[p], view)
         for p in readable
     ]
     return [unit for item in items for unit in item.units()]
 
 
-def _unreadable(path: str, identity: str) -> InputFile:
+def _unreadable(path: str, identity: str, view: JournalView) -> InputFile:
     """A recorded file whose content no longer passes pre-flight: it is skipped (and said
-    to have changed), never submitted, so it only needs its identity."""
-    return InputFile(path, 0, "", 0, identity=identity)
+    to have changed), never submitted, so it only needs its identity, and the parts it
+    was recorded in (so ``run`` follows the recorded jobs)."""
+    item = InputFile(path, 0, "", 0, identity=identity)
+    line = view.latest_by_base.get(identity)
+    return _as_recorded(item, line.get("parts")) if line is not None else item
 
 
 def _to_submit(

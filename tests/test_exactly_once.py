@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import io
 import os
 import random
 import signal
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from gembatch_async import Event, FileSubmitted, SubmitSettings, SubmitSummary, submit
+from gembatch_async._storage import SHA256_METADATA
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from .helpers import (
@@ -27,8 +31,9 @@ from .helpers import (
     request_total,
     run_cli,
     wait_until,
+    write_jsonl,
 )
-from .services import Service
+from .services import Service, _gcs
 
 CHAOS = ",".join(
     [
@@ -297,3 +302,70 @@ def test_second_ctrl_c_exits_at_once_and_rerun_settles(
     final = run_cli(["submit", *names], cwd=tmp_path, env=cli_env(emulator))
     assert final.returncode == 0, final.stderr
     assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)
+
+
+# -- "the existing upload is reused when its sha256 matches" (issue 17: a promise without a test)
+def _replace_staged_bytes(service: Service, name: str, data: bytes) -> None:
+    """Put other bytes under our upload's name, as another writer (or a bad copy) might."""
+    if service.storage is None:
+        from google import genai
+        from google.genai import types
+
+        client = genai.Client(
+            api_key=TEST_API_KEY,
+            http_options=types.HttpOptions(base_url=service.emulator.base_url),
+        )
+        client.files.delete(name=name)
+        client.files.upload(file=io.BytesIO(data), config={"name": name, "mime_type": "jsonl"})
+        return
+    bucket, blob_name = name.removeprefix("gs://").split("/", 1)
+    blob = _gcs(service.storage).bucket(bucket).blob(blob_name)
+    blob.metadata = {SHA256_METADATA: hashlib.sha256(data).hexdigest()}
+    blob.upload_from_string(data)
+
+
+def _staged_sha256(service: Service, name: str) -> str:
+    """The sha256 (hex) of what a job reading the staged input ``name`` reads."""
+    if service.storage is None:
+        (found,) = [f for f in service.emulator.state()["files"] if f["name"] == name]
+        return base64.b64decode(found["sha256Hash"]).decode()  # base64 of the hex digest
+    bucket, blob_name = name.removeprefix("gs://").split("/", 1)
+    data = _gcs(service.storage).bucket(bucket).blob(blob_name).download_as_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_upload_left_by_a_killed_run_is_reused_only_with_the_inputs_sha256(
+    service: Service, tmp_path: Path
+) -> None:
+    """A run killed between upload and create leaves its upload under our name. When
+    the bytes under that name are not the input's (sha256 differs), the rerun replaces
+    them: the job reads the input, never the other bytes."""
+    path = write_jsonl(tmp_path / "a.jsonl", 3)
+    service.set_faults("create:1:500")  # every create fails (retried after ~1 s): kill then
+    process = subprocess.Popen(  # default retry delays: seconds between the creates
+        [sys.executable, "-m", "gembatch_async", "submit", "a.jsonl"],
+        cwd=tmp_path,
+        env=service.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: service.creates() >= 1 and len(service.uploads()) == 1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    service.set_faults("")
+    (name,) = service.uploads()
+    assert service.jobs() == []
+    assert read_journal(tmp_path / "job-info.jsonl") == [], "killed before any line"
+    _replace_staged_bytes(service, name, b'{"key": "other", "request": {}}\n')
+    rerun = run_cli(
+        ["submit", "--retry-max-delay", "0.05", "a.jsonl"], cwd=tmp_path, env=service.env()
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    (job,) = service.jobs()
+    assert job["input"] == name
+    assert _staged_sha256(service, name) == hashlib.sha256(path.read_bytes()).hexdigest(), (
+        "the job reads bytes other than the input's: the upload was reused without comparing"
+    )
+    service.assert_converged(read_journal(tmp_path / "job-info.jsonl"), ["a.jsonl"])

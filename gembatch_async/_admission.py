@@ -192,6 +192,7 @@ class Admission:
         self._probing = False
         self._probe_delay = probe_seconds
         self._counted = False
+        self._first_count = anyio.Lock()
         self._counting: anyio.Event | None = None
         self._changed = anyio.Event()
 
@@ -212,7 +213,10 @@ class Admission:
             known = "" if jobs is None else f"; {jobs} of the project's jobs are unfinished"
             return f"the service refused new jobs (429 without a reason{known})"
         if limit is Limit.JOBS and jobs is not None and self.job_window is not None:
-            return f"the job window is full: {jobs} of {self.job_window} jobs unfinished"
+            held = jobs + self._reserved_jobs
+            return (
+                f"the job window is full: {held} of {self.job_window} jobs unfinished or starting"
+            )
         if limit is Limit.TOKENS and self.token_quota is not None:
             return (
                 f"the enqueued-token quota is full: about {self.enqueued_tokens} of "
@@ -302,9 +306,13 @@ class Admission:
         self._wake_waiters()
 
     async def _count_once(self) -> None:
-        if not self._counted and (self.job_window is not None or self.token_quota is not None):
-            self._counted = True
-            await self.recount()
+        """The first listing, before any file is admitted (every file waits for it)."""
+        if self._counted or (self.job_window is None and self.token_quota is None):
+            return
+        async with self._first_count:
+            if not self._counted:
+                await self.recount()
+                self._counted = True
 
     # -- the gate --------------------------------------------------------------------
     async def admit(

@@ -174,7 +174,11 @@ def test_a_storm_of_generic_429s_on_create_ends_with_every_result(
     paths = make_inputs(tmp_path, 10, lines=2)
     names = [p.name for p in paths]
     result = run_cli(
-        [*RUN, "--capacity-probe", "0.05", *names], cwd=tmp_path, env=cli_env(emulator), timeout=180
+        # One attempt per step: a refused create is not retried as a rate limit, it waits.
+        [*RUN, "--capacity-probe", "0.05", "--retry-attempts", "1", *names],
+        cwd=tmp_path,
+        env=cli_env(emulator),
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert len(_results(tmp_path)) == 10

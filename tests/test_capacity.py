@@ -137,7 +137,7 @@ def test_a_counted_window_defers_before_any_upload(
     ), deferred
     requests = emulator.state()["requests"]
     assert requests["create"]["count"] == 4
-    assert len(emulator.state()["files"]) == 4
+    assert len(_uploads(emulator)) == 4
     again = run_cli(
         ["submit", *names], cwd=tmp_path, env=cli_env(emulator, GEMBATCH_JOB_WINDOW="4")
     )

@@ -180,7 +180,7 @@ def test_run_waits_at_the_token_quota_and_submit_defers(
     assert first.returncode == 3, first.stdout + first.stderr
     assert "(the enqueued-token quota is full: about 200 of 200 tokens" in first.stdout
     assert emulator.state()["requests"]["create"]["count"] == 5, "no create refused"
-    assert len(emulator.state()["files"]) == 5, "no upload for the file that could not fit"
+    assert len(_uploads(emulator)) == 5, "no upload for the file that could not fit"
     result = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert len(_result_files(tmp_path)) == 6

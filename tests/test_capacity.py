@@ -9,6 +9,10 @@ langchain4j/langchain4j#3942): no quota name, no retry delay.
 from __future__ import annotations
 
 import io
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,11 @@ from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 from .helpers import (
     assert_converged,
     cli_env,
+    creates_reached,
     make_inputs,
     read_journal,
     run_cli,
+    wait_until,
     write_jsonl,
 )
 from .test_emulator_support import MODEL, inline_src, no_retry, sync_client
@@ -213,3 +219,36 @@ def test_a_file_larger_than_the_token_quota_fails_plainly(
     assert emulator.state()["requests"]["upload"]["count"] > 0
     assert all(f["displayName"] != "big.jsonl" for f in emulator.state()["files"])
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@_window(2, 300)
+def test_run_probes_a_window_full_of_other_jobs_with_a_doubling_wait(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The window is full of jobs we do not own (another journal's), and the tool was told
+    a larger window: run waits, saying how many of the project's jobs are unfinished, and
+    one file probes after 0.2 s, 0.4 s, 0.8 s, ... (not every 0.2 s); it never fails."""
+    others = [p.name for p in make_inputs(tmp_path / "other", 2)]
+    env = cli_env(emulator)
+    filled = run_cli(["submit", *others], cwd=tmp_path / "other", env=env)
+    assert filled.returncode == 0, filled.stdout + filled.stderr
+    name = make_inputs(tmp_path, 1)[0].name
+    args = [*RUN, "--grace", "1", "--job-window", "1000", name]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gembatch_async", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(creates_reached(emulator, 3), timeout=60)  # our first create, refused
+    time.sleep(5)
+    creates = emulator.state()["requests"]["create"]["count"] - 3
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, out + err
+    assert "] error " not in out
+    assert "2 of the project's jobs are unfinished" in err, err
+    # Probes 0.2, 0.6, 1.4, 3.0 s after the refusal: a fixed 0.2 s wait would make ~25.
+    assert 2 <= creates <= 5, creates

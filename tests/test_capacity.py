@@ -252,3 +252,17 @@ def test_run_probes_a_window_full_of_other_jobs_with_a_doubling_wait(
     assert "2 of the project's jobs are unfinished" in err, err
     # Probes 0.2, 0.6, 1.4, 3.0 s after the refusal: a fixed 0.2 s wait would make ~25.
     assert 2 <= creates <= 5, creates
+
+
+def test_a_generic_429_on_upload_is_a_rate_limit_retried(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Off create, a 429 without a name is a rate limit: retried, every file submitted
+    (exit 0), nothing deferred."""
+    emulator.set_faults("upload:0.3:429=generic", seed=3)
+    names = [p.name for p in make_inputs(tmp_path, 6)]
+    args = ["submit", "--retry-max-delay", "0.05", "--retry-attempts", "20", *names]
+    result = run_cli(args, cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "retrying upload" in result.stderr
+    assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)

@@ -213,7 +213,8 @@ def test_mime_type_default_and_option(emulator: RunningEmulator, tmp_path: Path)
         ).returncode
         == 0
     )
-    declared = {f["displayName"]: f["mimeType"] for f in emulator.state()["files"]}
+    uploads = [f for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
+    declared = {f["displayName"]: f["mimeType"] for f in uploads}
     assert declared == {"a.jsonl": "application/jsonl", "b.jsonl": "text/plain"}
 
 

@@ -266,3 +266,36 @@ def test_a_generic_429_on_upload_is_a_rate_limit_retried(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "retrying upload" in result.stderr
     assert_converged(emulator.state(), read_journal(tmp_path / "job-info.jsonl"), names)
+
+
+@_window(4, 0.5)
+def test_run_counts_the_window_and_never_sends_a_create_that_cannot_fit(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """run --job-window 4 into a window of 4: files wait without uploading; each job of
+    ours that ends frees its place at once (no listing needed: the probe wait is 60 s);
+    exactly 8 creates, none refused, every result in."""
+    names = [p.name for p in make_inputs(tmp_path, 8, lines=2)]
+    args = ["run", "--interval", "0.2", "--job-window", "4", "--capacity-probe", "60", *names]
+    result = run_cli(args, cwd=tmp_path, env=cli_env(emulator), timeout=50)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "the job window is full: 4 of 4 jobs unfinished or starting" in result.stderr
+    assert emulator.state()["requests"]["create"]["count"] == 8, "no create was refused"
+    assert len(_results(tmp_path)) == 8
+    assert _uploads(emulator) == []
+
+
+def test_a_create_rate_limited_past_its_retries_is_deferred_not_failed(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Every create answers a 429 that says when to retry (a rate limit): retried, and
+    when the retries run out the file is deferred (exit 3, upload deleted), never failed."""
+    emulator.set_faults("create:1:429")
+    names = [p.name for p in make_inputs(tmp_path, 2)]
+    args = ["submit", "--retry-attempts", "2", "--retry-max-delay", "0.05", *names]
+    result = run_cli(args, cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.count("] deferred ") == 2, result.stdout
+    assert "retrying create" in result.stderr
+    assert _uploads(emulator) == []
+    assert emulator.state()["batches"] == []

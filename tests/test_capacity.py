@@ -120,6 +120,9 @@ def test_generic_refusal_at_the_window_defers_in_submit(
     assert len(deferred) == 4, result.stdout
     assert all(REFUSED in line for line in deferred), result.stdout
     assert "] error " not in result.stdout
+    assert "retrying create" not in result.stderr, "a refusal is capacity, not retried"
+    # The refused files (at most 2 in flight) sent one create each; the gate then closed.
+    assert emulator.state()["requests"]["create"]["count"] <= 6
     assert len(emulator.state()["batches"]) == 4
     used = {b["inputFile"] for b in emulator.state()["batches"]}
     assert {f["name"] for f in _uploads(emulator)} == used, "no upload left for deferred files"

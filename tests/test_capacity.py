@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from google.genai import errors
 
+from gembatch_async import SubmitSettings, UsageError
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from .helpers import (
@@ -302,3 +303,29 @@ def test_a_create_rate_limited_past_its_retries_is_deferred_not_failed(
     assert "retrying create" in result.stderr
     assert _uploads(emulator) == []
     assert emulator.state()["batches"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param(["--job-window", "0"], {}, id="window-0"),
+        pytest.param([], {"GEMBATCH_JOB_WINDOW": "many"}, id="window-env"),
+        pytest.param(["--enqueued-token-quota", "-5"], {}, id="quota-negative"),
+        pytest.param([], {"GEMBATCH_ENQUEUED_TOKEN_QUOTA": "1e6"}, id="quota-env"),
+    ],
+)
+def test_capacity_options_are_checked(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
+    """A bad window or quota (flag or environment) is a usage error, exit 2, one line."""
+    name = make_inputs(tmp_path, 1)[0].name
+    result = run_cli(["submit", *args, name], cwd=tmp_path, env=cli_env(None, **env))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_capacity_settings_are_checked() -> None:
+    """The library refuses the same with a GembatchError."""
+    for bad in ({"job_window": 0}, {"enqueued_token_quota": 0}, {"capacity_probe_seconds": 0}):
+        with pytest.raises(UsageError):
+            SubmitSettings(**bad)  # type: ignore[arg-type]
+    assert SubmitSettings().job_window == 100
+    assert SubmitSettings(job_window=None).job_window is None

@@ -56,6 +56,10 @@ class Backend(Protocol):
         """The bytes staged inputs may hold at once (the Files API's quota; a bucket has none)."""
         ...
 
+    def job_window(self, configured: int | None) -> int | None:
+        """The unfinished jobs a project may have (None: the service queues the rest)."""
+        ...
+
     async def upload_file(
         self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
     ) -> RemoteFile:
@@ -208,6 +212,9 @@ class Routed:
         return True  # pragma: no cover
 
     def storage_quota(self, configured: int) -> int:
+        return configured  # pragma: no cover
+
+    def job_window(self, configured: int | None) -> int | None:
         return configured  # pragma: no cover
 
     async def upload_file(

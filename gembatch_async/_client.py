@@ -115,17 +115,18 @@ def _retry_after_seconds(error: genai_errors.APIError) -> float | None:
 
 
 def _from_api_error(
-    error: genai_errors.APIError, missing_is_403: bool, secret: str | None
+    error: genai_errors.APIError, missing_is_403: bool, secret: str | None, create: bool = False
 ) -> ApiError:
     code = int(error.code or 0)
     status = error.status if isinstance(error.status, str) else None
     message = redact(f"{code} {status or ''}: {_one_line(error.message or '')}".strip(), secret)
     kwargs: dict[str, Any] = {"code": code, "status": status, "details": _error_details(error)}
     if code in _TRANSIENT_CODES:
-        limit = limit_of(TransientApiError(message, **kwargs))
-        if limit is not None and limit is not Limit.RATE:  # a quota: waiting, not retrying
+        transient = TransientApiError(message, retry_after=_retry_after_seconds(error), **kwargs)
+        limit = limit_of(transient, create=create)
+        if limit is not None and limit is not Limit.RATE:  # capacity: waiting, not retrying
             return CapacityApiError(message, limit=limit, **kwargs)
-        return TransientApiError(message, retry_after=_retry_after_seconds(error), **kwargs)
+        return transient
     if code >= 500:
         return AmbiguousApiError(message, retry_after=_retry_after_seconds(error), **kwargs)
     if code == 404 or (missing_is_403 and code == 403 and status == "PERMISSION_DENIED"):
@@ -151,16 +152,19 @@ def _from_transport_error(error: BaseException, secret: str | None) -> ApiError:
 
 
 @contextlib.contextmanager
-def translate_errors(*, missing_is_403: bool = False, secret: str | None = None) -> Iterator[None]:
+def translate_errors(
+    *, missing_is_403: bool = False, secret: str | None = None, create: bool = False
+) -> Iterator[None]:
     """Re-raise SDK and transport errors as ApiError subclasses, chained with ``from``.
 
     ``missing_is_403``: the Files API answers 403 PERMISSION_DENIED for a file
-    that does not exist, so for file calls that means "not found".
+    that does not exist, so for file calls that means "not found". ``create``: the
+    call creates a batch, whose unnamed 429 is capacity (see ``_admission.limit_of``).
     """
     try:
         yield
     except genai_errors.APIError as exc:
-        raise _from_api_error(exc, missing_is_403, secret) from exc
+        raise _from_api_error(exc, missing_is_403, secret, create) from exc
     except _TRANSPORT_ERRORS as exc:
         raise _from_transport_error(exc, secret) from exc
 
@@ -302,6 +306,9 @@ class GeminiApi:
     def storage_quota(self, configured: int) -> int:
         return configured
 
+    def job_window(self, configured: int | None) -> int | None:
+        return configured
+
     async def upload_file(
         self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str = ""
     ) -> RemoteFile:
@@ -329,7 +336,7 @@ class GeminiApi:
     ) -> types.BatchJob:
         """Create the batch job for an uploaded file: batchGenerateContent for generate
         requests, asyncBatchEmbedContent (the SDK's create_embeddings) for embed ones."""
-        with translate_errors(secret=self._secret), _unreadable_answer(self._secret):
+        with translate_errors(secret=self._secret, create=True), _unreadable_answer(self._secret):
             if kind == EMBED:
                 embed_config = types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
                 return await self._client.aio.batches.create_embeddings(

@@ -74,6 +74,8 @@ class FileDeferred:
     reason: str
     n: int
     total: int
+    #: Which limit: "jobs", "tokens", "storage", "refused" (an unnamed 429 on create), "rate".
+    limit: str = ""
     kind: Literal["deferred"] = field(default="deferred", init=False)
 
 
@@ -83,6 +85,8 @@ class WaitingForCapacity:
 
     path: str
     reason: str
+    #: Which limit, as in :class:`FileDeferred`.
+    limit: str = ""
     kind: Literal["waiting"] = field(default="waiting", init=False)
 
 

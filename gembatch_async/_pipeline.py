@@ -21,7 +21,7 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from google.genai import types
 
-from ._admission import Admission, Limit
+from ._admission import Admission, Limit, estimated_tokens, limit_after_retries
 from ._backend import Backend
 from ._client import batch_to_dict
 from ._errors import (
@@ -168,6 +168,8 @@ class SubmitRun:
             waits=settings.wait_for_capacity,
             storage_bytes=settings.storage_quota_bytes,
             probe_seconds=settings.capacity_probe_seconds,
+            probe_max_seconds=settings.capacity_probe_max_seconds,
+            token_quota=settings.enqueued_token_quota,
         )
         #: Batches earlier attempts made, found by one shared listing.
         self.batches = BatchIndex(api.list_batches)
@@ -328,15 +330,19 @@ class SubmitRun:
         (here, when no job was recorded; later, by whoever cleans up the job).
         """
         size = sub.item.size_bytes
+        tokens = estimated_tokens(size)
+        never = self.admission.never_fits(tokens)
+        if never is not None:  # waiting would be forever: the file fails, plainly
+            return _failed(sub.item, never, None)
         while True:
-            limit = await self.admission.admit(size, self._on_wait(sub.item.label))
+            limit = await self.admission.admit(size, self._on_wait(sub.item.label), tokens)
             if limit is not None:
-                return _deferred(sub.item, limit)
+                return _deferred(sub.item, limit, self.admission.reason(limit))
             completion = await self._submit(sub, send)
             if completion.line is not None:
-                if self.admission.closed_by is not None:  # a create went through: room again
-                    self.admission.capacity_returned()
+                self.admission.created(batch_name_of(completion.line), tokens)
                 return completion
+            self.admission.not_created(tokens)
             if completion.left_behind is None:
                 self.admission.release_bytes(size)
             if completion.deferred is None or not self.admission.waits:
@@ -344,7 +350,7 @@ class SubmitRun:
 
     def _on_wait(self, path: str) -> Callable[[Limit], None]:
         def report(limit: Limit) -> None:
-            self.emit(WaitingForCapacity(path, limit.value))
+            self.emit(WaitingForCapacity(path, self.admission.reason(limit), limit.key))
 
         return report
 
@@ -389,7 +395,9 @@ class SubmitRun:
             settled = await self._settle_in_time(sub, progress, describe(exc))
             if settled.line is not None or settled.left_behind is not None:
                 return settled  # a batch after all, or an upload we could not delete
-            return _deferred(sub.item, exc.limit)
+            if exc.limit is Limit.REFUSED:
+                await self.admission.recount()  # how many jobs are unfinished, for the message
+            return _deferred(sub.item, exc.limit, self.admission.reason(exc.limit))
         except (ApiError, InputChangedError) as exc:
             return await self._settle_in_time(sub, progress, describe(exc))
         except BaseException as exc:  # a bug or a local failure: clean up, then let it out
@@ -466,10 +474,21 @@ class SubmitRun:
     async def _create_or_adopt(
         self, sub: Submission, progress: _Progress
     ) -> tuple[types.BatchJob, bool]:
-        """Create the batch; while one may exist already, look it up before trying."""
-        return await self._with_retries(
-            "create", sub.item.label, lambda: self._create_once(sub, progress)
-        )
+        """Create the batch; while one may exist already, look it up before trying.
+
+        A 429 on create is never the file's failure: one that outlasts the retries
+        is capacity (the file is deferred, or waits)."""
+        try:
+            return await self._with_retries(
+                "create", sub.item.label, lambda: self._create_once(sub, progress)
+            )
+        except TransientApiError as exc:
+            limit = limit_after_retries(exc)
+            if limit is None:
+                raise
+            raise CapacityApiError(
+                str(exc), limit=limit, code=exc.code, status=exc.status, details=exc.details
+            ) from exc
 
     async def _create_once(
         self, sub: Submission, progress: _Progress
@@ -620,9 +639,9 @@ def _failed(item: InputFile, reason: str, left_behind: str | None) -> _Completio
     )
 
 
-def _deferred(item: InputFile, limit: Limit) -> _Completion:
+def _deferred(item: InputFile, limit: Limit, reason: str) -> _Completion:
     return _Completion(
-        lambda n, total: FileDeferred(item.label, limit.value, n, total), deferred=limit
+        lambda n, total: FileDeferred(item.label, reason, n, total, limit.key), deferred=limit
     )
 
 

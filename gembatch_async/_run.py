@@ -132,7 +132,8 @@ async def run(
         await check_model(api, settings, items)
         jobs = JobsContext(journal, api, settings.retry)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
-        runner = _Runner(jobs, settings, admission_for(view, settings, api), on_event, stop, watch)
+        admission = admission_for(journal, view, settings, api)
+        runner = _Runner(jobs, settings, admission, on_event, stop, watch)
         tally = await runner.run(items, _Polling(out_dir, interval))
     return RunSummary(
         submitted=tally.submitted,
@@ -203,7 +204,7 @@ class _Runner:
 
     def _on_submit_event(self) -> EventHandler:
         def forward(event: Event) -> None:
-            if isinstance(event, WaitingForCapacity) and event.reason == Limit.STORAGE.value:
+            if isinstance(event, WaitingForCapacity) and event.limit == Limit.STORAGE.key:
                 self._storage_short = True
             if isinstance(event, FileFailed):
                 entry = self._input_named(event.path)
@@ -286,7 +287,7 @@ class _Runner:
             self.emit(JobChanged(entry.item.label, status.batch_name, status.state, status.stats))
         if status.state not in END_STATES:
             return
-        self.admission.capacity_returned()  # an ended job frees a place in the window
+        self.admission.job_ended(status.batch_name)  # a place in the window, and its tokens
         if status.state in RESULT_STATES:
             entry.succeeded = status
             await self._collect(entry)

@@ -25,6 +25,12 @@ VERTEX_MAX_INPUT_BYTES = 10**9
 VERTEX_MAX_REQUESTS = 200_000
 #: Uploads a project may store at once.
 STORAGE_QUOTA_BYTES = 20 * 10**9
+#: Unfinished ("concurrent") batch jobs a project may have; create answers 429 past it.
+#: Source: ai.google.dev/gemini-api/docs/rate-limits ("Batch API": concurrent batch
+#: requests, 100) and ai.google.dev/gemini-api/docs/batch-mode.
+JOB_WINDOW = 100
+JOB_WINDOW_ENV = "GEMBATCH_JOB_WINDOW"
+ENQUEUED_TOKEN_QUOTA_ENV = "GEMBATCH_ENQUEUED_TOKEN_QUOTA"
 #: Uploads expire after this long; older journal lines hold no storage.
 UPLOAD_LIFETIME_S = 48 * 3600
 #: Per HTTP request; a chunk is at most 8 MiB, so this bounds a stalled upload.
@@ -73,8 +79,19 @@ class SubmitSettings:
     #: The project's storage for uploads (the service allows 20 GB); no upload
     #: starts that would take our unfinished uploads past it.
     storage_quota_bytes: int = STORAGE_QUOTA_BYTES
-    #: While waiting at a limit whose end we cannot see, one file tries this often.
+    #: While waiting at a limit whose end we cannot see, one file tries (or, for a
+    #: counted limit, one listing counts again) after this long, the wait doubling
+    #: after each try up to ``capacity_probe_max_seconds``.
     capacity_probe_seconds: float = 60.0
+    capacity_probe_max_seconds: float = 960.0
+    #: The project's unfinished jobs allowed at once (the service's 100); no upload
+    #: starts whose job would not fit in it. None: do not count (the service's 429 decides).
+    job_window: int | None = JOB_WINDOW
+    #: The project's enqueued-token quota for the model (it depends on the tier, which
+    #: no API reports; see the rate-limits page). Given, no file starts whose estimated
+    #: tokens (bytes / 4) would take our unfinished jobs past it, and a file larger
+    #: than the whole quota fails at once. None: not counted.
+    enqueued_token_quota: int | None = None
     #: An input over either is split at line boundaries into parts, each its own job.
     #: None: the backend's own limit (Gemini: 2 GB, no request limit; Vertex: 1 GB and
     #: 200,000 requests).
@@ -96,6 +113,12 @@ class SubmitSettings:
             raise UsageError(f"bytes per job must be 1 to {MAX_INPUT_BYTES} (the API's limit)")
         if self.max_requests_per_job is not None and self.max_requests_per_job < 1:
             raise UsageError("requests per job must be at least 1")
+        if self.job_window is not None and self.job_window < 1:
+            raise UsageError(f"the job window must be at least 1, got {self.job_window}")
+        if self.enqueued_token_quota is not None and self.enqueued_token_quota < 1:
+            raise UsageError("the enqueued-token quota must be at least 1")
+        if not 0 < self.capacity_probe_seconds <= self.capacity_probe_max_seconds:
+            raise UsageError("capacity probe delays must be positive, the first not over the cap")
 
     @property
     def model_resource(self) -> str:

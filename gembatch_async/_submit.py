@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 from google import genai
 
-from ._admission import Admission, bytes_held
+from ._admission import Admission, Load, bytes_held, load_of
 from ._backend import Backend, VertexTarget
 from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
@@ -88,7 +88,7 @@ async def submit(
                 settings,
                 on_event,
                 stop or anyio.Event(),
-                admission_for(view, settings, api),
+                admission_for(journal, view, settings, api),
             )
             tally = await run.run(items)
     return SubmitSummary(
@@ -133,13 +133,25 @@ async def prepared(
         journal.close()
 
 
-def admission_for(view: JournalView, settings: SubmitSettings, api: Backend) -> Admission:
-    """The gate for a run, counting the storage the journal's uploads still hold."""
+def admission_for(
+    journal: Journal, view: JournalView, settings: SubmitSettings, api: Backend
+) -> Admission:
+    """The gate for a run, counting the storage the journal's uploads still hold, and
+    the project's unfinished jobs (and our jobs' tokens) from one listing."""
+
+    async def recount() -> Load:
+        batches = await call_with_retries(settings.retry, api.list_batches)
+        return load_of(batches, journal.refresh().latest.values(), settings.model_resource)
+
     return Admission(
         waits=settings.wait_for_capacity,
         storage_bytes=api.storage_quota(settings.storage_quota_bytes),
         held_bytes=bytes_held(view.latest.values(), datetime.now(timezone.utc)),
         probe_seconds=settings.capacity_probe_seconds,
+        probe_max_seconds=settings.capacity_probe_max_seconds,
+        job_window=api.job_window(settings.job_window),
+        token_quota=settings.enqueued_token_quota,
+        recount=recount,
     )
 
 

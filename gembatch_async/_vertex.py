@@ -99,6 +99,9 @@ class VertexApi:
     def storage_quota(self, configured: int) -> int:
         return sys.maxsize  # a bucket of the user's: no quota of the service's to keep under
 
+    def job_window(self, configured: int | None) -> int | None:
+        return None  # Vertex queues jobs past what runs at once (QUEUED) instead of refusing
+
     # -- staging --------------------------------------------------------------------------
     async def upload_file(
         self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
@@ -134,7 +137,7 @@ class VertexApi:
         config = types.CreateBatchJobConfig(
             display_name=display_name, dest=self._output_prefix(display_name)
         )
-        with translate_errors(), _unreadable_answer(None):
+        with translate_errors(create=True), _unreadable_answer(None):
             return await self._client.aio.batches.create(
                 model=vertex_model(model), src=src, config=config
             )

@@ -52,6 +52,9 @@ from ._settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_JOB_INFO,
     DEFAULT_MIME_TYPE,
+    ENQUEUED_TOKEN_QUOTA_ENV,
+    JOB_WINDOW,
+    JOB_WINDOW_ENV,
     MAX_INPUT_BYTES,
     RetrySettings,
     SubmitSettings,
@@ -294,6 +297,36 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         default=RetrySettings.total_seconds,
         help="time budget per step for retries (default: %(default)s)",
     )
+    _add_capacity_options(sub)
+
+
+def _add_capacity_options(sub: argparse.ArgumentParser) -> None:
+    """The service's limits the tool counts ahead (argparse converts the $ defaults too)."""
+    sub.add_argument(
+        "--job-window",
+        type=_at_least(1),
+        default=os.environ.get(JOB_WINDOW_ENV) or JOB_WINDOW,
+        metavar="N",
+        help=f"unfinished jobs the project may have; no file starts whose job would not "
+        f"fit (default: ${JOB_WINDOW_ENV} or {JOB_WINDOW}, the Gemini API's)",
+    )
+    sub.add_argument(
+        "--enqueued-token-quota",
+        type=_at_least(1),
+        default=os.environ.get(ENQUEUED_TOKEN_QUOTA_ENV) or None,
+        metavar="TOKENS",
+        help="your tier's enqueued-token quota for the model; no file starts that would "
+        "take our unfinished jobs past it (tokens estimated as bytes / 4), a larger file "
+        f"fails (default: ${ENQUEUED_TOKEN_QUOTA_ENV}, else not counted)",
+    )
+    sub.add_argument(
+        "--capacity-probe",
+        type=_positive_seconds,
+        default=SubmitSettings.capacity_probe_seconds,
+        metavar="S",
+        help="run, at a limit it cannot see end: first wait before one file tries again "
+        "(or the jobs are counted again), doubling to 16 x S (default: %(default)s)",
+    )
 
 
 def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -482,6 +515,10 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         schema_check=not args.no_schema_check,
         max_requests_per_job=args.max_requests_per_job,
         max_bytes_per_job=args.max_bytes_per_job,
+        job_window=args.job_window,
+        enqueued_token_quota=args.enqueued_token_quota,
+        capacity_probe_seconds=args.capacity_probe,
+        capacity_probe_max_seconds=16 * args.capacity_probe,
     )
 
 

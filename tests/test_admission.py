@@ -38,7 +38,9 @@ def test_submit_into_a_full_window_defers_the_rest(
     assert first.returncode == 3, first.stdout + first.stderr
     deferred = [line for line in first.stdout.splitlines() if "] deferred " in line]
     assert len(deferred) == 3
-    assert all("(the job window is full)" in line for line in deferred)
+    # The service's refusal names no limit (langchain4j/langchain4j#3942): the tool says so.
+    refused = "(the service refused new jobs (429 without a reason; 5 of the project's jobs"
+    assert all(refused in line for line in deferred), deferred
     assert "deferred 3" in first.stdout.splitlines()[-1]
     assert "use run" in first.stdout.splitlines()[-1]
     assert len(emulator.state()["batches"]) == 5
@@ -101,22 +103,68 @@ def _quota(metric: str) -> tuple[dict[str, Any], ...]:
             id="quota-failure-storage",
         ),
         pytest.param(
-            _error("Too many unfinished batch jobs: at most 100 at once."), Limit.JOBS, id="jobs"
+            _error("Too many unfinished batch jobs: at most 100 at once."),
+            Limit.RATE,
+            id="a-message-is-not-a-name",
         ),
         pytest.param(
-            _error("Enqueued tokens quota exceeded for model gemini-2.5-flash."),
-            Limit.TOKENS,
-            id="tokens",
+            _error("x", _quota("generativelanguage.googleapis.com/generate_requests_per_minute")),
+            Limit.RATE,
+            id="named-rate",
         ),
-        pytest.param(_error("Storage quota exceeded."), Limit.STORAGE, id="storage"),
         pytest.param(
             _error("You exceeded your current quota, please check your plan."),
             Limit.RATE,
-            id="unrecognised-is-rate",
+            id="unnamed-is-rate-off-create",
         ),
         pytest.param(_error("Service unavailable", code=503), None, id="not-a-429"),
     ],
 )
 def test_429s_are_classified(error: ApiError, expected: Limit | None) -> None:
-    """The QuotaFailure detail decides, the message otherwise; only a rate limit is retried."""
+    """The QuotaFailure detail's names decide (never the message): off create, an
+    unnamed 429 is a rate limit, retried."""
     assert limit_of(error) is expected
+
+
+_GENERIC = (
+    {
+        "@type": "type.googleapis.com/google.rpc.Help",
+        "links": [{"url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+    },
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        pytest.param(
+            _error("You exceeded your current quota", _GENERIC), Limit.REFUSED, id="generic"
+        ),
+        pytest.param(
+            ApiError("x", code=429, status="RESOURCE_EXHAUSTED", retry_after=7.0),
+            Limit.RATE,
+            id="with-a-retry-delay",
+        ),
+        pytest.param(
+            _error("x", _quota("GenerateRequestsPerMinutePerProjectPerModel")),
+            Limit.RATE,
+            id="named-rate",
+        ),
+        pytest.param(
+            _error("x", _quota("generativelanguage.googleapis.com/some_new_quota")),
+            Limit.REFUSED,
+            id="unknown-name",
+        ),
+        pytest.param(
+            _error("x", _quota("generativelanguage.googleapis.com/batch_enqueued_tokens")),
+            Limit.TOKENS,
+            id="named-tokens",
+        ),
+    ],
+)
+def test_429s_on_create_are_capacity_unless_named_rate(
+    error: ApiError, expected: Limit | None
+) -> None:
+    """On batches.create an unnamed 429 is capacity (REFUSED): the service's own refusal
+    at the job window is generic, so nothing there says "rate"."""
+    assert limit_of(error, create=True) is expected

@@ -668,7 +668,12 @@ async def test_stop_gives_in_flight_files_cleanup_seconds_then_cuts_them(
     stop = anyio.Event()
 
     async def stop_soon() -> None:
-        await anyio.sleep(0.5)
+        # Once the two in flight hang in their uploads (after the model check and the
+        # job window's listing), not after a fixed time a loaded machine may not meet.
+        def uploading() -> bool:
+            return int(emulator.state()["requests"]["upload"]["count"]) >= 2
+
+        await anyio.to_thread.run_sync(wait_until, uploading)
         stop.set()
 
     with anyio.fail_after(20):

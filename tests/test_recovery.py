@@ -15,7 +15,7 @@ from .helpers import FAST_RETRY, TEST_API_KEY, assert_converged, make_inputs, re
 async def _submit(emulator: RunningEmulator, paths: list[Path], journal: Path) -> None:
     summary = await submit(
         [str(p) for p in paths],
-        settings=SubmitSettings(concurrency=16, retry=FAST_RETRY),
+        settings=SubmitSettings(concurrency=16, retry=FAST_RETRY, job_window=10_000),
         job_info=journal,
         api_key=TEST_API_KEY,
         base_url=emulator.base_url,

@@ -23,7 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from gembatch_async._schema import EMBED, GENERATE
 from gembatch_async.emulator._config import EmulatorConfig
-from gembatch_async.emulator._errors import STORAGE_METRIC, ApiError, fault_message, quota_error
+from gembatch_async.emulator._errors import (
+    ApiError,
+    fault_message,
+    generic_quota_error,
+    rate_limit_error,
+    storage_quota_error,
+)
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
 from gembatch_async.emulator._models import BATCH_EMBED, BATCH_GENERATE, model_spec
 from gembatch_async.emulator._request_errors import RequestErrors
@@ -352,7 +358,7 @@ class EmulatorApp:
     ) -> Response:
         try:
             if rule is not None and rule.kind == "status" and rule.status is not None:
-                raise _fault_error(rule.status)
+                raise _fault_error(rule.status, rule.body)
             if not is_chunk:  # the upload URL itself is the credential for chunks
                 (route.authenticate or _check_api_key)(request)
             self.store.expire_files()  # every answer sees the files the service still has
@@ -510,11 +516,7 @@ class EmulatorApp:
                 f"{self.config.max_file_bytes} bytes.",
             )
         if self.store.uploaded_bytes() + size > self.config.storage_quota_bytes:
-            raise quota_error(
-                "Storage quota exceeded: the project's files would use more than "
-                f"{self.config.storage_quota_bytes} bytes. Delete files and retry.",
-                STORAGE_METRIC,
-            )
+            raise storage_quota_error(self.config.storage_quota_bytes)
         display_name = _pick(spec, "display_name", "displayName")
         session = self.store.start_upload(
             file_id, str(display_name) if display_name else None, str(mime), size
@@ -890,9 +892,9 @@ def _ver_of(request: Request) -> str:
     return found.group(1) if found else "v1"
 
 
-def _fault_error(status: int) -> ApiError:
+def _fault_error(status: int, body: str | None = None) -> ApiError:
     if status == 429:
-        return quota_error(fault_message(429))
+        return generic_quota_error() if body == "generic" else rate_limit_error(fault_message(429))
     return ApiError(status, fault_message(status))
 
 

@@ -71,27 +71,62 @@ class ApiError(Exception):
         return {"error": error}
 
 
-#: Quota metrics named in QuotaFailure details, as Google's quota errors carry them.
-JOBS_METRIC = "generativelanguage.googleapis.com/concurrent_batch_jobs"
-TOKENS_METRIC = "generativelanguage.googleapis.com/batch_enqueued_tokens"
+#: The links of the Help detail every captured Gemini quota 429 carries.
+_HELP = {
+    "@type": "type.googleapis.com/google.rpc.Help",
+    "links": [
+        {
+            "description": "Learn more about Gemini API quotas",
+            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+        }
+    ],
+}
+#: Source: the captured batches.create refusal in a public CI log,
+#: langchain4j/langchain4j#3942 (also googleapis/js-genai#1264, python-genai#1901).
+GENERIC_QUOTA_MESSAGE = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits. "
+    "To monitor your current usage, head to: https://ai.dev/rate-limit. "
+)
+#: The file-storage quota names itself. Source: a captured upload refusal,
+#: alphaXiv/feedback#16 (QuotaFailure FileStorageBytesPerProject, limit 21474836480).
 STORAGE_METRIC = "generativelanguage.googleapis.com/file_storage_bytes"
+#: Its retry delay is int64-max seconds. Source: googleapis/python-genai#1172.
+_INT64_MAX_DELAY = "9223372036854775807s"
 
 
-def quota_error(message: str, metric: str | None = None, model: str | None = None) -> ApiError:
-    """429 RESOURCE_EXHAUSTED with a Retry-After hint, and for a quota (``metric``) the
-    QuotaFailure detail naming it, in the shape Google's quota errors use."""
-    details: list[dict[str, Any]] = []
-    if metric is not None:
-        violation: dict[str, Any] = {"quotaMetric": metric, "quotaId": _quota_id(metric)}
-        if model is not None:
-            violation["quotaDimensions"] = {"model": model}
-        details.append(
-            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]}
-        )
-    details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"})
+def generic_quota_error() -> ApiError:
+    """The 429 batches.create answers at the job window and the enqueued-token quota:
+    the generic message and a Help link only; no QuotaFailure, no quota name, no
+    RetryInfo and no Retry-After header (langchain4j/langchain4j#3942)."""
+    return ApiError(429, GENERIC_QUOTA_MESSAGE, details=[dict(_HELP)])
+
+
+def storage_quota_error(limit: int) -> ApiError:
+    """The 429 an upload past the file-storage quota answers: QuotaFailure naming
+    ``file_storage_bytes`` (alphaXiv/feedback#16), RetryInfo of int64-max seconds
+    (python-genai#1172). No Retry-After header: none was reported."""
+    violation = {
+        "quotaMetric": STORAGE_METRIC,
+        "quotaId": "FileStorageBytesPerProject",
+        "quotaValue": str(limit),
+    }
+    message = (
+        GENERIC_QUOTA_MESSAGE.rstrip()
+        + f"\n* Quota exceeded for metric: {STORAGE_METRIC}, limit: {limit}"
+    )
+    details: list[dict[str, Any]] = [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [violation]},
+        dict(_HELP),
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": _INT64_MAX_DELAY},
+    ]
+    return ApiError(429, message, details=details)
+
+
+def rate_limit_error(message: str) -> ApiError:
+    """An injected 429 that says when to retry (RetryInfo 1 s and Retry-After: 1), the
+    form of a rate limit's 429. Not captured from batches.create: a test fault."""
+    details: list[dict[str, Any]] = [
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"}
+    ]
     return ApiError(429, message, details=details, headers={"Retry-After": "1"})
-
-
-def _quota_id(metric: str) -> str:
-    words = metric.rsplit("/", 1)[-1].split("_")
-    return "".join(word.capitalize() for word in words) + "PerProjectPerModel"

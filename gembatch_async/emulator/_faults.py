@@ -28,6 +28,9 @@ class FaultRule:
     kind: FaultKind
     status: int | None = None  # only for kind == "status"
     seconds: float = 0.0  # only for kind == "slow": held this long, then handled as usual
+    #: Only for a 429: "generic" answers the body batches.create gives at a quota (no
+    #: quota name, no retry delay); None the rate-limit form (RetryInfo, Retry-After).
+    body: str | None = None
 
     def matches(self, endpoint: str) -> bool:
         """True when this rule applies to requests of `endpoint`."""
@@ -63,11 +66,15 @@ def _parse_item(item: str) -> FaultRule:
     if kind_lower in ("reset", "lost"):
         kind: FaultKind = "reset" if kind_lower == "reset" else "lost"
         return FaultRule(endpoint, probability, kind)
-    if not kind_text.isdigit() or not 400 <= int(kind_text) <= 599:
+    status_text, _, body = kind_lower.partition("=")
+    if not status_text.isdigit() or not 400 <= int(status_text) <= 599:
         raise FaultSpecError(
-            f"fault {item!r}: kind {kind_text!r} must be an HTTP status 400-599, 'reset', 'lost' or 'slow=SECONDS'"
+            f"fault {item!r}: kind {kind_text!r} must be an HTTP status 400-599, '429=generic', "
+            "'reset', 'lost' or 'slow=SECONDS'"
         )
-    return FaultRule(endpoint, probability, "status", int(kind_text))
+    if body and (status_text != "429" or body != "generic"):
+        raise FaultSpecError(f"fault {item!r}: only 429 takes a body, and only '429=generic'")
+    return FaultRule(endpoint, probability, "status", int(status_text), body=body or None)
 
 
 def parse_fault_spec(spec: str) -> list[FaultRule]:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from gembatch_async._schema import GENERATE
-from gembatch_async.emulator._errors import JOBS_METRIC, TOKENS_METRIC, ApiError, quota_error
+from gembatch_async.emulator._errors import ApiError, generic_quota_error
 from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._responses import (
     line_error,
@@ -339,24 +339,16 @@ class Store:
     def _refusal(
         self, batch: BatchRecord, max_unfinished: int, token_quota: int | None
     ) -> ApiError | None:
+        # Both refusals answer the generic body, which names neither limit
+        # (langchain4j/langchain4j#3942; see _errors.generic_quota_error).
         unfinished = [b for b in self.batches.values() if self.batch_state(b) in UNFINISHED]
         if len(unfinished) >= max_unfinished:
-            return quota_error(
-                f"Too many unfinished batch jobs: at most {max_unfinished} may be pending "
-                "or running at once.",
-                JOBS_METRIC,
-            )
+            return generic_quota_error()
         if token_quota is None:
             return None
         enqueued = sum(b.tokens for b in unfinished if b.model == batch.model)
         if enqueued + batch.tokens > token_quota:
-            model = batch.model.removeprefix("models/")
-            return quota_error(
-                f"Enqueued tokens quota exceeded for model {model}: {enqueued} tokens are "
-                f"enqueued, this batch adds {batch.tokens}, the limit is {token_quota}.",
-                TOKENS_METRIC,
-                model,
-            )
+            return generic_quota_error()
         return None
 
     def delete_batch(self, batch_id: str) -> None:

@@ -593,7 +593,7 @@ def test_the_documented_limits_are_the_defaults() -> None:
 
 def test_a_create_past_the_limits_is_refused(storage_emulator: RunningStorageEmulator) -> None:
     """More requests than a job takes, or an input object over the size limit: 400
-    INVALID_ARGUMENT at create (the form is a guess, see docs/fidelity-vertex.md), no job;
+    INVALID_ARGUMENT at create (the form is a guess, see docs/fidelity.md), no job;
     a job at the limit runs."""
     with vertex_emulator_with(
         storage_emulator, vertex_max_requests=3, vertex_max_input_bytes=400

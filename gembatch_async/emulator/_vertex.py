@@ -547,7 +547,7 @@ def _check_gs_uri(uri: Any, field: str, *, want_object: bool) -> None:
 def _over_limit(message: str) -> ApiError:
     """A create past Vertex's documented limits (200,000 requests, 1 GB per input file).
     Where and how Vertex refuses it is not captured: this 400 INVALID_ARGUMENT at create,
-    with a plain message, is a guess (docs/fidelity-vertex.md); the tool never sends one."""
+    with a plain message, is a guess (docs/fidelity.md); the tool never sends one."""
     return ApiError(400, message)
 
 

@@ -169,6 +169,13 @@ class AlreadyExistsApiError(PermanentApiError):
     """The resource name is already taken (HTTP 409)."""
 
 
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """Every error inside nested task-group wrappers (``exc`` itself when it is none)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]
+
+
 def single_error(exc: BaseException) -> BaseException:
     """The one real error inside nested task-group wrappers, else ``exc`` itself."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:

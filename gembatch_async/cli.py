@@ -26,7 +26,7 @@ import anyio
 
 from ._backend import BACKEND_ENV, BACKENDS, GEMINI, VERTEX, VertexTarget
 from ._client import EMULATOR_API_KEY, redact
-from ._errors import GembatchError, UsageError, single_error
+from ._errors import GembatchError, UsageError, leaf_errors, single_error
 from ._events import Event, SubmitSummary
 from ._jobs import (
     JobsContext,
@@ -36,6 +36,13 @@ from ._jobs import (
     open_jobs,
     refresh_status,
     watch_status,
+)
+from ._names import (
+    bucket_problem,
+    location_problem,
+    mime_type_problem,
+    model_problem,
+    project_problem,
 )
 from ._render import (
     render_cleaned,
@@ -53,6 +60,7 @@ from ._settings import (
     DEFAULT_JOB_INFO,
     DEFAULT_MIME_TYPE,
     MAX_INPUT_BYTES,
+    MODEL_ENV,
     RetrySettings,
     SubmitSettings,
     api_key_from_env,
@@ -125,11 +133,20 @@ def _size(text: str) -> int:
     return value
 
 
-def _mime_type(text: str) -> str:
-    """An argparse type: TYPE/SUBTYPE, as an HTTP header can carry it."""
-    if not re.fullmatch(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a MIME type like application/jsonl")
-    return text
+def _name(rule: Callable[[str], str | None], kind: str) -> Callable[[str], str]:
+    """An argparse type from one of ``_names``' rules (the library applies the same)."""
+
+    def parse(text: str) -> str:
+        problem = rule(text)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    parse.__name__ = kind
+    return parse
+
+
+_mime_type = _name(mime_type_problem, "MIME type")
 
 
 def _port(text: str) -> int:
@@ -174,15 +191,20 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
         "commands use the backend each journal line records",
     )
     parser.add_argument(
-        "--project", default=None, help="Vertex: the Google Cloud project ($GOOGLE_CLOUD_PROJECT)"
+        "--project",
+        type=_name(project_problem, "project"),
+        default=None,
+        help="Vertex: the Google Cloud project ($GOOGLE_CLOUD_PROJECT)",
     )
     parser.add_argument(
         "--location",
+        type=_name(location_problem, "location"),
         default=None,
         help="Vertex: the region, e.g. us-central1 ($GOOGLE_CLOUD_LOCATION)",
     )
     parser.add_argument(
         "--bucket",
+        type=_name(bucket_problem, "bucket"),
         default=None,
         metavar="gs://BUCKET[/PREFIX]",
         help="Vertex: where inputs and outputs go ($GEMBATCH_BUCKET)",
@@ -224,6 +246,7 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-m",
         "--model",
+        type=_name(model_problem, "model"),
         default=None,
         help=f"model name (default: $GEMBATCH_MODEL or {default_model()})",
     )
@@ -395,6 +418,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend not in BACKENDS:  # argparse checks the flag, not the env default
         parser.error(f"{BACKEND_ENV}={args.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if args.command in ("submit", "run") and args.model is None:
+        problem = model_problem(default_model())  # the env default, checked as -m is
+        if problem is not None:
+            parser.error(f"{MODEL_ENV}: {problem}")
     # Beside the journal, so each project folder keeps its own offline state.
     args.emulator_state_dir = Path(os.path.abspath(args.job_info)).parent / EMULATOR_STATE_DIR
     command = {
@@ -408,10 +435,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print("interrupted", sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException as exc:
+        # Jobs run side by side: errors of ours from several come out as a group.
+        # Each is one clear line (the same one once); the exit code is the gravest.
+        ours = leaf_errors(exc)
+        if all(isinstance(error, GembatchError) for error in ours):
+            for text in dict.fromkeys(str(error) for error in ours):
+                _print(f"error: {text}", sys.stderr)
+            return max(getattr(error, "exit_code", EXIT_FAILED) for error in ours)
         error = single_error(exc)
-        if isinstance(error, GembatchError):
-            _print(f"error: {error}", sys.stderr)
-            return error.exit_code
         if isinstance(error, (SystemExit, KeyboardInterrupt)):
             raise
         return _unexpected(error)

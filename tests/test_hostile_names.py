@@ -1,0 +1,142 @@
+"""Issue 17, second hostile pass: names, paths, keys and bounds a user may give us.
+
+Each name is checked by one rule of its kind, at parse time and in the library;
+a path is shown by one rendering; errors of several jobs come out as one clear line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gembatch_async import SubmitSettings, UsageError, VertexTarget
+from gembatch_async.emulator import RunningEmulator
+
+from .helpers import cli_env, run_cli, write_jsonl
+
+BAD_NAMES = [
+    pytest.param(["-m", "models/../../x"], id="model-dotdot"),
+    pytest.param(["-m", "gemini?x=1"], id="model-query"),
+    pytest.param(["-m", ""], id="model-empty"),
+    pytest.param(["--location", "us-central1/../x"], id="location-dotdot"),
+    pytest.param(["--project", "p/../q"], id="project-slash"),
+    pytest.param(["--bucket", "gs://bucket-x/../../etc"], id="bucket-dotdot"),
+    pytest.param(["--bucket", "gs://Bad_Bucket"], id="bucket-uppercase"),
+    pytest.param(["--mime-type", "application/jsönl"], id="mime-non-ascii"),
+]
+
+
+def _placed(args: list[str]) -> list[str]:
+    """The backend flags go before the command, the others after it."""
+    if args[0] in ("--location", "--project", "--bucket"):
+        return ["--backend", "vertex", *args, "submit", "a.jsonl"]
+    return ["submit", *args, "a.jsonl"]
+
+
+@pytest.mark.parametrize("args", BAD_NAMES)
+def test_a_bad_name_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
+    """A model, project, location, bucket or MIME type that is not a name of its kind:
+    exit 2 and one clear line at parse time, nothing sent, no "unexpected"."""
+    write_jsonl(tmp_path / "a.jsonl", 1)
+    result = run_cli(["--emulator", *_placed(args)], cwd=tmp_path, env=cli_env(None), timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "unexpected" not in result.stderr
+    assert "error:" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "job-info.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("GEMBATCH_MODEL", "models/../../x", id="model"),
+        pytest.param("GOOGLE_CLOUD_LOCATION", "us-central1/../x", id="location"),
+        pytest.param("GOOGLE_CLOUD_PROJECT", "p?q", id="project"),
+        pytest.param("GEMBATCH_BUCKET", "gs://bucket-x/a/../../b", id="bucket"),
+    ],
+)
+def test_a_bad_name_from_the_environment_is_a_usage_error(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    """The environment's defaults pass the same rule as the flags."""
+    write_jsonl(tmp_path / "a.jsonl", 1)
+    env = cli_env(
+        None,
+        GEMINI_API_KEY="k",
+        GOOGLE_CLOUD_PROJECT="my-project",
+        GOOGLE_CLOUD_LOCATION="us-central1",
+        GEMBATCH_BUCKET="gs://bucket-x",
+        GOOGLE_VERTEX_BASE_URL="http://127.0.0.1:9",
+        STORAGE_EMULATOR_HOST="http://127.0.0.1:9",
+    )
+    env[name] = value
+    backend = [] if name == "GEMBATCH_MODEL" else ["--backend", "vertex"]
+    result = run_cli([*backend, "submit", "a.jsonl"], cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "unexpected" not in result.stderr
+    assert name in result.stderr
+
+
+@pytest.mark.parametrize(
+    "model", ["gemini-2.5-flash", "models/gemini-2.5-flash", "publishers/google/models/x-1.0"]
+)
+def test_the_forms_the_sdk_accepts_stay_accepted(model: str) -> None:
+    """A model id, models/ID and Vertex's publishers/google/models/ID are models/ID."""
+    assert SubmitSettings(model=model).model_resource.startswith("models/")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: SubmitSettings(model="models/../../x"), id="model"),
+        pytest.param(lambda: SubmitSettings(model=""), id="model-empty"),
+        pytest.param(lambda: SubmitSettings(mime_type="text/plaïn"), id="mime"),
+        pytest.param(lambda: VertexTarget(location="us-central1/../x").resolved({}), id="location"),
+        pytest.param(lambda: VertexTarget(project="a b").resolved({}), id="project"),
+        pytest.param(lambda: VertexTarget(bucket="gs://b-x/./y").resolved({}), id="bucket"),
+    ],
+)
+def test_the_library_refuses_the_same_names(make: object) -> None:
+    """The library's settings and Vertex target apply the same rules: a UsageError."""
+    with pytest.raises(UsageError):
+        make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("key", ["secret\nkey", "sécret-key"], ids=["newline", "latin1"])
+def test_an_unsendable_key_with_many_jobs_is_one_clear_line(
+    emulator: RunningEmulator, tmp_path: Path, key: str
+) -> None:
+    """Two recorded jobs and a key no header can carry: every job command says so
+    once, exit 2, never "unexpected ExceptionGroup", never the key."""
+    for name in ("a", "b"):
+        write_jsonl(tmp_path / f"{name}.jsonl", 1, tag=name)
+    assert (
+        run_cli(["submit", "a.jsonl", "b.jsonl"], cwd=tmp_path, env=cli_env(emulator)).returncode
+        == 0
+    )
+    env = cli_env(emulator, GEMINI_API_KEY=key)
+    for command in (["status"], ["download"], ["cancel"], ["cleanup"]):
+        result = run_cli(command, cwd=tmp_path, env=env, timeout=60)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "unexpected" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "secret" not in result.stderr + result.stdout
+
+
+def test_errors_of_several_jobs_are_each_one_clear_line(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """No key at all with two unfinished jobs: status fails in each job's task; the CLI
+    shows the error once with its exit code, not "unexpected ExceptionGroup"."""
+    for name in ("a", "b"):
+        write_jsonl(tmp_path / f"{name}.jsonl", 1, tag=name)
+    emulator.set_faults("")
+    assert (
+        run_cli(["submit", "a.jsonl", "b.jsonl"], cwd=tmp_path, env=cli_env(emulator)).returncode
+        == 0
+    )
+    env = cli_env(None, GOOGLE_GEMINI_BASE_URL=emulator.base_url)
+    result = run_cli(["status"], cwd=tmp_path, env=env, timeout=60)
+    assert "unexpected" not in result.stderr, result.stderr
+    assert result.stderr.count("no API key") == 1, result.stderr
+    assert result.returncode == 2

@@ -45,7 +45,7 @@ from ._results import (
 )
 from ._retry import call_with_retries, describe
 from ._sessions import jobs_session
-from ._settings import DEFAULT_JOB_INFO, RetrySettings
+from ._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
 
 T = TypeVar("T")
 _CONCURRENCY = 8
@@ -129,7 +129,8 @@ class JobsContext:
         view = self.journal.refresh()
         if not paths:
             return list(view.latest.values())
-        wanted = {identity_of_path(p, self.journal.root): p for p in paths}
+        checked = [checked_path(p, "paths") for p in paths]
+        wanted = {identity_of_path(p, self.journal.root): p for p in checked}
         missing = [p for identity, p in wanted.items() if identity not in view.latest]
         if missing:
             raise UsageError(f"not in {self.journal.given}: {', '.join(missing)}")
@@ -153,6 +154,7 @@ async def open_jobs(
 
     Each job is asked of the backend its line records (Vertex with the line's
     project, location and bucket unless ``vertex`` gives them)."""
+    job_info = checked_path(job_info, "job_info")
     if not await anyio.Path(job_info).exists():
         raise UsageError(f"no journal at {job_info}: nothing has been submitted from here")
     journal = Journal(job_info)
@@ -345,7 +347,7 @@ async def download_results(
     input's path mirrored under it. Results already there (and newer than their
     job) are skipped unless ``force``. What each holds is recorded in the journal.
     """
-    if out_dir is not None and await _exists_but_not_folder(out_dir):
+    if out_dir is not None and await _exists_but_not_folder(checked_path(out_dir, "out_dir")):
         raise UsageError(f"--out {os.fspath(out_dir)} exists and is not a folder")
     ready = ready_inputs(await refresh_status(jobs, paths))
     root = jobs.journal.root

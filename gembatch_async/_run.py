@@ -49,7 +49,7 @@ from ._jobs import (
 from ._pipeline import RETRYABLE_END_STATES, SubmitRun
 from ._retry import describe
 from ._sessions import backend_session
-from ._settings import DEFAULT_JOB_INFO, SubmitSettings
+from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
 
 
@@ -106,6 +106,8 @@ async def run(
     starts nothing new and ends the run once in-flight files have settled.
     """
     settings = settings or SubmitSettings()
+    if out_dir is not None:
+        checked_path(out_dir, "out_dir")
     retry_failed = settings.retry_failed
     # The watcher resubmits jobs that ended badly (earlier runs' too), counting each
     # time; the submit side only submits what the journal does not record.

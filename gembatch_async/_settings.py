@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from ._errors import UsageError
-from ._names import mime_type_problem, model_problem
+from ._names import mime_type_problem, model_problem, path_problem
 
 #: The original gembatch defaulted to gemini-2.5-flash-lite-preview-06-17, which
 #: Google has shut down (a create with it now answers 404). This is the current
@@ -109,6 +109,16 @@ def unsendable_key_reason(key: str) -> str | None:
         "the API key holds a space, a control character (a newline?) or a non-ASCII "
         "character, so it cannot be sent; check how it was set"
     )
+
+
+def checked_path(path: str | os.PathLike[str], what: str) -> str:
+    """``path`` as a string, or a UsageError naming ``what`` when no file can have it
+    (a NUL, not a path at all): every public entry point checks its path arguments
+    here, so none leaks a bare ValueError or TypeError from the OS."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UsageError(f"{what}: {problem}")
+    return os.fspath(path)
 
 
 def refuse_unsendable_key(key: str | None) -> None:

@@ -25,6 +25,7 @@ from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, igno
 from ._identity import identity_of_path
 from ._inputs import InputFile, JobLimits, check_regular_file, scan_inputs, unique_paths
 from ._journal import JobLine, Journal, JournalView, batch_name_of
+from ._names import path_problem
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
 from ._schema import BATCH_METHODS
@@ -33,6 +34,7 @@ from ._settings import (
     DEFAULT_JOB_INFO,
     SubmitSettings,
     api_key_from_env,
+    checked_path,
     unsendable_key_reason,
 )
 
@@ -111,7 +113,8 @@ async def prepared(
     needs_key: bool = True,
 ) -> AsyncIterator[tuple[Journal, JournalView, list[InputFile]]]:
     """The journal, open, and the inputs that passed the local pre-flight (nothing sent)."""
-    journal = Journal(job_info)
+    journal = Journal(checked_path(job_info, "job_info"))
+    _refuse_unnameable(paths)
     wanted = _without_journal(unique_paths(paths), journal)
     try:
         # A dry run writes nothing: no lock file, no repair, no scope id.
@@ -124,6 +127,17 @@ async def prepared(
         yield journal, view, items
     finally:
         journal.close()
+
+
+def _refuse_unnameable(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Paths no file can have (a NUL, not a path): every one at once, nothing sent."""
+    problems = [
+        Problem("(arguments)", problem)
+        for path in paths
+        if (problem := path_problem(path)) is not None
+    ]
+    if problems:
+        raise PreflightError(problems)
 
 
 def admission_for(view: JournalView, settings: SubmitSettings, api: Backend) -> Admission:

@@ -6,14 +6,17 @@ a path is shown by one rendering; errors of several jobs come out as one clear l
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gembatch_async import SubmitSettings, UsageError, VertexTarget
+import gembatch_async
+from gembatch_async import GembatchError, SubmitSettings, UsageError, VertexTarget
 from gembatch_async.emulator import RunningEmulator
 
-from .helpers import cli_env, run_cli, write_jsonl
+from .helpers import FAST_RETRY, TEST_API_KEY, cli_env, run_cli, write_jsonl
 
 BAD_NAMES = [
     pytest.param(["-m", "models/../../x"], id="model-dotdot"),
@@ -140,3 +143,51 @@ def test_errors_of_several_jobs_are_each_one_clear_line(
     assert "unexpected" not in result.stderr, result.stderr
     assert result.stderr.count("no API key") == 1, result.stderr
     assert result.returncode == 2
+
+
+#: Values no file name can have, for each kind of path argument.
+NUL_ARGUMENTS = {"paths": ["a\0.jsonl"], "job_info": "j\0.jsonl", "out_dir": "o\0"}
+
+
+async def _call(function: Any, arguments: dict[str, Any]) -> None:
+    """Call an entry point: a coroutine function, or an async context manager."""
+    result = function(**arguments)
+    if inspect.isawaitable(result):
+        await result
+        return
+    async with result:
+        pass
+
+
+@pytest.mark.asyncio
+async def test_no_entry_point_leaks_a_bare_error_for_a_bad_path(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Every public function with a path argument answers a NUL in it with a
+    GembatchError (a usage or pre-flight error), never a bare ValueError."""
+    journal = tmp_path / "job-info.jsonl"
+    good = write_jsonl(tmp_path / "a.jsonl", 1)
+    connection = {"api_key": TEST_API_KEY, "base_url": emulator.base_url}
+    await gembatch_async.submit([good], job_info=journal, **connection)
+    checked: list[str] = []
+    async with gembatch_async.open_jobs(journal, **connection) as jobs:
+        valid = {
+            "jobs": jobs,
+            "paths": [str(good)],
+            "job_info": journal,
+            "out_dir": tmp_path / "out",
+            "on_change": lambda status: None,
+            "settings": SubmitSettings(retry=FAST_RETRY),
+            **connection,
+        }
+        for name in gembatch_async.__all__:
+            function = getattr(gembatch_async, name)
+            if not inspect.isfunction(function):
+                continue
+            parameters = inspect.signature(function).parameters
+            given = {p: valid[p] for p in parameters if p in valid}
+            for bad in [p for p in parameters if p in NUL_ARGUMENTS]:
+                with pytest.raises(GembatchError):
+                    await _call(function, {**given, bad: NUL_ARGUMENTS[bad]})
+                checked.append(f"{name}({bad})")
+    assert len(checked) >= 10, checked

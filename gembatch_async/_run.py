@@ -177,12 +177,27 @@ class _Runner:
         self.polling = polling
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._submit, items)
-            await self._watch_until_settled(tg)
+            with anyio.CancelScope() as watching:
+                async with anyio.create_task_group() as bound:
+                    bound.start_soon(self._cut_after_stop, watching)
+                    await self._watch_until_settled(tg)
+                    bound.cancel_scope.cancel()
+            if watching.cancelled_caught:
+                self.watch.interrupted = True
         return _SubmitTally(
             self.submitted.tally.submitted,
             self.submitted.tally.skipped,
             self.submitted.tally.failed,
         )
+
+    async def _cut_after_stop(self, watching: anyio.CancelScope) -> None:
+        """The stop bound for the watcher, as the submit side has its own: after a stop,
+        the downloads, deletes and polls in flight get cleanup_seconds to finish, then
+        every wait of the watcher is cut (a stalled download or delete too). What it
+        leaves undone (results, upload deletes) the next run or cleanup does."""
+        await self.stop.wait()
+        await anyio.sleep(self.settings.cleanup_seconds)
+        watching.cancel()
 
     # -- the submit side -------------------------------------------------------------
     async def _submit(self, items: list[InputFile]) -> None:

@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._names import display_path
+
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 if TYPE_CHECKING:
@@ -69,7 +71,8 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        path = display_path(self.path)
+        where = path if self.line is None else f"{path}:{self.line}"
         return f"{where}: {self.message}"
 
 

@@ -523,7 +523,9 @@ async def cleanup_files(
         if not status.done:
             continue
         upload = line.get("uploaded_file_name")
-        if isinstance(upload, str) and is_upload_name(upload):
+        # An upload the journal records as deleted (by run, or found gone by an
+        # earlier cleanup) is not listed again, nor asked for again.
+        if isinstance(upload, str) and is_upload_name(upload) and not line.get("upload_deleted_at"):
             targets.append((status.path, upload))
         if outputs and status.output_file:
             targets.append((status.path, status.output_file))

@@ -162,6 +162,9 @@ class _Runner:
         #: Results built at once (CPU work, a few MiB each).
         self._builds = anyio.CapacityLimiter(2)
         self.submitted = self._submit_run(settings)
+        #: What this run's submissions again (after a job ended badly) came to: they
+        #: count in the summary like the first ones.
+        self.again = _SubmitTally(0, 0, 0)
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
         return SubmitRun(
@@ -185,9 +188,9 @@ class _Runner:
             if watching.cancelled_caught:
                 self.watch.interrupted = True
         return _SubmitTally(
-            self.submitted.tally.submitted,
+            self.submitted.tally.submitted + self.again.submitted,
             self.submitted.tally.skipped,
-            self.submitted.tally.failed,
+            self.submitted.tally.failed + self.again.failed,
         )
 
     async def _cut_after_stop(self, watching: anyio.CancelScope) -> None:
@@ -239,7 +242,10 @@ class _Runner:
         again = self._submit_run(replace(self.settings, retry_failed=True))
         self.watch.submitting += 1
         try:
-            await again.run([entry.item])
+            tally = await again.run([entry.item])
+            self.again = _SubmitTally(
+                self.again.submitted + tally.submitted, 0, self.again.failed + tally.failed
+            )
         finally:
             self.watch.submitting -= 1
             entry.resubmitting = False

@@ -39,6 +39,8 @@ from ._jobs import (
 )
 from ._names import (
     bucket_problem,
+    display_path,
+    json_safe,
     location_problem,
     mime_type_problem,
     model_problem,
@@ -466,7 +468,13 @@ def _unexpected(error: BaseException) -> int:
 
 def _print(text: str, stream: TextIO) -> None:
     try:
-        print(text, file=stream, flush=True)
+        try:
+            print(text, file=stream, flush=True)
+        except UnicodeEncodeError:  # a name the stream's encoding cannot hold: escaped
+            encoding = stream.encoding or "utf-8"
+            print(
+                text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True
+            )
     except BrokenPipeError:
         # The reader went away (`| head`): keep working and recording, silently.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -666,7 +674,7 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
         running = await stack.enter_async_context(serve_emulator(config))
         _print(
             f"using the built-in {'Vertex AI and ' if storage_url else ''}Gemini API emulator "
-            f"at {running.base_url} (state {f'in {state_dir}' if state_dir else 'in memory'})",
+            f"at {running.base_url} (state {f'in {display_path(state_dir)}' if state_dir else 'in memory'})",
             sys.stderr,
         )
         vertex = dataclasses.replace(vertex, base_url=running.base_url, storage_host=storage_url)
@@ -729,7 +737,7 @@ async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
         for status in statuses:
             show(status)
     if not statuses:
-        _print(f"no jobs recorded in {args.job_info}", sys.stderr)
+        _print(f"no jobs recorded in {display_path(args.job_info)}", sys.stderr)
     return EXIT_FAILED if any(s.error for s in statuses) else EXIT_OK
 
 
@@ -779,7 +787,11 @@ _JOB_COMMANDS: dict[str, Callable[[JobsContext, argparse.Namespace], Awaitable[i
 
 def _printer(as_json: bool, render: Callable[[T], str]) -> Callable[[T], None]:
     def show(item: T) -> None:
-        _print(json.dumps(dataclasses.asdict(item)) if as_json else render(item), sys.stdout)  # type: ignore[call-overload]
+        if not as_json:
+            _print(render(item), sys.stdout)
+            return
+        fields = dataclasses.asdict(item)  # type: ignore[call-overload]
+        _print(json_safe(json.dumps(fields)), sys.stdout)
 
     return show
 

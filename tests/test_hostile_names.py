@@ -7,16 +7,20 @@ a path is shown by one rendering; errors of several jobs come out as one clear l
 from __future__ import annotations
 
 import inspect
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google import genai
+from google.genai import types
 
 import gembatch_async
 from gembatch_async import GembatchError, SubmitSettings, UsageError, VertexTarget
-from gembatch_async.emulator import RunningEmulator
+from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from .helpers import FAST_RETRY, TEST_API_KEY, cli_env, run_cli, write_jsonl
+from .helpers import FAST_RETRY, TEST_API_KEY, cli_env, run_cli, wait_until, write_jsonl
 
 BAD_NAMES = [
     pytest.param(["-m", "models/../../x"], id="model-dotdot"),
@@ -167,8 +171,10 @@ async def test_no_entry_point_leaks_a_bare_error_for_a_bad_path(
     GembatchError (a usage or pre-flight error), never a bare ValueError."""
     journal = tmp_path / "job-info.jsonl"
     good = write_jsonl(tmp_path / "a.jsonl", 1)
-    connection = {"api_key": TEST_API_KEY, "base_url": emulator.base_url}
-    await gembatch_async.submit([good], job_info=journal, **connection)
+    await gembatch_async.submit(
+        [good], job_info=journal, api_key=TEST_API_KEY, base_url=emulator.base_url
+    )
+    connection: dict[str, Any] = {"api_key": TEST_API_KEY, "base_url": emulator.base_url}
     checked: list[str] = []
     async with gembatch_async.open_jobs(journal, **connection) as jobs:
         valid = {
@@ -191,3 +197,105 @@ async def test_no_entry_point_leaks_a_bare_error_for_a_bad_path(
                     await _call(function, {**given, bad: NUL_ARGUMENTS[bad]})
                 checked.append(f"{name}({bad})")
     assert len(checked) >= 10, checked
+
+
+# -- names that are not UTF-8, or hold a newline --------------------------------------
+RUN = ["run", "--interval", "0.2", "--retry-max-delay", "0.05"]
+NOT_UTF8 = os.fsdecode(b"caf\xe9.jsonl")
+NEWLINE = "new\nline.jsonl"
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
+)
+def test_names_not_utf8_or_with_a_newline_go_all_the_way(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A name that is not UTF-8 and one with a newline: run submits, downloads and
+    cleans up all three files (no "unexpected", none cancelled); every output line is
+    one line with such names quoted; the journal is valid UTF-8 JSON holding the exact
+    names; --json stays JSON."""
+    names = [NOT_UTF8, NEWLINE, "plain.jsonl"]
+    for name in names:
+        write_jsonl(tmp_path / name, 2, tag=name)
+    env = cli_env(emulator)
+    result = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "unexpected" not in output
+    assert "'caf\\xe9.jsonl'" in result.stdout
+    assert "'new\\nline.jsonl'" in result.stdout
+    for line in result.stdout.splitlines():  # no line is a fragment of a name
+        assert line.startswith(("[", "job ", "results ")), line
+    assert {os.fsencode(n) for n in os.listdir(os.fsencode(tmp_path / "results"))} >= {
+        os.fsencode(n) for n in names
+    }
+    raw = (tmp_path / "job-info.jsonl").read_bytes()
+    lines = [json.loads(line) for line in raw.decode("utf-8").splitlines()]  # strict UTF-8
+    assert {line["input_file"] for line in lines} == set(names)
+    status = run_cli(["status", "--json"], cwd=tmp_path, env=env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    shown = [json.loads(line)["path"] for line in status.stdout.splitlines()]
+    assert sorted(shown) == sorted(names)
+    assert [b["displayName"] for b in emulator.state()["batches"] if "caf" in b["displayName"]]
+
+
+def test_a_name_with_a_newline_cannot_forge_an_output_line(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A file named to look like a second output line prints as one quoted line."""
+    forged = "a.jsonl\nsubmitted 2, skipped 0, failed 0 in 0.01s"
+    write_jsonl(tmp_path / forged, 1)
+    result = run_cli(["submit", forged], cwd=tmp_path, env=cli_env(emulator))
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("submitted ")] == [
+        result.stdout.splitlines()[-1]
+    ], result.stdout
+    assert len(result.stdout.strip().splitlines()) == 2  # the file's line and the summary
+
+
+# -- run's summary and cleanup's memory ------------------------------------------------
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.6), id="fast")]
+)
+def test_run_counts_a_resubmission_as_submitted(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """The recorded batch is gone; run --retry-failed submits the file again, and its
+    summary says so ("submitted 1"), not "submitted 0"."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    (batch,) = emulator.state()["batches"]
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=emulator.base_url))
+    client.batches.delete(name=batch["name"])
+    again = run_cli([*RUN, "--retry-failed", "a.jsonl"], cwd=tmp_path, env=env, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "(submitted 1, already recorded 1)" in again.stdout.splitlines()[-1], again.stdout
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
+)
+def test_cleanup_skips_uploads_the_journal_records_as_deleted(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """run deleted its upload: cleanup --dry-run lists nothing and cleanup asks nothing.
+    An upload gone behind our back is reported "already gone" once, then never again."""
+    write_jsonl(tmp_path / "a.jsonl", 2, tag="a")
+    write_jsonl(tmp_path / "b.jsonl", 2, tag="b")
+    env = cli_env(emulator)
+    assert run_cli([*RUN, "a.jsonl"], cwd=tmp_path, env=env, timeout=60).returncode == 0
+    dry = run_cli(["cleanup", "--dry-run"], cwd=tmp_path, env=env)
+    assert "would delete" not in dry.stdout, dry.stdout
+    assert run_cli(["submit", "b.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    (upload,) = [f["name"] for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
+    client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=emulator.base_url))
+    client.files.delete(name=upload)
+    wait_until(
+        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
+    )
+    first = run_cli(["cleanup"], cwd=tmp_path, env=env)
+    assert first.stdout.count("already gone") == 1, first.stdout
+    deletes = emulator.state()["requests"]["delete"]["count"]
+    second = run_cli(["cleanup"], cwd=tmp_path, env=env)
+    assert "already gone" not in second.stdout, second.stdout
+    assert emulator.state()["requests"]["delete"]["count"] == deletes, "nothing asked again"

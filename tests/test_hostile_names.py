@@ -299,3 +299,19 @@ def test_cleanup_skips_uploads_the_journal_records_as_deleted(
     second = run_cli(["cleanup"], cwd=tmp_path, env=env)
     assert "already gone" not in second.stdout, second.stdout
     assert emulator.state()["requests"]["delete"]["count"] == deletes, "nothing asked again"
+
+
+@pytest.mark.parametrize(
+    "cause", [None, ConnectionError("refused")], ids=["no-cause", "connection-error"]
+)
+def test_storage_clients_own_retry_giving_up_is_one_of_our_errors(
+    cause: BaseException | None,
+) -> None:
+    """google-cloud-storage's RetryError (its 120 s deadline passed) is an ApiError that
+    says what happened, not "unexpected RetryError"."""
+    exceptions = pytest.importorskip("google.api_core.exceptions")
+    from gembatch_async._storage import _storage_error
+
+    mapped = _storage_error(exceptions.RetryError("Timeout of 120.0s exceeded", cause))
+    assert isinstance(mapped, gembatch_async.ApiError)
+    assert "Cloud Storage" in str(mapped)

@@ -29,7 +29,8 @@ _MODEL = re.compile(
 #: "6 to 30 lowercase letters, digits, or hyphens. It must start with a letter, and
 #: cannot have a trailing hyphen"; older projects may carry a ``domain:`` prefix; a
 #: project number also names a project.
-#: Source: https://cloud.google.com/resource-manager/docs/creating-managing-projects
+#: Source: https://cloud.google.com/resource-manager/reference/rest/v1/projects (projectId),
+#: https://cloud.google.com/resource-manager/docs/creating-managing-projects
 _PROJECT = re.compile(r"(?:[a-z0-9][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]|[0-9]{1,20}")
 #: A region (``us-central1``, ``europe-west4``) or ``global``: the SDK builds the host
 #: ``{location}-aiplatform.googleapis.com`` from it, so it is one DNS label.
@@ -40,7 +41,7 @@ _LOCATION = re.compile(r"[a-z][a-z0-9-]{0,61}[a-z0-9]")
 #: 3-63 characters. Names containing dots can contain up to 222 characters, but each
 #: dot-separated component can be no longer than 63 characters ... cannot be
 #: represented as an IP address ... cannot begin with the goog prefix ... cannot
-#: contain google".
+#: contain google"; no two dots in a row.
 #: Source: https://cloud.google.com/storage/docs/buckets#naming
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 _IP = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")

@@ -122,7 +122,8 @@ async def run(
         ),
         backend_session(client, api_key=api_key, base_url=base_url, vertex=vertex) as api,
     ):
-        await check_model(api, settings, items)
+        if not await check_model(api, settings, items, stop):  # cut by the stop bound
+            return RunSummary(0, 0, 0, 0, time.monotonic() - started, interrupted=True)
         jobs = JobsContext(journal, api, settings.retry)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         runner = _Runner(jobs, settings, admission_for(view, settings, api), on_event, stop, watch)

@@ -9,18 +9,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 from google import genai
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from ._admission import Admission, bytes_held
 from ._backend import Backend, VertexTarget
-from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
+from ._errors import ApiError, NotFoundApiError, PreflightError, Problem, single_error
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._identity import identity_of_path
 from ._inputs import InputFile, JobLimits, check_regular_file, scan_inputs, unique_paths
@@ -39,6 +44,7 @@ from ._settings import (
 )
 
 _SCAN_THREADS = 4
+T = TypeVar("T")
 
 
 async def submit(
@@ -79,7 +85,15 @@ async def submit(
         async with backend_session(
             client, api_key=api_key, base_url=base_url, vertex=vertex
         ) as api:
-            await check_model(api, settings, _to_submit(items, view, settings))
+            if not await check_model(api, settings, _to_submit(items, view, settings), stop):
+                return SubmitSummary(
+                    0,
+                    0,
+                    0,
+                    time.monotonic() - started,
+                    interrupted=True,
+                    not_started=len(items),
+                )
             if settings.dry_run:
                 return _report_without_api(items, view, settings, on_event, started)
             run = SubmitRun(
@@ -228,12 +242,22 @@ def _to_submit(
     return [item for item in items if not _recorded(item, view, settings)]
 
 
-async def check_model(api: Backend, settings: SubmitSettings, items: list[InputFile]) -> None:
+async def check_model(
+    api: Backend,
+    settings: SubmitSettings,
+    items: list[InputFile],
+    stop: anyio.Event | None = None,
+) -> bool:
     """One models.get, so a typo, a retired model or one that cannot run these
-    requests (generate or embed) fails once, before any upload."""
+    requests (generate or embed) fails once, before any upload. False when a stop cut
+    it short (cleanup_seconds after ``stop``, the same bound as the files in flight)."""
     model = settings.model_resource
     try:
-        info = await call_with_retries(settings.retry, lambda: api.get_model(model))
+        info = await cut_after_stop(
+            stop or anyio.Event(),
+            settings.cleanup_seconds,
+            lambda: call_with_retries(settings.retry, lambda: api.get_model(model)),
+        )
     except NotFoundApiError as exc:
         raise PreflightError(
             [
@@ -244,6 +268,8 @@ async def check_model(api: Backend, settings: SubmitSettings, items: list[InputF
         ) from exc
     except ApiError as exc:
         raise PreflightError([Problem(model, f"cannot check the model: {describe(exc)}")]) from exc
+    if info is None:
+        return False
     problems = []
     for kind in sorted({item.kind for item in items}):
         if not api.model_supports(info, kind):
@@ -258,6 +284,32 @@ async def check_model(api: Backend, settings: SubmitSettings, items: list[InputF
             )
     if problems:
         raise PreflightError(problems)
+    return True
+
+
+async def cut_after_stop(
+    stop: anyio.Event, seconds: float, call: Callable[[], Awaitable[T]]
+) -> T | None:
+    """``call()``, cut ``seconds`` after ``stop`` is set (None then): the stop bound for
+    a wait outside the pipeline's own (which has the same rule, see SubmitRun)."""
+    outcome: list[T] = []
+
+    async def cut(scope: anyio.CancelScope) -> None:
+        await stop.wait()
+        await anyio.sleep(seconds)
+        scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cut, tg.cancel_scope)
+            outcome.append(await call())
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the call's own error, as itself
+        error = single_error(group)
+        if error is group:
+            raise
+        raise error from None
+    return outcome[0] if outcome else None
 
 
 def _recorded_at_all(settings: SubmitSettings) -> bool:

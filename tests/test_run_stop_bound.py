@@ -21,16 +21,26 @@ SLACK = 5.0
 STALL = 40.0
 
 
-@pytest.mark.parametrize("endpoint", ["download", "delete"])
-def test_run_stops_within_the_bound_while_a_download_or_delete_stalls(
-    emulator: RunningEmulator, tmp_path: Path, endpoint: str
+@pytest.mark.parametrize(
+    ("command", "endpoint"),
+    [
+        pytest.param("run", "download", id="run-download"),
+        pytest.param("run", "delete", id="run-delete"),
+        pytest.param("run", "get", id="run-model-check"),
+        pytest.param("submit", "get", id="submit-model-check"),
+    ],
+)
+def test_stop_is_bounded_whatever_the_server_stalls(
+    emulator: RunningEmulator, tmp_path: Path, command: str, endpoint: str
 ) -> None:
-    """The server holds a result download (or the upload delete after it) for 40 s;
-    SIGINT with --grace 2 ends run within 2 x grace (+ slack), exit 130, and the next
-    run finishes the file."""
+    """The server holds a result download, the upload delete after it, or the model
+    check for 40 s; SIGINT with --grace 2 ends the command within 2 x grace (+ slack),
+    exit 130, and the next run finishes the file."""
     write_jsonl(tmp_path / "a.jsonl", 2)
     emulator.set_faults(f"{endpoint}:1:slow={STALL}")
-    args = ["run", "--grace", str(GRACE), "--interval", "0.2", "--retry-attempts", "1", "a.jsonl"]
+    args = [command, "--grace", str(GRACE), "--retry-attempts", "1", "a.jsonl"]
+    if command == "run":
+        args[1:1] = ["--interval", "0.2"]
     process = subprocess.Popen(
         [sys.executable, "-m", "gembatch_async", *args],
         cwd=tmp_path,
@@ -54,4 +64,4 @@ def test_run_stops_within_the_bound_while_a_download_or_delete_stalls(
     emulator.set_faults("")
     rerun = run_cli(args, cwd=tmp_path, env=cli_env(emulator), timeout=60)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert (tmp_path / "results" / "a.jsonl").exists()
+    assert command == "submit" or (tmp_path / "results" / "a.jsonl").exists()

@@ -34,6 +34,7 @@ from ._errors import ApiError, PermanentApiError, UsageError
 from ._events import BatchStats, JournalProblem
 from ._identity import identity_of_path, input_location
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
+from ._names import display_path
 from ._results import (
     ResultCounts,
     ResultFile,
@@ -133,7 +134,8 @@ class JobsContext:
         wanted = {identity_of_path(p, self.journal.root): p for p in checked}
         missing = [p for identity, p in wanted.items() if identity not in view.latest]
         if missing:
-            raise UsageError(f"not in {self.journal.given}: {', '.join(missing)}")
+            shown = ", ".join(display_path(p) for p in missing)
+            raise UsageError(f"not in {display_path(self.journal.given)}: {shown}")
         return [view.latest[identity] for identity in wanted]
 
     async def call(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -156,7 +158,9 @@ async def open_jobs(
     project, location and bucket unless ``vertex`` gives them)."""
     job_info = checked_path(job_info, "job_info")
     if not await anyio.Path(job_info).exists():
-        raise UsageError(f"no journal at {job_info}: nothing has been submitted from here")
+        raise UsageError(
+            f"no journal at {display_path(job_info)}: nothing has been submitted from here"
+        )
     journal = Journal(job_info)
     view = await anyio.to_thread.run_sync(journal.open)
     try:
@@ -348,7 +352,7 @@ async def download_results(
     job) are skipped unless ``force``. What each holds is recorded in the journal.
     """
     if out_dir is not None and await _exists_but_not_folder(checked_path(out_dir, "out_dir")):
-        raise UsageError(f"--out {os.fspath(out_dir)} exists and is not a folder")
+        raise UsageError(f"--out {display_path(out_dir)} exists and is not a folder")
     ready = ready_inputs(await refresh_status(jobs, paths))
     root = jobs.journal.root
     plan = plan_targets(

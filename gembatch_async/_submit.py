@@ -25,7 +25,14 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 from ._admission import Admission, bytes_held
 from ._backend import Backend, VertexTarget
-from ._errors import ApiError, NotFoundApiError, PreflightError, Problem, single_error
+from ._errors import (
+    ApiError,
+    NotFoundApiError,
+    PreflightError,
+    Problem,
+    UsageError,
+    single_error,
+)
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._identity import identity_of_path
 from ._inputs import InputFile, JobLimits, check_regular_file, scan_inputs, unique_paths
@@ -145,6 +152,8 @@ async def prepared(
 
 def _refuse_unnameable(paths: Sequence[str | os.PathLike[str]]) -> None:
     """Paths no file can have (a NUL, not a path): every one at once, nothing sent."""
+    if isinstance(paths, (str, bytes, os.PathLike)):  # one path, whose letters would be files
+        raise UsageError("paths: give a list of paths, not a single path")
     problems = [
         Problem("(arguments)", problem)
         for path in paths

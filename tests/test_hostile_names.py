@@ -315,3 +315,11 @@ def test_storage_clients_own_retry_giving_up_is_one_of_our_errors(
     mapped = _storage_error(exceptions.RetryError("Timeout of 120.0s exceeded", cause))
     assert isinstance(mapped, gembatch_async.ApiError)
     assert "Cloud Storage" in str(mapped)
+
+
+@pytest.mark.asyncio
+async def test_a_single_path_instead_of_a_list_is_refused(tmp_path: Path) -> None:
+    """submit("a.jsonl") would take each letter for a file: a UsageError, nothing read."""
+    with pytest.raises(UsageError, match="list of paths"):
+        await gembatch_async.submit(str(tmp_path / "a.jsonl"), job_info=tmp_path / "j.jsonl")
+    assert not (tmp_path / "j.jsonl").exists()

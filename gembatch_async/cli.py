@@ -26,7 +26,7 @@ import anyio
 
 from ._backend import BACKEND_ENV, BACKENDS, GEMINI, VERTEX, VertexTarget
 from ._client import EMULATOR_API_KEY, redact
-from ._errors import GembatchError, UsageError, leaf_errors, single_error
+from ._errors import GembatchError, UsageError, leaf_errors
 from ._events import Event, SubmitSummary
 from ._jobs import (
     JobsContext,
@@ -437,33 +437,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print("interrupted", sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException as exc:
-        # Jobs run side by side: errors of ours from several come out as a group.
-        # Each is one clear line (the same one once); the exit code is the gravest.
-        ours = leaf_errors(exc)
-        if all(isinstance(error, GembatchError) for error in ours):
-            for text in dict.fromkeys(str(error) for error in ours):
-                _print(f"error: {text}", sys.stderr)
-            return max(getattr(error, "exit_code", EXIT_FAILED) for error in ours)
-        error = single_error(exc)
-        if isinstance(error, (SystemExit, KeyboardInterrupt)):
+        # Jobs run side by side, so errors come out as a (nested) group: each error
+        # in it is one clear line (the same line once); the exit code is the gravest.
+        errors = leaf_errors(exc)
+        if any(isinstance(error, (SystemExit, KeyboardInterrupt)) for error in errors):
             raise
-        return _unexpected(error)
+        shown: dict[str, int] = {}
+        for error in errors:
+            if isinstance(error, GembatchError):
+                text, code = str(error), error.exit_code
+            else:
+                text, code = _unexpected(error), EXIT_FAILED
+            if text not in shown:
+                shown[text] = code
+                _print(f"error: {text}", sys.stderr)
+        return max(shown.values())
 
 
-def _unexpected(error: BaseException) -> int:
-    """Not one of ours: still one line, no traceback (unless asked), never the key."""
+def _unexpected(error: BaseException) -> str:
+    """The line for an error not of ours: still one line, no traceback (unless
+    asked), never the key."""
     if os.environ.get(DEBUG_ENV):
         raise error
     if isinstance(error, OSError) and error.strerror:
-        where = f"{error.filename}: " if error.filename else ""
+        where = f"{display_path(error.filename)}: " if isinstance(error.filename, str) else ""
         text = f"{where}{error.strerror}"
     else:
         text = f"unexpected {type(error).__name__}: {error}"
-    _print(
-        f"error: {redact(text, api_key_from_env())} (set {DEBUG_ENV}=1 for the traceback)",
-        sys.stderr,
-    )
-    return EXIT_FAILED
+    return f"{redact(text, api_key_from_env())} (set {DEBUG_ENV}=1 for the traceback)"
 
 
 def _print(text: str, stream: TextIO) -> None:

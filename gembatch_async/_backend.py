@@ -21,6 +21,7 @@ from google.genai import types
 
 from ._client import BatchDetail, RemoteFile
 from ._errors import UsageError
+from ._names import bucket_problem, location_problem, project_problem
 from ._schema import GENERATE
 
 GEMINI = "gemini"
@@ -107,14 +108,29 @@ class VertexTarget:
     storage_host: str | None = None
 
     def resolved(self, environ: Mapping[str, str] | None = None) -> VertexTarget:
+        """Gaps filled from the environment, and each name checked (UsageError)."""
         env = os.environ if environ is None else environ
-        return VertexTarget(
+        target = VertexTarget(
             project=self.project or env.get(PROJECT_ENV) or None,
             location=self.location or env.get(LOCATION_ENV) or None,
             bucket=self.bucket or env.get(BUCKET_ENV) or None,
             base_url=self.base_url or env.get(VERTEX_BASE_URL_ENV) or None,
             storage_host=self.storage_host or env.get(STORAGE_HOST_ENV) or None,
         )
+        target.check()
+        return target
+
+    def check(self) -> None:
+        """Refuse a project, location or bucket that is not a name of its kind: a
+        location like ``us-central1/../x`` would otherwise steer the job elsewhere."""
+        for value, rule, where in (
+            (self.project, project_problem, f"--project (or {PROJECT_ENV})"),
+            (self.location, location_problem, f"--location (or {LOCATION_ENV})"),
+            (self.bucket, bucket_problem, f"--bucket (or {BUCKET_ENV})"),
+        ):
+            problem = rule(value) if value is not None else None
+            if problem is not None:
+                raise UsageError(f"{where}: {problem}")
 
     def with_line(self, line: Mapping[str, Any]) -> VertexTarget:
         """Gaps filled from what a journal line recorded."""

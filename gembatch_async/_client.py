@@ -38,7 +38,7 @@ from ._errors import (
 )
 from ._events import BatchStats
 from ._schema import BATCH_METHODS, EMBED, GENERATE
-from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, unsendable_key_reason
+from ._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, refuse_unsendable_key
 
 # The SDK marks batches.create_embeddings "experimental" with a warning on every
 # call. Silence it for our calls only (module= matches the caller the warning
@@ -467,9 +467,7 @@ def open_client(
     key = api_key or api_key_from_env()
     if not key:
         raise MissingApiKeyError()
-    unsendable = unsendable_key_reason(key)
-    if unsendable:
-        raise UsageError(unsendable)
+    refuse_unsendable_key(key)
     options = types.HttpOptions(
         base_url=base_url,
         timeout=int(timeout_s * 1000),

@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._names import display_path
+
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 if TYPE_CHECKING:
@@ -69,7 +71,8 @@ class Problem:
     line: int | None = None
 
     def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        path = display_path(self.path)
+        where = path if self.line is None else f"{path}:{self.line}"
         return f"{where}: {self.message}"
 
 
@@ -167,6 +170,13 @@ class NotFoundApiError(PermanentApiError):
 
 class AlreadyExistsApiError(PermanentApiError):
     """The resource name is already taken (HTTP 409)."""
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """Every error inside nested task-group wrappers (``exc`` itself when it is none)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]
 
 
 def single_error(exc: BaseException) -> BaseException:

@@ -38,6 +38,8 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._names import raw_bytes, utf8_text
+
 #: Display names keep at most this much of the path (the service caps them).
 _MAX_DISPLAY_PATH = 400
 #: What every upload id and display-name token of ours starts with.
@@ -94,18 +96,20 @@ def base_identity_of_line(line: Mapping[str, Any], root: str) -> str:
 
 def upload_id_for(scope_id: str, identity: str, sha256: str) -> str:
     """The upload's id: one journal, one input, one content -> one name (a retry answers 409)."""
-    digest = hashlib.sha256(f"{scope_id}\0{identity}\0{sha256}".encode()).hexdigest()
+    digest = hashlib.sha256(raw_bytes(f"{scope_id}\0{identity}\0{sha256}")).hexdigest()
     return f"{NAME_PREFIX}{digest[:36]}"
 
 
 def submission_token(upload_id: str, model: str, generation: int) -> str:
     """The token a batch's display name ends with: unique per upload, model and resubmission."""
-    digest = hashlib.sha256(f"{upload_id}\0{model}\0{generation}".encode()).hexdigest()
+    digest = hashlib.sha256(raw_bytes(f"{upload_id}\0{model}\0{generation}")).hexdigest()
     return f"{NAME_PREFIX}{digest[:16]}"
 
 
 def display_name_for(path: str, token: str) -> str:
-    """``PATH [gba-TOKEN]``: readable, and found again by its token whatever the spelling."""
+    """``PATH [gba-TOKEN]``: readable, and found again by its token whatever the spelling
+    (bytes of the name that are not UTF-8 shown as ``\\xNN``: the API takes UTF-8 only)."""
+    path = utf8_text(path)
     shown = path if len(path) <= _MAX_DISPLAY_PATH else "..." + path[-_MAX_DISPLAY_PATH:]
     return f"{shown} [{token}]"
 
@@ -124,7 +128,7 @@ def derived_scope_id(journal_path: str | os.PathLike[str]) -> str:
     gets the same id again and finds its uploads; another folder, or the same path
     on another machine, gets another id."""
     place = f"{socket.gethostname()}\0{os.path.realpath(journal_path)}"
-    return hashlib.sha256(place.encode()).hexdigest()[:24]
+    return hashlib.sha256(raw_bytes(place)).hexdigest()[:24]
 
 
 def input_location(line: Mapping[str, Any], roots: Sequence[str]) -> str:

@@ -22,6 +22,7 @@ import anyio.to_thread
 
 from ._errors import InputChangedError, Problem, UsageError
 from ._keysort import SortedHashes, repeated
+from ._names import display_path
 from ._schema import GENERATE, KIND_FIELDS, MISSING, check_request, request_kind
 from ._settings import MAX_INPUT_BYTES, VERTEX_MAX_INPUT_BYTES, VERTEX_MAX_REQUESTS
 from ._vertex_import import TableImport
@@ -226,7 +227,9 @@ async def open_as_checked(item: InputFile) -> AsyncIterator[str]:
         fd = os.open(item.path, os.O_RDONLY)
     except OSError as exc:
         reason = "vanished" if isinstance(exc, FileNotFoundError) else exc.strerror
-        raise InputChangedError(f"{item.path}: {reason} since pre-flight; not submitted") from exc
+        raise InputChangedError(
+            f"{display_path(item.path)}: {reason} since pre-flight; not submitted"
+        ) from exc
     try:
         _require_unchanged(item, fd, "since pre-flight")
         async with _source_path(item, fd) as source:
@@ -272,12 +275,16 @@ def _copy_part(source: int, target: int, item: InputFile) -> None:
             view = view[os.write(target, view) :]
         offset += len(chunk)
     if hasher.hexdigest() != item.part.sha256:
-        raise InputChangedError(f"{item.label}: changed since pre-flight; not submitted")
+        raise InputChangedError(
+            f"{display_path(item.label)}: changed since pre-flight; not submitted"
+        )
 
 
 def _require_unchanged(item: InputFile, fd: int, when: str) -> None:
     if item.fingerprint is not None and Fingerprint.of(os.fstat(fd)) != item.fingerprint:
-        raise InputChangedError(f"{item.path}: changed {when}; not submitted (run submit again)")
+        raise InputChangedError(
+            f"{display_path(item.path)}: changed {when}; not submitted (run submit again)"
+        )
 
 
 def check_regular_file(path: str) -> Problem | None:

@@ -35,6 +35,7 @@ from ._errors import ApiError, PermanentApiError, UsageError
 from ._events import BatchStats, JournalProblem
 from ._identity import base_identity_of_line, input_location, outside_reason
 from ._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
+from ._names import display_path
 from ._results import (
     ResultCounts,
     ResultFile,
@@ -46,7 +47,7 @@ from ._results import (
 )
 from ._retry import call_with_retries, describe
 from ._sessions import jobs_session
-from ._settings import DEFAULT_JOB_INFO, RetrySettings
+from ._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
 
 T = TypeVar("T")
 _CONCURRENCY = 8
@@ -130,10 +131,12 @@ class JobsContext:
         view = self.journal.refresh()
         if not paths:
             return list(view.latest.values())
-        wanted = {_named_identity(view, p): p for p in paths}
+        checked = [checked_path(p, "paths") for p in paths]
+        wanted = {_named_identity(view, p): p for p in checked}
         missing = [p for identity, p in wanted.items() if identity not in view.latest_by_base]
         if missing:
-            raise UsageError(f"not in {self.journal.given}: {', '.join(missing)}")
+            shown = ", ".join(display_path(p) for p in missing)
+            raise UsageError(f"not in {display_path(self.journal.given)}: {shown}")
         by_input: dict[str, list[JobLine]] = {}
         for line in view.latest.values():  # a split input's lines: every part's
             by_input.setdefault(base_identity_of_line(line, view.root), []).append(line)
@@ -173,8 +176,11 @@ async def open_jobs(
 
     Each job is asked of the backend its line records (Vertex with the line's
     project, location and bucket unless ``vertex`` gives them)."""
+    job_info = checked_path(job_info, "job_info")
     if not await anyio.Path(job_info).exists():
-        raise UsageError(f"no journal at {job_info}: nothing has been submitted from here")
+        raise UsageError(
+            f"no journal at {display_path(job_info)}: nothing has been submitted from here"
+        )
     journal = Journal(job_info)
     view = await anyio.to_thread.run_sync(journal.open)
     try:
@@ -365,8 +371,8 @@ async def download_results(
     input's path mirrored under it. Results already there (and newer than their
     job) are skipped unless ``force``. What each holds is recorded in the journal.
     """
-    if out_dir is not None and await _exists_but_not_folder(out_dir):
-        raise UsageError(f"--out {os.fspath(out_dir)} exists and is not a folder")
+    if out_dir is not None and await _exists_but_not_folder(checked_path(out_dir, "out_dir")):
+        raise UsageError(f"--out {display_path(out_dir)} exists and is not a folder")
     ready = ready_inputs(await refresh_status(jobs, paths))
     refused: list[ResultFile] = []
     if not paths:  # files named in this command are the user's; the journal's lines are not
@@ -597,7 +603,9 @@ async def cleanup_files(
         if not status.done:
             continue
         upload = line.get("uploaded_file_name")
-        if isinstance(upload, str) and is_upload_name(upload):
+        # An upload the journal records as deleted (by run, or found gone by an
+        # earlier cleanup) is not listed again, nor asked for again.
+        if isinstance(upload, str) and is_upload_name(upload) and not line.get("upload_deleted_at"):
             targets.append((status.path, upload))
         if outputs and status.output_file:
             targets.append((status.path, status.output_file))

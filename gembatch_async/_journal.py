@@ -46,6 +46,7 @@ from ._identity import (
     journal_roots,
     same_file,
 )
+from ._names import json_safe, raw_bytes
 
 JobLine = dict[str, Any]
 _CLAIM_SPACE = 1 << 40  # byte offsets used as claim slots in the lock file
@@ -253,7 +254,11 @@ def _is_torn_job_line(fragment: bytes) -> bool:
 
 
 def encode_line(line: JobLine) -> bytes:
-    return (json.dumps(line, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
+    """One journal line, UTF-8. A file name that is not UTF-8 (Python holds its bytes as
+    lone surrogates) is written with JSON ``\\udcNN`` escapes: valid JSON, read back as
+    the very same name (see ``_names.json_safe``)."""
+    text = json.dumps(line, ensure_ascii=False, separators=(", ", ": "))
+    return (json_safe(text) + "\n").encode()
 
 
 class _LockFile:
@@ -672,7 +677,7 @@ def _sync_data(fd: int) -> None:
 
 def _claim_slot(identity: str) -> int:
     """A byte of the lock file that stands for one input (byte 0 is the journal lock)."""
-    digest = hashlib.blake2b(identity.encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(raw_bytes(identity), digest_size=8).digest()
     return 1 + int.from_bytes(digest, "little") % _CLAIM_SPACE
 
 

@@ -32,6 +32,7 @@ from ._events import (
     Retrying,
     WaitingForCapacity,
 )
+from ._names import display_path
 
 #: Rows shown at once; the rest are counted in a footer.
 MAX_ROWS = 20
@@ -120,7 +121,7 @@ class LiveView:
         shown = sorted(self.rows.values(), key=lambda r: (_ORDER.get(r.state, 9), r.path))
         for row in shown[:MAX_ROWS]:
             table.add_row(
-                row.path,
+                Text(display_path(row.path)),  # Text: a name is never read as markup
                 Text(row.state, style=_STYLE.get(row.state, "")),
                 _counts(row.stats),
                 "" if row.state in ("done", "failed") else _age(time.monotonic() - row.since),
@@ -154,7 +155,7 @@ def _age(seconds: float) -> str:
 
 def _log_line(event: Retrying | CleanupFailed | JournalProblem) -> str:
     if isinstance(event, Retrying):
-        return f"retrying {event.step} of {event.path}: {event.reason}"
+        return f"retrying {event.step} of {display_path(event.path)}: {event.reason}"
     if isinstance(event, CleanupFailed):
-        return f"could not delete {event.file_name}: {event.reason}"
-    return f"{event.journal}:{event.line}: {event.message}"
+        return f"could not delete {display_path(event.file_name)}: {event.reason}"
+    return f"{display_path(event.journal)}:{event.line}: {event.message}"

@@ -52,6 +52,7 @@ from ._identity import display_name_for, submission_token, upload_id_for
 from ._inputs import InputFile, open_as_checked
 from ._journal import JobLine, Journal, batch_name_of, batch_state_of
 from ._lookup import BatchIndex
+from ._names import utf8_text
 from ._retry import OnRetry, call_with_retries, describe
 from ._settings import SubmitSettings
 
@@ -427,7 +428,7 @@ class SubmitRun:
                 remote = await self.api.upload_file(
                     source,
                     name=sub.upload_name,
-                    display_name=sub.item.label,
+                    display_name=utf8_text(sub.item.label),
                     mime_type=self.settings.mime_type,
                     sha256=sub.item.sha256,
                 )

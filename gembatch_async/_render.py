@@ -26,6 +26,7 @@ from ._events import (
     event_to_dict,
 )
 from ._jobs import KEPT_BY_SERVICE, Cleaned, JobStatus
+from ._names import display_path, json_safe
 from ._results import ResultFile
 
 
@@ -34,56 +35,59 @@ def render_text(event: Event) -> tuple[str, bool]:
     if isinstance(event, FileSubmitted):
         note = " (created by an earlier attempt, adopted)" if event.adopted else ""
         return (
-            f"[{event.n}/{event.total}] submitted {event.path} -> {event.batch_name}{note}",
+            f"[{event.n}/{event.total}] submitted {_shown(event.path)} -> {event.batch_name}{note}",
             False,
         )
     if isinstance(event, FileSkipped):
-        line = f"[{event.n}/{event.total}] skipped {event.path} (already submitted as {event.batch_name})"
+        line = f"[{event.n}/{event.total}] skipped {_shown(event.path)} (already submitted as {event.batch_name})"
         if event.changed:
             line += "; its content has changed since: use --force to submit it again"
         return line, False
     if isinstance(event, FileFailed):
-        line = f"[{event.n}/{event.total}] error {event.path}: {event.reason}"
+        line = f"[{event.n}/{event.total}] error {_shown(event.path)}: {event.reason}"
         if event.left_behind:
             line += f" (upload {event.left_behind} left on the server)"
         return line, False
     if isinstance(event, FileDeferred):
-        return f"[{event.n}/{event.total}] deferred {event.path} ({event.reason})", False
+        return f"[{event.n}/{event.total}] deferred {_shown(event.path)} ({event.reason})", False
     if isinstance(event, WaitingForCapacity):
-        return f"waiting {event.path} ({event.reason})", True
+        return f"waiting {_shown(event.path)} ({event.reason})", True
     if isinstance(event, JobChanged):
         return (
-            f"job {_short_state(event.state).lower()} {event.path} ({_counts(event.stats)})",
+            f"job {_short_state(event.state).lower()} {_shown(event.path)} ({_counts(event.stats)})",
             False,
         )
     if isinstance(event, ResultsSaved) and event.already:
-        return f"results {event.path} already in {event.output_path}", False
+        return f"results {_shown(event.path)} already in {_shown(event.output_path)}", False
     if isinstance(event, ResultsSaved):
         whole = "" if event.complete else "; answers missing or unknown: see download"
         return (
-            f"results {event.path} -> {event.output_path} "
+            f"results {_shown(event.path)} -> {_shown(event.output_path)} "
             f"({event.responses} responses, {event.errors} errors{whole})",
             False,
         )
     if isinstance(event, JobEnded):
         again = "; submitting it again" if event.resubmitted else ""
         return (
-            f"job {_short_state(event.state).lower()} {event.path}: {event.reason}{again}",
+            f"job {_short_state(event.state).lower()} {_shown(event.path)}: {event.reason}{again}",
             False,
         )
     if isinstance(event, Retrying):
         return (
-            f"retrying {event.step} of {event.path} in {event.delay:.1f}s "
+            f"retrying {event.step} of {_shown(event.path)} in {event.delay:.1f}s "
             f"(attempt {event.attempt} failed: {event.reason})",
             True,
         )
     if isinstance(event, CleanupFailed):
-        return f"warning: could not delete {event.file_name} for {event.path}: {event.reason}", True
+        return (
+            f"warning: could not delete {_shown(event.file_name)} for {_shown(event.path)}: {event.reason}",
+            True,
+        )
     if isinstance(event, JournalProblem):
-        return f"warning: {event.journal}:{event.line}: {event.message}", True
+        return f"warning: {_shown(event.journal)}:{event.line}: {event.message}", True
     if isinstance(event, WouldSubmit):
         return (
-            f"would submit {event.path} ({event.count} requests, {event.size_bytes} bytes)",
+            f"would submit {_shown(event.path)} ({event.count} requests, {event.size_bytes} bytes)",
             False,
         )
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover
@@ -139,7 +143,7 @@ def _age(seconds: float | None) -> str:
 
 
 def render_status(status: JobStatus) -> str:
-    line = f"{_short_state(status.state):<10} {_age(status.age_seconds):>7}  {status.path} -> {status.batch_name}"
+    line = f"{_short_state(status.state):<10} {_age(status.age_seconds):>7}  {_shown(status.path)} -> {status.batch_name}"
     stats = status.stats
     if stats is not None and stats.requests:
         line += f"  {stats.succeeded + stats.failed}/{stats.requests} done"
@@ -169,19 +173,19 @@ def _listed(keys: Sequence[str], total: int, shown: int = 5) -> str:
 
 def render_result(result: ResultFile) -> str:
     if result.error:
-        lines = [f"error {result.path}: {result.error}"]
+        lines = [f"error {_shown(result.path)}: {result.error}"]
         return "\n".join(lines + [f"  {problem}" for problem in result.problems])
     if result.skipped:
-        line = f"skipped {result.path}: {result.output_path} is there (--force to download again)"
+        line = f"skipped {_shown(result.path)}: {_shown(result.output_path)} is there (--force to download again)"
     else:
-        line = f"downloaded {result.path} -> {result.output_path}: {result.requests} requests"
+        line = f"downloaded {_shown(result.path)} -> {_shown(result.output_path)}: {result.requests} requests"
         line += ", matched by position (no keys)" if result.keyless else ""
     if result.requests or not result.skipped:
         line += f", {result.responses} answered, {result.failed} failed"
     if result.failed:
         line += f" ({_by_code(result.failed_by_code)})"
         if result.failed_path:
-            line += f" -> {result.failed_path}"
+            line += f" -> {_shown(result.failed_path)}"
     notes = _incomplete_notes(result)
     return line + ("; " + "; ".join(notes) if notes else "")
 
@@ -206,7 +210,7 @@ def _incomplete_notes(result: ResultFile) -> list[str]:
     if result.duplicates:
         notes.append(f"{result.duplicates} extra answers to an answered key (the first kept)")
     if result.raw_path:
-        notes.append(f"raw output in {result.raw_path}")
+        notes.append(f"raw output in {_shown(result.raw_path)}")
     return notes
 
 
@@ -229,12 +233,18 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
 
 def render_cleaned(item: Cleaned) -> str:
     if item.kept:
-        return f"kept by the service: {item.file_name} ({item.path}) ({KEPT_BY_SERVICE})"
+        return f"kept by the service: {_shown(item.file_name)} ({_shown(item.path)}) ({KEPT_BY_SERVICE})"
     if item.error and item.error != "already gone":
-        return f"error {item.file_name} ({item.path}): {item.error}"
+        return f"error {_shown(item.file_name)} ({_shown(item.path)}): {item.error}"
     verb = "deleted" if item.deleted else ("already gone" if item.error else "would delete")
-    return f"{verb} {item.file_name} ({item.path})"
+    return f"{verb} {_shown(item.file_name)} ({_shown(item.path)})"
 
 
 def render_json(event: Event | SubmitSummary | RunSummary) -> str:
-    return json.dumps(event_to_dict(event), ensure_ascii=False)
+    """One JSON line; a file name that is not UTF-8 as JSON ``\\udcNN`` escapes."""
+    return json_safe(json.dumps(event_to_dict(event), ensure_ascii=False))
+
+
+def _shown(path: str | None) -> str:
+    """Every path a line shows, one way: quoted when it could break or forge a line."""
+    return display_path(path) if path is not None else "?"

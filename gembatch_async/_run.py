@@ -49,7 +49,7 @@ from ._jobs import (
 from ._pipeline import RETRYABLE_END_STATES, SubmitRun
 from ._retry import describe
 from ._sessions import backend_session
-from ._settings import DEFAULT_JOB_INFO, SubmitSettings
+from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
 
 
@@ -106,6 +106,8 @@ async def run(
     starts nothing new and ends the run once in-flight files have settled.
     """
     settings = settings or SubmitSettings()
+    if out_dir is not None:
+        checked_path(out_dir, "out_dir")
     retry_failed = settings.retry_failed
     # The watcher resubmits jobs that ended badly (earlier runs' too), counting each
     # time; the submit side only submits what the journal does not record.
@@ -129,7 +131,8 @@ async def run(
         ),
         backend_session(client, api_key=api_key, base_url=base_url, vertex=vertex) as api,
     ):
-        await check_model(api, settings, items)
+        if not await check_model(api, settings, items, stop):  # cut by the stop bound
+            return RunSummary(0, 0, 0, 0, time.monotonic() - started, interrupted=True)
         jobs = JobsContext(journal, api, settings.retry)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         admission = admission_for(journal, view, settings, api)
@@ -170,6 +173,9 @@ class _Runner:
         #: Results built at once (CPU work, a few MiB each).
         self._builds = anyio.CapacityLimiter(2)
         self.submitted = self._submit_run(settings)
+        #: What this run's submissions again (after a job ended badly) came to: they
+        #: count in the summary like the first ones.
+        self.again = _SubmitTally(0, 0, 0)
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
         return SubmitRun(
@@ -185,12 +191,27 @@ class _Runner:
         self.polling = polling
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._submit, items)
-            await self._watch_until_settled(tg)
+            with anyio.CancelScope() as watching:
+                async with anyio.create_task_group() as bound:
+                    bound.start_soon(self._cut_after_stop, watching)
+                    await self._watch_until_settled(tg)
+                    bound.cancel_scope.cancel()
+            if watching.cancelled_caught:
+                self.watch.interrupted = True
         return _SubmitTally(
-            self.submitted.tally.submitted,
+            self.submitted.tally.submitted + self.again.submitted,
             self.submitted.tally.skipped,
-            self.submitted.tally.failed,
+            self.submitted.tally.failed + self.again.failed,
         )
+
+    async def _cut_after_stop(self, watching: anyio.CancelScope) -> None:
+        """The stop bound for the watcher, as the submit side has its own: after a stop,
+        the downloads, deletes and polls in flight get cleanup_seconds to finish, then
+        every wait of the watcher is cut (a stalled download or delete too). What it
+        leaves undone (results, upload deletes) the next run or cleanup does."""
+        await self.stop.wait()
+        await anyio.sleep(self.settings.cleanup_seconds)
+        watching.cancel()
 
     # -- the submit side -------------------------------------------------------------
     async def _submit(self, items: list[InputFile]) -> None:
@@ -232,7 +253,10 @@ class _Runner:
         again = self._submit_run(replace(self.settings, retry_failed=True))
         self.watch.submitting += 1
         try:
-            await again.run([entry.item])
+            tally = await again.run([entry.item])
+            self.again = _SubmitTally(
+                self.again.submitted + tally.submitted, 0, self.again.failed + tally.failed
+            )
         finally:
             self.watch.submitting -= 1
             entry.resubmitting = False

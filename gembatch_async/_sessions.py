@@ -10,6 +10,7 @@ from google import genai
 
 from ._backend import GEMINI, VERTEX, Backend, Opener, Routed, VertexTarget, backend_of_line, routed
 from ._client import api_session
+from ._settings import api_key_from_env, refuse_unsendable_key
 from ._vertex import vertex_session
 
 
@@ -42,6 +43,9 @@ async def jobs_session(
     """A backend for the job commands: each job's calls go to the backend its line
     records, Vertex with the project, location and bucket the line records unless
     ``vertex`` says otherwise. Neither is opened before a call needs it."""
+    lines = list(lines)
+    if client is None and any(backend_of_line(line) == GEMINI for line in lines):
+        refuse_unsendable_key(api_key or api_key_from_env())
     target = vertex or VertexTarget()
     for line in lines:
         if backend_of_line(line) == VERTEX:

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from ._errors import UsageError
+from ._names import mime_type_problem, model_problem, path_problem
 
 #: The original gembatch defaulted to gemini-2.5-flash-lite-preview-06-17, which
 #: Google has shut down (a create with it now answers 404). This is the current
@@ -104,8 +105,9 @@ class SubmitSettings:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
-        if not self.model.strip():
-            raise UsageError("model name is empty")
+        for problem in (model_problem(self.model), mime_type_problem(self.mime_type)):
+            if problem is not None:
+                raise UsageError(problem)
         if (
             self.max_bytes_per_job is not None
             and not 1 <= self.max_bytes_per_job <= MAX_INPUT_BYTES
@@ -122,8 +124,8 @@ class SubmitSettings:
 
     @property
     def model_resource(self) -> str:
-        """The model as the API names it: ``models/NAME``."""
-        name = self.model.strip()
+        """The model as the API names it: ``models/NAME`` (or ``tunedModels/NAME``)."""
+        name = self.model.strip().removeprefix("publishers/google/")
         return name if name.startswith(("models/", "tunedModels/")) else f"models/{name}"
 
 
@@ -140,6 +142,24 @@ def unsendable_key_reason(key: str) -> str | None:
         "the API key holds a space, a control character (a newline?) or a non-ASCII "
         "character, so it cannot be sent; check how it was set"
     )
+
+
+def checked_path(path: str | os.PathLike[str], what: str) -> str:
+    """``path`` as a string, or a UsageError naming ``what`` when no file can have it
+    (a NUL, not a path at all): every public entry point checks its path arguments
+    here, so none leaks a bare ValueError or TypeError from the OS."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise UsageError(f"{what}: {problem}")
+    return os.fspath(path)
+
+
+def refuse_unsendable_key(key: str | None) -> None:
+    """The one check of a given key, before any command starts its calls (so the same
+    clear error comes once, not once per job)."""
+    reason = unsendable_key_reason(key) if key else None
+    if reason is not None:
+        raise UsageError(reason)
 
 
 def api_key_from_env() -> str | None:

@@ -85,6 +85,11 @@ def _storage_error(exc: BaseException) -> ApiError | None:
         if code >= 500:
             return AmbiguousApiError(message, code=code)
         return PermanentApiError(message, code=code)
+    if isinstance(exc, gexc.RetryError):
+        # The storage client's own retry gave up (its deadline is 120 s): the last
+        # error it met says what happened, else nothing usable came back.
+        inner = _storage_error(exc.cause) if exc.cause is not None else None
+        return inner or AmbiguousApiError(f"Cloud Storage: no usable answer ({exc.message})")
     if isinstance(exc, auth_exc.DefaultCredentialsError):
         return PermanentApiError(
             "no Google Cloud credentials: run `gcloud auth application-default login` "

@@ -11,20 +11,32 @@ import functools
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 from google import genai
 
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
 from ._admission import Admission, Load, bytes_held, load_of
 from ._backend import Backend, VertexTarget
-from ._errors import ApiError, NotFoundApiError, PreflightError, Problem
+from ._errors import (
+    ApiError,
+    NotFoundApiError,
+    PreflightError,
+    Problem,
+    UsageError,
+    single_error,
+)
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._inputs import InputFile, JobLimits, Part, check_regular_file, scan_inputs, unique_paths
 from ._journal import JobLine, Journal, JournalView, batch_name_of
+from ._names import path_problem
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
 from ._schema import BATCH_METHODS
@@ -33,10 +45,12 @@ from ._settings import (
     DEFAULT_JOB_INFO,
     SubmitSettings,
     api_key_from_env,
+    checked_path,
     unsendable_key_reason,
 )
 
 _SCAN_THREADS = 4
+T = TypeVar("T")
 
 
 async def submit(
@@ -79,7 +93,15 @@ async def submit(
         async with backend_session(
             client, api_key=api_key, base_url=base_url, vertex=vertex
         ) as api:
-            await check_model(api, settings, _to_submit(items, view, settings))
+            if not await check_model(api, settings, _to_submit(items, view, settings), stop):
+                return SubmitSummary(
+                    0,
+                    0,
+                    0,
+                    time.monotonic() - started,
+                    interrupted=True,
+                    not_started=len(items),
+                )
             if settings.dry_run:
                 return _report_without_api(items, view, settings, on_event, started)
             run = SubmitRun(
@@ -116,7 +138,8 @@ async def prepared(
 ) -> AsyncIterator[tuple[Journal, JournalView, list[InputFile]]]:
     """The journal, open, and the inputs that passed the local pre-flight (nothing sent);
     ``vertex``: split at Vertex's limits and refuse what its table import fails on."""
-    journal = Journal(job_info)
+    journal = Journal(checked_path(job_info, "job_info"))
+    _refuse_unnameable(paths)
     wanted = _without_journal(unique_paths(paths), journal)
     try:
         # A dry run writes nothing: no lock file, no repair, no scope id.
@@ -131,6 +154,19 @@ async def prepared(
         yield journal, view, items
     finally:
         journal.close()
+
+
+def _refuse_unnameable(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Paths no file can have (a NUL, not a path): every one at once, nothing sent."""
+    if isinstance(paths, (str, bytes, os.PathLike)):  # one path, whose letters would be files
+        raise UsageError("paths: give a list of paths, not a single path")
+    problems = [
+        Problem("(arguments)", problem)
+        for path in paths
+        if (problem := path_problem(path)) is not None
+    ]
+    if problems:
+        raise PreflightError(problems)
 
 
 def admission_for(
@@ -347,12 +383,22 @@ def _to_submit(
     return [item for item in items if not _recorded(item, view, settings)]
 
 
-async def check_model(api: Backend, settings: SubmitSettings, items: list[InputFile]) -> None:
+async def check_model(
+    api: Backend,
+    settings: SubmitSettings,
+    items: list[InputFile],
+    stop: anyio.Event | None = None,
+) -> bool:
     """One models.get, so a typo, a retired model or one that cannot run these
-    requests (generate or embed) fails once, before any upload."""
+    requests (generate or embed) fails once, before any upload. False when a stop cut
+    it short (cleanup_seconds after ``stop``, the same bound as the files in flight)."""
     model = settings.model_resource
     try:
-        info = await call_with_retries(settings.retry, lambda: api.get_model(model))
+        info = await cut_after_stop(
+            stop or anyio.Event(),
+            settings.cleanup_seconds,
+            lambda: call_with_retries(settings.retry, lambda: api.get_model(model)),
+        )
     except NotFoundApiError as exc:
         raise PreflightError(
             [
@@ -363,6 +409,8 @@ async def check_model(api: Backend, settings: SubmitSettings, items: list[InputF
         ) from exc
     except ApiError as exc:
         raise PreflightError([Problem(model, f"cannot check the model: {describe(exc)}")]) from exc
+    if info is None:
+        return False
     problems = []
     for kind in sorted({item.kind for item in items}):
         if not api.model_supports(info, kind):
@@ -377,6 +425,32 @@ async def check_model(api: Backend, settings: SubmitSettings, items: list[InputF
             )
     if problems:
         raise PreflightError(problems)
+    return True
+
+
+async def cut_after_stop(
+    stop: anyio.Event, seconds: float, call: Callable[[], Awaitable[T]]
+) -> T | None:
+    """``call()``, cut ``seconds`` after ``stop`` is set (None then): the stop bound for
+    a wait outside the pipeline's own (which has the same rule, see SubmitRun)."""
+    outcome: list[T] = []
+
+    async def cut(scope: anyio.CancelScope) -> None:
+        await stop.wait()
+        await anyio.sleep(seconds)
+        scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cut, tg.cancel_scope)
+            outcome.append(await call())
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the call's own error, as itself
+        error = single_error(group)
+        if error is group:
+            raise
+        raise error from None
+    return outcome[0] if outcome else None
 
 
 def _recorded_at_all(settings: SubmitSettings) -> bool:

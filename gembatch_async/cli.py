@@ -26,7 +26,7 @@ import anyio
 
 from ._backend import BACKEND_ENV, BACKENDS, GEMINI, VERTEX, VertexTarget
 from ._client import EMULATOR_API_KEY, redact
-from ._errors import GembatchError, UsageError, single_error
+from ._errors import GembatchError, UsageError, leaf_errors
 from ._events import Event, SubmitSummary
 from ._jobs import (
     JobsContext,
@@ -36,6 +36,15 @@ from ._jobs import (
     open_jobs,
     refresh_status,
     watch_status,
+)
+from ._names import (
+    bucket_problem,
+    display_path,
+    json_safe,
+    location_problem,
+    mime_type_problem,
+    model_problem,
+    project_problem,
 )
 from ._render import (
     render_cleaned,
@@ -56,6 +65,7 @@ from ._settings import (
     JOB_WINDOW,
     JOB_WINDOW_ENV,
     MAX_INPUT_BYTES,
+    MODEL_ENV,
     RetrySettings,
     SubmitSettings,
     api_key_from_env,
@@ -128,11 +138,20 @@ def _size(text: str) -> int:
     return value
 
 
-def _mime_type(text: str) -> str:
-    """An argparse type: TYPE/SUBTYPE, as an HTTP header can carry it."""
-    if not re.fullmatch(r"[A-Za-z0-9][\w.+-]*/[A-Za-z0-9][\w.+-]*", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a MIME type like application/jsonl")
-    return text
+def _name(rule: Callable[[str], str | None], kind: str) -> Callable[[str], str]:
+    """An argparse type from one of ``_names``' rules (the library applies the same)."""
+
+    def parse(text: str) -> str:
+        problem = rule(text)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return text
+
+    parse.__name__ = kind
+    return parse
+
+
+_mime_type = _name(mime_type_problem, "MIME type")
 
 
 def _port(text: str) -> int:
@@ -177,15 +196,20 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
         "commands use the backend each journal line records",
     )
     parser.add_argument(
-        "--project", default=None, help="Vertex: the Google Cloud project ($GOOGLE_CLOUD_PROJECT)"
+        "--project",
+        type=_name(project_problem, "project"),
+        default=None,
+        help="Vertex: the Google Cloud project ($GOOGLE_CLOUD_PROJECT)",
     )
     parser.add_argument(
         "--location",
+        type=_name(location_problem, "location"),
         default=None,
         help="Vertex: the region, e.g. us-central1 ($GOOGLE_CLOUD_LOCATION)",
     )
     parser.add_argument(
         "--bucket",
+        type=_name(bucket_problem, "bucket"),
         default=None,
         metavar="gs://BUCKET[/PREFIX]",
         help="Vertex: where inputs and outputs go ($GEMBATCH_BUCKET)",
@@ -227,6 +251,7 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-m",
         "--model",
+        type=_name(model_problem, "model"),
         default=None,
         help=f"model name (default: $GEMBATCH_MODEL or {default_model()})",
     )
@@ -445,6 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.backend not in BACKENDS:  # argparse checks the flag, not the env default
         parser.error(f"{BACKEND_ENV}={args.backend!r}: choose one of {', '.join(BACKENDS)}")
+    if args.command in ("submit", "run") and args.model is None:
+        problem = model_problem(default_model())  # the env default, checked as -m is
+        if problem is not None:
+            parser.error(f"{MODEL_ENV}: {problem}")
     # Beside the journal, so each project folder keeps its own offline state.
     args.emulator_state_dir = Path(os.path.abspath(args.job_info)).parent / EMULATOR_STATE_DIR
     command = {
@@ -458,34 +487,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print("interrupted", sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException as exc:
-        error = single_error(exc)
-        if isinstance(error, GembatchError):
-            _print(f"error: {error}", sys.stderr)
-            return error.exit_code
-        if isinstance(error, (SystemExit, KeyboardInterrupt)):
+        # Jobs run side by side, so errors come out as a (nested) group: each error
+        # in it is one clear line (the same line once); the exit code is the gravest.
+        errors = leaf_errors(exc)
+        if any(isinstance(error, (SystemExit, KeyboardInterrupt)) for error in errors):
             raise
-        return _unexpected(error)
+        shown: dict[str, int] = {}
+        for error in errors:
+            if isinstance(error, GembatchError):
+                text, code = str(error), error.exit_code
+            else:
+                text, code = _unexpected(error), EXIT_FAILED
+            if text not in shown:
+                shown[text] = code
+                _print(f"error: {text}", sys.stderr)
+        return max(shown.values())
 
 
-def _unexpected(error: BaseException) -> int:
-    """Not one of ours: still one line, no traceback (unless asked), never the key."""
+def _unexpected(error: BaseException) -> str:
+    """The line for an error not of ours: still one line, no traceback (unless
+    asked), never the key."""
     if os.environ.get(DEBUG_ENV):
         raise error
     if isinstance(error, OSError) and error.strerror:
-        where = f"{error.filename}: " if error.filename else ""
+        where = f"{display_path(error.filename)}: " if isinstance(error.filename, str) else ""
         text = f"{where}{error.strerror}"
     else:
         text = f"unexpected {type(error).__name__}: {error}"
-    _print(
-        f"error: {redact(text, api_key_from_env())} (set {DEBUG_ENV}=1 for the traceback)",
-        sys.stderr,
-    )
-    return EXIT_FAILED
+    return f"{redact(text, api_key_from_env())} (set {DEBUG_ENV}=1 for the traceback)"
 
 
 def _print(text: str, stream: TextIO) -> None:
     try:
-        print(text, file=stream, flush=True)
+        try:
+            print(text, file=stream, flush=True)
+        except UnicodeEncodeError:  # a name the stream's encoding cannot hold: escaped
+            encoding = stream.encoding or "utf-8"
+            print(
+                text.encode(encoding, "backslashreplace").decode(encoding), file=stream, flush=True
+            )
     except BrokenPipeError:
         # The reader went away (`| head`): keep working and recording, silently.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -689,7 +729,7 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
         running = await stack.enter_async_context(serve_emulator(config))
         _print(
             f"using the built-in {'Vertex AI and ' if storage_url else ''}Gemini API emulator "
-            f"at {running.base_url} (state {f'in {state_dir}' if state_dir else 'in memory'})",
+            f"at {running.base_url} (state {f'in {display_path(state_dir)}' if state_dir else 'in memory'})",
             sys.stderr,
         )
         vertex = dataclasses.replace(vertex, base_url=running.base_url, storage_host=storage_url)
@@ -752,7 +792,7 @@ async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
         for status in statuses:
             show(status)
     if not statuses:
-        _print(f"no jobs recorded in {args.job_info}", sys.stderr)
+        _print(f"no jobs recorded in {display_path(args.job_info)}", sys.stderr)
     return EXIT_FAILED if any(s.error for s in statuses) else EXIT_OK
 
 
@@ -802,7 +842,11 @@ _JOB_COMMANDS: dict[str, Callable[[JobsContext, argparse.Namespace], Awaitable[i
 
 def _printer(as_json: bool, render: Callable[[T], str]) -> Callable[[T], None]:
     def show(item: T) -> None:
-        _print(json.dumps(dataclasses.asdict(item)) if as_json else render(item), sys.stdout)  # type: ignore[call-overload]
+        if not as_json:
+            _print(render(item), sys.stdout)
+            return
+        fields = dataclasses.asdict(item)  # type: ignore[call-overload]
+        _print(json_safe(json.dumps(fields)), sys.stdout)
 
     return show
 

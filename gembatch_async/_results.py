@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
 import shutil
 import struct
@@ -94,7 +96,7 @@ _GRPC_NAMES = {
 # Index records, big-endian so byte order is sort order.
 _WHERE = struct.Struct(">BIQQ")  # is error, output file number, byte offset, length
 _OUT = struct.Struct(">16s" + _WHERE.format[1:])  # key hash + where: responses sort first
-_IN = struct.Struct(">16sQ")  # key hash, request position
+_IN = struct.Struct(">16sBQ")  # key hash, is a number's alias, request position
 _JOINED = struct.Struct(">Q" + _WHERE.format[1:])  # request position + where
 _Where = tuple[int, int, int, int]
 
@@ -264,6 +266,9 @@ class ResultFile:
     raw_path: str | None = None
     #: Malformed output lines, "NAME:LINE: reason" (the first MAX_PROBLEMS).
     problems: tuple[str, ...] = ()
+    #: Of the unexpected answers: those whose key came back as a number that several
+    #: request keys read as ("0" and "000"), left unmatched rather than guessed.
+    ambiguous_keys: int = 0
 
     @property
     def failed(self) -> int:
@@ -306,6 +311,41 @@ def key_digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+# A key the service turned into a JSON number: reported for keys like "000000", not
+# confirmed (nothing in Google's docs or googleapis/python-genai shows it). Whatever it
+# does, an answer is never given to the wrong request: a number is matched to the one
+# request key that reads as that number (as a double, like protobuf's Struct, which
+# keeps numbers as doubles), and left unmatched (reported) when several do ("0", "000").
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_MAX_NUMBER_TEXT = 400
+
+
+def _numeric_key(value: float) -> float | None:
+    """A number as a key: a finite double (-0 is 0), or None."""
+    try:
+        number = float(value) + 0.0
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def numeric_form(key: str) -> float | None:
+    """The number a string key would become if the service wrote it as one, or None."""
+    if len(key) > _MAX_NUMBER_TEXT or not _NUMBER.fullmatch(key):
+        return None
+    return _numeric_key(float(key))
+
+
+def number_digest(number: float) -> bytes:
+    """128 bits of a numeric key, apart from every string key's (another personalisation)."""
+    text = repr(number).encode()
+    return hashlib.blake2b(text, digest_size=16, person=b"gba-number").digest()
+
+
+def _answer_digest(key: str | float) -> bytes:
+    return key_digest(key) if isinstance(key, str) else number_digest(key)
+
+
 # -- building results (blocking; run it in a worker thread) ---------------------------------
 @dataclass
 class _Tally:
@@ -320,6 +360,8 @@ class _Tally:
     unmatched: int = 0
     duplicates: int = 0
     keyless: bool = False
+    #: Unknown answers whose numeric key several request keys read as.
+    ambiguous: int = 0
 
 
 @dataclass
@@ -402,19 +444,18 @@ def _index_outputs(files: _Outputs, answers: SortedRecords, keyless: _Spool, che
     more = 0
     for number, path in enumerate(files.paths):
         for line_no, offset, raw in _lines(path, check):
-            parsed = _parse_answer(raw)
+            parsed = parse_output_line(raw)
             if isinstance(parsed, str):
                 if len(problems) < MAX_PROBLEMS:
                     problems.append(Problem(files.names[number], parsed, line_no))
                 else:
                     more += 1
                 continue
-            key, is_error = parsed
-            where = (int(is_error), number, offset, len(raw))
-            if key is None:
+            where = (int(parsed.is_error), number, offset, len(raw))
+            if parsed.key is None:
                 keyless.add(_WHERE.pack(*where))
             else:
-                answers.add(_OUT.pack(key_digest(key), *where))
+                answers.add(_OUT.pack(_answer_digest(parsed.key), *where))
     if problems:
         raise OutputError(problems, more)
 
@@ -431,11 +472,29 @@ def _lines(path: Path, check: Check) -> Iterator[tuple[int, int, bytes]]:
             offset += len(raw)
 
 
-def _parse_answer(raw: bytes) -> tuple[str | None, bool] | str:
-    """(key or None, is an error) of an output line, or what is wrong with it."""
+@dataclass(frozen=True)
+class OutputLine:
+    """One output line that reads as an answer: its key (None: no key; a float: a key
+    the service wrote as a JSON number), whether it is an error, and the error."""
+
+    key: str | float | None
+    is_error: bool
+    error: object = None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_output_line(raw: bytes) -> OutputLine | str:
+    """What an output line holds, or what is wrong with it: the one reader of output
+    lines. Strict JSON (``NaN`` and ``Infinity`` are not JSON, and a results file
+    copies the line as it is), any depth without a crash, the shape of an answer."""
     cut = not raw.endswith(b"\n")
     try:
-        obj = json.loads(raw)
+        obj = json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        return "nested too deeply to read"
     except (ValueError, UnicodeDecodeError) as exc:
         reason = f"not valid JSON ({_json_error(exc)})"
         return reason + ("; the file ends in the middle of this line" if cut else "")
@@ -444,10 +503,17 @@ def _parse_answer(raw: bytes) -> tuple[str | None, bool] | str:
         return f"{kind}, not an object"
     if "response" not in obj and "error" not in obj:
         return 'neither "response" nor "error"'
+    for name in ("response", "error"):
+        if name in obj and not isinstance(obj[name], dict):
+            return f'"{name}" is not an object'
     key = obj.get("key")
-    if key is not None and not isinstance(key, str):
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        key = _numeric_key(key)
+        if key is None:
+            return '"key" is a number too large to match'
+    elif key is not None and not isinstance(key, str):
         return '"key" is not a string'
-    return key, "error" in obj
+    return OutputLine(key, "error" in obj, obj.get("error"))
 
 
 def _json_error(exc: Exception) -> str:
@@ -460,7 +526,7 @@ def _request_key(raw: bytes) -> str | None:
     """The key of an input line, or None (no key, or not a request line at all)."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # a line edited since pre-flight
         return None
     key = obj.get("key") if isinstance(obj, dict) else None
     return key if isinstance(key, str) else None
@@ -472,7 +538,10 @@ def _index_inputs(input_path: str, requests: SortedRecords, tally: _Tally, check
     for position, (_, _, raw) in enumerate(_lines(Path(input_path), check)):
         key = _request_key(raw)
         if key is not None:
-            requests.add(_IN.pack(key_digest(key), position))
+            requests.add(_IN.pack(key_digest(key), 0, position))
+            number = numeric_form(key)
+            if number is not None:  # in case the service answers with the key as a number
+                requests.add(_IN.pack(number_digest(number), 1, position))
             keyed += 1
         tally.requests = position + 1
     return keyed
@@ -485,8 +554,11 @@ class _Unknown:
         self.tally = tally
         self.where: list[_Where] = []
 
-    def add(self, group: tuple[bytes, _Where, int]) -> None:
-        self.tally.unknown += 1
+    def add(self, group: tuple[bytes, _Where, int], ambiguous: bool) -> None:
+        """One key's answers: counted once, or each when ambiguous (each is a request's)."""
+        count = 1 + group[2] if ambiguous else 1
+        self.tally.unknown += count
+        self.tally.ambiguous += count if ambiguous else 0
         if len(self.where) < MAX_LISTED:
             self.where.append(group[1])
 
@@ -500,28 +572,50 @@ def _join(
     check: Check,
 ) -> None:
     """Match answers to requests on the key hash: (position, where) into ``joined``.
-    A request with no answer leaves a gap; an answer with no request is unknown."""
+    A request with no answer leaves a gap; an answer with no request is unknown, and
+    so is a numeric key that more than one request key reads as."""
     unknown = _Unknown(tally)
     groups = _answer_groups(answers)
-    answer, claimed = next(groups, None), False
-    for step, record in enumerate(requests, start=1):
+    answer, claimed, ambiguous = next(groups, None), False, False
+    for step, (digest, position, sharing) in enumerate(_request_groups(requests), start=1):
         if step % _CHECK_EVERY == 0:
             check()
-        digest, position = _IN.unpack(record)
         while answer is not None and answer[0] < digest:
             if not claimed:
-                unknown.add(answer)
-            answer, claimed = next(groups, None), False
+                unknown.add(answer, ambiguous)
+            answer, claimed, ambiguous = next(groups, None), False, False
         if answer is not None and answer[0] == digest:
+            if sharing > 1:  # "0" and "000" both read as 0: never guess which
+                ambiguous = True
+                continue
             if not claimed:
                 tally.duplicates += answer[2]
                 claimed = True
             joined.add(_JOINED.pack(position, *answer[1]))
     while answer is not None:
         if not claimed:
-            unknown.add(answer)
-        answer, claimed = next(groups, None), False
+            unknown.add(answer, ambiguous)
+        answer, claimed, ambiguous = next(groups, None), False, False
     tally.unknown_keys = [_answer_key(files, where) for where in unknown.where]
+
+
+def _request_groups(requests: SortedRecords) -> Iterator[tuple[bytes, int, int]]:
+    """(key hash, position, how many requests share it): each keyed request as it
+    comes; the requests whose keys read as one number, once, with the first position."""
+    alias: tuple[bytes, int, int] | None = None
+    for record in requests:
+        digest, is_alias, position = _IN.unpack(record)
+        if alias is not None and (not is_alias or digest != alias[0]):
+            yield alias
+            alias = None
+        if not is_alias:
+            yield digest, position, 1
+        elif alias is None:
+            alias = (digest, position, 1)
+        else:
+            alias = (digest, alias[1], alias[2] + 1)
+    if alias is not None:
+        yield alias
 
 
 def _answer_groups(answers: SortedRecords) -> Iterator[tuple[bytes, _Where, int]]:
@@ -543,11 +637,17 @@ def _answer_groups(answers: SortedRecords) -> Iterator[tuple[bytes, _Where, int]
 
 
 def _answer_key(files: _Outputs, where: _Where) -> str:
+    """An unknown answer's key as shown: a numeric key as its number ("" for none)."""
     try:
-        key = json.loads(files.line(where)).get("key")
-    except (ValueError, OSError, AttributeError):
+        parsed = parse_output_line(files.line(where) + b"\n")
+    except OSError:
         return ""
-    return key if isinstance(key, str) else ""
+    if isinstance(parsed, str) or parsed.key is None:
+        return ""
+    if isinstance(parsed.key, str):
+        return parsed.key
+    number = int(parsed.key) if parsed.key.is_integer() else parsed.key
+    return f"{number} (a number)"
 
 
 def _write_in_order(
@@ -569,6 +669,9 @@ def _write_in_order(
             if pending is not None and pending[0] == position:
                 where = pending[1]
                 pending = next(answers, None)
+                while pending is not None and pending[0] == position:  # "5" and 5 both
+                    tally.duplicates += 1
+                    pending = next(answers, None)
             line, label = _answer_line(files, where, raw, tally)
             results.write(line + b"\n")
             if label is not None:
@@ -590,10 +693,8 @@ def _answer_line(
             tally.responses += 1
             return line, None
         tally.errors += 1
-        try:
-            return line, error_label(json.loads(line).get("error"))
-        except (ValueError, AttributeError):  # parsed in pass 1; only a changing file gets here
-            return line, "unknown"
+        parsed = parse_output_line(line + b"\n")  # read in pass 1: only a changed file fails
+        return line, error_label(parsed.error) if isinstance(parsed, OutputLine) else "unknown"
     key = _request_key(raw)
     if key is None and not tally.keyless:
         tally.unmatched += 1
@@ -872,6 +973,7 @@ def _result_file(
         errors=tally.errors,
         missing_keys=tuple(tally.missing_keys),
         unexpected_keys=tally.unknown,
+        ambiguous_keys=tally.ambiguous,
         missing_count=tally.missing,
         requests=tally.requests,
         failed_path=str(targets.failed) if any_failed else None,

@@ -435,3 +435,71 @@ def test_download_usage_errors_are_one_line(
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: ")
+
+
+def generated_blobs(emulator: RunningEmulator, state_dir: Path) -> dict[str, Path]:
+    """Each batch output's file on the emulator's disk, by the input name in its display name."""
+    batches = {b["name"]: b for b in emulator.state()["batches"]}
+    found = {}
+    for entry in emulator.state()["files"]:
+        if entry["source"] == "GENERATED":
+            owner = next(b for b in batches.values() if b.get("outputFile") == entry["name"])
+            name = owner["displayName"].split(" [", 1)[0]
+            found[name] = state_dir / "blobs" / entry["name"].removeprefix("files/")
+    return found
+
+
+def test_hostile_output_is_reported_by_line_and_the_other_files_go_on(tmp_path: Path) -> None:
+    """A NaN response and a line nested 100,000 deep in one file's output (rewritten on the
+    emulator's disk: a test fault, not the service's behaviour): that file is reported
+    line by line, nothing of it written; the other file's results are (issue 17, item 8)."""
+    config = EmulatorConfig(port=0, processing_seconds=1.0, state_dir=tmp_path / "emulator")
+    work = tmp_path / "work"
+    write_requests(work / "a.jsonl", ["k1", "k2", "k3"])
+    write_requests(work / "b.jsonl", ["m1", "m2"])
+    with EmulatorThread(config) as emulator:
+        submit(emulator, work, "a.jsonl", "b.jsonl")
+        status = run_cli(["status"], cwd=work, env=cli_env(emulator))  # the outputs are made
+        assert status.returncode == 0, status.stderr
+        blob = generated_blobs(emulator, tmp_path / "emulator")["a.jsonl"]
+        deep = b'{"key": "k3", "response": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+        blob.write_bytes(b'{"key": "k1", "response": NaN}\n{"key": "k2", "response": {}}\n' + deep)
+        result = run_cli(["download"], cwd=work, env=cli_env(emulator))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error a.jsonl: 2 malformed lines in files/batch-" in result.stdout
+    assert ":1: not valid JSON (NaN is not JSON" in result.stdout
+    assert ":3: nested too deeply to read" in result.stdout
+    assert not (work / "results" / "a.jsonl").exists()
+    assert [r["key"] for r in rows(work / "results" / "b.jsonl")] == ["m1", "m2"]
+    assert "unexpected" not in result.stdout + result.stderr
+
+
+def test_keys_the_service_wrote_as_numbers_are_matched_only_when_unambiguous(
+    tmp_path: Path,
+) -> None:
+    """The output's keys rewritten as JSON numbers where they read as one (reported for the
+    real service with keys like "000000", unconfirmed: issue 16; a test fault here): each
+    goes to its one request; 0, which both "0" and "000000" read as, is reported, exit 1."""
+    config = EmulatorConfig(port=0, processing_seconds=1.0, state_dir=tmp_path / "emulator")
+    work = tmp_path / "work"
+    write_requests(work / "ids.jsonl", ["000001", "000002", "x"])
+    write_requests(work / "clash.jsonl", ["0", "000000", "y"])
+    with EmulatorThread(config) as emulator:
+        submit(emulator, work, "ids.jsonl", "clash.jsonl")
+        status = run_cli(["status"], cwd=work, env=cli_env(emulator))
+        assert status.returncode == 0, status.stderr
+        for blob in generated_blobs(emulator, tmp_path / "emulator").values():
+            lines = [json.loads(line) for line in blob.read_bytes().splitlines()]
+            for line in lines:
+                if line["key"].isdigit():
+                    line["key"] = int(line["key"])
+            blob.write_bytes(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        result = run_cli(["download"], cwd=work, env=cli_env(emulator))
+    assert result.returncode == 1, result.stdout + result.stderr
+    ids = rows(work / "results" / "ids.jsonl")
+    assert [r["key"] for r in ids] == [1, 2, "x"]
+    assert all("response" in r for r in ids)
+    clash = rows(work / "results" / "clash.jsonl")
+    assert [r.get("error", {}).get("status") for r in clash] == ["NOT_ANSWERED"] * 2 + [None]
+    assert "2 answers for no request: '0 (a number)'" in result.stdout
+    assert "2 of them with a key the service wrote as a number" in result.stdout

@@ -111,8 +111,10 @@ class ResultTargets:
     failed: Path
     raw: Path
 
-    def files(self, keep_raw: bool) -> list[Path]:
-        return [self.results, self.failed, *([self.raw] if keep_raw else [])]
+    def files(self) -> list[Path]:
+        """Every file a download may write for the input (raw output: with ``--keep-raw``,
+        for malformed output, or for an input changed since it was submitted)."""
+        return [self.results, self.failed, self.raw]
 
 
 def result_targets(input_path: str, out_dir: str | os.PathLike[str] | None = None) -> ResultTargets:
@@ -123,13 +125,21 @@ def result_targets(input_path: str, out_dir: str | os.PathLike[str] | None = Non
         folder = source.parent / RESULTS_FOLDER
     else:
         folder = Path(out_dir) / _mirrored(input_path).parent
-    stem = source.stem or source.name
     return ResultTargets(
         input_path,
         folder / source.name,
-        folder / f"{stem}.failed.jsonl",
-        folder / f"{stem}.raw.jsonl",
+        folder / _beside(source.name, "failed"),
+        folder / _beside(source.name, "raw"),
     )
+
+
+def _beside(name: str, role: str) -> str:
+    """``q.jsonl`` -> ``q.failed.jsonl`` (the layout since the first release); any other
+    name keeps its whole self (``q.txt`` -> ``q.txt.failed.jsonl``), so ``q.jsonl`` and
+    ``q.txt`` beside it never share one. What names still meet (``q`` and ``q.jsonl``,
+    or an input named ``q.failed.jsonl``) is refused by :func:`plan_targets`."""
+    stem = name[: -len(".jsonl")] if name.endswith(".jsonl") and len(name) > 6 else name
+    return f"{stem}.{role}.jsonl"
 
 
 def _mirrored(input_path: str) -> Path:
@@ -150,31 +160,47 @@ def plan_targets(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     inputs: Sequence[str] = (),
-    keep_raw: bool = False,
+    together: Sequence[str] = (),
+    written: Mapping[str, str] | None = None,
 ) -> dict[str, ResultTargets | str]:
-    """Each path's targets, or why they are refused: two inputs would write the same
-    file (two spellings through a symlink, ``x.failed.jsonl`` beside ``x.jsonl``), or
-    a result would overwrite an input (``paths`` and ``inputs``). Nothing is overwritten."""
+    """Each path's targets, or why they are refused; the one place that decides what a
+    download may write. Every file of an input counts (results, failed requests, raw
+    output; the temporaries are named after the results file). Refused when:
+
+    - two inputs would write one file: of ``paths``, or of ``together`` (the other
+      inputs of one ``run``, whose results come one at a time), through a symlink too;
+    - a file would overwrite an input (``paths`` and ``inputs``);
+    - a file is one another input's download wrote (``written``: path -> that input,
+      from the journal), so a later command never overwrites or removes it.
+    Nothing is overwritten."""
     resolve = _Resolver()
-    plans = {path: result_targets(path, out_dir) for path in paths}
+    mine = {resolve(Path(p)) for p in paths}
+    others = [p for p in together if resolve(Path(p)) not in mine]
+    plans = {path: result_targets(path, out_dir) for path in [*paths, *others]}
     writers: dict[str, list[str]] = {}
     for path, targets in plans.items():
-        for target in targets.files(keep_raw):
+        for target in targets.files():
             writers.setdefault(resolve(target), []).append(path)
     protected = {resolve(Path(p)): p for p in [*inputs, *paths]}
+    owners = {resolve(Path(file)): owner for file, owner in (written or {}).items()}
     refused: dict[str, str] = {}
     for where, who in writers.items():
-        if where in protected:
-            for path in who:
+        owner = owners.get(where)
+        for path in who:
+            if where in protected:
                 refused[path] = f"refused: its results would overwrite the input {protected[where]}"
-        elif len(who) > 1:
-            for path in who:
-                others = ", ".join(other for other in who if other != path)
+            elif len(who) > 1:
+                named = ", ".join(other for other in who if other != path)
                 refused[path] = (
-                    f"refused: {others} would write the same file {where}; "
+                    f"refused: {named} would write the same file {where}; "
                     "download them one at a time with different --out"
                 )
-    return {path: refused.get(path, targets) for path, targets in plans.items()}
+            elif owner is not None and resolve(Path(owner)) != resolve(Path(path)):
+                refused[path] = (
+                    f"refused: {where} belongs to the results of {owner}, another input; "
+                    "download this one with --out DIR"
+                )
+    return {path: refused.get(path, plans[path]) for path in paths}
 
 
 class _Resolver:
@@ -862,11 +888,18 @@ async def fetch_results(
     retry: RetrySettings | None = None,
     keep_raw: bool = False,
     limiter: anyio.CapacityLimiter | None = None,
+    submitted: Sequence[tuple[int, str]] | None = None,
 ) -> ResultFile:
     """Download a succeeded job's output and write its results (see the module doc).
 
     ``job`` may be the jobs of every part of a split input, in part order: their
     outputs are merged into one results file in the input's order.
+
+    ``submitted`` is (size, sha256) of what each job was made from, as the journal
+    records it. When the input no longer holds exactly that, its lines are not what
+    was answered: no results are matched to them; the answers (to the requests as
+    submitted) are kept as the raw output and the file is an error (see
+    :func:`_changed_input`).
 
     Never raises for a failure of this one file (API, disk, malformed output): the
     returned :class:`ResultFile` carries it in ``error``. Cancellation removes every
@@ -898,8 +931,15 @@ async def fetch_results(
             staging,
             limiter=limiter,
         )
-        if keep_raw and len(raws) > 1:  # a split input: the parts' outputs, one after another
+        change = None
+        if submitted is not None:
+            change = await anyio.to_thread.run_sync(changed_since, targets.input_path, submitted)
+        if (keep_raw or change) and len(raws) > 1:  # a split input: the parts' outputs in order
             raw = await anyio.to_thread.run_sync(_joined, staging, raws)
+        if change is not None:
+            assert raw is not None
+            kept = await anyio.to_thread.run_sync(_keep_raw, staging, raw)
+            return _with(done, error=_changed_input(change, tally, kept), raw_path=kept)
         await anyio.to_thread.run_sync(staging.finish, results, failed, raw if keep_raw else None)
     except ApiError as exc:
         return _with(done, error=f"download of {output_file} failed: {describe(exc)}")
@@ -911,6 +951,40 @@ async def fetch_results(
     finally:
         staging.discard()
     return _result_file(done, tally, targets, failed is not None, keep_raw)
+
+
+def changed_since(input_path: str, submitted: Sequence[tuple[int, str]]) -> str | None:
+    """How the input differs from what was submitted (each part's size and sha256, in
+    order: the parts are consecutive byte ranges of it), or None when it is the same."""
+    expected = sum(size for size, _ in submitted)
+    with open(input_path, "rb") as handle:
+        now = os.fstat(handle.fileno()).st_size
+        if now != expected:
+            return f"{now} bytes now, {expected} submitted"
+        for size, sha256 in submitted:
+            hasher = hashlib.sha256()
+            left = size
+            while left and (chunk := handle.read(min(left, _WRITE_BUFFER))):
+                hasher.update(chunk)
+                left -= len(chunk)
+            if left or hasher.hexdigest() != sha256:
+                return "sha256 differs"
+    return None
+
+
+def _changed_input(change: str, tally: _Tally, kept: str | None) -> str:
+    """An input edited after submission: what is known, and what is kept."""
+    line = f"changed since it was submitted ({change}): no results are matched to its new lines"
+    if not tally.keyless:
+        line += (
+            f" ({tally.unknown} answered keys are no longer in it,"
+            f" {tally.missing + tally.unmatched} of its requests have no answer)"
+        )
+    where = f"kept in {kept}" if kept else "not kept (the results folder cannot be written)"
+    return (
+        f"{line}; the answers to the requests as submitted are {where}; "
+        "restore the file and download again, or submit it again"
+    )
 
 
 def _joined(staging: Staging, raws: list[Path]) -> Path:

@@ -313,3 +313,24 @@ def test_a_string_and_a_numeric_answer_to_one_key_are_a_duplicate(tmp_path: Path
     assert [json.loads(line).get("key") for line in results] == [5, 6]  # the first in the file
     assert (tally.responses, tally.errors, tally.duplicates, tally.missing) == (1, 1, 1, 0)
     assert failed == request_line("6")
+
+
+def test_every_file_of_an_input_is_planned_and_owned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failed and raw files are named apart for q.jsonl and q.txt; a file another input's
+    download wrote (as the journal records) or another input of the run would write is
+    refused; the input's own earlier files are not (issue 17, item 2)."""
+    monkeypatch.chdir(tmp_path)
+    jsonl, txt, bare = result_targets("q.jsonl"), result_targets("q.txt"), result_targets("q")
+    assert (jsonl.failed.name, jsonl.raw.name) == ("q.failed.jsonl", "q.raw.jsonl")
+    assert (txt.failed.name, txt.raw.name) == ("q.txt.failed.jsonl", "q.txt.raw.jsonl")
+    assert bare.failed.name == "q.failed.jsonl"  # meets q.jsonl's: refused below
+    assert plan_targets(["q.jsonl", "q.txt"]) == {"q.jsonl": jsonl, "q.txt": txt}
+    written = {"results/q.failed.jsonl": "q.jsonl", "results/q.jsonl": "q.jsonl"}
+    assert "belongs to the results of q.jsonl" in str(
+        plan_targets(["q.failed.jsonl"], written=written)["q.failed.jsonl"]
+    )
+    assert plan_targets(["./q.jsonl"], written=written)["./q.jsonl"] == result_targets("./q.jsonl")
+    assert "would write the same file" in str(plan_targets(["q"], together=["q.jsonl", "q"])["q"])
+    assert plan_targets(["q.txt"], together=["q.jsonl", "q.txt"])["q.txt"] == txt

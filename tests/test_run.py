@@ -267,3 +267,37 @@ async def test_run_frees_storage_held_by_ended_jobs_first(
     assert (summary.downloaded, summary.failed) == (2, 0)
     assert any(isinstance(e, WaitingForCapacity) for e in events), "storage was the limit"
     assert _uploads(emulator) == [], "the ended jobs' uploads were deleted to make room"
+
+
+@pytest.mark.parametrize(
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, processing_seconds=0.6, request_errors=0.4, fault_seed=7),
+            id="errors",
+        )
+    ],
+)
+def test_run_of_two_inputs_with_one_stem_keeps_both_failed_lists(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """run q.jsonl q.txt with per-request errors: each input's failed requests in a file
+    of its own, none lost to the other (issue 17, item 2)."""
+    written = {}
+    for name, tag in (("q.jsonl", "q"), ("q.txt", "t")):
+        lines = [
+            json.dumps({"key": f"{tag}{i}", "request": {"contents": []}}).encode() + b"\n"
+            for i in range(30)
+        ]
+        (tmp_path / name).write_bytes(b"".join(lines))
+        written[name] = lines
+    result = run_cli([*RUN, "q.jsonl", "q.txt"], cwd=tmp_path, env=cli_env(emulator), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, failed in (("q.jsonl", "q.failed.jsonl"), ("q.txt", "q.txt.failed.jsonl")):
+        answers = [
+            json.loads(line) for line in (tmp_path / "results" / name).read_bytes().splitlines()
+        ]
+        erring = [i for i, answer in enumerate(answers) if "error" in answer]
+        assert erring
+        expected = b"".join(written[name][i] for i in erring)
+        assert (tmp_path / "results" / failed).read_bytes() == expected

@@ -1010,10 +1010,12 @@ def _build_checked(
 
 def _malformed(exc: OutputError, kept: str | None) -> str:
     total = len(exc.problems) + exc.more
-    where = exc.problems[0].path
+    first = exc.problems[0]
     noun = "line" if total == 1 else "lines"
     hint = f"; it is kept in {kept}" if kept else "; download again with --keep-raw to inspect it"
-    return f"{total} malformed {noun} in {where}, no results written{hint}"
+    # The first line's number and reason here too: run shows this one line (no list).
+    shown = f"{first.path}:{first.line}: {first.message}" + ("" if total == 1 else ", ...")
+    return f"{total} malformed {noun} in {first.path} ({shown}), no results written{hint}"
 
 
 def _problems(exc: OutputError) -> tuple[str, ...]:

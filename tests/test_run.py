@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types
 
 from gembatch_async import Event, SubmitSettings, WaitingForCapacity, run, submit
-from gembatch_async.emulator import EmulatorConfig, RunningEmulator
+from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
 
 from .helpers import (
     FAST_RETRY,
@@ -301,3 +301,46 @@ def test_run_of_two_inputs_with_one_stem_keeps_both_failed_lists(
         assert erring
         expected = b"".join(written[name][i] for i in erring)
         assert (tmp_path / "results" / failed).read_bytes() == expected
+
+
+def test_run_reports_hostile_output_by_line_and_the_other_files_go_on(tmp_path: Path) -> None:
+    """One file's output nested 100,000 deep (rewritten on the emulator's disk: a test
+    fault, not the service's behaviour): run fails that file with its line, and the other
+    file gets its results (issue 17, item 8)."""
+    config = EmulatorConfig(port=0, processing_seconds=0.6, state_dir=tmp_path / "emulator")
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("a.jsonl", "b.jsonl"):
+        (work / name).write_bytes(
+            b"".join(
+                json.dumps({"key": f"{name}{i}", "request": {"contents": []}}).encode() + b"\n"
+                for i in range(3)
+            )
+        )
+    with EmulatorThread(config) as emulator:
+        submitted = run_cli(["submit", "a.jsonl", "b.jsonl"], cwd=work, env=cli_env(emulator))
+        assert submitted.returncode == 0, submitted.stderr
+        wait_until(lambda: len(_outputs(emulator)) == 2, timeout=20, poll=0.2)
+        batches = {b["outputFile"]: b["displayName"] for b in emulator.state()["batches"]}
+        (output,) = [name for name in _outputs(emulator) if batches[name].startswith("a.jsonl")]
+        blob = tmp_path / "emulator" / "blobs" / output.removeprefix("files/")
+        blob.write_bytes(
+            b'{"key": "a.jsonl0", "response": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+        )
+        result = run_cli([*RUN, "a.jsonl", "b.jsonl"], cwd=work, env=cli_env(emulator))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ":1: nested too deeply to read" in result.stdout + result.stderr
+    assert "unexpected" not in result.stdout + result.stderr
+    assert not (work / "results" / "a.jsonl").exists()
+    assert len((work / "results" / "b.jsonl").read_bytes().splitlines()) == 3
+
+
+def _outputs(emulator: RunningEmulator) -> list[str]:
+    """The output files the emulator has made (it makes one when a batch is looked at)."""
+    client = genai.Client(
+        api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url)
+    )
+    for batch in client.batches.list():
+        assert batch.name is not None
+        client.batches.get(name=batch.name)
+    return [f["name"] for f in emulator.state()["files"] if f["source"] == "GENERATED"]

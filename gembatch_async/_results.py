@@ -512,15 +512,29 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class TooDeepError(ValueError):
+    """A JSON text nested deeper than the parser can follow (a ValueError, not a crash)."""
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """A JSON text, strictly, as every reader of output lines parses it: ``NaN`` and
+    ``Infinity`` are refused (they are not JSON), and nesting too deep to read is a
+    :class:`TooDeepError`, never a ``RecursionError`` that stops a whole command."""
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise TooDeepError("nested too deeply to read") from None
+
+
 def parse_output_line(raw: bytes) -> OutputLine | str:
     """What an output line holds, or what is wrong with it: the one reader of output
     lines. Strict JSON (``NaN`` and ``Infinity`` are not JSON, and a results file
     copies the line as it is), any depth without a crash, the shape of an answer."""
     cut = not raw.endswith(b"\n")
     try:
-        obj = json.loads(raw, parse_constant=_not_json)
-    except RecursionError:
-        return "nested too deeply to read"
+        obj = strict_json(raw)
+    except TooDeepError as exc:
+        return str(exc)
     except (ValueError, UnicodeDecodeError) as exc:
         reason = f"not valid JSON ({_json_error(exc)})"
         return reason + ("; the file ends in the middle of this line" if cut else "")

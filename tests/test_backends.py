@@ -86,3 +86,12 @@ def test_vertex_output_lines_become_batch_api_lines() -> None:
         "error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "no"},
     }
     assert converted_line(b"not json\n") == b"not json\n"
+
+
+def test_hostile_vertex_output_lines_pass_unchanged_for_results_to_report() -> None:
+    """NaN and a line nested 100,000 deep: passed on as they are (for _results to name by
+    line), never a RecursionError that stops every file (issue 17, item 8)."""
+    nan = b'{"key": "a", "status": "", "response": NaN}\n'
+    deep = b'{"key": "b", "status": "", "response": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    assert converted_line(nan) == nan
+    assert converted_line(deep) == deep

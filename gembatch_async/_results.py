@@ -142,6 +142,12 @@ def _beside(name: str, role: str) -> str:
     return f"{stem}.{role}.jsonl"
 
 
+def _file_names(input_path: str) -> set[str]:
+    """The names (not folders) of the files an input's results are written to."""
+    name = os.path.basename(os.path.normpath(input_path))
+    return {name, _beside(name, "failed"), _beside(name, "raw")}
+
+
 def _mirrored(input_path: str) -> Path:
     """The input's path relative to the current folder; one outside it keeps its
     absolute path (without the leading ``/``), so nothing lands outside ``--out``."""
@@ -175,14 +181,18 @@ def plan_targets(
     Nothing is overwritten."""
     resolve = _Resolver()
     mine = {resolve(Path(p)) for p in paths}
-    others = [p for p in together if resolve(Path(p)) not in mine]
+    # Files can only meet when their names do: a cheap test first, as a run asks this
+    # once per input of thousands.
+    names = {name for path in paths for name in _file_names(path)}
+    others = [p for p in together if names & _file_names(p) and resolve(Path(p)) not in mine]
+    written = {f: owner for f, owner in (written or {}).items() if os.path.basename(f) in names}
     plans = {path: result_targets(path, out_dir) for path in [*paths, *others]}
     writers: dict[str, list[str]] = {}
     for path, targets in plans.items():
         for target in targets.files():
             writers.setdefault(resolve(target), []).append(path)
     protected = {resolve(Path(p)): p for p in [*inputs, *paths]}
-    owners = {resolve(Path(file)): owner for file, owner in (written or {}).items()}
+    owners = {resolve(Path(file)): owner for file, owner in written.items()}
     refused: dict[str, str] = {}
     for where, who in writers.items():
         owner = owners.get(where)

@@ -344,3 +344,25 @@ def _outputs(emulator: RunningEmulator) -> list[str]:
         assert batch.name is not None
         client.batches.get(name=batch.name)
     return [f["name"] for f in emulator.state()["files"] if f["source"] == "GENERATED"]
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.6), id="fast")]
+)
+def test_run_says_an_input_changed_since_it_was_submitted(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Edited after its submit: run matches no results to the new lines, says so and
+    exits 1, keeping the answers to what was sent (issue 17, item 6)."""
+    lines = [
+        json.dumps({"key": f"k{i}", "request": {"contents": []}}).encode() + b"\n" for i in range(3)
+    ]
+    (tmp_path / "q.jsonl").write_bytes(b"".join(lines))
+    submitted = run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=cli_env(emulator))
+    assert submitted.returncode == 0, submitted.stderr
+    (tmp_path / "q.jsonl").write_bytes(b"".join(lines[:2]) + lines[2].replace(b"k2", b"k9"))
+    result = run_cli([*RUN, "q.jsonl"], cwd=tmp_path, env=cli_env(emulator), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "changed since it was submitted (sha256 differs)" in result.stdout
+    assert not (tmp_path / "results" / "q.jsonl").exists()
+    assert len((tmp_path / "results" / "q.raw.jsonl").read_bytes().splitlines()) == 3

@@ -206,7 +206,7 @@ def _incomplete_notes(result: ResultFile) -> list[str]:
     if result.ambiguous_keys:
         notes.append(
             f"{result.ambiguous_keys} of them with a key the service wrote as a number that "
-            "several request keys read as (not matched, never guessed)"
+            "several request keys read as (not matched, never guessed; --keep-raw keeps them)"
         )
     if result.duplicates:
         notes.append(f"{result.duplicates} extra answers to an answered key (the first kept)")

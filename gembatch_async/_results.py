@@ -4,9 +4,12 @@ The service answers in another order than the requests (python-genai#1909) and
 ties each answer to its request by the request's ``key``. Results are built in
 bounded memory, whatever the size, from files on disk:
 
-1. each output line is parsed (a malformed one stops the file: nothing is
-   written) and indexed as (128-bit key hash, where it is): an external sort;
-2. each input request is indexed as (key hash, position): an external sort; the
+1. each output line is parsed by :func:`parse_output_line`, strictly (a malformed
+   one stops the file: nothing is written, every bad line is named) and indexed as
+   (128-bit key hash, where it is): an external sort;
+2. each input request is indexed as (key hash, position), and a key that reads as
+   a number also under that number's hash (for a key the service wrote as a
+   number: matched only when one request reads as it): an external sort; the
    two are joined on the hash into (position, where its answer is), sorted by
    position (a third external sort);
 3. the input is read again in order; each request's answer is copied, byte for

@@ -357,6 +357,7 @@ def key_digest(key: str) -> bytes:
 # keeps numbers as doubles), and left unmatched (reported) when several do ("0", "000").
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _MAX_NUMBER_TEXT = 400
+_NUMBER_START = frozenset("-0123456789")
 
 
 def _numeric_key(value: float) -> float | None:
@@ -370,7 +371,9 @@ def _numeric_key(value: float) -> float | None:
 
 def numeric_form(key: str) -> float | None:
     """The number a string key would become if the service wrote it as one, or None."""
-    if len(key) > _MAX_NUMBER_TEXT or not _NUMBER.fullmatch(key):
+    if not key or key[0] not in _NUMBER_START or len(key) > _MAX_NUMBER_TEXT:
+        return None  # most keys, at the cost of one comparison
+    if not _NUMBER.fullmatch(key):
         return None
     return _numeric_key(float(key))
 

@@ -528,6 +528,10 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: One decoder for every line (``json.loads`` with an option builds one per call).
+_STRICT = json.JSONDecoder(parse_constant=_not_json)
+
+
 class TooDeepError(ValueError):
     """A JSON text nested deeper than the parser can follow (a ValueError, not a crash)."""
 
@@ -537,7 +541,7 @@ def strict_json(raw: bytes | str) -> Any:
     ``Infinity`` are refused (they are not JSON), and nesting too deep to read is a
     :class:`TooDeepError`, never a ``RecursionError`` that stops a whole command."""
     try:
-        return json.loads(raw, parse_constant=_not_json)
+        return _STRICT.decode(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except RecursionError:
         raise TooDeepError("nested too deeply to read") from None
 

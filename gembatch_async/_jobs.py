@@ -87,6 +87,8 @@ class JobStatus:
     #: For one part of a split input: which part, of how many.
     part: int | None = None
     parts: int | None = None
+    #: What was submitted (of this part): its size and sha256, as the journal records them.
+    submitted: tuple[int, str] | None = None
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -284,7 +286,16 @@ def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail)
         location=input_location(line, roots),
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
+        submitted=_submitted(line),
     )
+
+
+def _submitted(line: JobLine) -> tuple[int, str] | None:
+    """(size, sha256) of what the line's job was made from; None when not recorded."""
+    size, sha = line.get("size_bytes"), line.get("sha256")
+    if isinstance(size, int) and not isinstance(size, bool) and isinstance(sha, str):
+        return size, sha
+    return None
 
 
 def _part_of(line: JobLine) -> tuple[int | None, int | None]:
@@ -322,6 +333,7 @@ def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = N
         location=input_location(line, roots),
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
+        submitted=_submitted(line),
     )
 
 
@@ -378,11 +390,12 @@ async def download_results(
     if not paths:  # files named in this command are the user's; the journal's lines are not
         ready, refused = _within_journal_folder(jobs, ready)
     roots = jobs.journal.roots
+    recorded = jobs.recorded()
     plan = plan_targets(
         [group[0].location for group in ready],
         out_dir,
-        inputs=[input_location(line, roots) for line in jobs.recorded()],
-        keep_raw=keep_raw,
+        inputs=[input_location(line, roots) for line in recorded],
+        written=_written_by(recorded, roots),
     )
     limiter = anyio.CapacityLimiter(_BUILDS_AT_ONCE)
     results: list[ResultFile | None] = [None] * len(ready)
@@ -454,18 +467,39 @@ async def collect_results(
     group: Sequence[JobStatus],
     out_dir: str | os.PathLike[str] | None,
     limiter: anyio.CapacityLimiter,
+    together: Sequence[str] = (),
 ) -> ResultFile:
     """One input's results (for ``run``; the jobs of all its parts, in order): written
     where ``download`` puts them, skipped when already current, refused on a
-    collision, recorded in the journal."""
+    collision (with the other inputs of the run, ``together``, too), recorded in the
+    journal."""
     roots = jobs.journal.roots
     location = group[0].location
+    recorded = jobs.recorded()
     plan = plan_targets(
-        [location], out_dir, inputs=[input_location(line, roots) for line in jobs.recorded()]
+        [location],
+        out_dir,
+        inputs=[input_location(line, roots) for line in recorded],
+        together=together,
+        written=_written_by(recorded, roots),
     )
     result = await _results_of(jobs, group, plan[location], _Choice(out_dir, False, False, limiter))
     await _record_counts(jobs, _counts_by_batch(group, result))
     return result
+
+
+def _written_by(lines: Sequence[JobLine], roots: Sequence[str]) -> dict[str, str]:
+    """The files each input's last download wrote (path -> that input), as the journal
+    records them: a later download of another input must not overwrite or remove them."""
+    written: dict[str, str] = {}
+    for line in lines:
+        counts = ResultCounts.from_dict(line.get("results"))
+        if counts is not None:
+            owner = input_location(line, roots)
+            for path in (counts.results_path, counts.failed_path):
+                if path:
+                    written[path] = owner
+    return written
 
 
 @dataclass(frozen=True)
@@ -489,6 +523,7 @@ async def _results_of(
     newest = None if None in created else max(c for c in created if c is not None)
     if not choice.force and await anyio.to_thread.run_sync(results_are_current, targets, newest):
         return _skipped(status, targets)
+    submitted = [s.submitted for s in group]
     return await fetch_results(
         jobs.api,
         list(group),
@@ -496,6 +531,7 @@ async def _results_of(
         retry=jobs.retry,
         keep_raw=choice.keep_raw,
         limiter=choice.limiter,
+        submitted=None if None in submitted else [s for s in submitted if s is not None],
     )
 
 

@@ -207,6 +207,11 @@ def _incomplete_notes(result: ResultFile) -> list[str]:
             f"{result.unexpected_keys} answers for no request"
             + (f": {_listed(named, result.unexpected_keys)}" if named else "")
         )
+    if result.ambiguous_keys:
+        notes.append(
+            f"{result.ambiguous_keys} of them with a key the service wrote as a number that "
+            "several request keys read as (not matched, never guessed; --keep-raw keeps them)"
+        )
     if result.duplicates:
         notes.append(f"{result.duplicates} extra answers to an answered key (the first kept)")
     if result.raw_path:

@@ -4,9 +4,12 @@ The service answers in another order than the requests (python-genai#1909) and
 ties each answer to its request by the request's ``key``. Results are built in
 bounded memory, whatever the size, from files on disk:
 
-1. each output line is parsed (a malformed one stops the file: nothing is
-   written) and indexed as (128-bit key hash, where it is): an external sort;
-2. each input request is indexed as (key hash, position): an external sort; the
+1. each output line is parsed by :func:`parse_output_line`, strictly (a malformed
+   one stops the file: nothing is written, every bad line is named) and indexed as
+   (128-bit key hash, where it is): an external sort;
+2. each input request is indexed as (key hash, position), and a key that reads as
+   a number also under that number's hash (for a key the service wrote as a
+   number: matched only when one request reads as it): an external sort; the
    two are joined on the hash into (position, where its answer is), sorted by
    position (a third external sort);
 3. the input is read again in order; each request's answer is copied, byte for
@@ -29,7 +32,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import secrets
 import shutil
 import struct
@@ -94,7 +99,7 @@ _GRPC_NAMES = {
 # Index records, big-endian so byte order is sort order.
 _WHERE = struct.Struct(">BIQQ")  # is error, output file number, byte offset, length
 _OUT = struct.Struct(">16s" + _WHERE.format[1:])  # key hash + where: responses sort first
-_IN = struct.Struct(">16sQ")  # key hash, request position
+_IN = struct.Struct(">16sBQ")  # key hash, is a number's alias, request position
 _JOINED = struct.Struct(">Q" + _WHERE.format[1:])  # request position + where
 _Where = tuple[int, int, int, int]
 
@@ -109,8 +114,10 @@ class ResultTargets:
     failed: Path
     raw: Path
 
-    def files(self, keep_raw: bool) -> list[Path]:
-        return [self.results, self.failed, *([self.raw] if keep_raw else [])]
+    def files(self) -> list[Path]:
+        """Every file a download may write for the input (raw output: with ``--keep-raw``,
+        for malformed output, or for an input changed since it was submitted)."""
+        return [self.results, self.failed, self.raw]
 
 
 def result_targets(input_path: str, out_dir: str | os.PathLike[str] | None = None) -> ResultTargets:
@@ -121,13 +128,27 @@ def result_targets(input_path: str, out_dir: str | os.PathLike[str] | None = Non
         folder = source.parent / RESULTS_FOLDER
     else:
         folder = Path(out_dir) / _mirrored(input_path).parent
-    stem = source.stem or source.name
     return ResultTargets(
         input_path,
         folder / source.name,
-        folder / f"{stem}.failed.jsonl",
-        folder / f"{stem}.raw.jsonl",
+        folder / _beside(source.name, "failed"),
+        folder / _beside(source.name, "raw"),
     )
+
+
+def _beside(name: str, role: str) -> str:
+    """``q.jsonl`` -> ``q.failed.jsonl`` (the layout since the first release); any other
+    name keeps its whole self (``q.txt`` -> ``q.txt.failed.jsonl``), so ``q.jsonl`` and
+    ``q.txt`` beside it never share one. What names still meet (``q`` and ``q.jsonl``,
+    or an input named ``q.failed.jsonl``) is refused by :func:`plan_targets`."""
+    stem = name[: -len(".jsonl")] if name.endswith(".jsonl") and len(name) > 6 else name
+    return f"{stem}.{role}.jsonl"
+
+
+def _file_names(input_path: str) -> set[str]:
+    """The names (not folders) of the files an input's results are written to."""
+    name = os.path.basename(os.path.normpath(input_path))
+    return {name, _beside(name, "failed"), _beside(name, "raw")}
 
 
 def _mirrored(input_path: str) -> Path:
@@ -148,31 +169,51 @@ def plan_targets(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     inputs: Sequence[str] = (),
-    keep_raw: bool = False,
+    together: Sequence[str] = (),
+    written: Mapping[str, str] | None = None,
 ) -> dict[str, ResultTargets | str]:
-    """Each path's targets, or why they are refused: two inputs would write the same
-    file (two spellings through a symlink, ``x.failed.jsonl`` beside ``x.jsonl``), or
-    a result would overwrite an input (``paths`` and ``inputs``). Nothing is overwritten."""
+    """Each path's targets, or why they are refused; the one place that decides what a
+    download may write. Every file of an input counts (results, failed requests, raw
+    output; the temporaries are named after the results file). Refused when:
+
+    - two inputs would write one file: of ``paths``, or of ``together`` (the other
+      inputs of one ``run``, whose results come one at a time), through a symlink too;
+    - a file would overwrite an input (``paths`` and ``inputs``);
+    - a file is one another input's download wrote (``written``: path -> that input,
+      from the journal), so a later command never overwrites or removes it.
+    Nothing is overwritten."""
     resolve = _Resolver()
-    plans = {path: result_targets(path, out_dir) for path in paths}
+    mine = {resolve(Path(p)) for p in paths}
+    # Files can only meet when their names do: a cheap test first, as a run asks this
+    # once per input of thousands.
+    names = {name for path in paths for name in _file_names(path)}
+    others = [p for p in together if names & _file_names(p) and resolve(Path(p)) not in mine]
+    written = {f: owner for f, owner in (written or {}).items() if os.path.basename(f) in names}
+    plans = {path: result_targets(path, out_dir) for path in [*paths, *others]}
     writers: dict[str, list[str]] = {}
     for path, targets in plans.items():
-        for target in targets.files(keep_raw):
+        for target in targets.files():
             writers.setdefault(resolve(target), []).append(path)
     protected = {resolve(Path(p)): p for p in [*inputs, *paths]}
+    owners = {resolve(Path(file)): owner for file, owner in written.items()}
     refused: dict[str, str] = {}
     for where, who in writers.items():
-        if where in protected:
-            for path in who:
+        owner = owners.get(where)
+        for path in who:
+            if where in protected:
                 refused[path] = f"refused: its results would overwrite the input {protected[where]}"
-        elif len(who) > 1:
-            for path in who:
-                others = ", ".join(other for other in who if other != path)
+            elif len(who) > 1:
+                named = ", ".join(other for other in who if other != path)
                 refused[path] = (
-                    f"refused: {others} would write the same file {where}; "
+                    f"refused: {named} would write the same file {where}; "
                     "download them one at a time with different --out"
                 )
-    return {path: refused.get(path, targets) for path, targets in plans.items()}
+            elif owner is not None and resolve(Path(owner)) != resolve(Path(path)):
+                refused[path] = (
+                    f"refused: {where} belongs to the results of {owner}, another input; "
+                    "download this one with --out DIR"
+                )
+    return {path: refused.get(path, plans[path]) for path in paths}
 
 
 class _Resolver:
@@ -264,6 +305,9 @@ class ResultFile:
     raw_path: str | None = None
     #: Malformed output lines, "NAME:LINE: reason" (the first MAX_PROBLEMS).
     problems: tuple[str, ...] = ()
+    #: Of the unexpected answers: those whose key came back as a number that several
+    #: request keys read as ("0" and "000"), left unmatched rather than guessed.
+    ambiguous_keys: int = 0
 
     @property
     def failed(self) -> int:
@@ -306,6 +350,44 @@ def key_digest(key: str) -> bytes:
     return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+# A key the service turned into a JSON number: reported for keys like "000000", not
+# confirmed (nothing in Google's docs or googleapis/python-genai shows it). Whatever it
+# does, an answer is never given to the wrong request: a number is matched to the one
+# request key that reads as that number (as a double, like protobuf's Struct, which
+# keeps numbers as doubles), and left unmatched (reported) when several do ("0", "000").
+_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_MAX_NUMBER_TEXT = 400
+_NUMBER_START = frozenset("-0123456789")
+
+
+def _numeric_key(value: float) -> float | None:
+    """A number as a key: a finite double (-0 is 0), or None."""
+    try:
+        number = float(value) + 0.0
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def numeric_form(key: str) -> float | None:
+    """The number a string key would become if the service wrote it as one, or None."""
+    if not key or key[0] not in _NUMBER_START or len(key) > _MAX_NUMBER_TEXT:
+        return None  # most keys, at the cost of one comparison
+    if not _NUMBER.fullmatch(key):
+        return None
+    return _numeric_key(float(key))
+
+
+def number_digest(number: float) -> bytes:
+    """128 bits of a numeric key, apart from every string key's (another personalisation)."""
+    text = repr(number).encode()
+    return hashlib.blake2b(text, digest_size=16, person=b"gba-number").digest()
+
+
+def _answer_digest(key: str | float) -> bytes:
+    return key_digest(key) if isinstance(key, str) else number_digest(key)
+
+
 # -- building results (blocking; run it in a worker thread) ---------------------------------
 @dataclass
 class _Tally:
@@ -320,6 +402,8 @@ class _Tally:
     unmatched: int = 0
     duplicates: int = 0
     keyless: bool = False
+    #: Unknown answers whose numeric key several request keys read as.
+    ambiguous: int = 0
 
 
 @dataclass
@@ -402,19 +486,18 @@ def _index_outputs(files: _Outputs, answers: SortedRecords, keyless: _Spool, che
     more = 0
     for number, path in enumerate(files.paths):
         for line_no, offset, raw in _lines(path, check):
-            parsed = _parse_answer(raw)
+            parsed = parse_output_line(raw)
             if isinstance(parsed, str):
                 if len(problems) < MAX_PROBLEMS:
                     problems.append(Problem(files.names[number], parsed, line_no))
                 else:
                     more += 1
                 continue
-            key, is_error = parsed
-            where = (int(is_error), number, offset, len(raw))
-            if key is None:
+            where = (int(parsed.is_error), number, offset, len(raw))
+            if parsed.key is None:
                 keyless.add(_WHERE.pack(*where))
             else:
-                answers.add(_OUT.pack(key_digest(key), *where))
+                answers.add(_OUT.pack(_answer_digest(parsed.key), *where))
     if problems:
         raise OutputError(problems, more)
 
@@ -431,11 +514,47 @@ def _lines(path: Path, check: Check) -> Iterator[tuple[int, int, bytes]]:
             offset += len(raw)
 
 
-def _parse_answer(raw: bytes) -> tuple[str | None, bool] | str:
-    """(key or None, is an error) of an output line, or what is wrong with it."""
+@dataclass(frozen=True)
+class OutputLine:
+    """One output line that reads as an answer: its key (None: no key; a float: a key
+    the service wrote as a JSON number), whether it is an error, and the error."""
+
+    key: str | float | None
+    is_error: bool
+    error: object = None
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: One decoder for every line (``json.loads`` with an option builds one per call).
+_STRICT = json.JSONDecoder(parse_constant=_not_json)
+
+
+class TooDeepError(ValueError):
+    """A JSON text nested deeper than the parser can follow (a ValueError, not a crash)."""
+
+
+def strict_json(raw: bytes | str) -> Any:
+    """A JSON text, strictly, as every reader of output lines parses it: ``NaN`` and
+    ``Infinity`` are refused (they are not JSON), and nesting too deep to read is a
+    :class:`TooDeepError`, never a ``RecursionError`` that stops a whole command."""
+    try:
+        return _STRICT.decode(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except RecursionError:
+        raise TooDeepError("nested too deeply to read") from None
+
+
+def parse_output_line(raw: bytes) -> OutputLine | str:
+    """What an output line holds, or what is wrong with it: the one reader of output
+    lines. Strict JSON (``NaN`` and ``Infinity`` are not JSON, and a results file
+    copies the line as it is), any depth without a crash, the shape of an answer."""
     cut = not raw.endswith(b"\n")
     try:
-        obj = json.loads(raw)
+        obj = strict_json(raw)
+    except TooDeepError as exc:
+        return str(exc)
     except (ValueError, UnicodeDecodeError) as exc:
         reason = f"not valid JSON ({_json_error(exc)})"
         return reason + ("; the file ends in the middle of this line" if cut else "")
@@ -444,10 +563,17 @@ def _parse_answer(raw: bytes) -> tuple[str | None, bool] | str:
         return f"{kind}, not an object"
     if "response" not in obj and "error" not in obj:
         return 'neither "response" nor "error"'
+    for name in ("response", "error"):
+        if name in obj and not isinstance(obj[name], dict):
+            return f'"{name}" is not an object'
     key = obj.get("key")
-    if key is not None and not isinstance(key, str):
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        key = _numeric_key(key)
+        if key is None:
+            return '"key" is a number too large to match'
+    elif key is not None and not isinstance(key, str):
         return '"key" is not a string'
-    return key, "error" in obj
+    return OutputLine(key, "error" in obj, obj.get("error"))
 
 
 def _json_error(exc: Exception) -> str:
@@ -460,7 +586,7 @@ def _request_key(raw: bytes) -> str | None:
     """The key of an input line, or None (no key, or not a request line at all)."""
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # a line edited since pre-flight
         return None
     key = obj.get("key") if isinstance(obj, dict) else None
     return key if isinstance(key, str) else None
@@ -472,7 +598,10 @@ def _index_inputs(input_path: str, requests: SortedRecords, tally: _Tally, check
     for position, (_, _, raw) in enumerate(_lines(Path(input_path), check)):
         key = _request_key(raw)
         if key is not None:
-            requests.add(_IN.pack(key_digest(key), position))
+            requests.add(_IN.pack(key_digest(key), 0, position))
+            number = numeric_form(key)
+            if number is not None:  # in case the service answers with the key as a number
+                requests.add(_IN.pack(number_digest(number), 1, position))
             keyed += 1
         tally.requests = position + 1
     return keyed
@@ -485,8 +614,11 @@ class _Unknown:
         self.tally = tally
         self.where: list[_Where] = []
 
-    def add(self, group: tuple[bytes, _Where, int]) -> None:
-        self.tally.unknown += 1
+    def add(self, group: tuple[bytes, _Where, int], ambiguous: bool) -> None:
+        """One key's answers: counted once, or each when ambiguous (each is a request's)."""
+        count = 1 + group[2] if ambiguous else 1
+        self.tally.unknown += count
+        self.tally.ambiguous += count if ambiguous else 0
         if len(self.where) < MAX_LISTED:
             self.where.append(group[1])
 
@@ -500,28 +632,50 @@ def _join(
     check: Check,
 ) -> None:
     """Match answers to requests on the key hash: (position, where) into ``joined``.
-    A request with no answer leaves a gap; an answer with no request is unknown."""
+    A request with no answer leaves a gap; an answer with no request is unknown, and
+    so is a numeric key that more than one request key reads as."""
     unknown = _Unknown(tally)
     groups = _answer_groups(answers)
-    answer, claimed = next(groups, None), False
-    for step, record in enumerate(requests, start=1):
+    answer, claimed, ambiguous = next(groups, None), False, False
+    for step, (digest, position, sharing) in enumerate(_request_groups(requests), start=1):
         if step % _CHECK_EVERY == 0:
             check()
-        digest, position = _IN.unpack(record)
         while answer is not None and answer[0] < digest:
             if not claimed:
-                unknown.add(answer)
-            answer, claimed = next(groups, None), False
+                unknown.add(answer, ambiguous)
+            answer, claimed, ambiguous = next(groups, None), False, False
         if answer is not None and answer[0] == digest:
+            if sharing > 1:  # "0" and "000" both read as 0: never guess which
+                ambiguous = True
+                continue
             if not claimed:
                 tally.duplicates += answer[2]
                 claimed = True
             joined.add(_JOINED.pack(position, *answer[1]))
     while answer is not None:
         if not claimed:
-            unknown.add(answer)
-        answer, claimed = next(groups, None), False
+            unknown.add(answer, ambiguous)
+        answer, claimed, ambiguous = next(groups, None), False, False
     tally.unknown_keys = [_answer_key(files, where) for where in unknown.where]
+
+
+def _request_groups(requests: SortedRecords) -> Iterator[tuple[bytes, int, int]]:
+    """(key hash, position, how many requests share it): each keyed request as it
+    comes; the requests whose keys read as one number, once, with the first position."""
+    alias: tuple[bytes, int, int] | None = None
+    for record in requests:
+        digest, is_alias, position = _IN.unpack(record)
+        if alias is not None and (not is_alias or digest != alias[0]):
+            yield alias
+            alias = None
+        if not is_alias:
+            yield digest, position, 1
+        elif alias is None:
+            alias = (digest, position, 1)
+        else:
+            alias = (digest, alias[1], alias[2] + 1)
+    if alias is not None:
+        yield alias
 
 
 def _answer_groups(answers: SortedRecords) -> Iterator[tuple[bytes, _Where, int]]:
@@ -543,11 +697,17 @@ def _answer_groups(answers: SortedRecords) -> Iterator[tuple[bytes, _Where, int]
 
 
 def _answer_key(files: _Outputs, where: _Where) -> str:
+    """An unknown answer's key as shown: a numeric key as its number ("" for none)."""
     try:
-        key = json.loads(files.line(where)).get("key")
-    except (ValueError, OSError, AttributeError):
+        parsed = parse_output_line(files.line(where) + b"\n")
+    except OSError:
         return ""
-    return key if isinstance(key, str) else ""
+    if isinstance(parsed, str) or parsed.key is None:
+        return ""
+    if isinstance(parsed.key, str):
+        return parsed.key
+    number = int(parsed.key) if parsed.key.is_integer() else parsed.key
+    return f"{number} (a number)"
 
 
 def _write_in_order(
@@ -569,6 +729,9 @@ def _write_in_order(
             if pending is not None and pending[0] == position:
                 where = pending[1]
                 pending = next(answers, None)
+                while pending is not None and pending[0] == position:  # "5" and 5 both
+                    tally.duplicates += 1
+                    pending = next(answers, None)
             line, label = _answer_line(files, where, raw, tally)
             results.write(line + b"\n")
             if label is not None:
@@ -590,10 +753,8 @@ def _answer_line(
             tally.responses += 1
             return line, None
         tally.errors += 1
-        try:
-            return line, error_label(json.loads(line).get("error"))
-        except (ValueError, AttributeError):  # parsed in pass 1; only a changing file gets here
-            return line, "unknown"
+        parsed = parse_output_line(line + b"\n")  # read in pass 1: only a changed file fails
+        return line, error_label(parsed.error) if isinstance(parsed, OutputLine) else "unknown"
     key = _request_key(raw)
     if key is None and not tally.keyless:
         tally.unmatched += 1
@@ -761,11 +922,18 @@ async def fetch_results(
     retry: RetrySettings | None = None,
     keep_raw: bool = False,
     limiter: anyio.CapacityLimiter | None = None,
+    submitted: Sequence[tuple[int, str]] | None = None,
 ) -> ResultFile:
     """Download a succeeded job's output and write its results (see the module doc).
 
     ``job`` may be the jobs of every part of a split input, in part order: their
     outputs are merged into one results file in the input's order.
+
+    ``submitted`` is (size, sha256) of what each job was made from, as the journal
+    records it. When the input no longer holds exactly that, its lines are not what
+    was answered: no results are matched to them; the answers (to the requests as
+    submitted) are kept as the raw output and the file is an error (see
+    :func:`_changed_input`).
 
     Never raises for a failure of this one file (API, disk, malformed output): the
     returned :class:`ResultFile` carries it in ``error``. Cancellation removes every
@@ -797,8 +965,15 @@ async def fetch_results(
             staging,
             limiter=limiter,
         )
-        if keep_raw and len(raws) > 1:  # a split input: the parts' outputs, one after another
+        change = None
+        if submitted is not None:
+            change = await anyio.to_thread.run_sync(changed_since, targets.input_path, submitted)
+        if (keep_raw or change) and len(raws) > 1:  # a split input: the parts' outputs in order
             raw = await anyio.to_thread.run_sync(_joined, staging, raws)
+        if change is not None:
+            assert raw is not None
+            kept = await anyio.to_thread.run_sync(_keep_raw, staging, raw)
+            return _with(done, error=_changed_input(change, tally, kept), raw_path=kept)
         await anyio.to_thread.run_sync(staging.finish, results, failed, raw if keep_raw else None)
     except ApiError as exc:
         return _with(done, error=f"download of {output_file} failed: {describe(exc)}")
@@ -810,6 +985,40 @@ async def fetch_results(
     finally:
         staging.discard()
     return _result_file(done, tally, targets, failed is not None, keep_raw)
+
+
+def changed_since(input_path: str, submitted: Sequence[tuple[int, str]]) -> str | None:
+    """How the input differs from what was submitted (each part's size and sha256, in
+    order: the parts are consecutive byte ranges of it), or None when it is the same."""
+    expected = sum(size for size, _ in submitted)
+    with open(input_path, "rb") as handle:
+        now = os.fstat(handle.fileno()).st_size
+        if now != expected:
+            return f"{now} bytes now, {expected} submitted"
+        for size, sha256 in submitted:
+            hasher = hashlib.sha256()
+            left = size
+            while left and (chunk := handle.read(min(left, _WRITE_BUFFER))):
+                hasher.update(chunk)
+                left -= len(chunk)
+            if left or hasher.hexdigest() != sha256:
+                return "sha256 differs"
+    return None
+
+
+def _changed_input(change: str, tally: _Tally, kept: str | None) -> str:
+    """An input edited after submission: what is known, and what is kept."""
+    line = f"changed since it was submitted ({change}): no results are matched to its new lines"
+    if not tally.keyless:
+        line += (
+            f" ({tally.unknown} answered keys are no longer in it,"
+            f" {tally.missing + tally.unmatched} of its requests have no answer)"
+        )
+    where = f"kept in {kept}" if kept else "not kept (the results folder cannot be written)"
+    return (
+        f"{line}; the answers to the requests as submitted are {where}; "
+        "restore the file and download again, or submit it again"
+    )
 
 
 def _joined(staging: Staging, raws: list[Path]) -> Path:
@@ -835,10 +1044,12 @@ def _build_checked(
 
 def _malformed(exc: OutputError, kept: str | None) -> str:
     total = len(exc.problems) + exc.more
-    where = exc.problems[0].path
+    first = exc.problems[0]
     noun = "line" if total == 1 else "lines"
     hint = f"; it is kept in {kept}" if kept else "; download again with --keep-raw to inspect it"
-    return f"{total} malformed {noun} in {where}, no results written{hint}"
+    # The first line's number and reason here too: run shows this one line (no list).
+    shown = f"{first.path}:{first.line}: {first.message}" + ("" if total == 1 else ", ...")
+    return f"{total} malformed {noun} in {first.path} ({shown}), no results written{hint}"
 
 
 def _problems(exc: OutputError) -> tuple[str, ...]:
@@ -872,6 +1083,7 @@ def _result_file(
         errors=tally.errors,
         missing_keys=tuple(tally.missing_keys),
         unexpected_keys=tally.unknown,
+        ambiguous_keys=tally.ambiguous,
         missing_count=tally.missing,
         requests=tally.requests,
         failed_path=str(targets.failed) if any_failed else None,

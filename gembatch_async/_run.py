@@ -327,7 +327,9 @@ class _Runner:
             return  # the other parts are not done yet
         status = group[0]
         try:
-            result = await collect_results(self.jobs, group, self.polling.out_dir, self._builds)
+            result = await collect_results(
+                self.jobs, group, self.polling.out_dir, self._builds, self._together()
+            )
         except ApiError as exc:
             self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))
             return  # the next poll tries again
@@ -352,6 +354,10 @@ class _Runner:
         self.watch.counts["downloaded"] += 1
         if not result.complete:  # answers missing or unknown: the file is not whole
             self.watch.counts["incomplete"] += 1
+
+    def _together(self) -> list[str]:
+        """Every input of this run: their results must not land on one file."""
+        return list(dict.fromkeys(e.item.path for e in self.watch.inputs.values()))
 
     async def _delete_upload(self, entry: _Input) -> None:
         line = self.jobs.journal.refresh().latest.get(entry.item.key)

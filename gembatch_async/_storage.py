@@ -36,6 +36,7 @@ from ._errors import (
     TransientApiError,
     UsageError,
 )
+from ._results import strict_json
 
 T = TypeVar("T")
 _GS_URI = re.compile(r"gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?:/(?P<name>.*))?")
@@ -274,13 +275,14 @@ def converted_line(line: bytes) -> bytes:
 
     Vertex keeps the input's other fields (our ``key``) and puts a request's failure
     in ``status`` as text, e.g. ``Bad Request: {"error": {...}}``. A line that is not a
-    JSON object passes unchanged, for ``_results`` to report as malformed.
+    JSON object (or not strict JSON, or nested too deep) passes unchanged, for
+    ``_results`` to report as malformed, line by line.
     """
     if not line.strip():
         return line
     try:
-        obj = json.loads(line)
-    except ValueError:
+        obj = strict_json(line)
+    except ValueError:  # UnicodeDecodeError and TooDeepError too
         return line
     if not isinstance(obj, dict):
         return line
@@ -294,7 +296,10 @@ def converted_line(line: bytes) -> bytes:
         out["response"] = obj["response"]
     else:
         out["error"] = {"code": 2, "status": "UNKNOWN", "message": "no response and no status"}
-    return (json.dumps(out, ensure_ascii=False) + "\n").encode()
+    try:
+        return (json.dumps(out, ensure_ascii=False) + "\n").encode()
+    except RecursionError:  # read, yet too deep to write back: _results says so
+        return line
 
 
 def error_of_status(status: str) -> dict[str, Any]:

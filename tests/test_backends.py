@@ -284,3 +284,12 @@ async def test_only_a_jobs_output_folder_is_ever_deleted_whole(service: Service)
         assert await api.delete_file(f"{BUCKET_URI}/out/gba-1/prediction-model-T/")
         assert not await api.delete_file(f"{BUCKET_URI}/out/gba-1/prediction-model-T/")
     assert sorted(_bucket_objects(service)) == sorted(keep[:2])
+
+
+def test_hostile_vertex_output_lines_pass_unchanged_for_results_to_report() -> None:
+    """NaN and a line nested 100,000 deep: passed on as they are (for _results to name by
+    line), never a RecursionError that stops every file (issue 17, item 8)."""
+    nan = b'{"key": "a", "status": "", "response": NaN}\n'
+    deep = b'{"key": "b", "status": "", "response": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    assert converted_line(nan) == nan
+    assert converted_line(deep) == deep

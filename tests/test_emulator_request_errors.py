@@ -80,3 +80,18 @@ def test_bad_share_is_a_usage_error(share: str, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "request" in result.stderr.splitlines()[-1]
+
+
+def test_numeric_keys_is_off_by_default_and_numbers_keys_when_on() -> None:
+    """numeric_keys (test only; reported for the real service, unconfirmed): keys that read
+    as numbers come back as JSON numbers; by default every key comes back as given."""
+    keys = ["000007", "2.50", "-3", "x1", "1e999"]
+    plain = EmulatorConfig(port=0, processing_seconds=0.3)
+    numbered = EmulatorConfig(port=0, processing_seconds=0.3, numeric_keys=True)
+    with EmulatorThread(plain) as emulator:
+        assert sorted(str(line["key"]) for line in output_of(emulator, requests(keys))) == sorted(
+            keys
+        )
+    with EmulatorThread(numbered) as emulator:
+        got = [line["key"] for line in output_of(emulator, requests(keys))]
+    assert sorted(got, key=str) == sorted([7, 2.5, -3, "x1", "1e999"], key=str)

@@ -240,3 +240,97 @@ def test_result_paths_layout_and_collisions(
     assert "would write the same file" in str(plan["north/q.jsonl"])
     assert "would write the same file" in str(plan["north/q.failed.jsonl"])
     assert "overwrite the input q.jsonl" in str(plan_targets(["q.jsonl"], ".")["q.jsonl"])
+
+
+def test_hostile_output_lines_are_reported_not_copied_or_crashing(tmp_path: Path) -> None:
+    """NaN, Infinity and a line nested 100,000 deep are malformed lines, named by number:
+    never copied into results, never a RecursionError (issue 17, item 8)."""
+    inputs = lines_of("input-basic.jsonl")
+    outputs = lines_of("output-basic.jsonl")
+    deep = b'{"key": "request_5", "response": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    hostile = [
+        b'{"key": "request_1", "response": NaN}\n',
+        outputs[1],
+        b'{"key": "request_3", "response": {"x": -Infinity}}\n',
+        b'{"key": "request_4", "response": "text"}\n',
+        deep,
+    ]
+    with pytest.raises(OutputError) as caught:
+        build(tmp_path, b"".join(inputs), [b"".join(hostile)])
+    found = {p.line: p.message for p in caught.value.problems}
+    assert list(found) == [1, 3, 4, 5]
+    assert "NaN is not JSON" in found[1]
+    assert "-Infinity is not JSON" in found[3]
+    assert found[4] == '"response" is not an object'
+    assert found[5] == "nested too deeply to read"
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def request_line(key: str) -> bytes:
+    return json.dumps({"key": key, "request": {"contents": []}}).encode() + b"\n"
+
+
+def test_a_key_turned_into_a_number_is_matched_only_when_one_request_reads_as_it(
+    tmp_path: Path,
+) -> None:
+    """Keys the service wrote as numbers (reported, unconfirmed: issue 16) find their one
+    request ("000007" -> 7, "2.50" -> 2.5); 0 is both "0" and "000000", so it is left
+    unmatched and reported, never given to either."""
+    keys = ["000007", "0", "000000", "2.50", "word"]
+    inputs = b"".join(request_line(k) for k in keys)
+    outputs = [
+        b'{"key": 2.5, "response": {"n": "2.50"}}\n',
+        b'{"key": 0, "response": {"n": "zero"}}\n',
+        b'{"key": "word", "response": {"n": "word"}}\n',
+        b'{"key": 7, "response": {"n": "000007"}}\n',
+    ]
+    tally, results, failed = build(tmp_path, inputs, [b"".join(outputs)])
+    answers = [json.loads(line) for line in results]
+    assert [a.get("response", {}).get("n") for a in answers] == [
+        "000007",
+        None,
+        None,
+        "2.50",
+        "word",
+    ]
+    assert [a.get("error", {}).get("status") for a in answers[1:3]] == ["NOT_ANSWERED"] * 2
+    assert (tally.responses, tally.missing, tally.unknown, tally.ambiguous) == (3, 2, 1, 1)
+    assert tally.unknown_keys == ["0 (a number)"]
+    assert failed == request_line("0") + request_line("000000")
+
+
+def test_a_string_and_a_numeric_answer_to_one_key_are_a_duplicate(tmp_path: Path) -> None:
+    """ "5" answered twice, once as 5: one answer kept, the other counted, the rest in place."""
+    inputs = request_line("5") + request_line("6")
+    outputs = b"".join(
+        [
+            b'{"key": 5, "response": {}}\n',
+            b'{"key": "5", "response": {}}\n',
+            b'{"key": 6, "error": {"code": 13}}\n',
+        ]
+    )
+    tally, results, failed = build(tmp_path, inputs, [outputs])
+    assert [json.loads(line).get("key") for line in results] == [5, 6]  # the first in the file
+    assert (tally.responses, tally.errors, tally.duplicates, tally.missing) == (1, 1, 1, 0)
+    assert failed == request_line("6")
+
+
+def test_every_file_of_an_input_is_planned_and_owned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failed and raw files are named apart for q.jsonl and q.txt; a file another input's
+    download wrote (as the journal records) or another input of the run would write is
+    refused; the input's own earlier files are not (issue 17, item 2)."""
+    monkeypatch.chdir(tmp_path)
+    jsonl, txt, bare = result_targets("q.jsonl"), result_targets("q.txt"), result_targets("q")
+    assert (jsonl.failed.name, jsonl.raw.name) == ("q.failed.jsonl", "q.raw.jsonl")
+    assert (txt.failed.name, txt.raw.name) == ("q.txt.failed.jsonl", "q.txt.raw.jsonl")
+    assert bare.failed.name == "q.failed.jsonl"  # meets q.jsonl's: refused below
+    assert plan_targets(["q.jsonl", "q.txt"]) == {"q.jsonl": jsonl, "q.txt": txt}
+    written = {"results/q.failed.jsonl": "q.jsonl", "results/q.jsonl": "q.jsonl"}
+    assert "belongs to the results of q.jsonl" in str(
+        plan_targets(["q.failed.jsonl"], written=written)["q.failed.jsonl"]
+    )
+    assert plan_targets(["./q.jsonl"], written=written)["./q.jsonl"] == result_targets("./q.jsonl")
+    assert "would write the same file" in str(plan_targets(["q"], together=["q.jsonl", "q"])["q"])
+    assert plan_targets(["q.txt"], together=["q.jsonl", "q.txt"])["q.txt"] == txt

@@ -16,7 +16,7 @@ from google import genai
 from google.genai import types
 
 from gembatch_async import Event, SubmitSettings, WaitingForCapacity, run, submit
-from gembatch_async.emulator import EmulatorConfig, RunningEmulator
+from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
 
 from .helpers import (
     FAST_RETRY,
@@ -278,3 +278,102 @@ async def test_run_frees_storage_held_by_ended_jobs_first(
     assert (summary.downloaded, summary.failed) == (2, 0)
     assert any(isinstance(e, WaitingForCapacity) for e in events), "storage was the limit"
     assert _uploads(emulator) == [], "the ended jobs' uploads were deleted to make room"
+
+
+@pytest.mark.parametrize(
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, processing_seconds=0.6, request_errors=0.4, fault_seed=7),
+            id="errors",
+        )
+    ],
+)
+def test_run_of_two_inputs_with_one_stem_keeps_both_failed_lists(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """run q.jsonl q.txt with per-request errors: each input's failed requests in a file
+    of its own, none lost to the other (issue 17, item 2)."""
+    written = {}
+    for name, tag in (("q.jsonl", "q"), ("q.txt", "t")):
+        lines = [
+            json.dumps({"key": f"{tag}{i}", "request": {"contents": []}}).encode() + b"\n"
+            for i in range(30)
+        ]
+        (tmp_path / name).write_bytes(b"".join(lines))
+        written[name] = lines
+    result = run_cli([*RUN, "q.jsonl", "q.txt"], cwd=tmp_path, env=cli_env(emulator), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, failed in (("q.jsonl", "q.failed.jsonl"), ("q.txt", "q.txt.failed.jsonl")):
+        answers = [
+            json.loads(line) for line in (tmp_path / "results" / name).read_bytes().splitlines()
+        ]
+        erring = [i for i, answer in enumerate(answers) if "error" in answer]
+        assert erring
+        expected = b"".join(written[name][i] for i in erring)
+        assert (tmp_path / "results" / failed).read_bytes() == expected
+
+
+def test_run_reports_hostile_output_by_line_and_the_other_files_go_on(tmp_path: Path) -> None:
+    """One file's output nested 100,000 deep (rewritten on the emulator's disk: a test
+    fault, not the service's behaviour): run fails that file with its line, and the other
+    file gets its results (issue 17, item 8)."""
+    config = EmulatorConfig(port=0, processing_seconds=0.6, state_dir=tmp_path / "emulator")
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("a.jsonl", "b.jsonl"):
+        (work / name).write_bytes(
+            b"".join(
+                json.dumps({"key": f"{name}{i}", "request": {"contents": []}}).encode() + b"\n"
+                for i in range(3)
+            )
+        )
+    with EmulatorThread(config) as emulator:
+        submitted = run_cli(["submit", "a.jsonl", "b.jsonl"], cwd=work, env=cli_env(emulator))
+        assert submitted.returncode == 0, submitted.stderr
+        wait_until(lambda: len(_outputs(emulator)) == 2, timeout=20, poll=0.2)
+        batches = {b["outputFile"]: b["displayName"] for b in emulator.state()["batches"]}
+        (output,) = [name for name in _outputs(emulator) if batches[name].startswith("a.jsonl")]
+        blob = tmp_path / "emulator" / "blobs" / output.removeprefix("files/")
+        blob.write_bytes(
+            b'{"key": "a.jsonl0", "response": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+        )
+        result = run_cli([*RUN, "a.jsonl", "b.jsonl"], cwd=work, env=cli_env(emulator))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert ":1: nested too deeply to read" in result.stdout + result.stderr
+    assert "unexpected" not in result.stdout + result.stderr
+    assert not (work / "results" / "a.jsonl").exists()
+    assert len((work / "results" / "b.jsonl").read_bytes().splitlines()) == 3
+
+
+def _outputs(emulator: RunningEmulator) -> list[str]:
+    """The output files the emulator has made (it makes one when a batch is looked at)."""
+    client = genai.Client(
+        api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url)
+    )
+    for batch in client.batches.list():
+        assert batch.name is not None
+        client.batches.get(name=batch.name)
+    return [f["name"] for f in emulator.state()["files"] if f["source"] == "GENERATED"]
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.6), id="fast")]
+)
+def test_run_says_an_input_changed_since_it_was_submitted(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Edited after its submit: run matches no results to the new lines, says so and
+    exits 1, keeping the answers to what was sent (issue 17, item 6)."""
+    lines = [
+        json.dumps({"key": f"k{i}", "request": {"contents": []}}).encode() + b"\n" for i in range(3)
+    ]
+    (tmp_path / "q.jsonl").write_bytes(b"".join(lines))
+    submitted = run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=cli_env(emulator))
+    assert submitted.returncode == 0, submitted.stderr
+    (tmp_path / "q.jsonl").write_bytes(b"".join(lines[:2]) + lines[2].replace(b"k2", b"k9"))
+    result = run_cli([*RUN, "q.jsonl"], cwd=tmp_path, env=cli_env(emulator), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "changed since it was submitted (sha256 differs)" in result.stdout
+    assert not (tmp_path / "results" / "q.jsonl").exists()
+    assert len((tmp_path / "results" / "q.raw.jsonl").read_bytes().splitlines()) == 3

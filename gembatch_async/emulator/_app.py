@@ -482,6 +482,7 @@ class EmulatorApp:
                 batch.model.removeprefix("models/"),
                 batch.kind,
                 RequestErrors(self.config.request_errors, self.config.fault_seed),
+                self.config.numeric_keys,
             )
             self.store.register_output(batch, size, digest)
 

@@ -52,6 +52,9 @@ class EmulatorConfig:
     # Share of requests (0..1) answered by a per-request error line, chosen by a hash
     # of fault_seed and the request's key (see _request_errors).
     request_errors: float = 0.0
+    #: Test only: output keys that read as numbers written as JSON numbers ("000007" -> 7).
+    #: Reported for the real service, unconfirmed (see _numeric_keys); off by default.
+    numeric_keys: bool = False
     #: The Cloud Storage (emulator) the Vertex routes read gs:// inputs from and write
     #: outputs to, e.g. "http://127.0.0.1:4443". None: $STORAGE_EMULATOR_HOST when the
     #: app starts; unset too, and Vertex creates answer 400 (never real Cloud Storage).

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from gembatch_async._schema import GENERATE
 from gembatch_async.emulator._errors import ApiError, generic_quota_error
+from gembatch_async.emulator._numeric_keys import numerified
 from gembatch_async.emulator._request_errors import RequestErrors
 from gembatch_async.emulator._responses import (
     line_error,
@@ -471,6 +472,7 @@ def generate_output_blocking(
     model: str,
     kind: str = GENERATE,
     request_errors: RequestErrors | None = None,
+    numeric_keys: bool = False,
 ) -> tuple[int, str]:
     """Write the output JSONL for a batch; returns (size, sha256 hex). Streams both files."""
     rng = random.Random(batch_id)  # deterministic order per batch
@@ -483,6 +485,8 @@ def generate_output_blocking(
                 result = line_result(raw, batch_id, model, position, kind)
                 if request_errors is not None:
                     result = request_errors.apply(result, position)
+                if numeric_keys:  # test only: see _numeric_keys
+                    result = numerified(result)
                 line = json.dumps(result).encode() + b"\n"
                 dst.write(line)
                 hasher.update(line)

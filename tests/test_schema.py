@@ -255,13 +255,19 @@ def test_cli_reports_every_problem_and_sends_nothing(
 
 
 @pytest.mark.parametrize(
-    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=1.0), id="fast")]
+    "emulator_config",
+    [
+        pytest.param(
+            EmulatorConfig(port=0, processing_seconds=1.0, answer_invalid_lines=True), id="fast"
+        )
+    ],
 )
 def test_no_schema_check_submits_and_the_service_answers_per_request(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    """--no-schema-check uploads anyway; the (emulated) service then answers that line
-    with its own error, and download counts it."""
+    """--no-schema-check uploads anyway; a service that answers that line with its own
+    error (the emulator's kinder --answer-invalid-lines; by default the whole create is
+    refused, see test_service_refusals) has it counted by download."""
     (tmp_path / "a.jsonl").write_text(
         line("ok") + "\n" + line("new", generationConfig={"brandNewKnob": 1}) + "\n"
     )

@@ -167,50 +167,78 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit JSONL request files to the Gemini Batch API, many at once, exactly once.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--job-info",
-        default=DEFAULT_JOB_INFO,
-        metavar="PATH",
-        help=f"the journal of submitted jobs (default: {DEFAULT_JOB_INFO})",
-    )
-    parser.add_argument(
-        "--emulator",
-        action="store_true",
-        help="run against a built-in Gemini API emulator (offline, no API key needed)",
-    )
-    _add_backend_options(parser)
+    _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_submit(commands)
     _add_run(commands)
     _add_job_commands(commands)
     _add_emulator(commands)
+    for name, sub in commands.choices.items():
+        if name in GLOBAL_OPTION_COMMANDS:
+            _add_global_options(sub, after_command=True)
     return parser
 
 
-def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+#: The commands that use the journal or the API, so accept the global options after their
+#: name too (``emulator`` serves its own; ``show`` reads one results file).
+GLOBAL_OPTION_COMMANDS = ("submit", "run", "status", "download", "cancel", "cleanup")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options of every journal or API command, before or after the command's name.
+
+    After it, they default to SUPPRESS: argparse copies a subcommand's values over the
+    top level's, so a real default there would undo a value given before the command.
+    Given in both places, the one after the command wins.
+    """
+    group = parser.add_argument_group("global options (before or after the command)")
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if after_command else value
+
+    group.add_argument(
+        "--job-info",
+        default=default(DEFAULT_JOB_INFO),
+        metavar="PATH",
+        help=f"the journal of submitted jobs (default: {DEFAULT_JOB_INFO})",
+    )
+    group.add_argument(
+        "--emulator",
+        action="store_true",
+        default=default(False),
+        help="run against a built-in Gemini API emulator (offline, no API key needed)",
+    )
+    _add_backend_options(group, default)
+
+
+def _add_backend_options(
+    parser: argparse._ArgumentGroup, default: Callable[[object], object]
+) -> None:
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=os.environ.get(BACKEND_ENV) or GEMINI,
+        default=default(os.environ.get(BACKEND_ENV) or GEMINI),
         help=f"where submit and run send jobs (default: ${BACKEND_ENV} or gemini); the job "
         "commands use the backend each journal line records",
     )
     parser.add_argument(
         "--project",
         type=_name(project_problem, "project"),
-        default=None,
+        default=default(None),
+        metavar="ID",
         help="Vertex: the Google Cloud project ($GOOGLE_CLOUD_PROJECT)",
     )
     parser.add_argument(
         "--location",
         type=_name(location_problem, "location"),
-        default=None,
+        default=default(None),
+        metavar="REGION",
         help="Vertex: the region, e.g. us-central1 ($GOOGLE_CLOUD_LOCATION)",
     )
     parser.add_argument(
         "--bucket",
         type=_name(bucket_problem, "bucket"),
-        default=None,
+        default=default(None),
         metavar="gs://BUCKET[/PREFIX]",
         help="Vertex: where inputs and outputs go ($GEMBATCH_BUCKET)",
     )
@@ -229,7 +257,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _add_submit_options(run)
     run.add_argument(
-        "--interval", type=_positive_seconds, default=30.0, help="seconds between polls"
+        "--interval",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds between polls (default: %(default)g)",
     )
     run.add_argument(
         "--out",
@@ -241,6 +273,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--resubmits",
         type=_at_least(0),
         default=1,
+        metavar="N",
         help="with --retry-failed: times a file may be submitted again in one run (default 1)",
     )
 
@@ -253,6 +286,7 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "--model",
         type=_name(model_problem, "model"),
         default=None,
+        metavar="NAME",
         help=f"model name (default: $GEMBATCH_MODEL or {default_model()})",
     )
     sub.add_argument(
@@ -260,6 +294,7 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=_at_least(1),
         default=DEFAULT_CONCURRENCY,
+        metavar="N",
         help=f"files in flight at once (default: {DEFAULT_CONCURRENCY})",
     )
     sub.add_argument(
@@ -302,24 +337,28 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "--mime-type",
         type=_mime_type,
         default=DEFAULT_MIME_TYPE,
+        metavar="TYPE",
         help=f"MIME type sent with uploads (default: {DEFAULT_MIME_TYPE})",
     )
     sub.add_argument(
         "--retry-attempts",
         type=_at_least(1),
         default=RetrySettings.attempts,
+        metavar="N",
         help="attempts per step before giving up (default: %(default)s)",
     )
     sub.add_argument(
         "--retry-max-delay",
         type=_seconds,
         default=RetrySettings.max_delay,
+        metavar="S",
         help="longest wait between attempts, server-requested delays included (default: %(default)s)",
     )
     sub.add_argument(
         "--retry-seconds",
         type=_positive_seconds,
         default=RetrySettings.total_seconds,
+        metavar="S",
         help="time budget per step for retries (default: %(default)s)",
     )
     _add_capacity_options(sub)
@@ -360,7 +399,11 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     status.add_argument("files", nargs="*", metavar="FILE", help=files_help)
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
     status.add_argument(
-        "--interval", type=_positive_seconds, default=30.0, help="seconds between refreshes"
+        "--interval",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="with --watch: seconds between refreshes (default: %(default)g)",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object per job")
     download = commands.add_parser(
@@ -394,7 +437,9 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emu = commands.add_parser("emulator", help="serve a local Gemini API emulator")
-    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
     emu.add_argument("--port", type=_port, default=8089, help="0 picks a free port")
     emu.add_argument("--state-dir", type=Path, default=None, help="keep state on disk here")
     emu.add_argument("--latency-ms", type=_seconds, default=0.0, help="delay every request")

@@ -284,3 +284,37 @@ def test_closed_stdout_does_not_stop_the_run(emulator: RunningEmulator, tmp_path
     assert json.loads(result.stdout)["event"] == "submitted"
     assert len(read_journal(tmp_path / "job-info.jsonl")) == 8
     assert "Traceback" not in result.stderr
+
+
+def test_global_options_after_the_command(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """``submit --job-info other.jsonl a.jsonl`` records in other.jsonl; a global option given
+    both before and after the command takes the one after; before alone still works."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    write_jsonl(tmp_path / "b.jsonl", 2)
+    env = cli_env(emulator)
+    after = run_cli(["submit", "--job-info", "other.jsonl", "a.jsonl"], cwd=tmp_path, env=env)
+    assert after.returncode == 0, after.stderr
+    assert [line["input_file"] for line in read_journal(tmp_path / "other.jsonl")] == ["a.jsonl"]
+    assert not (tmp_path / "job-info.jsonl").exists()
+
+    before = run_cli(["--job-info", "first.jsonl", "submit", "b.jsonl"], cwd=tmp_path, env=env)
+    assert before.returncode == 0, before.stderr
+    assert [line["input_file"] for line in read_journal(tmp_path / "first.jsonl")] == ["b.jsonl"]
+
+    both = run_cli(
+        ["--job-info", "first.jsonl", "status", "--json", "--job-info", "other.jsonl"],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert both.returncode == 0, both.stderr
+    assert [json.loads(line)["path"] for line in both.stdout.splitlines()] == ["a.jsonl"]
+    assert not (tmp_path / "job-info.jsonl").exists()
+
+
+def test_emulator_flag_after_the_command(tmp_path: Path) -> None:
+    """``submit --emulator FILE`` runs offline, as ``--emulator submit FILE`` does."""
+    write_jsonl(tmp_path / "a.jsonl", 1)
+    result = run_cli(["submit", "--emulator", "a.jsonl"], cwd=tmp_path, env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    assert "using the built-in Gemini API emulator" in result.stderr
+    assert (tmp_path / ".gembatch-emulator").is_dir()

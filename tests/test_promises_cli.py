@@ -274,6 +274,37 @@ def test_help_of_every_command(
     assert not missing, f"--help of {command or 'gembatch-async'} does not mention {missing}"
 
 
+GLOBAL_OPTIONS = ["--job-info", "--emulator", "--backend", "--project", "--location", "--bucket"]
+JOURNAL_COMMANDS = ["submit", "run", "status", "download", "cancel", "cleanup"]
+
+
+@pytest.mark.parametrize("command", JOURNAL_COMMANDS)
+def test_help_of_each_command_lists_the_global_options(tmp_path: Path, command: str) -> None:
+    """A command's --help names the global options (accepted after the command too), and
+    every metavar is short: one word in capitals, no argparse-made ``RETRY_ATTEMPTS``."""
+    result = run_cli([command, "--help"], cwd=tmp_path, env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    assert "global options (before or after the command)" in result.stdout
+    missing = [option for option in GLOBAL_OPTIONS if option not in result.stdout]
+    assert not missing, f"{command} --help does not mention {missing}"
+    metavars = set(re.findall(r"--[a-z-]+ ([A-Z][A-Z_]*)\b", result.stdout))
+    long = sorted(m for m in metavars if "_" in m or len(m) > 6)
+    assert not long, f"{command} --help has long metavars {long}"
+
+
+def test_help_shows_defaults_and_explains_host(tmp_path: Path) -> None:
+    """--interval's default is shown by run and status; emulator's --host says what it is."""
+    for command in ("run", "status"):
+        text = " ".join(
+            run_cli([command, "--help"], cwd=tmp_path, env=cli_env(None)).stdout.split()
+        )
+        assert re.search(r"--interval S .*?\(default: 30\)", text), text
+    emulator = " ".join(
+        run_cli(["emulator", "--help"], cwd=tmp_path, env=cli_env(None)).stdout.split()
+    )
+    assert re.search(r"--host HOST \w+.*?\(default: 127\.0\.0\.1\)", emulator), emulator
+
+
 # -- "Files are read once, streaming ...: memory does not grow with file size" ------------
 
 

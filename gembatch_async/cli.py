@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
@@ -71,6 +73,7 @@ from ._settings import (
     api_key_from_env,
     default_model,
 )
+from ._show import Answer, one_line, read_answers
 from ._submit import submit
 from ._version import __version__
 
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_job_commands(commands)
     _add_emulator(commands)
+    _add_show(commands)
     for name, sub in commands.choices.items():
         if name in GLOBAL_OPTION_COMMANDS:
             _add_global_options(sub, after_command=True)
@@ -435,6 +439,22 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cleanup.add_argument("--json", action="store_true", help="print one JSON object per file")
 
 
+def _add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    show = commands.add_parser(
+        "show", help="print a results file's answers as key and text, one per line"
+    )
+    show.add_argument(
+        "results",
+        metavar="RESULTS_FILE",
+        help="a results file of download or run (results/q.jsonl)",
+    )
+    show.add_argument(
+        "--csv",
+        action="store_true",
+        help="write CSV with a header (key,text,error) instead; newlines stay inside quotes",
+    )
+
+
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emu = commands.add_parser("emulator", help="serve a local Gemini API emulator")
     emu.add_argument(
@@ -525,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "emulator": _serve_emulator,
         "submit": _submit_command,
         "run": _run_command,
+        "show": _show_command,
     }.get(args.command, _jobs_command)
     try:
         return anyio.run(command, args, backend="asyncio")
@@ -894,6 +915,36 @@ def _printer(as_json: bool, render: Callable[[T], str]) -> Callable[[T], None]:
         _print(json_safe(json.dumps(fields)), sys.stdout)
 
     return show
+
+
+async def _show_command(args: argparse.Namespace) -> int:
+    """Each answer as ``KEY<tab>TEXT`` (newlines and other controls escaped, so one line
+    each), or as CSV rows; a line that is no results line is named on stderr (exit 1)."""
+    bad = 0
+    if args.csv:
+        _print(_csv_row(["key", "text", "error"]), sys.stdout)
+    for answer in read_answers(args.results):
+        if answer.problem is not None:
+            bad += 1
+            where = f"{display_path(args.results)}:{answer.line}"
+            _print(f"error: {where}: not a results line: {answer.problem}", sys.stderr)
+        elif args.csv:
+            _print(_csv_row([answer.key, answer.text or "", answer.error or ""]), sys.stdout)
+        else:
+            _print(f"{one_line(answer.key)}\t{one_line(_plain_text(answer))}", sys.stdout)
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _plain_text(answer: Answer) -> str:
+    return f"[error {answer.error}]" if answer.error is not None else answer.text or ""
+
+
+def _csv_row(fields: list[str]) -> str:
+    """One CSV record (RFC 4180 quoting by the csv module), without its line end. The
+    writer's own "\r\n" ending stays, so that a field with a lone \r is quoted too."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(fields)
+    return buffer.getvalue().removesuffix("\r\n")
 
 
 async def _serve_emulator(args: argparse.Namespace) -> int:

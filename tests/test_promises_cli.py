@@ -244,7 +244,8 @@ def test_retry_max_delay_caps_what_the_server_asks(
 
 HELP_MENTIONS = {
     (): ["--job-info", "--emulator", "--version", "submit", "status", "download", "cancel",
-         "cleanup", "emulator"],
+         "cleanup", "emulator", "show"],
+    ("show",): ["--csv", "RESULTS_FILE"],
     ("submit",): ["--model", "--concurrency", "--force", "--retry-failed", "--dry-run", "--json",
                   "--mime-type", "--retry-attempts", "--retry-max-delay", "--retry-seconds",
                   "application/jsonl", "FILE"],

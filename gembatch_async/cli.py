@@ -195,7 +195,11 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
     top level's, so a real default there would undo a value given before the command.
     Given in both places, the one after the command wins.
     """
-    group = parser.add_argument_group("global options (before or after the command)")
+    group = parser.add_argument_group(
+        "global options (before or after the command)"
+        if after_command
+        else f"global options (before the command, or after {', '.join(GLOBAL_OPTION_COMMANDS)})"
+    )
 
     def default(value: object) -> object:
         return argparse.SUPPRESS if after_command else value

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
@@ -71,6 +73,7 @@ from ._settings import (
     api_key_from_env,
     default_model,
 )
+from ._show import Answer, one_line, read_answers
 from ._submit import submit
 from ._version import __version__
 
@@ -167,50 +170,83 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit JSONL request files to the Gemini Batch API, many at once, exactly once.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--job-info",
-        default=DEFAULT_JOB_INFO,
-        metavar="PATH",
-        help=f"the journal of submitted jobs (default: {DEFAULT_JOB_INFO})",
-    )
-    parser.add_argument(
-        "--emulator",
-        action="store_true",
-        help="run against a built-in Gemini API emulator (offline, no API key needed)",
-    )
-    _add_backend_options(parser)
+    _add_global_options(parser, after_command=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_submit(commands)
     _add_run(commands)
     _add_job_commands(commands)
     _add_emulator(commands)
+    _add_show(commands)
+    for name, sub in commands.choices.items():
+        if name in GLOBAL_OPTION_COMMANDS:
+            _add_global_options(sub, after_command=True)
     return parser
 
 
-def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+#: The commands that use the journal or the API, so accept the global options after their
+#: name too (``emulator`` serves its own; ``show`` reads one results file).
+GLOBAL_OPTION_COMMANDS = ("submit", "run", "status", "download", "cancel", "cleanup")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options of every journal or API command, before or after the command's name.
+
+    After it, they default to SUPPRESS: argparse copies a subcommand's values over the
+    top level's, so a real default there would undo a value given before the command.
+    Given in both places, the one after the command wins.
+    """
+    group = parser.add_argument_group(
+        "global options (before or after the command)"
+        if after_command
+        else f"global options (before the command, or after {', '.join(GLOBAL_OPTION_COMMANDS)})"
+    )
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if after_command else value
+
+    group.add_argument(
+        "--job-info",
+        default=default(DEFAULT_JOB_INFO),
+        metavar="PATH",
+        help=f"the journal of submitted jobs (default: {DEFAULT_JOB_INFO})",
+    )
+    group.add_argument(
+        "--emulator",
+        action="store_true",
+        default=default(False),
+        help="run against a built-in Gemini API emulator (offline, no API key needed)",
+    )
+    _add_backend_options(group, default)
+
+
+def _add_backend_options(
+    parser: argparse._ArgumentGroup, default: Callable[[object], object]
+) -> None:
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=os.environ.get(BACKEND_ENV) or GEMINI,
+        default=default(os.environ.get(BACKEND_ENV) or GEMINI),
         help=f"where submit and run send jobs (default: ${BACKEND_ENV} or gemini); the job "
         "commands use the backend each journal line records",
     )
     parser.add_argument(
         "--project",
         type=_name(project_problem, "project"),
-        default=None,
+        default=default(None),
+        metavar="ID",
         help="Vertex: the Google Cloud project ($GOOGLE_CLOUD_PROJECT)",
     )
     parser.add_argument(
         "--location",
         type=_name(location_problem, "location"),
-        default=None,
+        default=default(None),
+        metavar="REGION",
         help="Vertex: the region, e.g. us-central1 ($GOOGLE_CLOUD_LOCATION)",
     )
     parser.add_argument(
         "--bucket",
         type=_name(bucket_problem, "bucket"),
-        default=None,
+        default=default(None),
         metavar="gs://BUCKET[/PREFIX]",
         help="Vertex: where inputs and outputs go ($GEMBATCH_BUCKET)",
     )
@@ -229,7 +265,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     _add_submit_options(run)
     run.add_argument(
-        "--interval", type=_positive_seconds, default=30.0, help="seconds between polls"
+        "--interval",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="seconds between polls (default: %(default)g)",
     )
     run.add_argument(
         "--out",
@@ -241,6 +281,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--resubmits",
         type=_at_least(0),
         default=1,
+        metavar="N",
         help="with --retry-failed: times a file may be submitted again in one run (default 1)",
     )
 
@@ -253,6 +294,7 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "--model",
         type=_name(model_problem, "model"),
         default=None,
+        metavar="NAME",
         help=f"model name (default: $GEMBATCH_MODEL or {default_model()})",
     )
     sub.add_argument(
@@ -260,6 +302,7 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "--concurrency",
         type=_at_least(1),
         default=DEFAULT_CONCURRENCY,
+        metavar="N",
         help=f"files in flight at once (default: {DEFAULT_CONCURRENCY})",
     )
     sub.add_argument(
@@ -302,24 +345,28 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "--mime-type",
         type=_mime_type,
         default=DEFAULT_MIME_TYPE,
+        metavar="TYPE",
         help=f"MIME type sent with uploads (default: {DEFAULT_MIME_TYPE})",
     )
     sub.add_argument(
         "--retry-attempts",
         type=_at_least(1),
         default=RetrySettings.attempts,
+        metavar="N",
         help="attempts per step before giving up (default: %(default)s)",
     )
     sub.add_argument(
         "--retry-max-delay",
         type=_seconds,
         default=RetrySettings.max_delay,
+        metavar="S",
         help="longest wait between attempts, server-requested delays included (default: %(default)s)",
     )
     sub.add_argument(
         "--retry-seconds",
         type=_positive_seconds,
         default=RetrySettings.total_seconds,
+        metavar="S",
         help="time budget per step for retries (default: %(default)s)",
     )
     _add_capacity_options(sub)
@@ -360,7 +407,11 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     status.add_argument("files", nargs="*", metavar="FILE", help=files_help)
     status.add_argument("--watch", action="store_true", help="refresh until every job has ended")
     status.add_argument(
-        "--interval", type=_positive_seconds, default=30.0, help="seconds between refreshes"
+        "--interval",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="with --watch: seconds between refreshes (default: %(default)g)",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object per job")
     download = commands.add_parser(
@@ -392,9 +443,27 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cleanup.add_argument("--json", action="store_true", help="print one JSON object per file")
 
 
+def _add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    show = commands.add_parser(
+        "show", help="print a results file's answers as key and text, one per line"
+    )
+    show.add_argument(
+        "results",
+        metavar="RESULTS_FILE",
+        help="a results file of download or run (results/q.jsonl)",
+    )
+    show.add_argument(
+        "--csv",
+        action="store_true",
+        help="write CSV with a header (key,text,error) instead; newlines stay inside quotes",
+    )
+
+
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emu = commands.add_parser("emulator", help="serve a local Gemini API emulator")
-    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
     emu.add_argument("--port", type=_port, default=8089, help="0 picks a free port")
     emu.add_argument("--state-dir", type=Path, default=None, help="keep state on disk here")
     emu.add_argument("--latency-ms", type=_seconds, default=0.0, help="delay every request")
@@ -480,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "emulator": _serve_emulator,
         "submit": _submit_command,
         "run": _run_command,
+        "show": _show_command,
     }.get(args.command, _jobs_command)
     try:
         return anyio.run(command, args, backend="asyncio")
@@ -849,6 +919,36 @@ def _printer(as_json: bool, render: Callable[[T], str]) -> Callable[[T], None]:
         _print(json_safe(json.dumps(fields)), sys.stdout)
 
     return show
+
+
+async def _show_command(args: argparse.Namespace) -> int:
+    """Each answer as ``KEY<tab>TEXT`` (newlines and other controls escaped, so one line
+    each), or as CSV rows; a line that is no results line is named on stderr (exit 1)."""
+    bad = 0
+    if args.csv:
+        _print(_csv_row(["key", "text", "error"]), sys.stdout)
+    for answer in read_answers(args.results):
+        if answer.problem is not None:
+            bad += 1
+            where = f"{display_path(args.results)}:{answer.line}"
+            _print(f"error: {where}: not a results line: {answer.problem}", sys.stderr)
+        elif args.csv:
+            _print(_csv_row([answer.key, answer.text or "", answer.error or ""]), sys.stdout)
+        else:
+            _print(f"{one_line(answer.key)}\t{one_line(_plain_text(answer))}", sys.stdout)
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def _plain_text(answer: Answer) -> str:
+    return f"[error {answer.error}]" if answer.error is not None else answer.text or ""
+
+
+def _csv_row(fields: list[str]) -> str:
+    """One CSV record (RFC 4180 quoting by the csv module), without its line end. The
+    writer's own "\r\n" ending stays, so that a field with a lone \r is quoted too."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(fields)
+    return buffer.getvalue().removesuffix("\r\n")
 
 
 async def _serve_emulator(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import subprocess
@@ -284,3 +286,137 @@ def test_closed_stdout_does_not_stop_the_run(emulator: RunningEmulator, tmp_path
     assert json.loads(result.stdout)["event"] == "submitted"
     assert len(read_journal(tmp_path / "job-info.jsonl")) == 8
     assert "Traceback" not in result.stderr
+
+
+def test_global_options_after_the_command(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """``submit --job-info other.jsonl a.jsonl`` records in other.jsonl; a global option given
+    both before and after the command takes the one after; before alone still works."""
+    write_jsonl(tmp_path / "a.jsonl", 2)
+    write_jsonl(tmp_path / "b.jsonl", 2)
+    env = cli_env(emulator)
+    after = run_cli(["submit", "--job-info", "other.jsonl", "a.jsonl"], cwd=tmp_path, env=env)
+    assert after.returncode == 0, after.stderr
+    assert [line["input_file"] for line in read_journal(tmp_path / "other.jsonl")] == ["a.jsonl"]
+    assert not (tmp_path / "job-info.jsonl").exists()
+
+    before = run_cli(["--job-info", "first.jsonl", "submit", "b.jsonl"], cwd=tmp_path, env=env)
+    assert before.returncode == 0, before.stderr
+    assert [line["input_file"] for line in read_journal(tmp_path / "first.jsonl")] == ["b.jsonl"]
+
+    both = run_cli(
+        ["--job-info", "first.jsonl", "status", "--json", "--job-info", "other.jsonl"],
+        cwd=tmp_path,
+        env=env,
+    )
+    assert both.returncode == 0, both.stderr
+    assert [json.loads(line)["path"] for line in both.stdout.splitlines()] == ["a.jsonl"]
+    assert not (tmp_path / "job-info.jsonl").exists()
+
+
+def test_emulator_flag_after_the_command(tmp_path: Path) -> None:
+    """``submit --emulator FILE`` runs offline, as ``--emulator submit FILE`` does."""
+    write_jsonl(tmp_path / "a.jsonl", 1)
+    result = run_cli(["submit", "--emulator", "a.jsonl"], cwd=tmp_path, env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    assert "using the built-in Gemini API emulator" in result.stderr
+    assert (tmp_path / ".gembatch-emulator").is_dir()
+
+
+REAL = Path(__file__).parent / "fixtures" / "real-gemini-batch"
+
+
+def _sdk_texts(path: Path) -> list[tuple[str, str]]:
+    """(key, text) of each line as google-genai's own ``response.text`` reads it: the oracle."""
+    from google.genai import types
+
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [
+        (line["key"], types.GenerateContentResponse.model_validate(line["response"]).text or "")
+        for line in lines
+    ]
+
+
+@pytest.mark.parametrize("name", ["output-basic.jsonl", "output-structured-output.jsonl"])
+def test_show_prints_key_and_text_of_real_output(tmp_path: Path, name: str) -> None:
+    """``show`` on the service's real output: one line per answer, in the file's order, the
+    key, a tab and the same text the SDK's ``response.text`` gives, newlines as ``\\n``."""
+    result = run_cli(["show", str(REAL / name)], cwd=tmp_path, env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    expected = _sdk_texts(REAL / name)
+    assert any("\n" in text for _, text in expected)  # the escape is exercised
+    escaped = [
+        f"{key}\t" + text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+        for key, text in expected
+    ]
+    assert result.stdout.splitlines() == escaped
+
+
+def test_show_csv_of_real_output(tmp_path: Path) -> None:
+    """``show --csv``: a header, then key,text,error rows a CSV reader reads back exactly."""
+    result = run_cli(
+        ["show", "--csv", str(REAL / "output-basic.jsonl")], cwd=tmp_path, env=cli_env(None)
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.reader(io.StringIO(result.stdout, newline="")))
+    assert rows[0] == ["key", "text", "error"]
+    assert rows[1:] == [[key, text, ""] for key, text in _sdk_texts(REAL / "output-basic.jsonl")]
+
+
+def test_show_errors_embeddings_and_hostile_text(tmp_path: Path) -> None:
+    """Errors show their code and message; an embedding its length and first values;
+    thoughts are left out; control characters, line separators and a key with a newline
+    never break one answer per line; a line that is no results line is named (exit 1)."""
+    lines = [
+        {"key": "a", "error": {"code": 13, "message": "An internal error has occurred."}},
+        {"response": {"embedding": {"values": [0.5, -0.25, 0.125, 1.0]}}, "key": "b"},
+        {
+            "key": "c\nd",
+            "response": {
+                "candidates": [
+                    {
+                        "content": {
+                            "parts": [
+                                {"text": "thinking...", "thought": True},
+                                {"text": "x\ty\r\u2028\x1b[31mz\\"},
+                                {"text": "!"},
+                            ]
+                        },
+                        "finishReason": "STOP",
+                    }
+                ]
+            },
+        },
+        {"key": 7, "response": {"candidates": [{"finishReason": "SAFETY"}]}},
+    ]
+    path = tmp_path / "q.jsonl"
+    text = "".join(json.dumps(line) + "\n" for line in lines) + "not json\n"
+    path.write_text(text)
+    result = run_cli(["show", "q.jsonl"], cwd=tmp_path, env=cli_env(None))
+    assert result.returncode == 1
+    assert result.stdout.split("\n") == [
+        "a\t[error 13 INTERNAL: An internal error has occurred.]",
+        "b\t[embedding of 4 values: 0.5, -0.25, 0.125, ...]",
+        "c\\nd\tx\\ty\\r\\u2028\\x1b[31mz\\\\!",
+        "7\t[no text: finish reason SAFETY]",
+        "",
+    ]
+    assert result.stderr == "error: q.jsonl:5: not a results line: not valid JSON\n"
+
+    # Bytes, not run_cli's text mode, whose universal newlines would turn the \r into \n.
+    as_csv = subprocess.run(
+        [sys.executable, "-m", "gembatch_async", "show", "--csv", "q.jsonl"],
+        cwd=tmp_path,
+        env=cli_env(None),
+        capture_output=True,
+        check=False,
+    )
+    rows = list(csv.reader(io.StringIO(as_csv.stdout.decode("utf-8"), newline="")))
+    assert rows[1] == ["a", "", "13 INTERNAL: An internal error has occurred."]
+    assert rows[3] == ["c\nd", "x\ty\r\u2028\x1b[31mz\\!", ""]
+    assert len(rows) == 5
+
+
+def test_show_missing_file_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(["show", "nothing.jsonl"], cwd=tmp_path, env=cli_env(None))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: nothing.jsonl: No such file or directory\n"

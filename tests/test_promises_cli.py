@@ -244,7 +244,8 @@ def test_retry_max_delay_caps_what_the_server_asks(
 
 HELP_MENTIONS = {
     (): ["--job-info", "--emulator", "--version", "submit", "status", "download", "cancel",
-         "cleanup", "emulator"],
+         "cleanup", "emulator", "show"],
+    ("show",): ["--csv", "RESULTS_FILE"],
     ("submit",): ["--model", "--concurrency", "--force", "--retry-failed", "--dry-run", "--json",
                   "--mime-type", "--retry-attempts", "--retry-max-delay", "--retry-seconds",
                   "application/jsonl", "FILE"],
@@ -272,6 +273,37 @@ def test_help_of_every_command(
     assert result.stdout.startswith("usage: gembatch-async")
     missing = [word for word in mentions if word not in result.stdout]
     assert not missing, f"--help of {command or 'gembatch-async'} does not mention {missing}"
+
+
+GLOBAL_OPTIONS = ["--job-info", "--emulator", "--backend", "--project", "--location", "--bucket"]
+JOURNAL_COMMANDS = ["submit", "run", "status", "download", "cancel", "cleanup"]
+
+
+@pytest.mark.parametrize("command", JOURNAL_COMMANDS)
+def test_help_of_each_command_lists_the_global_options(tmp_path: Path, command: str) -> None:
+    """A command's --help names the global options (accepted after the command too), and
+    every metavar is short: one word in capitals, no argparse-made ``RETRY_ATTEMPTS``."""
+    result = run_cli([command, "--help"], cwd=tmp_path, env=cli_env(None))
+    assert result.returncode == 0, result.stderr
+    assert "global options (before or after the command)" in result.stdout
+    missing = [option for option in GLOBAL_OPTIONS if option not in result.stdout]
+    assert not missing, f"{command} --help does not mention {missing}"
+    metavars = set(re.findall(r"--[a-z-]+ ([A-Z][A-Z_]*)\b", result.stdout))
+    long = sorted(m for m in metavars if "_" in m or len(m) > 6)
+    assert not long, f"{command} --help has long metavars {long}"
+
+
+def test_help_shows_defaults_and_explains_host(tmp_path: Path) -> None:
+    """--interval's default is shown by run and status; emulator's --host says what it is."""
+    for command in ("run", "status"):
+        text = " ".join(
+            run_cli([command, "--help"], cwd=tmp_path, env=cli_env(None)).stdout.split()
+        )
+        assert re.search(r"--interval S .*?\(default: 30\)", text), text
+    emulator = " ".join(
+        run_cli(["emulator", "--help"], cwd=tmp_path, env=cli_env(None)).stdout.split()
+    )
+    assert re.search(r"--host HOST \w+.*?\(default: 127\.0\.0\.1\)", emulator), emulator
 
 
 # -- "Files are read once, streaming ...: memory does not grow with file size" ------------

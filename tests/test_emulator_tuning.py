@@ -3,6 +3,7 @@ saying how to point the tool and the SDK at it (issue 19, item 5)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from google import genai
 
-from .helpers import cli_env, make_inputs, read_journal, run_cli
+from gembatch_async.emulator import EmulatorConfig, EmulatorThread
+
+from .helpers import cli_env, make_inputs, read_journal, run_cli, write_jsonl
 
 
 def test_emulator_processing_seconds_tunes_the_built_in_emulator(tmp_path: Path) -> None:
@@ -94,3 +97,31 @@ def test_standalone_emulator_says_how_to_point_the_tool_and_the_sdk_at_it() -> N
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_request_counts_move_while_a_job_runs(tmp_path: Path) -> None:
+    """status shows requests done growing during RUNNING, as the service reports them
+    (python-genai#1323), not only at the end."""
+    write_jsonl(tmp_path / "big.jsonl", 40)
+    config = EmulatorConfig(port=0, processing_seconds=12.0)
+    with EmulatorThread(config) as emu:
+        env = cli_env(emu)
+        submitted = run_cli(["submit", "big.jsonl"], cwd=tmp_path, env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        seen: list[tuple[str, int, int]] = []
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            result = run_cli(["status", "--json", "big.jsonl"], cwd=tmp_path, env=env)
+            assert result.returncode == 0, result.stderr
+            job = json.loads(result.stdout.splitlines()[0])
+            stats = job["stats"] or {}
+            seen.append((job["state"], stats.get("succeeded", 0), stats.get("pending", 0)))
+            if job["state"] == "JOB_STATE_SUCCEEDED":
+                break
+            time.sleep(0.5)
+    running = [(done, pending) for state, done, pending in seen if state == "JOB_STATE_RUNNING"]
+    assert any(0 < done < 40 for done, _ in running), seen
+    assert all(done + pending == 40 for done, pending in running), seen
+    dones = [done for done, _ in running]
+    assert dones == sorted(dones), seen
+    assert seen[-1][:2] == ("JOB_STATE_SUCCEEDED", 40), seen

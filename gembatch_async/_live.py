@@ -36,6 +36,14 @@ from ._names import display_path
 
 #: Rows shown at once; the rest are counted in a footer.
 MAX_ROWS = 20
+#: Warnings kept below the bar, each shown with its age.
+MAX_WARNINGS = 3
+#: A warning older than this is dropped: it described a moment that has passed (a retry
+#: that since succeeded), and at the end it would read as current.
+STALE_WARNING_SECONDS = 120.0
+#: Lines besides the file rows: the table's header and rule, the "more files" footer,
+#: the bar, and one for the cursor rich leaves below a live display.
+_FIXED_LINES = 5
 _ORDER = {"running": 0, "pending": 1, "submitted": 2, "waiting": 3, "failed": 4, "done": 5}
 _STYLE = {"done": "green", "failed": "red", "waiting": "yellow", "running": "cyan"}
 
@@ -56,7 +64,7 @@ class LiveView:
         self.console = console
         self.rows: dict[str, _Row] = {}
         self.total = 0
-        self.log: list[str] = []
+        self.log: list[tuple[float, str]] = []
         # get_renderable: every refresh redraws, so the times keep counting between events.
         self._live = Live(
             console=console, refresh_per_second=4, transient=False, get_renderable=self._render
@@ -102,7 +110,7 @@ class LiveView:
             state = "waiting" if event.resubmitted else "failed"
             self._set(event.path, state, event.reason)
         elif isinstance(event, (Retrying, CleanupFailed, JournalProblem)):
-            self.log = [*self.log[-4:], _log_line(event)]
+            self.log = [*self.log[-(MAX_WARNINGS - 1) :], (time.monotonic(), _log_line(event))]
 
     def _set(self, path: str, state: str, note: str = "") -> _Row:
         row = self.rows.setdefault(path, _Row(path))
@@ -115,11 +123,22 @@ class LiveView:
         done = sum(1 for r in self.rows.values() if r.state == "done")
         failed = sum(1 for r in self.rows.values() if r.state == "failed")
         total = max(self.total, len(self.rows), 1)
+        now = time.monotonic()
+        warnings = [
+            # The age first and one line each, cut to the width: a warning never pushes
+            # the bar off the screen, and an old one never reads as current.
+            Text(f"{_age(now - at)} ago: {line}", style="dim", no_wrap=True, overflow="ellipsis")
+            for at, line in self.log
+            if now - at < STALE_WARNING_SECONDS
+        ]
+        # One line per row, and only as many rows as the terminal holds beside the bar and
+        # the warnings: rich cuts a live display taller than the screen from the bottom.
+        max_rows = max(1, min(MAX_ROWS, self.console.size.height - _FIXED_LINES - len(warnings)))
         table = Table(expand=True, show_edge=False, pad_edge=False)
         for column in ("file", "state", "requests", "for", "note"):
-            table.add_column(column, overflow="fold" if column == "note" else "ellipsis")
+            table.add_column(column, overflow="ellipsis", no_wrap=True)
         shown = sorted(self.rows.values(), key=lambda r: (_ORDER.get(r.state, 9), r.path))
-        for row in shown[:MAX_ROWS]:
+        for row in shown[:max_rows]:
             table.add_row(
                 Text(display_path(row.path)),  # Text: a name is never read as markup
                 Text(row.state, style=_STYLE.get(row.state, "")),
@@ -128,15 +147,15 @@ class LiveView:
                 row.note,
             )
         parts: list[object] = [table]
-        if len(shown) > MAX_ROWS:
-            parts.append(Text(f"... and {len(shown) - MAX_ROWS} more files"))
+        if len(shown) > max_rows:
+            parts.append(Text(f"... and {len(shown) - max_rows} more files"))
         overall = Table.grid(padding=(0, 1))
         overall.add_row(
             ProgressBar(total=total, completed=done + failed, width=40),
             Text(f"results {done}/{total}, failed {failed}"),
         )
         parts.append(overall)
-        parts += [Text(line, style="dim") for line in self.log]
+        parts += warnings
         return Group(*parts)  # type: ignore[arg-type]
 
 

@@ -216,6 +216,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
         default=default(False),
         help="run against a built-in Gemini API emulator (offline, no API key needed)",
     )
+    group.add_argument(
+        "--emulator-processing-seconds",
+        type=_seconds,
+        default=default(30.0),
+        metavar="S",
+        help="with --emulator: how long each emulated job takes from PENDING to SUCCEEDED "
+        "(default: 30)",
+    )
     _add_backend_options(group, default)
 
 
@@ -794,7 +802,11 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
             )
             storage_url = await stack.enter_async_context(_storage_emulator(state_dir, vertex))
         config = EmulatorConfig(
-            host="127.0.0.1", port=0, state_dir=state_dir, storage_emulator_host=storage_url
+            host="127.0.0.1",
+            port=0,
+            state_dir=state_dir,
+            storage_emulator_host=storage_url,
+            processing_seconds=args.emulator_processing_seconds,
         )
         running = await stack.enter_async_context(serve_emulator(config))
         _print(
@@ -951,6 +963,17 @@ def _csv_row(fields: list[str]) -> str:
     return buffer.getvalue().removesuffix("\r\n")
 
 
+def _emulator_hints(base_url: str) -> str:
+    """How to point this tool and the google-genai SDK at a standalone emulator (any key
+    works; the SDK reads GOOGLE_GEMINI_BASE_URL and takes ``http_options.base_url``)."""
+    return (
+        "point gembatch-async at it (in another shell):\n"
+        f"  export GOOGLE_GEMINI_BASE_URL={base_url} GEMINI_API_KEY=any-key\n"
+        "or the google-genai SDK:\n"
+        f'  client = genai.Client(api_key="any-key", http_options={{"base_url": "{base_url}"}})'
+    )
+
+
 async def _serve_emulator(args: argparse.Namespace) -> int:
     from .emulator import EmulatorConfig, FaultSpecError, serve_emulator
 
@@ -982,6 +1005,7 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with server as running:
             _print(f"Gemini API emulator listening on {running.base_url}", sys.stdout)
+            _print(_emulator_hints(running.base_url), sys.stderr)
             async for _ in signals:
                 break
     return EXIT_OK

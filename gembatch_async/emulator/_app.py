@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -399,12 +400,30 @@ class EmulatorApp:
     def _batch_stats(self, batch: BatchRecord, state: str) -> dict[str, str]:
         counts = {"requestCount": batch.request_count}
         if state in UNFINISHED:
-            counts["pendingRequestCount"] = batch.request_count
+            # The service counts requests done while the job runs: a captured RUNNING job
+            # reads requestCount 4, successfulRequestCount 1, pendingRequestCount 3.
+            # Source: googleapis/python-genai#1323 (the SDK drops batchStats; the wire has them).
+            # Here the share done follows the time spent RUNNING, failures spread evenly.
+            share = self._running_share(batch) if state == "BATCH_STATE_RUNNING" else 0.0
+            failed = math.floor(batch.malformed_count * share)
+            done = max(math.floor(batch.request_count * share), failed)
+            counts["successfulRequestCount"] = done - failed
+            counts["failedRequestCount"] = failed
+            counts["pendingRequestCount"] = batch.request_count - done
         elif state == "BATCH_STATE_SUCCEEDED":
             counts["successfulRequestCount"] = batch.request_count - batch.malformed_count
             counts["failedRequestCount"] = batch.malformed_count
         # proto3 JSON: int64 as strings, zero values omitted.
         return {k: str(v) for k, v in counts.items() if v}
+
+    def _running_share(self, batch: BatchRecord) -> float:
+        """How far through RUNNING (from a third of processing_seconds to all of it) a
+        job is, 0 to 1."""
+        start = self.store.processing_seconds / 3
+        span = self.store.processing_seconds - start
+        if span <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (time.time() - batch.create_time - start) / span))
 
     def _transition_times(self, batch: BatchRecord, state: str) -> tuple[float, float | None]:
         """(updateTime, endTime) for the current state."""

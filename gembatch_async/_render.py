@@ -61,6 +61,8 @@ def render_text(event: Event) -> tuple[str, bool]:
         return f"results {_shown(event.path)} already in {_shown(event.output_path)}", False
     if isinstance(event, ResultsSaved):
         whole = "" if event.complete else "; answers missing or unknown: see download"
+        if event.failed_path:
+            whole += f"; {event.failed} failed requests -> {_shown(event.failed_path)}"
         return (
             f"results {_shown(event.path)} -> {_shown(event.output_path)} "
             f"({event.responses} responses, {event.errors} errors{whole})",
@@ -126,9 +128,27 @@ def render_run_summary(summary: RunSummary) -> str:
         f"(submitted {summary.submitted}, already recorded {summary.skipped}) "
         f"in {summary.elapsed:.1f}s"
     )
+    if summary.requests:
+        text += f"; {summary.requests} requests: {summary.answered} answered, {summary.failed_requests} failed"
     if summary.interrupted:
         text += "; interrupted: run the same command again to continue"
-    return text
+    return "\n".join([text, *_failed_requests_note(summary)])
+
+
+def _failed_requests_note(summary: RunSummary, shown: int = 5) -> list[str]:
+    """Where a run's failed requests are and how to send them again: a failed-requests
+    file holds their input lines byte for byte, so it is an input as it stands."""
+    paths = [_shown(path) for path in summary.failed_paths]
+    if not summary.failed_requests or not paths:
+        return []
+    listed = ", ".join(paths[:shown]) + (
+        f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    )
+    files = " ".join(paths) if len(paths) <= shown else "FILE... (those files)"
+    return [
+        f"{summary.failed_requests} failed requests have no response; their input lines are in "
+        f"{listed}; to send them again: gembatch-async run {files}"
+    ]
 
 
 def _short_state(state: str) -> str:

@@ -46,6 +46,9 @@ class FileSkipped:
     total: int
     #: The file's content differs from what was submitted then.
     changed: bool = False
+    #: The batch's state as last recorded ("" when none was): a skipped file whose
+    #: batch ended FAILED, CANCELLED or EXPIRED has no results coming (``--retry-failed``).
+    state: str = ""
     kind: Literal["skipped"] = field(default="skipped", init=False)
 
 

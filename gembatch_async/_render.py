@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from ._backend import END_STATES, RESULT_STATES
 from ._events import (
     BatchStats,
     CleanupFailed,
@@ -40,6 +41,12 @@ def render_text(event: Event) -> tuple[str, bool]:
         )
     if isinstance(event, FileSkipped):
         line = f"[{event.n}/{event.total}] skipped {_shown(event.path)} (already submitted as {event.batch_name})"
+        if event.state in END_STATES - RESULT_STATES:  # FAILED, CANCELLED, EXPIRED
+            line = (
+                f"[{event.n}/{event.total}] skipped {_shown(event.path)} (its batch "
+                f"{event.batch_name} ended {_short_state(event.state)}: no results will come; "
+                "--retry-failed submits it again)"
+            )
         if event.changed:
             line += "; its content has changed since: use --force to submit it again"
         return line, False
@@ -192,6 +199,12 @@ def _listed(keys: Sequence[str], total: int, shown: int = 5) -> str:
 
 
 def render_result(result: ResultFile) -> str:
+    if result.ended:
+        return (
+            f"skipped {_shown(result.path)}: its job {result.batch_name} ended "
+            f"{_short_state(result.ended)}; nothing to download "
+            "(submit --retry-failed to run it again)"
+        )
     if result.error:
         lines = [f"error {_shown(result.path)}: {result.error}"]
         return "\n".join(lines + [f"  {problem}" for problem in result.problems])
@@ -240,8 +253,9 @@ def _incomplete_notes(result: ResultFile) -> list[str]:
 
 
 def render_download_summary(results: Sequence[ResultFile]) -> str:
-    written = sum(1 for r in results if not r.skipped and not r.error)
+    written = sum(1 for r in results if not (r.skipped or r.error or r.ended))
     skipped = sum(1 for r in results if r.skipped)
+    ended = sum(1 for r in results if r.ended)
     errors = sum(1 for r in results if r.error)
     incomplete = sum(1 for r in results if not r.error and not r.complete)
     failed: Counter[str] = Counter()
@@ -250,6 +264,8 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
     line = f"downloaded {written}, skipped {skipped}, errors {errors}"
     if incomplete:
         line += f", incomplete {incomplete}"
+    if ended:
+        line += f", jobs ended without results {ended}"
     total = sum(failed.values())
     if total:
         line += f"; {total} failed requests ({_by_code(failed)}), listed in the .failed.jsonl files"

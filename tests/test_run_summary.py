@@ -43,8 +43,11 @@ def test_run_names_the_failed_requests_and_how_to_send_them_again(
     failed = _failed_in(tmp_path / "results")
     total = sum(failed.values())
     assert 0 < total < 150, "the emulator failed a share of the requests"
-    summary, note = result.stdout.splitlines()[-2:]
-    assert summary.startswith("results for 5, failed 0 ")
+    lines = result.stdout.splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("results for ")), -1)
+    assert at == len(lines) - 2, result.stdout + result.stderr
+    summary, note = lines[at:]
+    assert summary.startswith("results for 5, failed 0 "), result.stdout + result.stderr
     assert f"; 150 requests: {150 - total} answered, {total} failed" in summary
     assert note.startswith(f"{total} failed requests have no response; ")
     for path in failed:

@@ -46,6 +46,9 @@ class FileSkipped:
     total: int
     #: The file's content differs from what was submitted then.
     changed: bool = False
+    #: The batch's state as last recorded ("" when none was): a skipped file whose
+    #: batch ended FAILED, CANCELLED or EXPIRED has no results coming (``--retry-failed``).
+    state: str = ""
     kind: Literal["skipped"] = field(default="skipped", init=False)
 
 
@@ -115,6 +118,11 @@ class ResultsSaved:
     already: bool = False
     #: Every request has exactly one answer (else see ``download`` for which).
     complete: bool = True
+    #: Requests in the input, and those without a response (an error answer, or none).
+    requests: int = 0
+    failed: int = 0
+    #: Where the failed requests' input lines are (to send them again), if any failed.
+    failed_path: str | None = None
     kind: Literal["results"] = field(default="results", init=False)
 
 
@@ -226,6 +234,15 @@ class RunSummary:
     interrupted: bool = False
     #: Of those, files whose output lacked answers or had unknown ones.
     incomplete: int = 0
+    #: Requests in the files whose results are on disk: answered with a response, or
+    #: failed (an error answer, or none), whose input lines are in ``failed_paths``.
+    requests: int = 0
+    answered: int = 0
+    failed_requests: int = 0
+    failed_paths: tuple[str, ...] = ()
+    #: Every input has its results and every request a response: nothing to send again.
+    #: (The exit code is 0 with failed requests too: an error answer is an answer.)
+    complete: bool = False
 
     @property
     def ok(self) -> bool:

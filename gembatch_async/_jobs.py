@@ -385,10 +385,12 @@ async def download_results(
     """
     if out_dir is not None and await _exists_but_not_folder(checked_path(out_dir, "out_dir")):
         raise UsageError(f"--out {display_path(out_dir)} exists and is not a folder")
-    ready = ready_inputs(await refresh_status(jobs, paths))
+    statuses = await refresh_status(jobs, paths)
+    ready = ready_inputs(statuses)
     refused: list[ResultFile] = []
     if not paths:  # files named in this command are the user's; the journal's lines are not
         ready, refused = _within_journal_folder(jobs, ready)
+    refused = ended_inputs(statuses) + refused
     roots = jobs.journal.roots
     recorded = jobs.recorded()
     plan = plan_targets(
@@ -445,6 +447,21 @@ def _within_journal_folder(
         )
         refused.append(ResultFile(status.path, status.batch_name, "", error=error))
     return inside, refused
+
+
+def ended_inputs(statuses: Sequence[JobStatus]) -> list[ResultFile]:
+    """Inputs whose job (or a part's) ended without results: one each, so none goes
+    quietly; ``submit --retry-failed`` runs it again."""
+    ended: dict[str, ResultFile] = {}
+    for status in statuses:
+        if status.state in END_STATES - RESULT_STATES and status.location not in ended:
+            ended[status.location] = ResultFile(
+                status.path,
+                status.batch_name,
+                "",
+                ended=status.state,
+            )
+    return list(ended.values())
 
 
 def ready_inputs(statuses: Sequence[JobStatus]) -> list[list[JobStatus]]:

@@ -65,6 +65,8 @@ class LiveView:
         self.rows: dict[str, _Row] = {}
         self.total = 0
         self.log: list[tuple[float, str]] = []
+        #: Requests of the files whose results are in: answered, and failed.
+        self.answered = self.failed_requests = 0
         # get_renderable: every refresh redraws, so the times keep counting between events.
         self._live = Live(
             console=console, refresh_per_second=4, transient=False, get_renderable=self._render
@@ -105,6 +107,8 @@ class LiveView:
             if state == "succeeded":
                 row.note = "downloading results"
         elif isinstance(event, ResultsSaved):
+            self.answered += event.responses
+            self.failed_requests += event.failed
             self._set(event.path, "done", f"{event.responses} answers, {event.errors} errors")
         elif isinstance(event, JobEnded):
             state = "waiting" if event.resubmitted else "failed"
@@ -152,7 +156,10 @@ class LiveView:
         overall = Table.grid(padding=(0, 1))
         overall.add_row(
             ProgressBar(total=total, completed=done + failed, width=40),
-            Text(f"results {done}/{total}, failed {failed}"),
+            Text(
+                f"results {done}/{total}, failed {failed}; requests "
+                f"{self.answered} answered, {self.failed_requests} failed"
+            ),
         )
         parts.append(overall)
         parts += warnings

@@ -629,8 +629,8 @@ def _part_fields(item: InputFile) -> JobLine:
 def _skipped(item: InputFile, latest: JobLine) -> _Completion:
     recorded = latest.get("sha256")
     changed = isinstance(recorded, str) and recorded != item.sha256
-    name = batch_name_of(latest)
-    return _Completion(lambda n, total: FileSkipped(item.label, name, n, total, changed))
+    name, state = batch_name_of(latest), batch_state_of(latest)
+    return _Completion(lambda n, total: FileSkipped(item.label, name, n, total, changed, state))
 
 
 def _failed(item: InputFile, reason: str, left_behind: str | None) -> _Completion:

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from ._backend import END_STATES, RESULT_STATES
 from ._events import (
     BatchStats,
     CleanupFailed,
@@ -40,6 +41,12 @@ def render_text(event: Event) -> tuple[str, bool]:
         )
     if isinstance(event, FileSkipped):
         line = f"[{event.n}/{event.total}] skipped {_shown(event.path)} (already submitted as {event.batch_name})"
+        if event.state in END_STATES - RESULT_STATES:  # FAILED, CANCELLED, EXPIRED
+            line = (
+                f"[{event.n}/{event.total}] skipped {_shown(event.path)} (its batch "
+                f"{event.batch_name} ended {_short_state(event.state)}: no results will come; "
+                "--retry-failed submits it again)"
+            )
         if event.changed:
             line += "; its content has changed since: use --force to submit it again"
         return line, False
@@ -61,6 +68,8 @@ def render_text(event: Event) -> tuple[str, bool]:
         return f"results {_shown(event.path)} already in {_shown(event.output_path)}", False
     if isinstance(event, ResultsSaved):
         whole = "" if event.complete else "; answers missing or unknown: see download"
+        if event.failed_path:
+            whole += f"; {event.failed} failed requests -> {_shown(event.failed_path)}"
         return (
             f"results {_shown(event.path)} -> {_shown(event.output_path)} "
             f"({event.responses} responses, {event.errors} errors{whole})",
@@ -126,9 +135,27 @@ def render_run_summary(summary: RunSummary) -> str:
         f"(submitted {summary.submitted}, already recorded {summary.skipped}) "
         f"in {summary.elapsed:.1f}s"
     )
+    if summary.requests:
+        text += f"; {summary.requests} requests: {summary.answered} answered, {summary.failed_requests} failed"
     if summary.interrupted:
         text += "; interrupted: run the same command again to continue"
-    return text
+    return "\n".join([text, *_failed_requests_note(summary)])
+
+
+def _failed_requests_note(summary: RunSummary, shown: int = 5) -> list[str]:
+    """Where a run's failed requests are and how to send them again: a failed-requests
+    file holds their input lines byte for byte, so it is an input as it stands."""
+    paths = [_shown(path) for path in summary.failed_paths]
+    if not summary.failed_requests or not paths:
+        return []
+    listed = ", ".join(paths[:shown]) + (
+        f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    )
+    files = " ".join(paths) if len(paths) <= shown else "FILE... (those files)"
+    return [
+        f"{summary.failed_requests} failed requests have no response; their input lines are in "
+        f"{listed}; to send them again: gembatch-async run {files}"
+    ]
 
 
 def _short_state(state: str) -> str:
@@ -172,6 +199,12 @@ def _listed(keys: Sequence[str], total: int, shown: int = 5) -> str:
 
 
 def render_result(result: ResultFile) -> str:
+    if result.ended:
+        return (
+            f"skipped {_shown(result.path)}: its job {result.batch_name} ended "
+            f"{_short_state(result.ended)}; nothing to download "
+            "(submit --retry-failed to run it again)"
+        )
     if result.error:
         lines = [f"error {_shown(result.path)}: {result.error}"]
         return "\n".join(lines + [f"  {problem}" for problem in result.problems])
@@ -220,8 +253,9 @@ def _incomplete_notes(result: ResultFile) -> list[str]:
 
 
 def render_download_summary(results: Sequence[ResultFile]) -> str:
-    written = sum(1 for r in results if not r.skipped and not r.error)
+    written = sum(1 for r in results if not (r.skipped or r.error or r.ended))
     skipped = sum(1 for r in results if r.skipped)
+    ended = sum(1 for r in results if r.ended)
     errors = sum(1 for r in results if r.error)
     incomplete = sum(1 for r in results if not r.error and not r.complete)
     failed: Counter[str] = Counter()
@@ -230,6 +264,8 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
     line = f"downloaded {written}, skipped {skipped}, errors {errors}"
     if incomplete:
         line += f", incomplete {incomplete}"
+    if ended:
+        line += f", jobs ended without results {ended}"
     total = sum(failed.values())
     if total:
         line += f"; {total} failed requests ({_by_code(failed)}), listed in the .failed.jsonl files"

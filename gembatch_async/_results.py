@@ -308,6 +308,9 @@ class ResultFile:
     #: Of the unexpected answers: those whose key came back as a number that several
     #: request keys read as ("0" and "000"), left unmatched rather than guessed.
     ambiguous_keys: int = 0
+    #: The input's job ended in this state (FAILED, CANCELLED, EXPIRED) without results:
+    #: nothing was downloaded; ``error`` is None (the job's end is not the download's).
+    ended: str | None = None
 
     @property
     def failed(self) -> int:

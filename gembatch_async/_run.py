@@ -47,6 +47,7 @@ from ._jobs import (
     with_uploads_deleted,
 )
 from ._pipeline import RETRYABLE_END_STATES, SubmitRun
+from ._results import ResultFile
 from ._retry import describe
 from ._sessions import backend_session
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
@@ -77,8 +78,17 @@ class _Watch:
     submitting: int = 0
     interrupted: bool = False
     counts: dict[str, int] = field(
-        default_factory=lambda: {"downloaded": 0, "failed": 0, "incomplete": 0}
+        default_factory=lambda: {
+            "downloaded": 0,
+            "failed": 0,
+            "incomplete": 0,
+            "requests": 0,
+            "answered": 0,
+            "failed_requests": 0,
+        }
     )
+    #: The failed-requests files written (or found) for this run's inputs.
+    failed_paths: list[str] = field(default_factory=list)
 
     def settled(self) -> bool:
         return self.submitting == 0 and all(i.done or i.failed for i in self.inputs.values())
@@ -138,14 +148,26 @@ async def run(
         admission = admission_for(journal, view, settings, api)
         runner = _Runner(jobs, settings, admission, on_event, stop, watch)
         tally = await runner.run(items, _Polling(out_dir, interval))
+    return _summary(tally, watch, time.monotonic() - started)
+
+
+def _summary(tally: _SubmitTally, watch: _Watch, elapsed: float) -> RunSummary:
+    counts = watch.counts
+    failed = tally.failed + counts["failed"]
+    whole = not (failed or counts["incomplete"] or counts["failed_requests"] or watch.interrupted)
     return RunSummary(
         submitted=tally.submitted,
         skipped=tally.skipped,
-        failed=tally.failed + watch.counts["failed"],
-        downloaded=watch.counts["downloaded"],
-        incomplete=watch.counts["incomplete"],
-        elapsed=time.monotonic() - started,
+        failed=failed,
+        downloaded=counts["downloaded"],
+        incomplete=counts["incomplete"],
+        elapsed=elapsed,
         interrupted=watch.interrupted,
+        requests=counts["requests"],
+        answered=counts["answered"],
+        failed_requests=counts["failed_requests"],
+        failed_paths=tuple(watch.failed_paths),
+        complete=whole and all(i.done for i in watch.inputs.values()),
     )
 
 
@@ -346,14 +368,27 @@ class _Runner:
                 result.errors,
                 already=result.skipped,
                 complete=result.complete,
+                requests=result.requests,
+                failed=result.failed,
+                failed_path=result.failed_path if result.failed else None,
             )
         )
         for sibling in siblings:
             await self._delete_upload(sibling)
             sibling.done = True
-        self.watch.counts["downloaded"] += 1
+        self._count(result)
+
+    def _count(self, result: ResultFile) -> None:
+        """An input's results are in: what the summary says of its requests."""
+        counts = self.watch.counts
+        counts["downloaded"] += 1
         if not result.complete:  # answers missing or unknown: the file is not whole
-            self.watch.counts["incomplete"] += 1
+            counts["incomplete"] += 1
+        counts["requests"] += result.requests
+        counts["answered"] += result.responses
+        counts["failed_requests"] += result.failed
+        if result.failed and result.failed_path:
+            self.watch.failed_paths.append(result.failed_path)
 
     def _together(self) -> list[str]:
         """Every input of this run: their results must not land on one file."""

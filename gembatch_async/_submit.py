@@ -35,7 +35,7 @@ from ._errors import (
 )
 from ._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from ._inputs import InputFile, JobLimits, Part, check_regular_file, scan_inputs, unique_paths
-from ._journal import JobLine, Journal, JournalView, batch_name_of
+from ._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
 from ._names import path_problem
 from ._pipeline import SubmitRun
 from ._retry import call_with_retries, describe
@@ -480,7 +480,8 @@ def _report_without_api(
         latest = _recorded_line(item, view)
         if latest is not None and _recorded(item, view, settings):
             changed = latest.get("sha256") not in (None, item.sha256)
-            on_event(FileSkipped(item.label, batch_name_of(latest), n, len(items), changed))
+            name, state = batch_name_of(latest), batch_state_of(latest)
+            on_event(FileSkipped(item.label, name, n, len(items), changed, state))
             skipped += 1
         else:
             on_event(WouldSubmit(item.label, item.count, item.size_bytes))

@@ -153,14 +153,17 @@ class LiveView:
         parts: list[object] = [table]
         if len(shown) > max_rows:
             parts.append(Text(f"... and {len(shown) - max_rows} more files"))
-        overall = Table.grid(padding=(0, 1))
-        overall.add_row(
-            ProgressBar(total=total, completed=done + failed, width=40),
-            Text(
-                f"results {done}/{total}, failed {failed}; requests "
-                f"{self.answered} answered, {self.failed_requests} failed"
-            ),
+        summary = Text(
+            f"results {done}/{total}, failed {failed}; requests "
+            f"{self.answered} answered, {self.failed_requests} failed",
+            no_wrap=True,
+            overflow="ellipsis",
         )
+        # One line whatever the width: the bar gives way to the counts (40 cells at most,
+        # 10 at least), since the row budget above counts the overall line as one.
+        width = max(10, min(40, self.console.width - len(summary) - 1))
+        overall = Table.grid(padding=(0, 1))
+        overall.add_row(ProgressBar(total=total, completed=done + failed, width=width), summary)
         parts.append(overall)
         parts += warnings
         return Group(*parts)  # type: ignore[arg-type]

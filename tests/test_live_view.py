@@ -20,8 +20,8 @@ from gembatch_async.emulator import EmulatorConfig, EmulatorThread
 from .helpers import cli_env, make_inputs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The overall bar: 40 cells of bar characters, then its text.
-BAR_LINE = re.compile(r"^[━╸╺]{40} \S", re.MULTILINE)
+#: The overall bar: 10 to 40 cells of bar characters (it gives way to its text), then the text.
+BAR_LINE = re.compile(r"^[━╸╺]{10,40} \S", re.MULTILINE)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -45,12 +46,17 @@ _OUTPUT_PATTERN = "predictions*.jsonl"
 #: ``prediction.results-...``); not ``prediction.errors_stats-...``.
 _SHARD = re.compile(r"(predictions[^/]*|prediction\.results)-\d{5}-of-\d{5}(\.jsonl)?")
 SHA256_METADATA = "gembatch-sha256"
+#: google-api-core's import-time FutureWarning on Python 3.10.
+_OLD_PYTHON_NOTICE = "You are using a non-supported Python version"
 
 
 def _import_once() -> None:
     """Import google-cloud-storage and the auth transports here, in the event loop's
     thread: imported first by two worker threads at once (ours, and the SDK's token
-    refresh), ``requests`` is seen half-initialised."""
+    refresh), ``requests`` is seen half-initialised. On Python 3.10, google-api-core
+    warns at import that it no longer supports that Python: a notice for Google's
+    packagers, not for our users, so it is not shown (the SDK pin already covers 3.10)."""
+    warnings.filterwarnings("ignore", _OLD_PYTHON_NOTICE, FutureWarning)
     try:
         import google.api_core.exceptions
         import google.auth.transport.requests  # noqa: F401

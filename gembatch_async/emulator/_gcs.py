@@ -12,6 +12,7 @@ import contextlib
 import pathlib
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,6 +86,8 @@ class CloudStorage:
 @contextlib.contextmanager
 def _translated_errors(uri: str) -> Iterator[None]:
     """google-cloud-storage's and requests' errors -> StorageProblem / StorageUnavailable."""
+    # google-api-core's import-time notice on Python 3.10 (see gembatch_async._storage).
+    warnings.filterwarnings("ignore", "You are using a non-supported Python version", FutureWarning)
     from google.api_core import exceptions as api_exceptions
     from requests import exceptions as requests_exceptions
 
@@ -97,6 +100,7 @@ def _translated_errors(uri: str) -> Iterator[None]:
 
 
 def _make_client(host: str) -> Any:
+    warnings.filterwarnings("ignore", "You are using a non-supported Python version", FutureWarning)
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 

@@ -166,7 +166,7 @@ def _summary(tally: _SubmitTally, watch: _Watch, elapsed: float) -> RunSummary:
         requests=counts["requests"],
         answered=counts["answered"],
         failed_requests=counts["failed_requests"],
-        failed_paths=tuple(watch.failed_paths),
+        failed_paths=tuple(sorted(watch.failed_paths)),  # the same order whatever ended first
         complete=whole and all(i.done for i in watch.inputs.values()),
     )
 

@@ -66,8 +66,10 @@ def _temp_dirs() -> set[pathlib.Path]:
     return set(pathlib.Path(tempfile.gettempdir()).glob("gembatch-emulator-*"))
 
 
-def test_memory_mode_cleans_up() -> None:
+def test_memory_mode_cleans_up(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     """Memory mode keeps blobs in a temp dir that is removed on shutdown."""
+    # A temp folder of this test's own: other workers' emulators make theirs meanwhile.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = _temp_dirs()
     with EmulatorThread(EmulatorConfig(port=0)) as emu:
         client = sync_client(emu)

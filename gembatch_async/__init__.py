@@ -3,8 +3,8 @@
 The public API is re-exported here; everything else lives in private modules.
 """
 
-from ._backend import Backend, VertexTarget
-from ._client import GeminiApi, open_client
+from ._backends import Backend, VertexTarget
+from ._backends._genai import GeminiApi, open_client
 from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,

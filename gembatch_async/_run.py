@@ -24,7 +24,8 @@ import anyio
 from google import genai
 
 from ._admission import Admission, Limit
-from ._backend import END_STATES, RESULT_STATES, VertexTarget
+from ._backends import END_STATES, RESULT_STATES, VertexTarget
+from ._backends._sessions import backend_session
 from ._errors import ApiError
 from ._events import (
     Event,
@@ -46,12 +47,11 @@ from ._jobs import (
     refresh_lines,
     with_uploads_deleted,
 )
-from ._pipeline import RETRYABLE_END_STATES, SubmitRun
 from ._results import ResultFile
 from ._retry import describe
-from ._sessions import backend_session
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
+from ._submit._pipeline import RETRYABLE_END_STATES, SubmitRun
 
 
 @dataclass

@@ -86,7 +86,7 @@ class CloudStorage:
 @contextlib.contextmanager
 def _translated_errors(uri: str) -> Iterator[None]:
     """google-cloud-storage's and requests' errors -> StorageProblem / StorageUnavailable."""
-    # google-api-core's import-time notice on Python 3.10 (see gembatch_async._storage).
+    # google-api-core's import-time notice on Python 3.10 (see gembatch_async._backends._gcs).
     warnings.filterwarnings("ignore", "You are using a non-supported Python version", FutureWarning)
     from google.api_core import exceptions as api_exceptions
     from requests import exceptions as requests_exceptions

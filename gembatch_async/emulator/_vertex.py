@@ -16,7 +16,7 @@ Inputs are read from, and ``predictions.jsonl`` written to, the Cloud Storage em
 ``EmulatorConfig.storage_emulator_host`` (else ``$STORAGE_EMULATOR_HOST``); see
 _vertex_jobs.py for the lifecycle and _vertex_output.py for the output lines.
 
-The client recipe (google-genai 3.6, checked by tests/test_emulator_vertex.py)::
+The client recipe (google-genai 3.6, checked by tests/emulator/test_emulator_vertex.py)::
 
     genai.Client(
         vertexai=True, project="p", location="us-central1",

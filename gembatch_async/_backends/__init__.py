@@ -1,0 +1,281 @@
+"""The backend seam: what submit, run and the job commands need of a batch service.
+
+Two implementations: the Gemini Developer API (``_client.GeminiApi``: Files API
+uploads, ``batches/ID`` jobs) and Vertex AI batch prediction (``_vertex.VertexApi``:
+Cloud Storage objects, ``projects/P/locations/L/batchPredictionJobs/ID`` jobs). The
+pipeline, journal, admission and results code only ever see :class:`Backend`.
+
+A job command works on a journal that may hold both kinds of line: :class:`Routed`
+sends each call to the backend its name belongs to, opening it on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from google.genai import types
+
+from .._errors import UsageError
+from .._names import bucket_problem, location_problem, project_problem
+from .._schema import GENERATE
+from ._genai import BatchDetail, RemoteFile
+
+GEMINI = "gemini"
+VERTEX = "vertex"
+BACKENDS = (GEMINI, VERTEX)
+BACKEND_ENV = "GEMBATCH_BACKEND"
+BUCKET_ENV = "GEMBATCH_BUCKET"
+PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
+LOCATION_ENV = "GOOGLE_CLOUD_LOCATION"
+VERTEX_BASE_URL_ENV = "GOOGLE_VERTEX_BASE_URL"
+STORAGE_HOST_ENV = "STORAGE_EMULATOR_HOST"
+#: Job states whose results can be downloaded: a partly succeeded Vertex job wrote
+#: its successes, and its failed requests go to the failed-requests file.
+RESULT_STATES = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"})
+#: Job states after which nothing more happens to a job, on either backend.
+END_STATES = RESULT_STATES | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+
+
+class Backend(Protocol):
+    """The calls gembatch-async makes, each returning plain data or raising ApiError."""
+
+    def upload_name(self, upload_id: str) -> str:
+        """Where the input of ``upload_id`` is staged (a Files API name, a gs:// URI)."""
+        ...
+
+    def line_fields(self) -> dict[str, Any]:
+        """What a journal line records of this backend, so job commands can reopen it."""
+        ...
+
+    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool: ...
+
+    def storage_quota(self, configured: int) -> int:
+        """The bytes staged inputs may hold at once (the Files API's quota; a bucket has none)."""
+        ...
+
+    def job_window(self, configured: int | None) -> int | None:
+        """The unfinished jobs a project may have (None: the service queues the rest)."""
+        ...
+
+    async def upload_file(
+        self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
+    ) -> RemoteFile:
+        """Stage the file under ``name``; AlreadyExistsApiError when it is there already."""
+        ...
+
+    async def get_file(self, name: str) -> RemoteFile: ...
+
+    async def delete_file(self, name: str) -> bool:
+        """Delete a staged input (or a job's output); False when it was already gone."""
+        ...
+
+    async def create_batch(
+        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+    ) -> types.BatchJob: ...
+
+    async def get_batch(self, name: str) -> types.BatchJob: ...
+
+    async def get_batch_detail(self, name: str) -> BatchDetail: ...
+
+    async def cancel_batch(self, name: str) -> None: ...
+
+    async def download_file(self, name: str, destination: str) -> None:
+        """Write a job's output to ``destination`` as ``{"key", "response"|"error"}`` lines."""
+        ...
+
+    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
+        """Every job an ambiguous create may have made (our display names among them)."""
+        ...
+
+    async def get_model(self, model: str) -> types.Model: ...
+
+
+@dataclass(frozen=True)
+class VertexTarget:
+    """Where Vertex jobs run and stage their files; None fields come from the environment."""
+
+    project: str | None = None
+    location: str | None = None
+    #: gs://BUCKET[/PREFIX]: inputs under it, outputs under its ``out/``.
+    bucket: str | None = None
+    #: The Vertex endpoint (an emulator); else $GOOGLE_VERTEX_BASE_URL, else Google's.
+    base_url: str | None = None
+    #: The Cloud Storage endpoint (an emulator); else $STORAGE_EMULATOR_HOST, else Google's.
+    storage_host: str | None = None
+
+    def resolved(self, environ: Mapping[str, str] | None = None) -> VertexTarget:
+        """Gaps filled from the environment, and each name checked (UsageError)."""
+        env = os.environ if environ is None else environ
+        target = VertexTarget(
+            project=self.project or env.get(PROJECT_ENV) or None,
+            location=self.location or env.get(LOCATION_ENV) or None,
+            bucket=self.bucket or env.get(BUCKET_ENV) or None,
+            base_url=self.base_url or env.get(VERTEX_BASE_URL_ENV) or None,
+            storage_host=self.storage_host or env.get(STORAGE_HOST_ENV) or None,
+        )
+        target.check()
+        return target
+
+    def check(self) -> None:
+        """Refuse a project, location or bucket that is not a name of its kind: a
+        location like ``us-central1/../x`` would otherwise steer the job elsewhere."""
+        for value, rule, where in (
+            (self.project, project_problem, f"--project (or {PROJECT_ENV})"),
+            (self.location, location_problem, f"--location (or {LOCATION_ENV})"),
+            (self.bucket, bucket_problem, f"--bucket (or {BUCKET_ENV})"),
+        ):
+            problem = rule(value) if value is not None else None
+            if problem is not None:
+                raise UsageError(f"{where}: {problem}")
+
+    def with_line(self, line: Mapping[str, Any]) -> VertexTarget:
+        """Gaps filled from what a journal line recorded."""
+
+        def recorded(field: str) -> str | None:
+            value = line.get(field)
+            return value if isinstance(value, str) and value else None
+
+        return VertexTarget(
+            project=self.project or recorded("project"),
+            location=self.location or recorded("location"),
+            bucket=self.bucket or recorded("bucket"),
+            base_url=self.base_url,
+            storage_host=self.storage_host,
+        )
+
+
+def backend_of_line(line: Mapping[str, Any]) -> str:
+    """The backend a journal line was submitted to (lines without one: Gemini)."""
+    return VERTEX if line.get("backend") == VERTEX else GEMINI
+
+
+def backend_of_name(name: str) -> str:
+    """The backend a job, upload or output name belongs to."""
+    if name.startswith(("gs://", "projects/")) or "/batchPredictionJobs/" in name:
+        return VERTEX
+    return GEMINI
+
+
+def is_upload_name(name: str) -> bool:
+    """Whether a recorded upload name is one cleanup may delete (ours, by its form)."""
+    return name.startswith(("files/", "gs://"))
+
+
+def output_of(batch: Mapping[str, Any]) -> str | None:
+    """A job's output, from its recorded (``batch_to_dict``) form: a Files API file, or
+    the Cloud Storage directory Vertex wrote (``output_info``)."""
+    dest = batch.get("dest")
+    name = dest.get("file_name") if isinstance(dest, Mapping) else None
+    if isinstance(name, str) and name:
+        return name
+    info = batch.get("output_info")
+    directory = info.get("gcs_output_directory") if isinstance(info, Mapping) else None
+    return as_folder(directory)
+
+
+def output_of_job(batch: types.BatchJob) -> str | None:
+    if batch.dest is not None and batch.dest.file_name:
+        return batch.dest.file_name
+    info = getattr(batch, "output_info", None)
+    return as_folder(getattr(info, "gcs_output_directory", None))
+
+
+def as_folder(directory: object) -> str | None:
+    """A Vertex output directory named as a folder, ``gs://B/.../prediction-model-T/``.
+
+    The service reports it without the slash, yet it is no object but a prefix holding
+    ``predictions*.jsonl`` (one file or shards). Named with the slash, deleting it means
+    deleting every object inside it and nothing beside it (issue 17 item 4: deleted as
+    an object name it was "already gone" while its predictions stayed in the bucket)."""
+    if not isinstance(directory, str) or not directory:
+        return None
+    return directory.rstrip("/") + "/"
+
+
+Opener = Callable[[], contextlib.AbstractAsyncContextManager[Backend]]
+
+
+class Routed:
+    """A Backend for a journal holding lines of both kinds: each call goes to the
+    backend of the name it is about, opened on first use (so a Vertex-only journal
+    needs no Gemini API key, and the other way round)."""
+
+    def __init__(self, openers: Mapping[str, Opener], stack: contextlib.AsyncExitStack) -> None:
+        self._openers = dict(openers)
+        self._stack = stack
+        self._open: dict[str, Backend] = {}
+
+    async def _for(self, name: str) -> Backend:
+        kind = backend_of_name(name)
+        if kind not in self._open:
+            opener = self._openers.get(kind)
+            if opener is None:
+                raise UsageError(f"{name} is a {kind} job or file; pass --backend {kind}")
+            self._open[kind] = await self._stack.enter_async_context(opener())
+        return self._open[kind]
+
+    def upload_name(self, upload_id: str) -> str:
+        raise UsageError("a job command does not upload")  # pragma: no cover
+
+    def line_fields(self) -> dict[str, Any]:
+        return {}  # pragma: no cover
+
+    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
+        return True  # pragma: no cover
+
+    def storage_quota(self, configured: int) -> int:
+        return configured  # pragma: no cover
+
+    def job_window(self, configured: int | None) -> int | None:
+        return configured  # pragma: no cover
+
+    async def upload_file(
+        self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
+    ) -> RemoteFile:
+        backend = await self._for(name)
+        return await backend.upload_file(
+            path, name=name, display_name=display_name, mime_type=mime_type, sha256=sha256
+        )
+
+    async def get_file(self, name: str) -> RemoteFile:
+        return await (await self._for(name)).get_file(name)
+
+    async def delete_file(self, name: str) -> bool:
+        return await (await self._for(name)).delete_file(name)
+
+    async def create_batch(
+        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+    ) -> types.BatchJob:
+        backend = await self._for(src)
+        return await backend.create_batch(
+            model=model, src=src, display_name=display_name, kind=kind
+        )
+
+    async def get_batch(self, name: str) -> types.BatchJob:
+        return await (await self._for(name)).get_batch(name)
+
+    async def get_batch_detail(self, name: str) -> BatchDetail:
+        return await (await self._for(name)).get_batch_detail(name)
+
+    async def cancel_batch(self, name: str) -> None:
+        await (await self._for(name)).cancel_batch(name)
+
+    async def download_file(self, name: str, destination: str) -> None:
+        await (await self._for(name)).download_file(name, destination)
+
+    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
+        raise UsageError("a job command does not list batches")  # pragma: no cover
+
+    async def get_model(self, model: str) -> types.Model:
+        raise UsageError("a job command does not check models")  # pragma: no cover
+
+
+@contextlib.asynccontextmanager
+async def routed(openers: Mapping[str, Opener]) -> AsyncIterator[Routed]:
+    """A :class:`Routed` backend whose opened backends close with it."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield Routed(openers, stack)

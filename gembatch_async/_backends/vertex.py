@@ -1,0 +1,224 @@
+"""The Vertex AI batch prediction backend: google-genai in Vertex mode plus Cloud Storage.
+
+Inputs are staged as ``gs://BUCKET/PREFIX/<upload id>.jsonl`` (``_storage``); a job
+reads one and writes under ``gs://BUCKET/PREFIX/out/<token>/``, so a retried create
+writes where the first would have. Jobs are ``projects/NUMBER/locations/L/
+batchPredictionJobs/ID``: the service names them by project *number*, so they are
+compared by ID (the SDK sends only the ID, under the client's project and location).
+
+Credentials are Application Default Credentials, as google-genai uses them. Against a
+loopback endpoint (``GOOGLE_VERTEX_BASE_URL``, our emulator) a static bearer token
+stands in: the SDK in Vertex mode always asks its credentials for a token, and a
+token that never expires needs no network (see ``emulator/_vertex.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlparse
+
+import anyio
+from google import genai
+from google.genai import types
+
+from .._errors import PermanentApiError, UsageError
+from .._events import BatchStats
+from .._identity import token_of
+from .._schema import GENERATE
+from .._settings import DEFAULT_REQUEST_TIMEOUT_S
+from . import VERTEX, VertexTarget
+from ._gcs import Storage, parse_gs_uri
+from ._genai import (
+    NO_SDK_RETRIES,
+    BatchDetail,
+    RemoteFile,
+    _unreadable_answer,
+    translate_errors,
+)
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+DEFAULT_LOCATION = "us-central1"
+
+
+def is_loopback(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urlparse(url if "://" in url else f"http://{url}").hostname
+    return host in _LOOPBACK
+
+
+def vertex_model(model: str) -> str:
+    """``models/NAME`` (how settings name it) as Vertex names Google's models."""
+    return f"publishers/google/{model}" if model.startswith("models/") else model
+
+
+class VertexApi:
+    """The :class:`~gembatch_async._backends.Backend` for Vertex AI batch prediction."""
+
+    def __init__(self, client: genai.Client, storage: Storage, target: VertexTarget) -> None:
+        self._client = client
+        self._storage = storage
+        self._target = target
+
+    @property
+    def client(self) -> genai.Client:
+        return self._client
+
+    # -- naming ---------------------------------------------------------------------------
+    def _base(self) -> str:
+        if not self._target.bucket:
+            raise UsageError(
+                "the Vertex backend needs --bucket gs://BUCKET[/PREFIX] (or GEMBATCH_BUCKET)"
+            )
+        parse_gs_uri(self._target.bucket)
+        return self._target.bucket.rstrip("/")
+
+    def upload_name(self, upload_id: str) -> str:
+        return f"{self._base()}/{upload_id}.jsonl"
+
+    def _output_prefix(self, display_name: str) -> str:
+        token = token_of(display_name) or "untagged"
+        return f"{self._base()}/out/{token}/"
+
+    def line_fields(self) -> dict[str, Any]:
+        return {
+            "backend": VERTEX,
+            "project": self._target.project,
+            "location": self._target.location,
+            "bucket": self._target.bucket,
+        }
+
+    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
+        # Vertex batch prediction runs generateContent requests; the model resource
+        # lists no supported actions to check.
+        return kind == GENERATE
+
+    def storage_quota(self, configured: int) -> int:
+        return sys.maxsize  # a bucket of the user's: no quota of the service's to keep under
+
+    def job_window(self, configured: int | None) -> int | None:
+        return None  # Vertex queues jobs past what runs at once (QUEUED) instead of refusing
+
+    # -- staging --------------------------------------------------------------------------
+    async def upload_file(
+        self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
+    ) -> RemoteFile:
+        return await self._storage.upload(path, name, mime_type=mime_type, sha256=sha256)
+
+    async def get_file(self, name: str) -> RemoteFile:
+        return await self._storage.get(name)
+
+    async def delete_file(self, name: str) -> bool:
+        """An input object, or a job's output folder (``.../``: every object in it)."""
+        if name.endswith("/"):
+            self._require_output_folder(name)
+        return await self._storage.delete(name)
+
+    def _require_output_folder(self, folder: str) -> None:
+        """A folder is deleted whole only when it is one job's output folder, inside our
+        ``out/<token>/``: never the bucket, the prefix or ``out/`` itself, whatever name
+        a journal or an answer holds."""
+        inside = folder.removeprefix(f"{self._base()}/out/")
+        if inside == folder or len([p for p in inside.split("/") if p]) < 2 or ".." in inside:
+            raise PermanentApiError(f"{folder} is not a job's output folder; not deleted")
+
+    async def download_file(self, name: str, destination: str) -> None:
+        await self._storage.download_output(name, destination)
+
+    # -- jobs -----------------------------------------------------------------------------
+    async def create_batch(
+        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+    ) -> types.BatchJob:
+        if kind != GENERATE:
+            raise PermanentApiError(f"the Vertex backend runs generate requests, not {kind}")
+        config = types.CreateBatchJobConfig(
+            display_name=display_name, dest=self._output_prefix(display_name)
+        )
+        with translate_errors(create=True), _unreadable_answer(None):
+            return await self._client.aio.batches.create(
+                model=vertex_model(model), src=src, config=config
+            )
+
+    async def get_batch(self, name: str) -> types.BatchJob:
+        with translate_errors():
+            return await self._client.aio.batches.get(name=name)
+
+    async def get_batch_detail(self, name: str) -> BatchDetail:
+        job = await self.get_batch(name)
+        return BatchDetail(job, stats_of(job), _error_message(job))
+
+    async def cancel_batch(self, name: str) -> None:
+        with translate_errors():
+            await self._client.aio.batches.cancel(name=name)
+
+    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
+        found: list[types.BatchJob] = []
+        with translate_errors():
+            pager = await self._client.aio.batches.list(config={"page_size": page_size})
+            async for batch in pager:
+                found.append(batch)
+        return found
+
+    async def get_model(self, model: str) -> types.Model:
+        with translate_errors():
+            return await self._client.aio.models.get(model=vertex_model(model))
+
+
+def stats_of(job: types.BatchJob) -> BatchStats | None:
+    """``completion_stats`` as our counts (incomplete requests are the pending ones)."""
+    stats = job.completion_stats
+    if stats is None:
+        return None
+    succeeded = int(stats.successful_count or 0)
+    failed = int(stats.failed_count or 0)
+    pending = int(stats.incomplete_count or 0)
+    return BatchStats(succeeded + failed + pending, succeeded, failed, pending)
+
+
+def _error_message(job: types.BatchJob) -> str | None:
+    message = job.error.message if job.error is not None else None
+    return str(message) if message else None
+
+
+@contextlib.asynccontextmanager
+async def vertex_session(
+    target: VertexTarget, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+) -> AsyncIterator[VertexApi]:
+    """A VertexApi for ``target`` (gaps filled from the environment), closed afterwards."""
+    api = open_vertex(target.resolved(), timeout_s=timeout_s)
+    try:
+        yield api
+    finally:
+        with anyio.CancelScope(shield=True):
+            await api.client.aio.aclose()
+
+
+def open_vertex(target: VertexTarget, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> VertexApi:
+    if not target.project:
+        raise UsageError("the Vertex backend needs --project (or GOOGLE_CLOUD_PROJECT)")
+    target = VertexTarget(
+        target.project,
+        target.location or DEFAULT_LOCATION,
+        target.bucket,
+        target.base_url,
+        target.storage_host,
+    )
+    options = types.HttpOptions(
+        base_url=target.base_url, timeout=int(timeout_s * 1000), retry_options=NO_SDK_RETRIES
+    )
+    credentials: Any = None
+    if is_loopback(target.base_url):
+        import google.oauth2.credentials
+
+        credentials = google.oauth2.credentials.Credentials(token="emulator")  # type: ignore[no-untyped-call]
+    client = genai.Client(
+        vertexai=True,
+        project=target.project,
+        location=target.location,
+        credentials=credentials,
+        http_options=options,
+    )
+    return VertexApi(client, Storage(target.project, target.storage_host), target)

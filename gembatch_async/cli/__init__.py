@@ -81,6 +81,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_INTERRUPTED = 0, 1, 2, 3, 
 T = TypeVar("T")
 EMULATOR_STATE_DIR = ".gembatch-emulator"
 DEBUG_ENV = "GEMBATCH_DEBUG"
+#: The emulated jobs' duration for both --emulator and the emulator command, so a script or
+#: CI job can shorten every run at once (argparse converts and checks the string default).
+PROCESSING_SECONDS_ENV = "GEMBATCH_EMULATOR_PROCESSING_SECONDS"
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -219,10 +222,10 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
     group.add_argument(
         "--emulator-processing-seconds",
         type=_seconds,
-        default=default(30.0),
+        default=default(os.environ.get(PROCESSING_SECONDS_ENV) or "30"),
         metavar="S",
         help="with --emulator: how long each emulated job takes from PENDING to SUCCEEDED "
-        "(default: 30)",
+        f"(default: ${PROCESSING_SECONDS_ENV} or 30)",
     )
     _add_backend_options(group, default)
 
@@ -470,16 +473,37 @@ def _add_show(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     emu = commands.add_parser("emulator", help="serve a local Gemini API emulator")
     emu.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+        "--host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address to listen on (default: %(default)s)",
     )
-    emu.add_argument("--port", type=_port, default=8089, help="0 picks a free port")
-    emu.add_argument("--state-dir", type=Path, default=None, help="keep state on disk here")
-    emu.add_argument("--latency-ms", type=_seconds, default=0.0, help="delay every request")
     emu.add_argument(
-        "--processing-seconds", type=_seconds, default=30.0, help="time from PENDING to SUCCEEDED"
+        "--port",
+        type=_port,
+        default=8089,
+        metavar="PORT",
+        help="0 picks a free port (default: 8089)",
     )
-    emu.add_argument("--faults", default="", help="ENDPOINT:PROBABILITY:KIND,... to inject")
-    emu.add_argument("--fault-seed", type=int, default=None, help="make faults repeatable")
+    emu.add_argument(
+        "--state-dir", type=Path, default=None, metavar="DIR", help="keep state on disk here"
+    )
+    emu.add_argument(
+        "--latency-ms", type=_seconds, default=0.0, metavar="MS", help="delay every request"
+    )
+    emu.add_argument(
+        "--processing-seconds",
+        type=_seconds,
+        default=os.environ.get(PROCESSING_SECONDS_ENV) or "30",
+        metavar="S",
+        help=f"time from PENDING to SUCCEEDED (default: ${PROCESSING_SECONDS_ENV} or 30)",
+    )
+    emu.add_argument(
+        "--faults", default="", metavar="SPEC", help="ENDPOINT:PROBABILITY:KIND,... to inject"
+    )
+    emu.add_argument(
+        "--fault-seed", type=int, default=None, metavar="N", help="make faults repeatable"
+    )
     emu.add_argument(
         "--request-errors",
         type=float,
@@ -492,6 +516,7 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--max-unfinished-batches",
         type=_at_least(0),
         default=100,
+        metavar="N",
         help="unfinished batch jobs allowed at once, as the real service (default: %(default)s)",
     )
     emu.add_argument(
@@ -507,7 +532,7 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--enqueued-token-quota",
         type=_at_least(1),
         default=None,
-        metavar="N",
+        metavar="TOKENS",
         help="enqueued tokens allowed per model across unfinished jobs, counted as one per "
         "4 bytes of request JSON (default: none)",
     )
@@ -522,6 +547,7 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--storage-quota-bytes",
         type=_at_least(0),
         default=20 * 2**30,  # EmulatorConfig's (the emulator is imported only to serve)
+        metavar="BYTES",
         help="total size of uploaded files allowed (default: %(default)s, 20 GiB as the service)",
     )
     emu.add_argument(

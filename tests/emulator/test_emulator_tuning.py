@@ -125,3 +125,62 @@ def test_request_counts_move_while_a_job_runs(tmp_path: Path) -> None:
     dones = [done for done, _ in running]
     assert dones == sorted(dones), seen
     assert seen[-1][:2] == ("JOB_STATE_SUCCEEDED", 40), seen
+
+
+def test_processing_seconds_env_tunes_the_built_in_emulator(tmp_path: Path) -> None:
+    """$GEMBATCH_EMULATOR_PROCESSING_SECONDS sets --emulator's job duration, no flag needed."""
+    paths = make_inputs(tmp_path, 1)
+    started = time.monotonic()
+    result = run_cli(
+        ["--emulator", "run", "--interval", "0.2", paths[0].name],
+        cwd=tmp_path,
+        env=cli_env(None, GEMBATCH_EMULATOR_PROCESSING_SECONDS="0.5"),
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 20, f"run took {elapsed:.1f} s: the 30 s default was used"
+    assert (tmp_path / "results" / paths[0].name).exists()
+
+
+def test_processing_seconds_env_tunes_the_standalone_emulator(tmp_path: Path) -> None:
+    """The emulator command reads the same variable: a job it serves ends in about 0.5 s."""
+    env = cli_env(None, GEMBATCH_EMULATOR_PROCESSING_SECONDS="0.5")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gembatch_async", "emulator", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        base_url = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
+        assert base_url, "the emulator printed no URL"
+        paths = make_inputs(tmp_path, 1)
+        started = time.monotonic()
+        result = run_cli(
+            ["run", "--interval", "0.2", paths[0].name],
+            cwd=tmp_path,
+            env=cli_env(None, GEMINI_API_KEY="any-key", GOOGLE_GEMINI_BASE_URL=base_url[0]),
+            timeout=60,
+        )
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        assert elapsed < 20, f"run took {elapsed:.1f} s: the 30 s default was used"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_processing_seconds_env_is_checked(tmp_path: Path) -> None:
+    """A bad value in the variable is a usage error naming the option, not a traceback."""
+    result = run_cli(
+        ["--emulator", "status"],
+        cwd=tmp_path,
+        env=cli_env(None, GEMBATCH_EMULATOR_PROCESSING_SECONDS="soon"),
+    )
+    assert result.returncode == 2
+    assert "--emulator-processing-seconds" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+
+def pyenv_bin_folders(versions: list[str]) -> list[str]:
+    """The bin folders of pyenv's newest install of each version (``~/.pyenv/versions/3.10.13/bin``).
+
+    nox looks for ``python3.10`` on PATH, where pyenv has only a shim that fails unless 3.10
+    is the selected version ("command not found"); the installs themselves are complete.
+    """
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv") / "versions"
+    folders = []
+    for version in versions:
+        installs = [p for p in root.glob(f"{version}.*/bin/python{version}") if p.is_file()]
+        newest = max(installs, key=lambda p: [int(n) for n in p.parts[-3].split(".")], default=None)
+        if newest is not None:
+            folders.append(str(newest.parent))
+    return folders
+
+
+# Put before the shims, so each session finds the interpreter nox asks for by name.
+os.environ["PATH"] = os.pathsep.join([*pyenv_bin_folders(PYTHONS), os.environ.get("PATH", "")])
 
 
 @nox.session(python=PYTHONS)

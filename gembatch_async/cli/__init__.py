@@ -449,7 +449,12 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     cleanup = commands.add_parser(
         "cleanup", help="delete the uploads of ended jobs (only those this journal records)"
     )
-    cleanup.add_argument("--outputs", action="store_true", help="delete their result files too")
+    cleanup.add_argument(
+        "--outputs",
+        action="store_true",
+        help="also delete the output files the service wrote for those jobs "
+        "(on the service; downloaded results are never touched)",
+    )
     cleanup.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     cleanup.add_argument("--json", action="store_true", help="print one JSON object per file")
 

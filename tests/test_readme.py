@@ -28,6 +28,8 @@ SH_BLOCK = re.compile(r"```sh\n(.*?)\n```", flags=re.S)
 #: stands a venv of the code under test in for them (.ci/run runs the test block itself).
 INSTALL = "python3 -m venv .venv && .venv/bin/pip install -e ."
 TESTS = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"
+#: Where a command line ends and the shell takes over.
+SHELL = {"|", "||", "&&", ";", ">", ">>", "<"}
 COPY_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", ".ci-venv*", ".nox", "__pycache__", "*.egg-info", ".*_cache",
     ".hypothesis", "mutants", ".gembatch-emulator", "job-info.jsonl*", "library-demo-jobs*",
@@ -101,11 +103,22 @@ def test_walkthrough_runs_in_order_on_a_fresh_copy_and_changes_nothing_in_it(
     assert sorted(p.name for p in (demo / "results").glob("*.jsonl")) == inputs
     assert len(read_journal(demo / "job-info.jsonl")) == len(inputs)
     assert re.search(r"^request_1\tEmulated answer", result.stdout, flags=re.M), result.stdout
+    printed = _normalised(result.stdout).splitlines()
+    for line in _intro_output():
+        assert _normalised(line) in printed, f"not printed: {line}\n{result.stdout}"
+
+
+def _intro_output() -> list[str]:
+    """The lines of the run the README opens with (its ``...`` marks lines left out)."""
+    block = README.split("```text\n$ gembatch-async run", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines()[1:] if line and line != "..."]
 
 
 def _normalised(text: str) -> str:
-    """Output with what changes every run (batch ids, durations) made constant."""
+    """Output with what changes every run (batch ids, durations, the order files finish
+    their upload in) made constant."""
     text = re.sub(r"batches/[a-z0-9]+", "batches/ID", text)
+    text = re.sub(r"^\[\d+/", "[n/", text, flags=re.M)
     return re.sub(r"in \d+\.\d+s", "in Ts", text)
 
 
@@ -152,7 +165,8 @@ def _command_lines() -> list[str]:
         words = shlex.split(line, comments=True)
         for start, word in enumerate(words):
             if word.endswith("gembatch-async"):
-                commands.append(shlex.join(words[start:]))
+                end = next((i for i, w in enumerate(words) if i > start and w in SHELL), None)
+                commands.append(shlex.join(words[start:end]))
                 break
     return [c for c in commands if not re.search(r"\[|\.\.\.|…|\b[A-Z]{2,}\b|\bSIZE\b", c)]
 

@@ -91,7 +91,7 @@ def test_walkthrough_runs_in_order_on_a_fresh_copy_and_changes_nothing_in_it(
         env={**cli_env(None), "HOME": str(home)},
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=100,  # inside the suite's 120 s per test
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -141,7 +141,7 @@ def test_failed_requests_paste_is_what_run_prints(tmp_path: Path) -> None:
             env={**cli_env(emulator), "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=100,
             check=False,
         )
     assert result.returncode == 0, result.stderr

@@ -24,12 +24,12 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from .._admission import Limit, limit_of
 from .._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
     ApiError,
     CapacityApiError,
+    Limit,
     MissingApiKeyError,
     NotFoundApiError,
     PermanentApiError,
@@ -39,6 +39,7 @@ from .._errors import (
 from .._events import BatchStats
 from .._schema import BATCH_METHODS, EMBED, GENERATE
 from .._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, refuse_unsendable_key
+from ._quota import limit_of
 
 # The SDK marks batches.create_embeddings "experimental" with a warning on every
 # call. Silence it for our calls only (module= matches the caller the warning
@@ -159,7 +160,7 @@ def translate_errors(
 
     ``missing_is_403``: the Files API answers 403 PERMISSION_DENIED for a file
     that does not exist, so for file calls that means "not found". ``create``: the
-    call creates a batch, whose unnamed 429 is capacity (see ``_admission.limit_of``).
+    call creates a batch, whose unnamed 429 is capacity (see ``_quota.limit_of``).
     """
     try:
         yield

@@ -26,7 +26,15 @@ from typing import TextIO, TypeVar
 
 import anyio
 
-from .._backends import BACKEND_ENV, BACKENDS, GEMINI, VERTEX, VertexTarget
+from .._backends import (
+    BACKEND_ENV,
+    BACKENDS,
+    DEFAULT_BACKEND,
+    VERTEX,
+    VertexTarget,
+    backend_of_line,
+    stages_in_cloud_storage,
+)
 from .._backends._genai import EMULATOR_API_KEY, redact
 from .._errors import GembatchError, UsageError, leaf_errors
 from .._events import Event, SubmitSummary
@@ -39,6 +47,7 @@ from .._jobs import (
     refresh_status,
     watch_status,
 )
+from .._journal import peek_lines
 from .._names import (
     bucket_problem,
     display_path,
@@ -233,8 +242,8 @@ def _add_backend_options(
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=default(os.environ.get(BACKEND_ENV) or GEMINI),
-        help=f"where submit and run send jobs (default: ${BACKEND_ENV} or gemini); the job "
+        default=default(os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND),
+        help=f"where submit and run send jobs (default: ${BACKEND_ENV} or {DEFAULT_BACKEND}); the job "
         "commands use the backend each journal line records",
     )
     parser.add_argument(
@@ -794,7 +803,7 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
     async with contextlib.AsyncExitStack() as stack:
         storage_url = None
         vertex = flags
-        if _may_use_vertex(args):
+        if _may_use_cloud_storage(args):
             vertex = VertexTarget(
                 project=flags.project or EMULATOR_PROJECT,
                 location=flags.location or EMULATOR_LOCATION,
@@ -818,17 +827,15 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
         yield _Endpoint(EMULATOR_API_KEY, running.base_url, vertex)
 
 
-def _may_use_vertex(args: argparse.Namespace) -> bool:
-    """Vertex is asked for, or the journal a job command reads holds Vertex lines."""
-    if args.backend == VERTEX:
+def _may_use_cloud_storage(args: argparse.Namespace) -> bool:
+    """The backend asked for, or one a job command's journal lines were submitted to,
+    keeps its files in Cloud Storage."""
+    if stages_in_cloud_storage(args.backend):
         return True
     if args.command in ("submit", "run"):
         return False
-    try:
-        with open(args.job_info, encoding="utf-8", errors="replace") as journal:
-            return any(f'"backend": "{VERTEX}"' in line for line in journal)
-    except OSError:
-        return False
+    lines = peek_lines(args.job_info)
+    return any(stages_in_cloud_storage(backend_of_line(line)) for line in lines)
 
 
 @contextlib.asynccontextmanager

@@ -15,14 +15,16 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from google.genai import types
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import UsageError
 from .._names import bucket_problem, location_problem, project_problem
 from .._schema import GENERATE
-from ._genai import BatchDetail, RemoteFile
+
+if TYPE_CHECKING:  # the SDK loads with the first call, not with `gembatch-async --version`
+    from google.genai import types
+
+    from ._genai import BatchDetail, RemoteFile
 
 GEMINI = "gemini"
 VERTEX = "vertex"

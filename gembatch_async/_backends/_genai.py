@@ -39,6 +39,7 @@ from .._errors import (
 from .._events import BatchStats
 from .._schema import BATCH_METHODS, EMBED, GENERATE
 from .._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, refuse_unsendable_key
+from .._settings import redact as redact  # re-exported: its home was here
 from ._quota import limit_of
 
 # The SDK marks batches.create_embeddings "experimental" with a warning on every
@@ -75,13 +76,6 @@ def _transport_error_types() -> tuple[type[BaseException], ...]:
 
 _TRANSPORT_ERRORS = _transport_error_types()
 _CONNECT_ERROR_NAMES = frozenset({"ConnectError", "ClientConnectorError", "ConnectionRefusedError"})
-
-
-def redact(text: str, secret: str | None) -> str:
-    """The text with the secret replaced, so it can be shown or logged."""
-    if secret and len(secret) >= 4:
-        return text.replace(secret, "[redacted]")
-    return text
 
 
 def _error_details(error: genai_errors.APIError) -> tuple[dict[str, Any], ...]:

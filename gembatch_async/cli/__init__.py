@@ -22,7 +22,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import anyio
 
@@ -35,18 +35,8 @@ from .._backends import (
     backend_of_line,
     stages_in_cloud_storage,
 )
-from .._backends._genai import EMULATOR_API_KEY, redact
 from .._errors import GembatchError, UsageError, leaf_errors
 from .._events import Event, SubmitSummary
-from .._jobs import (
-    JobsContext,
-    cancel_jobs,
-    cleanup_files,
-    download_results,
-    open_jobs,
-    refresh_status,
-    watch_status,
-)
 from .._journal import peek_lines
 from .._names import (
     bucket_problem,
@@ -58,7 +48,6 @@ from .._names import (
     project_problem,
 )
 from .._results._show import Answer, one_line, read_answers
-from .._run import run
 from .._settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_JOB_INFO,
@@ -72,8 +61,8 @@ from .._settings import (
     SubmitSettings,
     api_key_from_env,
     default_model,
+    redact,
 )
-from .._submit import submit
 from .._version import __version__
 from ._render import (
     render_cleaned,
@@ -85,6 +74,11 @@ from ._render import (
     render_summary,
     render_text,
 )
+
+# Commands that call a service import the SDK when they run (see _startup_modules in
+# tests/cli/test_startup.py): --version, --help and show start without it.
+if TYPE_CHECKING:
+    from .._jobs import JobsContext
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 T = TypeVar("T")
@@ -650,6 +644,8 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
 
 
 async def _submit_command(args: argparse.Namespace) -> int:
+    from .._submit import submit
+
     settings = _submit_settings(args)
     show = _event_printer(args.json)
     async with _api_endpoint(args) as endpoint:
@@ -672,6 +668,8 @@ async def _submit_command(args: argparse.Namespace) -> int:
 
 
 async def _run_command(args: argparse.Namespace) -> int:
+    from .._run import run
+
     settings = _submit_settings(args)
     live = sys.stdout.isatty() and not args.json
     with _run_output(args.json, live) as show:
@@ -787,6 +785,7 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
     if not args.emulator:
         yield _Endpoint(vertex=flags)
         return
+    from .._backends._genai import EMULATOR_API_KEY
     from ..emulator import EmulatorConfig, serve_emulator
 
     state_dir: Path | None = args.emulator_state_dir
@@ -858,6 +857,8 @@ async def _storage_emulator(state_dir: Path | None, vertex: VertexTarget) -> Asy
 async def _jobs_command(args: argparse.Namespace) -> int:
     """status, download, cancel, cleanup: each from the journal, each job against the
     backend its line records."""
+    from .._jobs import open_jobs
+
     async with (
         _api_endpoint(args) as endpoint,
         open_jobs(
@@ -873,6 +874,8 @@ async def _jobs_command(args: argparse.Namespace) -> int:
 
 
 async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import refresh_status, watch_status
+
     show = _printer(args.json, render_status)
     if args.watch:
         statuses = await watch_status(jobs, show, paths=args.files, interval=args.interval)
@@ -886,6 +889,8 @@ async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
 
 
 async def _download(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import download_results
+
     results = await download_results(
         jobs,
         args.out,
@@ -904,6 +909,8 @@ async def _download(jobs: JobsContext, args: argparse.Namespace) -> int:
 
 
 async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import cancel_jobs
+
     statuses = await cancel_jobs(jobs, args.files)
     show = _printer(args.json, render_status)
     for status in statuses:
@@ -912,6 +919,8 @@ async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:
 
 
 async def _cleanup(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import cleanup_files
+
     cleaned = await cleanup_files(jobs, outputs=args.outputs, dry_run=args.dry_run)
     show = _printer(args.json, render_cleaned)
     for item in cleaned:

@@ -24,7 +24,7 @@ each class carries the exit code the CLI uses for it::
             └── AlreadyExistsApiError  (exit 1)  409: the name is taken (e.g. an earlier upload)
 
 SDK and transport errors are translated into ApiError subclasses in exactly one
-place, ``_client.translate_errors``, which chains the original with ``from``.
+place, ``_backends._genai.translate_errors``, which chains the original with ``from``.
 """
 
 from __future__ import annotations

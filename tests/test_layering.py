@@ -262,3 +262,16 @@ def test_the_backend_name_check_sees_a_journal_byte_check(tmp_path: pathlib.Path
         "    return '\"backend\": \"vertex\"' in line or line == 'gemini'\n"
     )
     assert backend_names(module) == {'\'"backend": "vertex"\'', "'gemini'"}
+
+
+# -- the module map ------------------------------------------------------------------------
+MODULE_MAP = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def test_the_module_map_names_every_module_once() -> None:
+    """docs/architecture.md has one row per module: a new module gets its line, a moved
+    or deleted one loses it, so the map a newcomer reads first stays true."""
+    rows = re.findall(r"^\| `([^`]+\.py)` \|", MODULE_MAP.read_text(), re.MULTILINE)
+    modules = sorted(path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py"))
+    assert sorted(rows) == modules
+    assert len(rows) == len(set(rows))

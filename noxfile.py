@@ -1,8 +1,10 @@
-"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``sdk_tests``, ``mutants``."""
+"""The control panel: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``, ``sdk_tests``,
+``sdk_oldest``, ``sdk_newest``, ``mutants``."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nox
@@ -36,6 +38,34 @@ os.environ["PATH"] = os.pathsep.join([*pyenv_bin_folders(PYTHONS), os.environ.ge
 def tests(session: nox.Session) -> None:
     """The test suite against the emulator on 127.0.0.1."""
     session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+def sdk_range() -> tuple[str, str]:
+    """The google-genai range pyproject.toml allows on Python 3.11+ (one source of truth):
+    ``(">=3.0.0", "<4")``."""
+    text = Path(__file__).with_name("pyproject.toml").read_text()
+    found = re.search(r'"google-genai(>=[^,]+),(<[^;"]+); python_version >= \'3\.11\'"', text)
+    if found is None:
+        raise RuntimeError("no google-genai range for Python 3.11+ in pyproject.toml")
+    return found.group(1), found.group(2)
+
+
+@nox.session(python="3.11")
+def sdk_oldest(session: nox.Session) -> None:
+    """The test suite against the oldest google-genai the range allows (not in CI yet)."""
+    oldest, _ = sdk_range()
+    session.install("-e", ".[test]")
+    session.install(f"google-genai=={oldest.removeprefix('>=')}")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def sdk_newest(session: nox.Session) -> None:
+    """The test suite against the newest google-genai the range allows (not in CI yet)."""
+    oldest, below = sdk_range()
+    session.install("-e", ".[test]")
+    session.install("--upgrade", f"google-genai{oldest},{below}")
     session.run("python", "-m", "pytest", *session.posargs)
 
 

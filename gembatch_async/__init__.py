@@ -1,10 +1,17 @@
 """gembatch-async: submit JSONL files to the Gemini Batch API, many at once, exactly once.
 
-The public API is re-exported here; everything else lives in private modules.
+The public API is re-exported here; everything else lives in private modules. The names
+whose modules import google-genai load on first use (PEP 562 ``__getattr__``), so the
+CLI's ``--version``, ``--help`` and ``show`` start without the SDK.
 """
 
+from __future__ import annotations
+
+# Private aliases: vars(gembatch_async) holds the public API and nothing else.
+import importlib as _importlib
+import typing as _typing
+
 from ._backends import Backend, VertexTarget
-from ._backends._genai import GeminiApi, open_client
 from ._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
@@ -41,22 +48,61 @@ from ._events import (
     WaitingForCapacity,
     WouldSubmit,
 )
-from ._jobs import (
-    Cleaned,
-    JobsContext,
-    JobStatus,
-    cancel_jobs,
-    cleanup_files,
-    download_results,
-    open_jobs,
-    refresh_status,
-    watch_status,
-)
 from ._results import ResultCounts, ResultFile
-from ._run import run
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
-from ._submit import submit
 from ._version import __version__
+
+if _typing.TYPE_CHECKING:
+    from ._backends._genai import GeminiApi, open_client
+    from ._jobs import (
+        Cleaned,
+        JobsContext,
+        JobStatus,
+        cancel_jobs,
+        cleanup_files,
+        download_results,
+        open_jobs,
+        refresh_status,
+        watch_status,
+    )
+    from ._run import run
+    from ._submit import submit
+
+#: The public names whose modules import the SDK, and where each lives.
+_ON_FIRST_USE = {
+    **dict.fromkeys(("GeminiApi", "open_client"), "._backends._genai"),
+    **dict.fromkeys(
+        (
+            "Cleaned",
+            "JobsContext",
+            "JobStatus",
+            "cancel_jobs",
+            "cleanup_files",
+            "download_results",
+            "open_jobs",
+            "refresh_status",
+            "watch_status",
+        ),
+        "._jobs",
+    ),
+    "run": "._run",
+    "submit": "._submit",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """A public name that needs the SDK, imported the first time it is asked for."""
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value  # asked once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_ON_FIRST_USE})
+
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -9,22 +9,14 @@ RESOURCE_EXHAUSTED past them. Such a refusal is not a failure of the file: it
 exit code 3). Only a rate limit on another call is retried and, when it outlasts
 the retries, fails the file.
 
-Which 429 is which is read from the ``QuotaFailure`` detail's quota names, and
-only from them: we never guess a name the service did not give. Only the storage
-quota is known to name itself (``file_storage_bytes``; alphaXiv/feedback#16,
-googleapis/python-genai#1172). The 429 that ``batches.create`` answers at the job
-window, and in most other quota cases, is generic: the message "You exceeded your
-current quota ..." and a ``google.rpc.Help`` detail, no quota name, no retry delay
-(captured in langchain4j/langchain4j#3942; also googleapis/js-genai#1264,
-googleapis/python-genai#1901). So an unnamed 429 on create is :attr:`Limit.REFUSED`:
-capacity of some kind. To keep it rare the window and (when the user gives it) the
-token quota are counted ahead, like storage: no upload starts that cannot fit.
+Which 429 is which is decided where the service's errors are translated, in
+``_backends/_quota.py`` (:func:`limit_of`); this module counts ahead so that the
+service's 429 stays rare: the window and (when the user gives it) the token quota
+are counted like storage, and no upload starts that cannot fit.
 """
 
 from __future__ import annotations
 
-import enum
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,77 +26,8 @@ import anyio
 from google.genai import types
 
 from ._errors import ApiError
+from ._errors import Limit as Limit  # re-exported: the gate speaks in limits
 from ._settings import UPLOAD_LIFETIME_S
-
-
-class Limit(enum.Enum):
-    """What a 429 (or our own count) says is exhausted."""
-
-    RATE = "rate limit"
-    JOBS = "the job window is full"
-    TOKENS = "the enqueued-token quota is full"
-    STORAGE = "the storage quota is full"
-    #: A 429 on create that names no quota: the job window, the token quota or a
-    #: limit nobody documents; the body does not say which.
-    REFUSED = "the service refused new jobs (429 without a reason)"
-
-    @property
-    def key(self) -> str:
-        """The short name events carry (``"storage"``, ``"refused"``, ...)."""
-        return self.name.lower()
-
-
-# Matched against quota names (QuotaFailure quotaMetric / quotaId) only. The storage
-# name is captured (FileStorageBytesPerProject, file_storage_bytes); the others are
-# the words Google's quota names use (e.g. GenerateRequestsPerMinutePerProjectPerModel
-# for a rate limit); a name matching none of them is an unknown quota.
-_NAMED: tuple[tuple[Limit, re.Pattern[str]], ...] = (
-    (Limit.TOKENS, re.compile(r"enqueued[\s_-]*tokens?", re.IGNORECASE)),
-    (Limit.STORAGE, re.compile(r"storage|bytes", re.IGNORECASE)),
-    (
-        Limit.JOBS,
-        re.compile(r"(unfinished|concurrent|active|running)[\s_-]*batch|batch[\s_-]*jobs", re.I),
-    ),
-    (Limit.RATE, re.compile(r"per[\s_-]*(second|minute|hour|day)|requests", re.IGNORECASE)),
-)
-
-
-def limit_of(error: ApiError, *, create: bool = False) -> Limit | None:
-    """The limit a 429 says it met; None for other errors.
-
-    A named quota is that quota. An unnamed one is a rate limit, except on
-    ``batches.create`` (``create``), where it is :attr:`Limit.REFUSED` unless the
-    service said when to try again (Retry-After or RetryInfo): then it is a rate
-    limit, retried, and capacity only if it outlasts the retries (see
-    :func:`limit_after_retries`).
-    """
-    if error.code != 429:
-        return None
-    names = _quota_names(error.details)
-    for name in names:
-        for limit, pattern in _NAMED:
-            if pattern.search(name):
-                return limit
-    if not create or error.retry_after is not None:
-        return Limit.RATE
-    return Limit.REFUSED
-
-
-def limit_after_retries(error: ApiError) -> Limit | None:
-    """A create still rate limited when the retries ran out: capacity, never the
-    file's failure (the service does not say whether it was a rate limit at all)."""
-    return Limit.REFUSED if error.code == 429 else None
-
-
-def _quota_names(details: tuple[dict[str, Any], ...]) -> list[str]:
-    names: list[str] = []
-    for detail in details:
-        if not str(detail.get("@type", "")).endswith("QuotaFailure"):
-            continue
-        for violation in detail.get("violations") or []:
-            if isinstance(violation, dict):
-                names += [str(violation.get(k, "")) for k in ("quotaMetric", "quotaId")]
-    return [name for name in names if name]
 
 
 def estimated_tokens(size_bytes: int) -> int:

@@ -24,21 +24,20 @@ each class carries the exit code the CLI uses for it::
             └── AlreadyExistsApiError  (exit 1)  409: the name is taken (e.g. an earlier upload)
 
 SDK and transport errors are translated into ApiError subclasses in exactly one
-place, ``_client.translate_errors``, which chains the original with ``from``.
+place, ``_backends._genai.translate_errors``, which chains the original with ``from``.
 """
 
 from __future__ import annotations
 
+import enum
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._names import display_path
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
-if TYPE_CHECKING:
-    from ._admission import Limit
 
 
 class GembatchError(Exception):
@@ -144,6 +143,25 @@ class TransientApiError(ApiError):
 
 class AmbiguousApiError(TransientApiError):
     """No usable answer arrived, so the action may or may not have happened."""
+
+
+#: The capacity vocabulary lives with the errors (not in ``_admission``) so that this
+#: leaf imports nothing above it: backends raise CapacityApiError, admission counts.
+class Limit(enum.Enum):
+    """What a 429 (or our own count) says is exhausted."""
+
+    RATE = "rate limit"
+    JOBS = "the job window is full"
+    TOKENS = "the enqueued-token quota is full"
+    STORAGE = "the storage quota is full"
+    #: A 429 on create that names no quota: the job window, the token quota or a
+    #: limit nobody documents; the body does not say which.
+    REFUSED = "the service refused new jobs (429 without a reason)"
+
+    @property
+    def key(self) -> str:
+        """The short name events carry (``"storage"``, ``"refused"``, ...)."""
+        return self.name.lower()
 
 
 class CapacityApiError(ApiError):

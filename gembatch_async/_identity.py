@@ -38,12 +38,10 @@ import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._names import raw_bytes, utf8_text
-
-#: Display names keep at most this much of the path (the service caps them).
-_MAX_DISPLAY_PATH = 400
-#: What every upload id and display-name token of ours starts with.
-NAME_PREFIX = "gba-"
+from ._names import NAME_PREFIX as NAME_PREFIX  # the display-name format lives in _names
+from ._names import display_name_for as display_name_for
+from ._names import raw_bytes
+from ._names import token_of as token_of
 
 
 def journal_root(journal_path: str | os.PathLike[str]) -> str:
@@ -104,22 +102,6 @@ def submission_token(upload_id: str, model: str, generation: int) -> str:
     """The token a batch's display name ends with: unique per upload, model and resubmission."""
     digest = hashlib.sha256(raw_bytes(f"{upload_id}\0{model}\0{generation}")).hexdigest()
     return f"{NAME_PREFIX}{digest[:16]}"
-
-
-def display_name_for(path: str, token: str) -> str:
-    """``PATH [gba-TOKEN]``: readable, and found again by its token whatever the spelling
-    (bytes of the name that are not UTF-8 shown as ``\\xNN``: the API takes UTF-8 only)."""
-    path = utf8_text(path)
-    shown = path if len(path) <= _MAX_DISPLAY_PATH else "..." + path[-_MAX_DISPLAY_PATH:]
-    return f"{shown} [{token}]"
-
-
-def token_of(display_name: str | None) -> str | None:
-    """The token a display name of ours ends with (``PATH [gba-TOKEN]``), else None."""
-    if not display_name or not display_name.endswith("]"):
-        return None
-    token = display_name.rsplit(" [", 1)[-1][:-1]
-    return token if token.startswith(NAME_PREFIX) else None
 
 
 def derived_scope_id(journal_path: str | os.PathLike[str]) -> str:

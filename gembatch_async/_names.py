@@ -170,3 +170,29 @@ def json_safe(text: str) -> str:
     which UTF-8 cannot hold, are written as JSON ``\\udcNN`` escapes: any JSON reader
     reads them back, and Python's gives the very same (surrogate-escaped) file name."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# -- the display name of our jobs: ``PATH [gba-TOKEN]`` ---------------------------------
+# Written by submit, read back by the look-up of earlier jobs and by the Vertex backend
+# (its output folder is named after the token): one format, in this leaf.
+
+#: Display names keep at most this much of the path (the service caps them).
+_MAX_DISPLAY_PATH = 400
+#: What every upload id and display-name token of ours starts with.
+NAME_PREFIX = "gba-"
+
+
+def display_name_for(path: str, token: str) -> str:
+    """``PATH [gba-TOKEN]``: readable, and found again by its token whatever the spelling
+    (bytes of the name that are not UTF-8 shown as ``\\xNN``: the API takes UTF-8 only)."""
+    path = utf8_text(path)
+    shown = path if len(path) <= _MAX_DISPLAY_PATH else "..." + path[-_MAX_DISPLAY_PATH:]
+    return f"{shown} [{token}]"
+
+
+def token_of(display_name: str | None) -> str | None:
+    """The token a display name of ours ends with (``PATH [gba-TOKEN]``), else None."""
+    if not display_name or not display_name.endswith("]"):
+        return None
+    token = display_name.rsplit(" [", 1)[-1][:-1]
+    return token if token.startswith(NAME_PREFIX) else None

@@ -144,6 +144,14 @@ def unsendable_key_reason(key: str) -> str | None:
     )
 
 
+def redact(text: str, secret: str | None) -> str:
+    """The text with the secret replaced, so it can be shown or logged
+    (every message built from an SDK error or an unexpected one passes here)."""
+    if secret and len(secret) >= 4:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
 def checked_path(path: str | os.PathLike[str], what: str) -> str:
     """``path`` as a string, or a UsageError naming ``what`` when no file can have it
     (a NUL, not a path at all): every public entry point checks its path arguments

@@ -15,18 +15,22 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from google.genai import types
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import UsageError
 from .._names import bucket_problem, location_problem, project_problem
 from .._schema import GENERATE
-from ._genai import BatchDetail, RemoteFile
+
+if TYPE_CHECKING:  # the SDK loads with the first call, not with `gembatch-async --version`
+    from google.genai import types
+
+    from ._genai import BatchDetail, RemoteFile
 
 GEMINI = "gemini"
 VERTEX = "vertex"
 BACKENDS = (GEMINI, VERTEX)
+#: The backend of a command that names none (and of journal lines that name none).
+DEFAULT_BACKEND = GEMINI
 BACKEND_ENV = "GEMBATCH_BACKEND"
 BUCKET_ENV = "GEMBATCH_BUCKET"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -151,6 +155,12 @@ class VertexTarget:
 def backend_of_line(line: Mapping[str, Any]) -> str:
     """The backend a journal line was submitted to (lines without one: Gemini)."""
     return VERTEX if line.get("backend") == VERTEX else GEMINI
+
+
+def stages_in_cloud_storage(backend: str) -> bool:
+    """Whether a backend keeps its inputs and outputs in Cloud Storage (Vertex does), so
+    an emulated run of it needs a storage emulator beside the API's."""
+    return backend == VERTEX
 
 
 def backend_of_name(name: str) -> str:

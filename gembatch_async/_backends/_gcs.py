@@ -36,7 +36,7 @@ from .._errors import (
     TransientApiError,
     UsageError,
 )
-from .._results import strict_json
+from .._strict_json import strict_json
 from ._genai import RemoteFile
 
 T = TypeVar("T")

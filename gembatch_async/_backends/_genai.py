@@ -24,12 +24,12 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from .._admission import Limit, limit_of
 from .._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,
     ApiError,
     CapacityApiError,
+    Limit,
     MissingApiKeyError,
     NotFoundApiError,
     PermanentApiError,
@@ -39,6 +39,9 @@ from .._errors import (
 from .._events import BatchStats
 from .._schema import BATCH_METHODS, EMBED, GENERATE
 from .._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, refuse_unsendable_key
+from .._settings import redact as redact  # re-exported: its home was here
+from . import _sdk
+from ._quota import limit_of
 
 # The SDK marks batches.create_embeddings "experimental" with a warning on every
 # call. Silence it for our calls only (module= matches the caller the warning
@@ -74,13 +77,6 @@ def _transport_error_types() -> tuple[type[BaseException], ...]:
 
 _TRANSPORT_ERRORS = _transport_error_types()
 _CONNECT_ERROR_NAMES = frozenset({"ConnectError", "ClientConnectorError", "ConnectionRefusedError"})
-
-
-def redact(text: str, secret: str | None) -> str:
-    """The text with the secret replaced, so it can be shown or logged."""
-    if secret and len(secret) >= 4:
-        return text.replace(secret, "[redacted]")
-    return text
 
 
 def _error_details(error: genai_errors.APIError) -> tuple[dict[str, Any], ...]:
@@ -159,7 +155,7 @@ def translate_errors(
 
     ``missing_is_403``: the Files API answers 403 PERMISSION_DENIED for a file
     that does not exist, so for file calls that means "not found". ``create``: the
-    call creates a batch, whose unnamed 429 is capacity (see ``_admission.limit_of``).
+    call creates a batch, whose unnamed 429 is capacity (see ``_quota.limit_of``).
     """
     try:
         yield
@@ -246,9 +242,7 @@ def _count(stats: dict[str, Any], key: str) -> int:
 
 def _batch_detail(raw: dict[str, Any]) -> BatchDetail:
     """Parse a raw batch operation as ``AsyncBatches.get`` does, keeping stats and error."""
-    from google.genai import batches as sdk_batches  # the SDK's own converter, see get_batch_detail
-
-    job = types.BatchJob._from_response(response=sdk_batches._BatchJob_from_mldev(raw), kwargs={})
+    job = _sdk.batch_job_from_raw(raw)
     metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     assert isinstance(metadata, dict)
     counts = metadata.get("batchStats")
@@ -280,8 +274,14 @@ class GeminiApi:
         batch), and on aiohttp it re-sends a dropped request even with retries
         unset; only ``HttpRetryOptions(attempts=1)`` turns both off.
         """
-        options = getattr(getattr(client, "_api_client", None), "_http_options", None)
-        retry = getattr(options, "retry_options", None)
+        options = _sdk.http_options_of(client)
+        if options is None:
+            raise UsageError(
+                "cannot check the retry options of a genai.Client with this google-genai "
+                "release (the SDK's own retries can create a batch twice): pass an API key "
+                "instead, and gembatch-async builds its own client"
+            )
+        retry = options.retry_options
         if retry is None or (retry.attempts or 0) > 1:
             raise UsageError(
                 "pass a genai.Client built with http_options=HttpOptions("
@@ -352,23 +352,31 @@ class GeminiApi:
     async def get_batch_detail(self, name: str) -> BatchDetail:
         """``batches.get`` plus what the SDK drops (python-genai#1323): batchStats and error.
 
-        The SDK seam, the one place we reach past its public API: one raw GET
-        through the client's own transport (``_api_client.async_request``, so
-        its auth, base URL, timeout and retry options apply), parsed with the
-        SDK's own converter (``batches._BatchJob_from_mldev``) exactly as
-        ``AsyncBatches.get`` does. tests/test_client_seam.py fails if an SDK
-        upgrade moves either.
+        The one place we reach past the SDK's public API (``_sdk``): one raw GET
+        through the client's own transport, parsed with the SDK's own converter
+        exactly as ``AsyncBatches.get`` does. On an SDK release without them, the
+        public call, whose counts and error are unknown (:meth:`public_batch_detail`).
         """
+        get = _sdk.raw_get(self._client)
+        if get is None:
+            return await self.public_batch_detail(name)
         path = name if name.startswith("batches/") else f"batches/{name}"
         with translate_errors(secret=self._secret), _unreadable_answer(self._secret):
-            response = await self._client.aio._api_client.async_request("get", path, {}, None)
+            body = await get(path)
             try:
-                raw = json.loads(response.body) if response.body else {}
+                raw = json.loads(body) if body else {}
             except ValueError as exc:
                 raise AmbiguousApiError(f"unreadable batch {name}: {exc}") from exc
             if not isinstance(raw, dict):
                 raise AmbiguousApiError(f"unreadable batch {name}: not a JSON object")
             return _batch_detail(raw)
+
+    async def public_batch_detail(self, name: str) -> BatchDetail:
+        """``batches.get`` through the public API only: the job, with its counts unknown
+        and its error only if a release of the SDK keeps it (3.x drops both)."""
+        job = await self.get_batch(name)
+        message = job.error.message if job.error is not None else None
+        return BatchDetail(job, None, str(message) if message else None)
 
     async def cancel_batch(self, name: str) -> None:
         with translate_errors(secret=self._secret):
@@ -415,8 +423,9 @@ def _upload_protocol_errors(secret: str | None) -> Iterator[None]:
 
 
 def _key_of(client: genai.Client) -> str | None:
-    key = getattr(getattr(client, "_api_client", None), "api_key", None)
-    return key if isinstance(key, str) else None
+    """The key to redact: the client's, else (a release that hides it) the one the SDK
+    takes from the environment."""
+    return _sdk.api_key_of(client) or api_key_from_env()
 
 
 def model_supports(model: types.Model, kind: str = GENERATE) -> bool:

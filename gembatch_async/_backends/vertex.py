@@ -26,7 +26,7 @@ from google.genai import types
 
 from .._errors import PermanentApiError, UsageError
 from .._events import BatchStats
-from .._identity import token_of
+from .._names import token_of
 from .._schema import GENERATE
 from .._settings import DEFAULT_REQUEST_TIMEOUT_S
 from . import VERTEX, VertexTarget

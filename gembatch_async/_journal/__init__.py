@@ -179,6 +179,17 @@ def batch_state_of(line: JobLine) -> str:
     return state if isinstance(state, str) else ""
 
 
+def peek_lines(path: str | os.PathLike[str]) -> list[JobLine]:
+    """The job lines a journal holds, read once without its lock: a peek for choices made
+    before a command opens the journal (e.g. which backends its jobs are on). A line that
+    is not a job line is left out, for the command's own open to report; no file, none."""
+    try:
+        raws = Path(path).read_bytes().splitlines()
+    except OSError:
+        return []
+    return [line for line in _parse_lines(raws) if isinstance(line, dict)]
+
+
 def _parse_line(raw: bytes) -> JobLine | str:
     """The job line, or a message saying why it is not one."""
     try:

@@ -55,6 +55,8 @@ from .._errors import ApiError, OutputError, Problem
 from .._keysort import SortedRecords
 from .._retry import call_with_retries, describe
 from .._settings import RetrySettings
+from .._strict_json import TooDeepError as TooDeepError  # re-exported for _show
+from .._strict_json import strict_json as strict_json
 
 #: How many keys (missing, unknown) and malformed lines a result names; counts cover all.
 MAX_LISTED = 100
@@ -525,28 +527,6 @@ class OutputLine:
     key: str | float | None
     is_error: bool
     error: object = None
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-#: One decoder for every line (``json.loads`` with an option builds one per call).
-_STRICT = json.JSONDecoder(parse_constant=_not_json)
-
-
-class TooDeepError(ValueError):
-    """A JSON text nested deeper than the parser can follow (a ValueError, not a crash)."""
-
-
-def strict_json(raw: bytes | str) -> Any:
-    """A JSON text, strictly, as every reader of output lines parses it: ``NaN`` and
-    ``Infinity`` are refused (they are not JSON), and nesting too deep to read is a
-    :class:`TooDeepError`, never a ``RecursionError`` that stops a whole command."""
-    try:
-        return _STRICT.decode(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    except RecursionError:
-        raise TooDeepError("nested too deeply to read") from None
 
 
 def parse_output_line(raw: bytes) -> OutputLine | str:

@@ -21,9 +21,10 @@ import anyio.to_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from google.genai import types
 
-from .._admission import Admission, Limit, estimated_tokens, limit_after_retries
+from .._admission import Admission, Limit, estimated_tokens
 from .._backends import Backend
 from .._backends._genai import batch_to_dict
+from .._backends._quota import limit_after_retries
 from .._errors import (
     AlreadyExistsApiError,
     AmbiguousApiError,

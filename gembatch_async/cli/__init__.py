@@ -22,23 +22,22 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import anyio
 
-from .._backends import BACKEND_ENV, BACKENDS, GEMINI, VERTEX, VertexTarget
-from .._backends._genai import EMULATOR_API_KEY, redact
+from .._backends import (
+    BACKEND_ENV,
+    BACKENDS,
+    DEFAULT_BACKEND,
+    VERTEX,
+    VertexTarget,
+    backend_of_line,
+    stages_in_cloud_storage,
+)
 from .._errors import GembatchError, UsageError, leaf_errors
 from .._events import Event, SubmitSummary
-from .._jobs import (
-    JobsContext,
-    cancel_jobs,
-    cleanup_files,
-    download_results,
-    open_jobs,
-    refresh_status,
-    watch_status,
-)
+from .._journal import peek_lines
 from .._names import (
     bucket_problem,
     display_path,
@@ -49,7 +48,6 @@ from .._names import (
     project_problem,
 )
 from .._results._show import Answer, one_line, read_answers
-from .._run import run
 from .._settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_JOB_INFO,
@@ -63,8 +61,8 @@ from .._settings import (
     SubmitSettings,
     api_key_from_env,
     default_model,
+    redact,
 )
-from .._submit import submit
 from .._version import __version__
 from ._render import (
     render_cleaned,
@@ -76,6 +74,11 @@ from ._render import (
     render_summary,
     render_text,
 )
+
+# Commands that call a service import the SDK when they run (see _startup_modules in
+# tests/cli/test_startup.py): --version, --help and show start without it.
+if TYPE_CHECKING:
+    from .._jobs import JobsContext
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 T = TypeVar("T")
@@ -236,8 +239,8 @@ def _add_backend_options(
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default=default(os.environ.get(BACKEND_ENV) or GEMINI),
-        help=f"where submit and run send jobs (default: ${BACKEND_ENV} or gemini); the job "
+        default=default(os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND),
+        help=f"where submit and run send jobs (default: ${BACKEND_ENV} or {DEFAULT_BACKEND}); the job "
         "commands use the backend each journal line records",
     )
     parser.add_argument(
@@ -672,6 +675,8 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
 
 
 async def _submit_command(args: argparse.Namespace) -> int:
+    from .._submit import submit
+
     settings = _submit_settings(args)
     show = _event_printer(args.json)
     async with _api_endpoint(args) as endpoint:
@@ -694,6 +699,8 @@ async def _submit_command(args: argparse.Namespace) -> int:
 
 
 async def _run_command(args: argparse.Namespace) -> int:
+    from .._run import run
+
     settings = _submit_settings(args)
     live = sys.stdout.isatty() and not args.json
     with _run_output(args.json, live) as show:
@@ -809,6 +816,7 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
     if not args.emulator:
         yield _Endpoint(vertex=flags)
         return
+    from .._backends._genai import EMULATOR_API_KEY
     from ..emulator import EmulatorConfig, serve_emulator
 
     state_dir: Path | None = args.emulator_state_dir
@@ -825,7 +833,7 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
     async with contextlib.AsyncExitStack() as stack:
         storage_url = None
         vertex = flags
-        if _may_use_vertex(args):
+        if _may_use_cloud_storage(args):
             vertex = VertexTarget(
                 project=flags.project or EMULATOR_PROJECT,
                 location=flags.location or EMULATOR_LOCATION,
@@ -849,17 +857,15 @@ async def _api_endpoint(args: argparse.Namespace) -> AsyncIterator[_Endpoint]:
         yield _Endpoint(EMULATOR_API_KEY, running.base_url, vertex)
 
 
-def _may_use_vertex(args: argparse.Namespace) -> bool:
-    """Vertex is asked for, or the journal a job command reads holds Vertex lines."""
-    if args.backend == VERTEX:
+def _may_use_cloud_storage(args: argparse.Namespace) -> bool:
+    """The backend asked for, or one a job command's journal lines were submitted to,
+    keeps its files in Cloud Storage."""
+    if stages_in_cloud_storage(args.backend):
         return True
     if args.command in ("submit", "run"):
         return False
-    try:
-        with open(args.job_info, encoding="utf-8", errors="replace") as journal:
-            return any(f'"backend": "{VERTEX}"' in line for line in journal)
-    except OSError:
-        return False
+    lines = peek_lines(args.job_info)
+    return any(stages_in_cloud_storage(backend_of_line(line)) for line in lines)
 
 
 @contextlib.asynccontextmanager
@@ -882,6 +888,8 @@ async def _storage_emulator(state_dir: Path | None, vertex: VertexTarget) -> Asy
 async def _jobs_command(args: argparse.Namespace) -> int:
     """status, download, cancel, cleanup: each from the journal, each job against the
     backend its line records."""
+    from .._jobs import open_jobs
+
     async with (
         _api_endpoint(args) as endpoint,
         open_jobs(
@@ -897,6 +905,8 @@ async def _jobs_command(args: argparse.Namespace) -> int:
 
 
 async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import refresh_status, watch_status
+
     show = _printer(args.json, render_status)
     if args.watch:
         statuses = await watch_status(jobs, show, paths=args.files, interval=args.interval)
@@ -910,6 +920,8 @@ async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
 
 
 async def _download(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import download_results
+
     results = await download_results(
         jobs,
         args.out,
@@ -928,6 +940,8 @@ async def _download(jobs: JobsContext, args: argparse.Namespace) -> int:
 
 
 async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import cancel_jobs
+
     statuses = await cancel_jobs(jobs, args.files)
     show = _printer(args.json, render_status)
     for status in statuses:
@@ -936,6 +950,8 @@ async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:
 
 
 async def _cleanup(jobs: JobsContext, args: argparse.Namespace) -> int:
+    from .._jobs import cleanup_files
+
     cleaned = await cleanup_files(jobs, outputs=args.outputs, dry_run=args.dry_run)
     show = _printer(args.json, render_cleaned)
     for item in cleaned:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from .._backends import END_STATES, RESULT_STATES
 from .._events import (
@@ -26,9 +27,11 @@ from .._events import (
     WouldSubmit,
     event_to_dict,
 )
-from .._jobs import KEPT_BY_SERVICE, Cleaned, JobStatus
 from .._names import display_path, json_safe
 from .._results import ResultFile
+
+if TYPE_CHECKING:  # _jobs imports the SDK, which --version and show do without
+    from .._jobs import Cleaned, JobStatus
 
 
 def render_text(event: Event) -> tuple[str, bool]:
@@ -273,6 +276,8 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
 
 
 def render_cleaned(item: Cleaned) -> str:
+    from .._jobs import KEPT_BY_SERVICE  # loaded already: cleanup ran
+
     if item.kept:
         return f"kept by the service: {_shown(item.file_name)} ({_shown(item.path)}) ({KEPT_BY_SERVICE})"
     if item.error and item.error != "already gone":

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from gembatch_async import ApiError
-from gembatch_async._admission import Limit, limit_of
+from gembatch_async._backends._quota import limit_of
+from gembatch_async._errors import Limit
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from ..helpers import cli_env, make_inputs, read_journal, run_cli, wait_until

@@ -76,6 +76,7 @@ from ._render import (
     render_summary,
     render_text,
 )
+from ._webhook_args import add_webhook_options, poll_interval, webhook_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEFERRED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 T = TypeVar("T")
@@ -275,10 +276,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument(
         "--interval",
         type=_positive_seconds,
-        default=30.0,
+        default=None,
         metavar="S",
-        help="seconds between polls (default: %(default)g)",
+        help="seconds between polls (default: 30; 300 with --webhook-url)",
     )
+    add_webhook_options(run)
     run.add_argument(
         "--out",
         default=None,
@@ -673,13 +675,14 @@ async def _run_command(args: argparse.Namespace) -> int:
                     settings=settings,
                     job_info=args.job_info,
                     out_dir=args.out,
-                    interval=args.interval,
+                    interval=poll_interval(args),
                     resubmits=args.resubmits,
                     api_key=endpoint.api_key,
                     base_url=endpoint.base_url,
                     on_event=show,
                     stop=stop,
                     vertex=endpoint.submit_target(args.backend),
+                    webhooks=webhook_settings(args),
                 )
             )
     _print(render_json(summary) if args.json else render_run_summary(summary), sys.stdout)

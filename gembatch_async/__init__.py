@@ -57,6 +57,7 @@ from ._run import run
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._submit import submit
 from ._version import __version__
+from ._webhooks import WebhookRefused, WebhookSettings, webhook_app
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -101,6 +102,8 @@ __all__ = [
     "UsageError",
     "VertexTarget",
     "WaitingForCapacity",
+    "WebhookRefused",
+    "WebhookSettings",
     "WouldSubmit",
     "__version__",
     "cancel_jobs",
@@ -112,4 +115,5 @@ __all__ = [
     "run",
     "submit",
     "watch_status",
+    "webhook_app",
 ]

@@ -682,7 +682,7 @@ async def _run_command(args: argparse.Namespace) -> int:
                     on_event=show,
                     stop=stop,
                     vertex=endpoint.submit_target(args.backend),
-                    webhooks=webhook_settings(args),
+                    webhooks=webhook_settings(args, endpoint.base_url),
                 )
             )
     _print(render_json(summary) if args.json else render_run_summary(summary), sys.stdout)

@@ -8,6 +8,9 @@ import os
 from .._errors import UsageError
 from .._webhooks import DEFAULT_JWKS_URL, WebhookSettings
 
+#: Where the built-in emulator publishes its webhook keys (emulator/_app.JWKS_PATH).
+EMULATOR_JWKS_PATH = "/.well-known/jwks.json"
+
 #: A static (project) webhook's signing secret: from the environment only, so it never
 #: shows in a process listing or a shell history.
 SECRET_ENV = "GEMBATCH_WEBHOOK_SECRET"
@@ -35,9 +38,10 @@ def add_webhook_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--webhook-jwks-url",
-        default=os.environ.get(JWKS_ENV) or DEFAULT_JWKS_URL,
+        default=os.environ.get(JWKS_ENV) or None,
         metavar="URL",
-        help=f"the key set that signs dynamic webhooks (default: ${JWKS_ENV} or Google's)",
+        help=f"the key set that signs dynamic webhooks (default: ${JWKS_ENV}, the "
+        "emulator's with --emulator, else Google's)",
     )
 
 
@@ -48,7 +52,9 @@ def poll_interval(args: argparse.Namespace) -> float:
     return FALLBACK_POLL_SECONDS if args.webhook_url else POLL_SECONDS
 
 
-def webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
+def webhook_settings(args: argparse.Namespace, base_url: str | None) -> WebhookSettings | None:
+    """The receiver's settings; ``base_url`` is the emulator's when --emulator serves
+    (its deliveries are signed by its own key set)."""
     if not args.webhook_url:
         return None
     host, sep, port = str(args.webhook_listen).rpartition(":")
@@ -58,6 +64,12 @@ def webhook_settings(args: argparse.Namespace) -> WebhookSettings | None:
         url=args.webhook_url,
         listen_host=host.strip("[]"),
         listen_port=int(port),
-        jwks_url=args.webhook_jwks_url,
+        jwks_url=args.webhook_jwks_url or _default_jwks(args, base_url),
         secret=os.environ.get(SECRET_ENV) or None,
     )
+
+
+def _default_jwks(args: argparse.Namespace, base_url: str | None) -> str:
+    if args.emulator and base_url:
+        return f"{base_url.rstrip('/')}{EMULATOR_JWKS_PATH}"
+    return DEFAULT_JWKS_URL

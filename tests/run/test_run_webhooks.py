@@ -120,3 +120,44 @@ def test_bad_webhook_options_are_a_usage_error(flag: str, tmp_path: Path) -> Non
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_readme_offline_example_runs_on_the_emulator_key_set(tmp_path: Path) -> None:
+    """README: `--emulator run --webhook-url ...`: the built-in emulator's deliveries
+    verify against its own key set without naming it, and finish the run at once."""
+    names = [p.name for p in make_inputs(tmp_path, 2, lines=LINES)]
+    port = _free_port()
+    args = [
+        "--emulator",
+        "--emulator-processing-seconds",
+        "1",
+        "run",
+        "--interval",
+        "600",
+        "--webhook-url",
+        f"http://127.0.0.1:{port}/",
+        "--webhook-listen",
+        f"127.0.0.1:{port}",
+        *names,
+    ]
+    started = time.monotonic()
+    result = run_cli(args, cwd=tmp_path, env=cli_env(None), timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert all(len((tmp_path / "results" / n).read_text().splitlines()) == LINES for n in names)
+
+
+def test_webhooks_with_vertex_are_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    names = [p.name for p in make_inputs(tmp_path, 1)]
+    result = run_cli(
+        ["--backend", "vertex", "run", *names, "--webhook-url", "https://example.com/h"],
+        cwd=tmp_path,
+        env=cli_env(None, GOOGLE_CLOUD_PROJECT="p", GOOGLE_CLOUD_LOCATION="us-central1"),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "works with the Gemini Developer API, not Vertex AI" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (
+        not (tmp_path / "job-info.jsonl").exists()
+        or read_journal(tmp_path / "job-info.jsonl") == []
+    )

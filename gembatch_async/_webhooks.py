@@ -284,8 +284,8 @@ def webhook_app(
     seen = _Seen()
 
     async def receive(request: Request) -> JSONResponse:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await _body_within(request, MAX_BODY_BYTES)
+        if body is None:
             return JSONResponse({"error": "too large"}, status_code=413)
         try:
             delivery = await anyio.to_thread.run_sync(
@@ -342,6 +342,18 @@ async def receiving(
         yield nudges
 
 
+async def _body_within(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` (never held whole)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @contextlib.asynccontextmanager
 async def serve_receiver(app: Starlette, host: str, port: int) -> AsyncIterator[int]:
     """Serve ``app`` in this event loop while the block runs; yields the bound port."""
@@ -352,7 +364,12 @@ async def serve_receiver(app: Starlette, host: str, port: int) -> AsyncIterator[
             f"cannot listen for webhooks on {host}:{port}: {exc.strerror or exc}"
         ) from None
     config = uvicorn.Config(
-        app, lifespan="off", access_log=False, log_level="warning", log_config=None
+        app,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        log_config=None,
+        timeout_graceful_shutdown=2,  # the run's end is not held by a slow sender
     )
     server = _QuietServer(config)
     with sock:

@@ -161,3 +161,26 @@ def test_webhooks_with_vertex_are_refused_before_anything_is_sent(tmp_path: Path
         not (tmp_path / "job-info.jsonl").exists()
         or read_journal(tmp_path / "job-info.jsonl") == []
     )
+
+
+def test_a_taken_listen_port_is_a_usage_error_before_any_upload(tmp_path: Path) -> None:
+    with socket.socket() as taken, _emulator() as emulator:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        names = [p.name for p in make_inputs(tmp_path, 1)]
+        result = run_cli(
+            [
+                "run",
+                *names,
+                "--webhook-url",
+                "https://example.com/h",
+                "--webhook-listen",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=tmp_path,
+            env=cli_env(emulator),
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"cannot listen for webhooks on 127.0.0.1:{port}" in result.stderr
+        assert emulator.state()["files"] == [], "nothing uploaded"

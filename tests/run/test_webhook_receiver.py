@@ -162,3 +162,10 @@ def _jwt(now: int) -> str:
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     claims = {"aud": "http://127.0.0.1/hook", "iat": now, "exp": now + 300}
     return jwt.encode(claims, stranger, algorithm="RS256", headers={"kid": uuid.uuid4().hex})
+
+
+def test_a_body_larger_than_a_notice_is_refused_unread() -> None:
+    body = b'{"pad": "' + b"x" * (2 << 20) + b'"}'
+    answers, named = _exchange(_settings(), [(body, _hmac_headers(body, "msg_big"))])
+    assert answers == [(413, {"error": "too large"})]
+    assert named == []

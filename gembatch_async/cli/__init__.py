@@ -483,6 +483,12 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     emu.add_argument("--faults", default="", help="ENDPOINT:PROBABILITY:KIND,... to inject")
     emu.add_argument("--fault-seed", type=int, default=None, help="make faults repeatable")
     emu.add_argument(
+        "--webhook-faults",
+        default="",
+        metavar="KINDS",
+        help="every webhook delivery: duplicate, late=SECONDS, lost, bad-signature (any, comma-separated)",
+    )
+    emu.add_argument(
         "--request-errors",
         type=float,
         default=0.0,
@@ -997,6 +1003,7 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             refused_fields=tuple(args.refused_fields),
             extra_models=tuple(args.models),
             request_errors=args.request_errors,
+            webhook_faults=args.webhook_faults,
         )
         server = serve_emulator(config)
     except FaultSpecError as exc:

@@ -325,12 +325,16 @@ class _Runner:
         """Wait for the next poll: the interval, a stop, or (with webhooks) a delivery.
         Returns the inputs a delivery named, to look at only those; None: look at all."""
         nudges = self.polling.nudges
+        if nudges is None:
+            with anyio.move_on_after(self.polling.interval):
+                await self.stop.wait()
+            return None
         due = self._full_poll_due  # deliveries never put off the fallback poll
         with anyio.move_on_at(due):
             async with anyio.create_task_group() as woken:
-                for wake in (self.stop.wait, *((nudges.wait,) if nudges else ())):
+                for wake in (self.stop.wait, nudges.wait):
                     woken.start_soon(_then_cancel, wake, woken.cancel_scope)
-        named = nudges.take() if nudges is not None else set()
+        named = nudges.take()
         if named and not self.stop.is_set() and anyio.current_time() < due:
             return named
         self._full_poll_due = anyio.current_time() + self.polling.interval

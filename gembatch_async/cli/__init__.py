@@ -278,7 +278,8 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=_positive_seconds,
         default=None,
         metavar="S",
-        help="seconds between polls (default: 30; 300 with --webhook-url)",
+        help="seconds between polls (default: 30); with --webhook-url, of the fallback "
+        "poll (default there: 300)",
     )
     add_webhook_options(run)
     run.add_argument(

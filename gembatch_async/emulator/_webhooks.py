@@ -4,7 +4,10 @@ it ends, signed as the service signs them, with faults for the receiver's tests.
 What the service is known to do (docs/fidelity.md has the rows):
 
 - ``batch.webhookConfig`` {uris, user_metadata} on create, Gemini API only. Source:
-  SDK 3.6.1 ``batches._CreateBatchJobConfig_to_mldev`` and ``types.WebhookConfig``.
+  SDK 3.6.1 ``batches._CreateBatchJobConfig_to_mldev`` and ``types.WebhookConfig``
+  (driven against a logging fake, it sends ``user_metadata`` in snake_case inside
+  ``webhookConfig``; both spellings are accepted here). Pending webhooks are kept in
+  memory only: a restarted emulator loses them, as the service may lose a delivery.
 - Events ``batch.succeeded``, ``batch.failed``, ``batch.expired`` (no cancelled event
   is listed). Source: SDK 3.6.1 ``_gaos/types/webhooks/webhook.py``
   (``WebhookSubscribedEvent``).

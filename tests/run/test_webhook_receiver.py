@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio
@@ -169,3 +172,67 @@ def test_a_body_larger_than_a_notice_is_refused_unread() -> None:
     answers, named = _exchange(_settings(), [(body, _hmac_headers(body, "msg_big"))])
     assert answers == [(413, {"error": "too large"})]
     assert named == []
+
+
+class _KeySet:
+    """One RSA key, its JWKS served over HTTP on 127.0.0.1 (a stand-in for Google's)."""
+
+    def __init__(self) -> None:
+        self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = uuid.uuid4().hex
+        jwk = jwt.algorithms.RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
+        document = json.dumps({"keys": [{**jwk, "kid": self.kid, "alg": "RS256"}]}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(document)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(claims, self.private, algorithm="RS256", headers={"kid": self.kid})
+
+
+@pytest.fixture
+def key_set() -> Iterator[_KeySet]:
+    keys = _KeySet()
+    thread = threading.Thread(target=keys.server.serve_forever, daemon=True)
+    thread.start()
+    yield keys
+    keys.server.shutdown()
+    keys.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("claims", "status"),
+    [
+        ({"aud": "http://127.0.0.1/hook"}, 200),
+        ({}, 200),  # no aud: unknown whether the service always sets one
+        ({"aud": "https://elsewhere.example/hook"}, 401),
+        ({"aud": "http://127.0.0.1/hook", "exp": -3600}, 401),
+    ],
+    ids=["our-aud", "no-aud", "other-aud", "expired"],
+)
+def test_a_dynamic_webhook_jwt_is_checked_against_the_key_set(
+    key_set: _KeySet, claims: dict[str, Any], status: int
+) -> None:
+    now = int(time.time())
+    if "exp" in claims:
+        claims = {**claims, "exp": now + int(claims["exp"])}
+    body = _event()
+    headers = {
+        "webhook-id": "msg_jwt",
+        "webhook-timestamp": str(now),
+        "webhook-signature": key_set.sign(claims),
+    }
+    settings = WebhookSettings(url="http://127.0.0.1/hook", jwks_url=key_set.url)
+    answers, named = _exchange(settings, [(body, headers)])
+    assert answers[0][0] == status, answers
+    assert named == ([IDENTITY] if status == 200 else [])

@@ -38,7 +38,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -89,8 +89,9 @@ class WebhookSettings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8788
     jwks_url: str = DEFAULT_JWKS_URL
-    #: A static (project) webhook's ``whsec_`` signing secret, if one posts here too.
-    secret: str | None = None
+    #: A static (project) webhook's ``whsec_`` signing secret, if one posts here too
+    #: (kept out of repr: secrets never appear in output).
+    secret: str | None = field(default=None, repr=False)
     tolerance_seconds: float = TOLERANCE_SECONDS
 
     def __post_init__(self) -> None:

@@ -236,3 +236,8 @@ def test_a_dynamic_webhook_jwt_is_checked_against_the_key_set(
     answers, named = _exchange(settings, [(body, headers)])
     assert answers[0][0] == status, answers
     assert named == ([IDENTITY] if status == 200 else [])
+
+
+def test_the_secret_stays_out_of_the_settings_repr() -> None:
+    assert SECRET not in repr(_settings())
+    assert SECRET.removeprefix("whsec_") not in repr(_settings())

@@ -51,6 +51,7 @@ from ._events import (
 from ._results import ResultCounts, ResultFile
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._version import __version__
+from ._webhooks import WebhookRefused, WebhookSettings, webhook_app
 
 if _typing.TYPE_CHECKING:
     from ._backends._genai import GeminiApi, open_client
@@ -147,6 +148,8 @@ __all__ = [
     "UsageError",
     "VertexTarget",
     "WaitingForCapacity",
+    "WebhookRefused",
+    "WebhookSettings",
     "WouldSubmit",
     "__version__",
     "cancel_jobs",
@@ -158,4 +161,5 @@ __all__ = [
     "run",
     "submit",
     "watch_status",
+    "webhook_app",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -26,7 +26,7 @@ from google import genai
 from ._admission import Admission, Limit
 from ._backends import END_STATES, RESULT_STATES, VertexTarget
 from ._backends._sessions import backend_session
-from ._errors import ApiError
+from ._errors import ApiError, UsageError
 from ._events import (
     Event,
     EventHandler,
@@ -52,6 +52,7 @@ from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
 from ._submit._pipeline import RETRYABLE_END_STATES, SubmitRun
+from ._webhooks import Nudges, WebhookSettings, receiving
 
 
 @dataclass
@@ -108,12 +109,16 @@ async def run(
     on_event: EventHandler = ignore_events,
     stop: anyio.Event | None = None,
     vertex: VertexTarget | None = None,
+    webhooks: WebhookSettings | None = None,
 ) -> RunSummary:
     """Submit every file under admission, then watch, download and clean up until done.
 
     ``settings.retry_failed`` resubmits a job that ended FAILED, CANCELLED or
     EXPIRED, at most ``resubmits`` times per file in this run. Setting ``stop``
     starts nothing new and ends the run once in-flight files have settled.
+    ``webhooks`` asks for a dynamic webhook on each job and serves the receiver: a
+    delivery makes the watcher look at its job at once; polling every ``interval``
+    stays on as the fallback.
     """
     settings = settings or SubmitSettings()
     if out_dir is not None:
@@ -122,6 +127,10 @@ async def run(
     # The watcher resubmits jobs that ended badly (earlier runs' too), counting each
     # time; the submit side only submits what the journal does not record.
     settings = replace(settings, wait_for_capacity=True, dry_run=False, retry_failed=False)
+    if webhooks is not None:
+        if vertex is not None:  # the SDK refuses webhook_config for Vertex AI
+            raise UsageError("--webhook-url works with the Gemini Developer API, not Vertex AI")
+        settings = replace(settings, webhook_url=webhooks.url)
     stop = stop or anyio.Event()
     started = time.monotonic()
     async with (
@@ -147,7 +156,8 @@ async def run(
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         admission = admission_for(journal, view, settings, api)
         runner = _Runner(jobs, settings, admission, on_event, stop, watch)
-        tally = await runner.run(items, _Polling(out_dir, interval))
+        async with receiving(webhooks, journal) as nudges:
+            tally = await runner.run(items, _Polling(out_dir, interval, nudges))
     return _summary(tally, watch, time.monotonic() - started)
 
 
@@ -190,6 +200,7 @@ class _Runner:
         self.stop = stop
         self.watch = watch
         self.polling = _Polling(None, 30.0)
+        self._full_poll_due = 0.0
         #: A file waits for storage: the watcher deletes ended jobs' uploads.
         self._storage_short = False
         #: Results built at once (CPU work, a few MiB each).
@@ -211,6 +222,7 @@ class _Runner:
 
     async def run(self, items: list[InputFile], polling: _Polling) -> _SubmitTally:
         self.polling = polling
+        self._full_poll_due = anyio.current_time() + polling.interval
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._submit, items)
             with anyio.CancelScope() as watching:
@@ -286,8 +298,9 @@ class _Runner:
 
     # -- the watcher -----------------------------------------------------------------
     async def _watch_until_settled(self, tg: anyio.abc.TaskGroup) -> None:
+        only: set[str] | None = None
         while True:
-            await self._poll_once(tg)
+            await self._poll_once(tg, only)
             if self._storage_short:
                 self._storage_short = False
                 await self._free_storage()
@@ -295,8 +308,7 @@ class _Runner:
                 if self.stop.is_set():
                     self.watch.interrupted = True
                 return
-            with anyio.move_on_after(self.polling.interval):
-                await self.stop.wait()
+            only = await self._rest()
 
     async def _free_storage(self) -> None:
         """Storage holds files back: delete the uploads of every ended job the journal
@@ -309,12 +321,35 @@ class _Runner:
             if (cleaned.deleted or cleaned.error == "already gone") and isinstance(size, int):
                 self.admission.release_bytes(size)
 
-    async def _poll_once(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _rest(self) -> set[str] | None:
+        """Wait for the next poll: the interval, a stop, or (with webhooks) a delivery.
+        Returns the inputs a delivery named, to look at only those; None: look at all."""
+        nudges = self.polling.nudges
+        if nudges is None:
+            with anyio.move_on_after(self.polling.interval):
+                await self.stop.wait()
+            return None
+        due = self._full_poll_due  # deliveries never put off the fallback poll
+        with anyio.move_on_at(due):
+            async with anyio.create_task_group() as woken:
+                for wake in (self.stop.wait, nudges.wait):
+                    woken.start_soon(_then_cancel, wake, woken.cancel_scope)
+        named = nudges.take()
+        if named and not self.stop.is_set() and anyio.current_time() < due:
+            return named
+        self._full_poll_due = anyio.current_time() + self.polling.interval
+        return None
+
+    async def _poll_once(self, tg: anyio.abc.TaskGroup, only: set[str] | None = None) -> None:
+        """Ask for the state of unfinished jobs (``only`` these inputs, when given: a
+        webhook is a hint, the service's answer here is what counts)."""
         view = self.jobs.journal.refresh()
         tracked = [
             (entry, view.latest[identity])
             for identity, entry in self.watch.inputs.items()
-            if identity in view.latest and not (entry.done or entry.failed or entry.resubmitting)
+            if identity in view.latest
+            and not (entry.done or entry.failed or entry.resubmitting)
+            and (only is None or identity in only)
         ]
         if not tracked:
             return
@@ -431,12 +466,18 @@ class _Runner:
             await self._delete_upload(sibling)
 
 
+async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
+    await wait()
+    scope.cancel()
+
+
 @dataclass(frozen=True)
 class _Polling:
-    """Where results go, and how often the watcher asks."""
+    """Where results go, how often the watcher asks, and what wakes it sooner."""
 
     out_dir: str | os.PathLike[str] | None
     interval: float
+    nudges: Nudges | None = None
 
 
 @dataclass(frozen=True)

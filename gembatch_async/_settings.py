@@ -101,6 +101,9 @@ class SubmitSettings:
     #: Check every request against the API's request schema before uploading;
     #: turn off only for fields newer than this tool's schema.
     schema_check: bool = True
+    #: Ask the service for a dynamic webhook to this URL on each job (Gemini API only;
+    #: see ``_webhooks``). None: no webhook, the watcher polls.
+    webhook_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -78,7 +78,13 @@ class Backend(Protocol):
         ...
 
     async def create_batch(
-        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+        self,
+        *,
+        model: str,
+        src: str,
+        display_name: str,
+        kind: str = GENERATE,
+        webhook: dict[str, Any] | None = None,
     ) -> types.BatchJob: ...
 
     async def get_batch(self, name: str) -> types.BatchJob: ...
@@ -258,11 +264,17 @@ class Routed:
         return await (await self._for(name)).delete_file(name)
 
     async def create_batch(
-        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+        self,
+        *,
+        model: str,
+        src: str,
+        display_name: str,
+        kind: str = GENERATE,
+        webhook: dict[str, Any] | None = None,
     ) -> types.BatchJob:
         backend = await self._for(src)
         return await backend.create_batch(
-            model=model, src=src, display_name=display_name, kind=kind
+            model=model, src=src, display_name=display_name, kind=kind, webhook=webhook
         )
 
     async def get_batch(self, name: str) -> types.BatchJob:

@@ -332,17 +332,28 @@ class GeminiApi:
         return True
 
     async def create_batch(
-        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+        self,
+        *,
+        model: str,
+        src: str,
+        display_name: str,
+        kind: str = GENERATE,
+        webhook: dict[str, Any] | None = None,
     ) -> types.BatchJob:
         """Create the batch job for an uploaded file: batchGenerateContent for generate
-        requests, asyncBatchEmbedContent (the SDK's create_embeddings) for embed ones."""
+        requests, asyncBatchEmbedContent (the SDK's create_embeddings) for embed ones.
+        ``webhook`` asks for a dynamic webhook (``webhook_config``); the SDK's embeddings
+        config has no such field (3.6.1), so embed jobs are found by polling alone."""
         with translate_errors(secret=self._secret, create=True), _unreadable_answer(self._secret):
             if kind == EMBED:
                 embed_config = types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
                 return await self._client.aio.batches.create_embeddings(
                     model=model, src={"file_name": src}, config=embed_config
                 )
-            config = types.CreateBatchJobConfig(display_name=display_name)
+            config = types.CreateBatchJobConfig(
+                display_name=display_name,
+                webhook_config=types.WebhookConfig(**webhook) if webhook else None,
+            )
             return await self._client.aio.batches.create(model=model, src=src, config=config)
 
     async def get_batch(self, name: str) -> types.BatchJob:

@@ -130,8 +130,18 @@ class VertexApi:
 
     # -- jobs -----------------------------------------------------------------------------
     async def create_batch(
-        self, *, model: str, src: str, display_name: str, kind: str = GENERATE
+        self,
+        *,
+        model: str,
+        src: str,
+        display_name: str,
+        kind: str = GENERATE,
+        webhook: dict[str, Any] | None = None,
     ) -> types.BatchJob:
+        # webhook: the SDK refuses webhook_config for Vertex (batches._CreateBatchJobConfig
+        # _to_vertex raises), so run refuses --webhook-url with this backend up front.
+        if webhook is not None:
+            raise UsageError("webhooks are a Gemini Developer API feature, not Vertex AI's")
         if kind != GENERATE:
             raise PermanentApiError(f"the Vertex backend runs generate requests, not {kind}")
         config = types.CreateBatchJobConfig(

@@ -55,6 +55,7 @@ from .._journal import JobLine, Journal, batch_name_of, batch_state_of
 from .._names import utf8_text
 from .._retry import OnRetry, call_with_retries, describe
 from .._settings import SubmitSettings
+from .._webhooks import dynamic_webhook
 from ._lookup import BatchIndex
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -522,6 +523,7 @@ class SubmitRun:
                     src=sub.upload_name,
                     display_name=sub.display_name,
                     kind=sub.item.kind,
+                    webhook=dynamic_webhook(self.settings.webhook_url, sub.token),
                 )
                 return progress.created
             finally:

@@ -74,6 +74,7 @@ from ._render import (
     render_summary,
     render_text,
 )
+from ._webhook_args import add_webhook_options, poll_interval, webhook_settings
 
 # Commands that call a service import the SDK when they run (see _startup_modules in
 # tests/cli/test_startup.py): --version, --help and show start without it.
@@ -281,10 +282,12 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument(
         "--interval",
         type=_positive_seconds,
-        default=30.0,
+        default=None,
         metavar="S",
-        help="seconds between polls (default: %(default)g)",
+        help="seconds between polls (default: 30); with --webhook-url, of the fallback "
+        "poll (default there: 300)",
     )
+    add_webhook_options(run)
     run.add_argument(
         "--out",
         default=None,
@@ -513,6 +516,12 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--fault-seed", type=int, default=None, metavar="N", help="make faults repeatable"
     )
     emu.add_argument(
+        "--webhook-faults",
+        default="",
+        metavar="KINDS",
+        help="every webhook delivery: duplicate, late=SECONDS, lost, bad-signature (any, comma-separated)",
+    )
+    emu.add_argument(
         "--request-errors",
         type=float,
         default=0.0,
@@ -711,13 +720,14 @@ async def _run_command(args: argparse.Namespace) -> int:
                     settings=settings,
                     job_info=args.job_info,
                     out_dir=args.out,
-                    interval=args.interval,
+                    interval=poll_interval(args),
                     resubmits=args.resubmits,
                     api_key=endpoint.api_key,
                     base_url=endpoint.base_url,
                     on_event=show,
                     stop=stop,
                     vertex=endpoint.submit_target(args.backend),
+                    webhooks=webhook_settings(args, endpoint.base_url),
                 )
             )
     _print(render_json(summary) if args.json else render_run_summary(summary), sys.stdout)
@@ -1041,6 +1051,7 @@ async def _serve_emulator(args: argparse.Namespace) -> int:
             refused_fields=tuple(args.refused_fields),
             extra_models=tuple(args.models),
             request_errors=args.request_errors,
+            webhook_faults=args.webhook_faults,
         )
         server = serve_emulator(config)
     except FaultSpecError as exc:

@@ -56,6 +56,7 @@ from gembatch_async.emulator._validation import (
     input_file_error,
     request_issues,
 )
+from gembatch_async.emulator._webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ _ENDED = (
     "BATCH_STATE_EXPIRED",
 )
 
+#: Where the emulator publishes its webhook signing keys (see _webhooks).
+JWKS_PATH = "/.well-known/jwks.json"
 _ADMIN_ACTIONS = "|".join(("state", "reset", "faults", *SCENARIO_ACTIONS))
 
 T = TypeVar("T")
@@ -236,6 +239,7 @@ class EmulatorApp:
         self.log = RequestLog()
         self.faults = FaultInjector(parse_fault_spec(config.faults), config.fault_seed)
         self.scenarios = Scenarios()
+        self.webhooks = WebhookSender(config.webhook_faults)
         self._generate_lock = anyio.Lock()
         self._routes = self._build_routes()
         # A class instance (not a function) makes Starlette pass the raw ASGI call through,
@@ -299,6 +303,8 @@ class EmulatorApp:
 
     async def _dispatch(self, request: Request) -> Response | None:
         path = request.url.path
+        if path == JWKS_PATH and request.method == "GET":  # public, like Google's key set
+            return _json(self.webhooks.jwks())
         admin = re.match(_PREFIX + rf"/_emulator/(?P<action>{_ADMIN_ACTIONS})$", path)
         if admin:
             return await self._admin(request, admin.group("action"))
@@ -737,6 +743,9 @@ class EmulatorApp:
         if not isinstance(input_config, dict):
             raise ApiError(400, "batch.input_config is required.")
         display_name = _pick(spec, "display_name", "displayName")
+        webhook = _pick(spec, "webhook_config", "webhookConfig")
+        if webhook is not None and not isinstance(webhook, dict):
+            raise ApiError(400, "Invalid value at 'batch.webhook_config'.")
         batch = BatchRecord(
             # 36 characters, as the service's ids (batches/ncdlxnfztvvdy7lv52g4s7ge6l385vi46eyi
             # in python-genai#1759; "The batch job ID itself is 36 characters", js-genai#1227).
@@ -760,6 +769,11 @@ class EmulatorApp:
         self.store.admit_batch(
             batch, self.config.max_unfinished_batches, self.config.enqueued_token_quota
         )
+        if webhook is not None:
+            try:
+                self.webhooks.expect(batch.name, webhook)
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
         return _json(self._batch_json(batch))
 
     async def _attach_input_file(self, batch: BatchRecord, file_name: str) -> None:
@@ -831,6 +845,7 @@ class EmulatorApp:
             return _json(self.state())
         if action == "reset" and request.method == "POST":
             self.store.clear()
+            self.webhooks.reset()
             for extension in self.extensions:
                 extension.reset()
             self.log.reset()
@@ -895,8 +910,14 @@ class EmulatorApp:
             for b in self.store.batches.values()
         ]
         document = {"files": files, "batches": batches, "requests": self.log.snapshot()}
+        document["webhooks"] = list(self.webhooks.log)
         document.update({x.state_key: x.state() for x in self.extensions})
         return document
+
+    def state_of(self, name: str) -> str | None:
+        """A batch's wire state, or None once it is gone (the webhook sender asks)."""
+        batch = self.store.batches.get(name.removeprefix("batches/"))
+        return None if batch is None else self.store.batch_state(batch)
 
 
 # ----- small helpers -------------------------------------------------------------------------

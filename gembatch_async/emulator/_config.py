@@ -7,6 +7,7 @@ import pathlib
 
 from gembatch_async.emulator._faults import parse_fault_spec
 from gembatch_async.emulator._models import DEFAULT_MODELS
+from gembatch_async.emulator._webhooks import parse_webhook_faults
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +70,15 @@ class EmulatorConfig:
     #: of Vertex output; the API reference names ``predictions_0001.jsonl`` ...), for
     #: tests that the tool reads every shard.
     vertex_output_shards: int = 1
+    #: Faults of every dynamic webhook delivery: any of ``duplicate`` (sent twice, same
+    #: webhook-id), ``late=SECONDS``, ``lost`` (never sent), ``bad-signature`` (signed
+    #: by a key the JWKS does not hold), comma-separated (see _webhooks).
+    webhook_faults: str = ""
 
     def __post_init__(self) -> None:
         # Fail at configuration time (the CLI reports FaultSpecError as a usage error).
         parse_fault_spec(self.faults)
+        parse_webhook_faults(self.webhook_faults)
         if self.latency_ms < 0 or self.processing_seconds < 0:
             raise ValueError("latency_ms and processing_seconds must not be negative")
         if self.vertex_output_shards < 1 or self.vertex_max_requests < 1:

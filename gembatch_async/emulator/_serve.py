@@ -178,9 +178,16 @@ async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulato
             finally:
                 finished.set()
 
+        sending = anyio.CancelScope()
+
+        async def send_webhooks() -> None:
+            with sending:
+                await app.webhooks.run(app.state_of)
+
         with sock:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(run_server)
+                tg.start_soon(send_webhooks)
                 try:
                     await _wait_started(server, finished)
                     port = int(sock.getsockname()[1])
@@ -188,6 +195,7 @@ async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulato
                     yield RunningEmulator(config.host, port, f"http://{url_host}:{port}")
                 finally:
                     server.should_exit = True
+                    sending.cancel()  # the webhook sender runs until told
     finally:
         store.close()
 

@@ -156,6 +156,8 @@ def _command_lines() -> list[str]:
     ``[optional]`` parts or placeholders in capitals, are not commands."""
     lines = []
     for block in SH_BLOCK.findall(README):
+        # A shell line continuation joins two lines into one command.
+        block = block.replace("\\\n", " ")
         lines += [line for line in block.splitlines() if "gembatch-async " in line]
     for block in re.findall(r"```text\n(.*?)```", README, flags=re.S):
         lines += [line[2:] for line in block.splitlines() if line.startswith("$ gembatch-async")]

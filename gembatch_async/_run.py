@@ -2,7 +2,9 @@
 
 ``run`` is the command a high-volume user leaves running. Two tasks share one task
 group: the submit pipeline (waiting at the service's limits instead of deferring)
-and a watcher that polls this run's unfinished jobs every ``interval``. The moment
+and a watcher that polls this run's unfinished jobs, reading them from the job
+listing (``_jobs._listing``: a few requests for hundreds of jobs) at a pace that
+adapts (``_jobs._pace``: short while jobs are finishing, up to ``interval``). The moment
 a job succeeds its results are downloaded (where ``download`` puts them) and its
 upload is deleted; a job's end gives capacity back to the submit side. It ends when
 every input's results are in or the input has failed.
@@ -47,6 +49,8 @@ from ._jobs import (
     refresh_lines,
     with_uploads_deleted,
 )
+from ._jobs._listing import JobListing
+from ._jobs._pace import Pace
 from ._results import ResultFile
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
@@ -190,6 +194,8 @@ class _Runner:
         self.stop = stop
         self.watch = watch
         self.polling = _Polling(None, 30.0)
+        #: The job listing every poll reads first (GETs only for what it cannot answer).
+        self.listing = JobListing(jobs.api, jobs.call)
         #: A file waits for storage: the watcher deletes ended jobs' uploads.
         self._storage_short = False
         #: Results built at once (CPU work, a few MiB each).
@@ -286,8 +292,9 @@ class _Runner:
 
     # -- the watcher -----------------------------------------------------------------
     async def _watch_until_settled(self, tg: anyio.abc.TaskGroup) -> None:
+        pace = Pace(self.polling.interval)
         while True:
-            await self._poll_once(tg)
+            changed = await self._poll_once(tg)
             if self._storage_short:
                 self._storage_short = False
                 await self._free_storage()
@@ -295,7 +302,7 @@ class _Runner:
                 if self.stop.is_set():
                     self.watch.interrupted = True
                 return
-            with anyio.move_on_after(self.polling.interval):
+            with anyio.move_on_after(pace.next_wait(changed)):
                 await self.stop.wait()
 
     async def _free_storage(self) -> None:
@@ -309,7 +316,8 @@ class _Runner:
             if (cleaned.deleted or cleaned.error == "already gone") and isinstance(size, int):
                 self.admission.release_bytes(size)
 
-    async def _poll_once(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _poll_once(self, tg: anyio.abc.TaskGroup) -> bool:
+        """Read this run's unfinished jobs and act on each; whether any changed state."""
         view = self.jobs.journal.refresh()
         tracked = [
             (entry, view.latest[identity])
@@ -317,28 +325,33 @@ class _Runner:
             if identity in view.latest and not (entry.done or entry.failed or entry.resubmitting)
         ]
         if not tracked:
-            return
-        statuses = await refresh_lines(self.jobs, [line for _, line in tracked])
+            return False
+        statuses = await refresh_lines(self.jobs, [line for _, line in tracked], self.listing)
+        changed = False
         for (entry, _line), status in zip(tracked, statuses, strict=True):
-            await self._on_status(entry, status, tg)
+            changed = await self._on_status(entry, status, tg) or changed
+        return changed
 
-    async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+    async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> bool:
+        """Act on one job's status; whether it changed state since the last poll saw it."""
         if status.error is not None and not status.error_is_final:
-            return  # not read this time; the next poll asks again
+            return False  # not read this time; the next poll asks again
         if status.error is not None:  # the batch is gone, or not ours: it will not finish
             await self._ended_badly(entry, status, tg)
-            return
+            return True
+        changed = bool(entry.state) and status.state != entry.state
         if status.state != entry.state:
             entry.state = status.state
             self.emit(JobChanged(entry.item.label, status.batch_name, status.state, status.stats))
         if status.state not in END_STATES:
-            return
+            return changed
         self.admission.job_ended(status.batch_name)  # a place in the window, and its tokens
         if status.state in RESULT_STATES:
             entry.succeeded = status
             await self._collect(entry)
         elif status.state in RETRYABLE_END_STATES:
             await self._ended_badly(entry, status, tg)
+        return True
 
     async def _collect(self, entry: _Input) -> None:
         """Once every job of the input has succeeded (one, or one per part), write its

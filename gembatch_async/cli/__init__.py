@@ -277,7 +277,7 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=_positive_seconds,
         default=30.0,
         metavar="S",
-        help="seconds between polls (default: %(default)g)",
+        help="longest wait between polls, shorter while jobs are finishing (default: %(default)g)",
     )
     run.add_argument(
         "--out",
@@ -419,7 +419,8 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=_positive_seconds,
         default=30.0,
         metavar="S",
-        help="with --watch: seconds between refreshes (default: %(default)g)",
+        help="with --watch: longest wait between refreshes, shorter while jobs are finishing "
+        "(default: %(default)g)",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object per job")
     download = commands.add_parser(

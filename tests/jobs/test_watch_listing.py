@@ -69,6 +69,30 @@ async def test_a_poll_of_many_unfinished_jobs_costs_listing_pages(
 
 @LONG_JOBS
 @pytest.mark.asyncio
+async def test_listing_pages_read_each_job_as_get_does(service: Service, tmp_path: Path) -> None:
+    """list_batch_page follows the service's page tokens to the end, and reads each job
+    (state, counts, error) exactly as get_batch_detail does: the seam for both backends."""
+    journal = await _submitted(tmp_path, 7, service.submit_kwargs())
+    ours = {line["batch"]["name"] for line in read_journal(journal)}
+    async with open_jobs(journal, **service.submit_kwargs()) as jobs:
+        near = next(iter(ours))
+        listed: dict[str, Any] = {}
+        token: str | None = None
+        pages = 0
+        while pages == 0 or token is not None:
+            page = await jobs.api.list_batch_page(near, 3, token)
+            listed.update({d.job.name: d for d in page.details})
+            token, pages = page.next_token, pages + 1
+        assert pages == 3, "7 jobs in pages of 3"
+        assert set(listed) == ours
+        for name in ours:
+            got = await jobs.api.get_batch_detail(name)
+            assert listed[name].job.model_dump() == got.job.model_dump()
+            assert (listed[name].stats, listed[name].error) == (got.stats, got.error)
+
+
+@LONG_JOBS
+@pytest.mark.asyncio
 async def test_a_job_missing_from_the_listing_is_read_with_a_get(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

@@ -81,7 +81,7 @@ async def test_listing_pages_read_each_job_as_get_does(service: Service, tmp_pat
         pages = 0
         while pages == 0 or token is not None:
             page = await jobs.api.list_batch_page(near, 3, token)
-            listed.update({d.job.name: d for d in page.details})
+            listed.update({d.job.name or "": d for d in page.details})
             token, pages = page.next_token, pages + 1
         assert pages == 3, "7 jobs in pages of 3"
         assert set(listed) == ours

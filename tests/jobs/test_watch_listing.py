@@ -178,3 +178,46 @@ async def test_status_watch_sees_jobs_end_long_before_the_interval(
     assert seen[:3] != ["JOB_STATE_SUCCEEDED"] * 3, "the first look saw them unfinished"
     assert [s.state for s in statuses] == ["JOB_STATE_SUCCEEDED"] * 3
     assert elapsed < 20, f"took {elapsed:.1f}s: the watcher waited the whole interval"
+
+
+@LONG_JOBS
+@pytest.mark.asyncio
+async def test_paging_stops_when_another_page_cannot_save_a_request(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Two of our four jobs are not in the listing, four older jobs of another tool are:
+    paging stops once pages outnumber the jobs still missing, instead of reading the whole
+    project, and a GET reads each missing job."""
+    target: dict[str, Any] = {"api_key": TEST_API_KEY, "base_url": emulator.base_url}
+    await _submitted(tmp_path / "other-tool", 4, target)
+    journal = await _submitted(tmp_path, 4, target)
+    for line in read_journal(journal)[:2]:
+        emulator.unlist(line["batch"]["name"])
+    async with open_jobs(journal, **target) as jobs:
+        gets, lists = _counts(emulator)
+        statuses = await refresh_lines(jobs, jobs.recorded(), JobListing(jobs.api, jobs.call, 1))
+        assert _counts(emulator) == (gets + 2, lists + 2), "2 pages (2 of ours), 2 GETs"
+    assert all(s.state in UNFINISHED and s.error is None for s in statuses)
+
+
+@LONG_JOBS
+@pytest.mark.asyncio
+async def test_a_listing_that_never_shows_our_jobs_is_given_up(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """When three polls in a row find none of our jobs in the listing, later polls of the
+    same session stop listing and ask each job with a GET, as before the listing."""
+    target: dict[str, Any] = {"api_key": TEST_API_KEY, "base_url": emulator.base_url}
+    journal = await _submitted(tmp_path, 3, target)
+    for line in read_journal(journal):
+        emulator.unlist(line["batch"]["name"])
+    async with open_jobs(journal, **target) as jobs:
+        listing = JobListing(jobs.api, jobs.call, 10)
+        costs = []
+        for _ in range(5):
+            gets, lists = _counts(emulator)
+            statuses = await refresh_lines(jobs, jobs.recorded(), listing)
+            after = _counts(emulator)
+            costs.append((after[0] - gets, after[1] - lists))
+            assert all(s.state in UNFINISHED and s.error is None for s in statuses)
+    assert costs == [(3, 1)] * 3 + [(3, 0)] * 2

@@ -10,10 +10,12 @@ from typing import Any
 
 import anyio
 import pytest
+from google.genai import types
 
 from gembatch_async import SubmitSettings, open_jobs, run, submit
+from gembatch_async._backends._genai import BatchDetail
 from gembatch_async._jobs import refresh_lines, watch_status
-from gembatch_async._jobs._listing import JobListing
+from gembatch_async._jobs._listing import JobListing, listing_answers
 from gembatch_async._jobs._pace import Pace
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
@@ -221,3 +223,28 @@ async def test_a_listing_that_never_shows_our_jobs_is_given_up(
             costs.append((after[0] - gets, after[1] - lists))
             assert all(s.state in UNFINISHED and s.error is None for s in statuses)
     assert costs == [(3, 1)] * 3 + [(3, 0)] * 2
+
+
+@pytest.mark.parametrize(
+    ("state", "output", "error", "answers"),
+    [
+        pytest.param("JOB_STATE_RUNNING", None, None, True, id="running"),
+        pytest.param("JOB_STATE_SUCCEEDED", "files/batch-out", None, True, id="succeeded"),
+        pytest.param("JOB_STATE_SUCCEEDED", None, None, False, id="succeeded-no-output"),
+        pytest.param("JOB_STATE_FAILED", None, "quota", True, id="failed"),
+        pytest.param("JOB_STATE_FAILED", None, None, False, id="failed-no-error"),
+        pytest.param("JOB_STATE_CANCELLED", None, None, True, id="cancelled"),
+        pytest.param(None, None, None, False, id="no-state"),
+    ],
+)
+def test_a_listed_job_needs_a_get_when_the_listing_lacks_what_a_poll_needs(
+    state: str | None, output: str | None, error: str | None, answers: bool
+) -> None:
+    """No capture shows a finished job in a listing: one listed as succeeded without its
+    output, or failed without its error, is asked with a GET (listing_answers is False)."""
+    job = types.BatchJob(
+        name="batches/x",
+        state=types.JobState(state) if state else None,
+        dest=types.BatchJobDestination(file_name=output) if output else None,
+    )
+    assert listing_answers(BatchDetail(job, None, error)) is answers

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -31,7 +32,9 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bare_sdk import submit_bare
 
-from gembatch_async import SubmitSettings, submit
+from gembatch_async import SubmitSettings, open_jobs, submit
+from gembatch_async._jobs import refresh_lines
+from gembatch_async._jobs._listing import PAGE_SIZE, JobListing
 from gembatch_async._journal import Journal
 
 API_KEY = "bench-key"
@@ -341,6 +344,63 @@ def bench_recovery(work: Path, n: int, others: int, latency: float) -> None:
             rerun_wall=round(again.wall, 3),
             ratio=round(again.wall / first.wall, 3),
         )
+
+
+def bench_watch(work: Path, n: int, others: int, latency: float) -> None:
+    """Requests one poll of N unfinished jobs costs, counted at the emulator: before, one
+    GET per job; now the job listing (pages of 100), GETs only for what it cannot answer.
+    The project also holds ``others`` jobs of another tool, created before ours (the
+    listing, newest first, shows ours first) or after them (it shows theirs first)."""
+    for others_newer in (False, True):
+        with emulator(latency) as emu:
+            folder = work / f"watch-{others_newer}"
+            noise = make_files(folder / "noise", others, lines=1)
+            journal = folder / "watch.jsonl"
+            ours = make_files(folder / "ours", n, lines=1)
+            for paths, into in sorted(
+                [(noise, folder / "noise.jsonl"), (ours, journal)],
+                key=lambda pair: (pair[0] is noise) == others_newer,
+            ):
+                run_library(paths, emu.base_url, 32, into)
+            before = _one_poll(emu, journal, n, listed=False)
+            after = _one_poll(emu, journal, n, listed=True)
+            ideal = math.ceil(n / PAGE_SIZE)
+            for how, (gets, lists, wall) in (("per-job GET", before), ("listing", after)):
+                record(
+                    "watch_poll",
+                    how=how,
+                    unfinished_jobs=n,
+                    other_jobs=others,
+                    others_listed_first=others_newer,
+                    latency_ms=latency,
+                    get_requests=gets,
+                    list_requests=lists,
+                    ideal=ideal,
+                    ratio_to_ideal=round((gets + lists) / ideal, 2),
+                    wall=round(wall, 3),
+                )
+
+
+def _one_poll(emu: Emulator, journal: Path, n: int, listed: bool) -> tuple[int, int, float]:
+    """(GETs, list requests, wall) of one poll of the journal's jobs."""
+
+    def counts() -> tuple[int, int]:
+        requests = emu.admin("state")["requests"]
+        return int(requests["get"]["count"]), int(requests["list"]["count"])
+
+    async def poll() -> tuple[int, int, float]:
+        async with open_jobs(journal, api_key=API_KEY, base_url=emu.base_url) as jobs:
+            listing = JobListing(jobs.api, jobs.call) if listed else None
+            gets, lists = counts()
+            started = time.perf_counter()
+            statuses = await refresh_lines(jobs, jobs.recorded(), listing)
+            wall = time.perf_counter() - started
+            assert len(statuses) == n
+            assert not any(s.done or s.error for s in statuses)
+            after = counts()
+            return after[0] - gets, after[1] - lists, wall
+
+    return anyio.run(poll, backend="asyncio")
 
 
 _BACKENDS_SERVER = """
@@ -753,7 +813,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: bare,scaling,profile,memory,download,journal,schema,recovery,backends",
+        help="comma list: bare,scaling,profile,memory,download,journal,schema,recovery,backends,"
+        "watch",
     )
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -774,6 +835,7 @@ def main() -> None:
             "schema": lambda: bench_schema(work, 20_000 if quick else 200_000),
             "recovery": lambda: bench_recovery(work, 60 if quick else 300, 300, 50),
             "backends": lambda: bench_backends(work, 40 if quick else 200, 50),
+            "watch": lambda: bench_watch(work, 60 if quick else 300, 60 if quick else 300, 50),
         }
         for name, step in steps.items():
             if not only or name in only:

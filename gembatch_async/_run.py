@@ -2,7 +2,9 @@
 
 ``run`` is the command a high-volume user leaves running. Two tasks share one task
 group: the submit pipeline (waiting at the service's limits instead of deferring)
-and a watcher that polls this run's unfinished jobs every ``interval``. The moment
+and a watcher that polls this run's unfinished jobs, reading them from the job
+listing (``_jobs._listing``: a few requests for hundreds of jobs) at a pace that
+adapts (``_jobs._pace``: short while jobs are finishing, up to ``interval``). The moment
 a job succeeds its results are downloaded (where ``download`` puts them) and its
 upload is deleted; a job's end gives capacity back to the submit side. It ends when
 every input's results are in or the input has failed.
@@ -47,6 +49,8 @@ from ._jobs import (
     refresh_lines,
     with_uploads_deleted,
 )
+from ._jobs._listing import JobListing
+from ._jobs._pace import Pace
 from ._results import ResultFile
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
@@ -201,6 +205,8 @@ class _Runner:
         self.watch = watch
         self.polling = _Polling(None, 30.0)
         self._full_poll_due = 0.0
+        #: The job listing every poll reads first (GETs only for what it cannot answer).
+        self.listing = JobListing(jobs.api, jobs.call)
         #: A file waits for storage: the watcher deletes ended jobs' uploads.
         self._storage_short = False
         #: Results built at once (CPU work, a few MiB each).
@@ -298,9 +304,13 @@ class _Runner:
 
     # -- the watcher -----------------------------------------------------------------
     async def _watch_until_settled(self, tg: anyio.abc.TaskGroup) -> None:
+        pace = Pace(self.polling.interval)
         only: set[str] | None = None
         while True:
-            await self._poll_once(tg, only)
+            changed = await self._poll_once(tg, only)
+            if only is None:  # a full poll sets when the next one is due
+                wait = pace.next_wait(changed) if self.polling.nudges is None else None
+                self._full_poll_due = anyio.current_time() + (wait or self.polling.interval)
             if self._storage_short:
                 self._storage_short = False
                 await self._free_storage()
@@ -322,14 +332,15 @@ class _Runner:
                 self.admission.release_bytes(size)
 
     async def _rest(self) -> set[str] | None:
-        """Wait for the next poll: the interval, a stop, or (with webhooks) a delivery.
-        Returns the inputs a delivery named, to look at only those; None: look at all."""
+        """Wait for the next full poll (its pace adapts without webhooks), a stop, or (with
+        webhooks) a delivery. Returns the inputs a delivery named, to look at only those;
+        None: look at all."""
+        due = self._full_poll_due  # deliveries never put off the fallback poll
         nudges = self.polling.nudges
         if nudges is None:
-            with anyio.move_on_after(self.polling.interval):
+            with anyio.move_on_at(due):
                 await self.stop.wait()
             return None
-        due = self._full_poll_due  # deliveries never put off the fallback poll
         with anyio.move_on_at(due):
             async with anyio.create_task_group() as woken:
                 for wake in (self.stop.wait, nudges.wait):
@@ -337,12 +348,12 @@ class _Runner:
         named = nudges.take()
         if named and not self.stop.is_set() and anyio.current_time() < due:
             return named
-        self._full_poll_due = anyio.current_time() + self.polling.interval
         return None
 
-    async def _poll_once(self, tg: anyio.abc.TaskGroup, only: set[str] | None = None) -> None:
-        """Ask for the state of unfinished jobs (``only`` these inputs, when given: a
-        webhook is a hint, the service's answer here is what counts)."""
+    async def _poll_once(self, tg: anyio.abc.TaskGroup, only: set[str] | None = None) -> bool:
+        """Read this run's unfinished jobs (``only`` these inputs, when given: a webhook is
+        a hint, the service's answer here is what counts) and act on each; whether any
+        changed state."""
         view = self.jobs.journal.refresh()
         tracked = [
             (entry, view.latest[identity])
@@ -352,28 +363,33 @@ class _Runner:
             and (only is None or identity in only)
         ]
         if not tracked:
-            return
-        statuses = await refresh_lines(self.jobs, [line for _, line in tracked])
+            return False
+        statuses = await refresh_lines(self.jobs, [line for _, line in tracked], self.listing)
+        changed = False
         for (entry, _line), status in zip(tracked, statuses, strict=True):
-            await self._on_status(entry, status, tg)
+            changed = await self._on_status(entry, status, tg) or changed
+        return changed
 
-    async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+    async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> bool:
+        """Act on one job's status; whether it changed state since the last poll saw it."""
         if status.error is not None and not status.error_is_final:
-            return  # not read this time; the next poll asks again
+            return False  # not read this time; the next poll asks again
         if status.error is not None:  # the batch is gone, or not ours: it will not finish
             await self._ended_badly(entry, status, tg)
-            return
+            return True
+        changed = bool(entry.state) and status.state != entry.state
         if status.state != entry.state:
             entry.state = status.state
             self.emit(JobChanged(entry.item.label, status.batch_name, status.state, status.stats))
         if status.state not in END_STATES:
-            return
+            return changed
         self.admission.job_ended(status.batch_name)  # a place in the window, and its tokens
         if status.state in RESULT_STATES:
             entry.succeeded = status
             await self._collect(entry)
         elif status.state in RETRYABLE_END_STATES:
             await self._ended_badly(entry, status, tg)
+        return True
 
     async def _collect(self, entry: _Input) -> None:
         """Once every job of the input has succeeded (one, or one per part), write its

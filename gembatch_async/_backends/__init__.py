@@ -24,7 +24,7 @@ from .._schema import GENERATE
 if TYPE_CHECKING:  # the SDK loads with the first call, not with `gembatch-async --version`
     from google.genai import types
 
-    from ._genai import BatchDetail, RemoteFile
+    from ._genai import BatchDetail, BatchPage, RemoteFile
 
 GEMINI = "gemini"
 VERTEX = "vertex"
@@ -99,6 +99,13 @@ class Backend(Protocol):
 
     async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
         """Every job an ambiguous create may have made (our display names among them)."""
+        ...
+
+    async def list_batch_page(
+        self, near: str, page_size: int, page_token: str | None = None
+    ) -> BatchPage:
+        """One page of the jobs listing that would hold the job ``near`` (the project's,
+        other tools' jobs included), each job as get_batch_detail reads it."""
         ...
 
     async def get_model(self, model: str) -> types.Model: ...
@@ -291,6 +298,11 @@ class Routed:
 
     async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
         raise UsageError("a job command does not list batches")  # pragma: no cover
+
+    async def list_batch_page(
+        self, near: str, page_size: int, page_token: str | None = None
+    ) -> BatchPage:
+        return await (await self._for(near)).list_batch_page(near, page_size, page_token)
 
     async def get_model(self, model: str) -> types.Model:
         raise UsageError("a job command does not check models")  # pragma: no cover

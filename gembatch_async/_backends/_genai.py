@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import json
 import re
+import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -233,6 +234,14 @@ class BatchDetail:
     error: str | None
 
 
+@dataclass(frozen=True)
+class BatchPage:
+    """One page of the project's job listing, and the token of the next (None: the last)."""
+
+    details: list[BatchDetail]
+    next_token: str | None
+
+
 def _count(stats: dict[str, Any], key: str) -> int:
     try:
         return int(stats.get(key) or 0)  # int64 arrives as a JSON string
@@ -406,6 +415,30 @@ class GeminiApi:
             async for batch in pager:
                 found.append(batch)
         return found
+
+    async def list_batch_page(
+        self, near: str, page_size: int, page_token: str | None = None
+    ) -> BatchPage:
+        """One page of ``batches.list``, each job parsed as get_batch_detail parses one.
+
+        The same seam as get_batch_detail: a raw GET, so the batchStats each listed
+        operation carries survive (a captured listing shows them per job:
+        python-genai#1323, flachesis/gemini-rust#13). ``near`` names one of our jobs:
+        the listing is the project's, whatever job it names."""
+        query = {"pageSize": str(page_size), **({"pageToken": page_token} if page_token else {})}
+        path = f"batches?{urllib.parse.urlencode(query)}"
+        with translate_errors(secret=self._secret), _unreadable_answer(self._secret):
+            response = await self._client.aio._api_client.async_request("get", path, {}, None)
+            try:
+                raw = json.loads(response.body) if response.body else {}
+            except ValueError as exc:
+                raise AmbiguousApiError(f"unreadable batch listing: {exc}") from exc
+            if not isinstance(raw, dict):
+                raise AmbiguousApiError("unreadable batch listing: not a JSON object")
+            operations = raw.get("operations") or []
+            token = raw.get("nextPageToken")
+            details = [_batch_detail(op) for op in operations if isinstance(op, dict)]
+            return BatchPage(details, token if isinstance(token, str) and token else None)
 
     async def get_model(self, model: str) -> types.Model:
         with translate_errors(secret=self._secret):

@@ -34,6 +34,7 @@ from ._gcs import Storage, parse_gs_uri
 from ._genai import (
     NO_SDK_RETRIES,
     BatchDetail,
+    BatchPage,
     RemoteFile,
     _unreadable_answer,
     translate_errors,
@@ -163,6 +164,19 @@ class VertexApi:
     async def cancel_batch(self, name: str) -> None:
         with translate_errors():
             await self._client.aio.batches.cancel(name=name)
+
+    async def list_batch_page(
+        self, near: str, page_size: int, page_token: str | None = None
+    ) -> BatchPage:
+        """One page of this project and location's batch prediction jobs. Vertex lists
+        whole BatchPredictionJob resources (state, completionStats, outputInfo, error),
+        as get does (ListBatchPredictionJobsResponse.batchPredictionJobs)."""
+        config = types.ListBatchJobsConfig(page_size=page_size, page_token=page_token or None)
+        with translate_errors():
+            pager = await self._client.aio.batches.list(config=config)
+        token = pager.config.get("page_token")  # the pager keeps the next page's token here
+        details = [BatchDetail(job, stats_of(job), _error_message(job)) for job in pager.page]
+        return BatchPage(details, token if isinstance(token, str) and token else None)
 
     async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
         found: list[types.BatchJob] = []

@@ -48,6 +48,8 @@ from .._results import (
 )
 from .._retry import call_with_retries, describe
 from .._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
+from ._listing import JobListing
+from ._pace import Pace
 
 T = TypeVar("T")
 _CONCURRENCY = 8
@@ -214,17 +216,28 @@ async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) 
     return await refresh_lines(jobs, jobs.recorded(paths))
 
 
-async def refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStatus]:
-    """The status of each line, in the same order (ended jobs from the journal alone)."""
+async def refresh_lines(
+    jobs: JobsContext, lines: list[JobLine], listing: JobListing | None = None
+) -> list[JobStatus]:
+    """The status of each line, in the same order (ended jobs from the journal alone).
+
+    With ``listing``, unfinished jobs are read from the job listing first
+    (``_listing``) and only those it cannot answer for are asked one by one."""
     fresh: dict[str, BatchDetail] = {}
     statuses: list[JobStatus | None] = [None] * len(lines)
     roots = jobs.journal.roots
+    unfinished = [batch_name_of(ln) for ln in lines if batch_state_of(ln) not in END_STATES]
+    listed = await listing.find(unfinished) if listing is not None and unfinished else {}
 
     async def check(index: int) -> None:
         line = lines[index]
         name = batch_name_of(line)
         if batch_state_of(line) in END_STATES:  # settled: nothing can change any more
             statuses[index] = _status_from_line(line, roots)
+            return
+        if name in listed:
+            fresh[name] = listed[name]
+            statuses[index] = _status_from_batch(line, roots, listed[name])
             return
         try:
             detail = await jobs.call(lambda: jobs.api.get_batch_detail(name))
@@ -354,17 +367,24 @@ async def watch_status(
     paths: Sequence[str] | None = None,
     interval: float = 30.0,
 ) -> list[JobStatus]:
-    """Refresh until every job has ended, reporting each state change once."""
+    """Refresh until every job has ended, reporting each state change once.
+
+    The jobs are read from the job listing (``_listing``), and the wait between
+    refreshes adapts (``_pace``): short after a change, up to ``interval``."""
     seen: dict[str, str] = {}
+    listing = JobListing(jobs.api, jobs.call)
+    pace = Pace(interval)
     while True:
-        statuses = await refresh_status(jobs, paths)
+        statuses = await refresh_lines(jobs, jobs.recorded(paths), listing)
+        changed = False
         for status in statuses:
             if seen.get(status.location) != status.state:
+                changed = changed or status.location in seen
                 seen[status.location] = status.state
                 on_change(status)
         if all(s.done for s in statuses):
             return statuses
-        await anyio.sleep(interval)
+        await anyio.sleep(pace.next_wait(changed))
 
 
 # -- download --------------------------------------------------------------------------

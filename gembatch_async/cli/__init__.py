@@ -284,8 +284,8 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         type=_positive_seconds,
         default=None,
         metavar="S",
-        help="seconds between polls (default: 30); with --webhook-url, of the fallback "
-        "poll (default there: 300)",
+        help="longest wait between polls, shorter while jobs are finishing (default: 30); "
+        "with --webhook-url, of the fallback poll (default there: 300)",
     )
     add_webhook_options(run)
     run.add_argument(
@@ -428,7 +428,8 @@ def _add_job_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
         type=_positive_seconds,
         default=30.0,
         metavar="S",
-        help="with --watch: seconds between refreshes (default: %(default)g)",
+        help="with --watch: longest wait between refreshes, shorter while jobs are finishing "
+        "(default: %(default)g)",
     )
     status.add_argument("--json", action="store_true", help="print one JSON object per job")
     download = commands.add_parser(

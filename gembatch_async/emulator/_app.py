@@ -811,9 +811,8 @@ class EmulatorApp:
     async def _list_batches(self, request: Request, match: re.Match[str]) -> Response:
         token, size = _page(request, default=10, maximum=100)
         await self._observe_all()
-        batches, next_token = _keyset_page(
-            list(self.store.batches.values()), lambda b: (-b.create_time, b.name), token, size
-        )
+        listed = [b for b in self.store.batches.values() if b.name not in self.scenarios.unlisted]
+        batches, next_token = _keyset_page(listed, lambda b: (-b.create_time, b.name), token, size)
         items = [self._batch_json(b) for b in batches]
         return _json(_page_body(items, next_token, "operations"))
 

@@ -10,8 +10,11 @@
 - ``stall`` ``{"endpoint": "upload", "seconds": S}``: requests to that endpoint
   that arrive from now on wait S seconds before anything else (0 ends it), so a
   test can hold requests in flight.
+- ``unlist`` ``{"name": "batches/ID"}``: ``batches.list`` leaves that batch out
+  (GET still finds it), as an eventually consistent listing that has not caught
+  up with a new job, or a job on a page a client did not read, would.
 
-``POST /_emulator/reset`` forgets the last two.
+``POST /_emulator/reset`` forgets the last three.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from gembatch_async.emulator._errors import ApiError
 from gembatch_async.emulator._faults import ENDPOINTS
 from gembatch_async.emulator._store import Store
 
-SCENARIO_ACTIONS = ("end-batch", "expire-file", "refuse-delete", "stall")
+SCENARIO_ACTIONS = ("end-batch", "expire-file", "refuse-delete", "stall", "unlist")
 END_STATES = ("BATCH_STATE_FAILED", "BATCH_STATE_EXPIRED")
 
 
@@ -34,6 +37,8 @@ class Scenarios:
 
     refused_deletes: set[str] = dataclasses.field(default_factory=set)
     stalls: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Batch names the listing leaves out.
+    unlisted: set[str] = dataclasses.field(default_factory=set)
 
     def apply(
         self, action: str, body: dict[str, Any], store: Store, file_lifetime: float
@@ -49,6 +54,10 @@ class Scenarios:
             return {"refused": f"files/{file_id}"}
         if action == "stall":
             return self._stall(_text(body, "endpoint"), _number(body, "seconds"))
+        if action == "unlist":
+            name = store.get_batch(_text(body, "name").removeprefix("batches/")).name
+            self.unlisted.add(name)
+            return {"unlisted": name}
         raise ApiError(404, f"Unknown scenario {action!r}.")
 
     def _stall(self, endpoint: str, seconds: float) -> dict[str, Any]:

@@ -129,6 +129,10 @@ class RunningEmulator:
         """POST /_emulator/stall: requests to ``endpoint`` arriving from now on wait ``seconds``."""
         self._admin("stall", {"endpoint": endpoint, "seconds": seconds})
 
+    def unlist(self, name: str) -> None:
+        """POST /_emulator/unlist: ``batches.list`` leaves the batch out (GET still finds it)."""
+        self._admin("unlist", {"name": name})
+
 
 def _bind(host: str, port: int) -> socket.socket:
     """Bind ourselves, so a busy port raises OSError here instead of uvicorn's sys.exit."""

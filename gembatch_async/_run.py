@@ -31,6 +31,7 @@ from ._events import (
     Event,
     EventHandler,
     FileFailed,
+    FileSkipped,
     JobChanged,
     JobEnded,
     ResultsSaved,
@@ -68,6 +69,9 @@ class _Input:
     resubmitting: bool = False
     #: Its job succeeded (a part waits here for the other parts of its input).
     succeeded: JobStatus | None = None
+    #: Sending its requests again found nothing to send (all answered, or its rounds
+    #: used up): its ended job's results are collected as they are.
+    rounds_done: bool = False
 
 
 @dataclass
@@ -111,9 +115,11 @@ async def run(
 ) -> RunSummary:
     """Submit every file under admission, then watch, download and clean up until done.
 
-    ``settings.retry_failed`` resubmits a job that ended FAILED, CANCELLED or
-    EXPIRED, at most ``resubmits`` times per file in this run. Setting ``stop``
-    starts nothing new and ends the run once in-flight files have settled.
+    ``settings.retry_failed`` sends again the requests of an input that have no
+    answer (a job that ended FAILED, CANCELLED or EXPIRED, or answered some requests
+    with errors), at most ``resubmits`` times per file in this run and ``resubmits``
+    rounds per input in the journal. Setting ``stop`` starts nothing new and ends the
+    run once in-flight files have settled.
     """
     settings = settings or SubmitSettings()
     if out_dir is not None:
@@ -121,7 +127,9 @@ async def run(
     retry_failed = settings.retry_failed
     # The watcher resubmits jobs that ended badly (earlier runs' too), counting each
     # time; the submit side only submits what the journal does not record.
-    settings = replace(settings, wait_for_capacity=True, dry_run=False, retry_failed=False)
+    settings = replace(
+        settings, wait_for_capacity=True, dry_run=False, retry_failed=False, resubmits=resubmits
+    )
     stop = stop or anyio.Event()
     started = time.monotonic()
     async with (
@@ -270,15 +278,24 @@ class _Runner:
         found = [e for e in self.watch.inputs.values() if e.item.identity == entry.item.identity]
         return sorted(found, key=lambda e: e.item.part.number if e.item.part else 0)
 
-    async def _resubmit(self, entry: _Input) -> None:
-        """A job of this run ended badly and may be tried again: one more submission."""
+    async def _resubmit(self, entry: _Input, ended: JobStatus | None = None) -> None:
+        """A job of this run ended badly, or left requests without an answer, and may be
+        tried again: one more submission (of those requests only, when some were
+        answered). When there is nothing to send, the ``ended`` job's results are
+        collected now."""
         again = self._submit_run(replace(self.settings, retry_failed=True))
+        again.emit = self._without_skips(again.emit)
         self.watch.submitting += 1
         try:
             tally = await again.run([entry.item])
             self.again = _SubmitTally(
                 self.again.submitted + tally.submitted, 0, self.again.failed + tally.failed
             )
+            if tally.skipped:  # nothing left to send: its results are what it has
+                entry.rounds_done = True
+                if ended is not None and (ended.state in RESULT_STATES or ended.completes):
+                    entry.succeeded = ended
+                    await self._collect(entry)
         finally:
             self.watch.submitting -= 1
             entry.resubmitting = False
@@ -334,11 +351,50 @@ class _Runner:
         if status.state not in END_STATES:
             return
         self.admission.job_ended(status.batch_name)  # a place in the window, and its tokens
-        if status.state in RESULT_STATES:
+        if self._may_send_again(entry, status):
+            self._send_again(entry, status, tg)
+        elif status.state in RESULT_STATES or status.completes:
             entry.succeeded = status
             await self._collect(entry)
         elif status.state in RETRYABLE_END_STATES:
             await self._ended_badly(entry, status, tg)
+
+    def _may_send_again(self, entry: _Input, status: JobStatus) -> bool:
+        """Whether the input's requests without an answer go again (request by request:
+        ``_submit._resubmit``); the parts of a split input go whole, as before."""
+        if entry.item.part is not None or entry.rounds_done:
+            return False
+        if entry.resubmits_left <= 0 or self.stop.is_set():
+            return False
+        # A job that succeeded is looked at too, whatever its counts say: whether the
+        # service counts per-request errors as failed requests is not documented, so
+        # its outputs decide (see _submit._resubmit).
+        return status.state in RETRYABLE_END_STATES or status.state in RESULT_STATES
+
+    def _send_again(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+        """Start sending the input's unanswered requests (or the whole file) again; said
+        up front when the service's counts show some, else by the submission itself."""
+        unanswered = _unanswered_requests(status)
+        if status.state in RETRYABLE_END_STATES or unanswered:
+            reason = (
+                f"{unanswered} requests without an answer"
+                if unanswered and status.state not in RETRYABLE_END_STATES
+                else status.batch_error or status.state.removeprefix("JOB_STATE_").lower()
+            )
+            self.emit(JobEnded(entry.item.label, status.batch_name, status.state, reason, True))
+        entry.resubmits_left -= 1
+        entry.resubmitting = True
+        tg.start_soon(self._resubmit, entry, status)
+
+    @staticmethod
+    def _without_skips(emit: EventHandler) -> EventHandler:
+        """A resubmission that finds nothing to send says nothing (the results will)."""
+
+        def forward(event: Event) -> None:
+            if not isinstance(event, FileSkipped):
+                emit(event)
+
+        return forward
 
     async def _collect(self, entry: _Input) -> None:
         """Once every job of the input has succeeded (one, or one per part), write its
@@ -429,6 +485,15 @@ class _Runner:
         for sibling in siblings:
             sibling.failed = True
             await self._delete_upload(sibling)
+
+
+def _unanswered_requests(status: JobStatus) -> int | None:
+    """Requests of an ended job without an answer, as the service counts them (None
+    when it gave no counts: then the outputs tell, see ``_submit._resubmit``)."""
+    stats = status.stats
+    if stats is None or not stats.requests:
+        return None
+    return stats.requests - stats.succeeded
 
 
 @dataclass(frozen=True)

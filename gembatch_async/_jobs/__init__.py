@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -46,6 +46,7 @@ from .._results import (
     result_targets,
     results_are_current,
 )
+from .._results._remainder import completed_jobs
 from .._retry import call_with_retries, describe
 from .._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
 
@@ -89,6 +90,12 @@ class JobStatus:
     parts: int | None = None
     #: What was submitted (of this part): its size and sha256, as the journal records them.
     submitted: tuple[int, str] | None = None
+    #: For a job that sends an input's unanswered requests again (a round): the input's
+    #: earlier jobs it completes, oldest first; their answers and its own are one result.
+    completes: tuple[JobStatus, ...] = ()
+    #: For a round: requests in the input, and how many earlier jobs answered.
+    input_requests: int | None = None
+    answered_before: int = 0
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -287,12 +294,36 @@ def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail)
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        **_round_fields(line, roots),
     )
 
 
+def _round_fields(line: JobLine, roots: Sequence[str]) -> dict[str, Any]:
+    """What a round's line adds to its status: the jobs it completes, and the counts."""
+    refs = completed_jobs(line)
+    if not refs:
+        return {}
+    location = input_location(line, roots)
+    total, before = line.get("input_requests"), line.get("answered_before")
+    return {
+        "completes": tuple(
+            JobStatus(
+                str(line["input_file"]), ref.batch, ref.state, None, ref.output, location=location
+            )
+            for ref in refs
+        ),
+        "input_requests": total if isinstance(total, int) else None,
+        "answered_before": before if isinstance(before, int) else 0,
+    }
+
+
 def _submitted(line: JobLine) -> tuple[int, str] | None:
-    """(size, sha256) of what the line's job was made from; None when not recorded."""
-    size, sha = line.get("size_bytes"), line.get("sha256")
+    """(size, sha256) of the input the line's job was made from; None when not recorded.
+    A round's line records its own file's and, beside them, the whole input's."""
+    if "carries" in line:
+        size, sha = line.get("input_size_bytes"), line.get("input_sha256")
+    else:
+        size, sha = line.get("size_bytes"), line.get("sha256")
     if isinstance(size, int) and not isinstance(size, bool) and isinstance(sha, str):
         return size, sha
     return None
@@ -334,6 +365,7 @@ def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = N
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        **_round_fields(line, roots),
     )
 
 
@@ -454,6 +486,8 @@ def ended_inputs(statuses: Sequence[JobStatus]) -> list[ResultFile]:
     quietly; ``submit --retry-failed`` runs it again."""
     ended: dict[str, ResultFile] = {}
     for status in statuses:
+        if status.completes:  # a round: its earlier jobs' answers are results
+            continue
         if status.state in END_STATES - RESULT_STATES and status.location not in ended:
             ended[status.location] = ResultFile(
                 status.path,
@@ -468,10 +502,12 @@ def ready_inputs(statuses: Sequence[JobStatus]) -> list[list[JobStatus]]:
     """Succeeded jobs by input: a whole file alone; a split input's parts together, in
     part order, once every one of them has succeeded (results are one file per input)."""
     groups: dict[tuple[str, int | None], list[JobStatus]] = {}
-    for status in statuses:
-        if status.state in RESULT_STATES and status.output_file:
-            groups.setdefault((status.location, status.parts), []).append(status)
     ready: list[list[JobStatus]] = []
+    for status in statuses:
+        if status.completes and status.done:  # a round: ready once it ended, however
+            ready.append([status])
+        elif status.state in RESULT_STATES and status.output_file:
+            groups.setdefault((status.location, status.parts), []).append(status)
     for (_, parts), members in groups.items():
         members.sort(key=lambda s: s.part or 0)
         if parts is None or [s.part for s in members] == list(range(1, parts + 1)):
@@ -541,15 +577,23 @@ async def _results_of(
     if not choice.force and await anyio.to_thread.run_sync(results_are_current, targets, newest):
         return _skipped(status, targets)
     submitted = [s.submitted for s in group]
+    rounds = len(group) == 1 and bool(status.completes)
     return await fetch_results(
         jobs.api,
-        list(group),
+        (_newest_first(status) or [status]) if rounds else list(group),
         targets,
         retry=jobs.retry,
         keep_raw=choice.keep_raw,
         limiter=choice.limiter,
         submitted=None if None in submitted else [s for s in submitted if s is not None],
+        superseding=rounds,
     )
+
+
+def _newest_first(status: JobStatus) -> list[JobStatus]:
+    """A round's job and the jobs it completes, newest first, those with an output: a
+    request's newest answer is the one its results keep (see ``fetch_results``)."""
+    return [s for s in (status, *reversed(status.completes)) if s.output_file]
 
 
 def _counts_by_batch(group: Sequence[JobStatus], result: ResultFile) -> dict[str, ResultCounts]:

@@ -8,15 +8,20 @@ from the emulator's stored copy of its input file (``state_dir/blobs/<file id>``
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import google.oauth2.credentials
 import pytest
+from google import genai
+from google.genai import types
 
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
 from gembatch_async.emulator._request_errors import RequestErrors
 
 from ..helpers import cli_env, read_journal, run_cli, wait_until
+from ..services import LOCATION, PROJECT, Service, _gcs
 
 SEED = 11
 SHARE = 0.3
@@ -91,7 +96,9 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
         assert len(batches(emulator)) == 2, again.stdout
         job2 = next(b for b in batches(emulator) if b["name"] != job1["name"])
         assert sent_to(state_dir, job2) == b"".join(lines[i] for i in failed1)
-        (round_line,) = [line for line in read_journal(work / "job-info.jsonl") if "carries" in line]
+        (round_line,) = [
+            line for line in read_journal(work / "job-info.jsonl") if "carries" in line
+        ]
         assert round_line["round"] == 1
         assert round_line["carries"][0]["requests"] == len(failed1)
         assert round_line["completes"][0]["batch"] == job1["name"]
@@ -134,3 +141,79 @@ def test_an_input_with_every_answer_is_not_sent_again(
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(batches(emulator)) == 1
     assert "skipped q.jsonl" in again.stdout
+
+
+def _object_bytes(service: Service, uri: str) -> bytes:
+    bucket, name = uri.removeprefix("gs://").split("/", 1)
+    return bytes(_gcs(service.storage).bucket(bucket).blob(name).download_as_bytes())
+
+
+def _answered_keys(service: Service, folder: str) -> set[str]:
+    """Keys the rows in a Vertex job's output folder answered (status "")."""
+    bucket, prefix = folder.removeprefix("gs://").split("/", 1)
+    keys: set[str] = set()
+    for blob in _gcs(service.storage).list_blobs(bucket, prefix=prefix.rstrip("/") + "/"):
+        for raw in blob.download_as_bytes().splitlines():
+            row = json.loads(raw)
+            if not row.get("status") and "response" in row:
+                keys.add(row["key"])
+    return keys
+
+
+def _vertex_client(service: Service) -> genai.Client:
+    """The SDK on Vertex, pointed at the emulator (as the README shows)."""
+    return genai.Client(
+        vertexai=True,
+        project=PROJECT,
+        location=LOCATION,
+        credentials=google.oauth2.credentials.Credentials(token="emulator"),  # type: ignore[no-untyped-call]
+        http_options=types.HttpOptions(base_url=service.emulator.base_url),
+    )
+
+
+def _vertex_state(service: Service, name: str) -> str:
+    return next(str(j["state"]) for j in service.jobs() if j["name"] == name)
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=6), id="slow")]
+)
+@pytest.mark.parametrize("service", ["vertex"], indirect=True)
+def test_a_vertex_job_cancelled_half_way_is_resumed_without_its_completed_rows(
+    service: Service, tmp_path: Path
+) -> None:
+    """Vertex leaves the rows a cancelled job completed in its output folder:
+    --retry-failed sends only the other requests, and run then writes results with every
+    request's answer, in input order."""
+    keys = [f"v{i:02d}" for i in range(40)]
+    lines = write_requests(tmp_path / "q.jsonl", keys)
+    env = service.env()
+    assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
+    (job,) = service.jobs()
+    # RUNNING from 2 s to 6 s after it starts: cancel about half-way through.
+    client = _vertex_client(service)
+    wait_until(lambda: _vertex_state(service, job["name"]) == "JOB_STATE_RUNNING")
+    time.sleep(2.0)
+    client.batches.cancel(name=job["name"])
+    # A cancelled Vertex job writes its completed rows when it is next asked about.
+    wait_until(
+        lambda: client.batches.get(name=job["name"]).state == "JOB_STATE_CANCELLED", poll=0.2
+    )
+    ended = next(j for j in service.jobs() if j["name"] == job["name"])
+    completed = _answered_keys(service, str(ended["outputDirectory"]))
+    assert 0 < len(completed) < len(keys), "cancelled half-way, with some rows completed"
+
+    again = run_cli(["submit", "--retry-failed", "q.jsonl"], cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    jobs = service.jobs()
+    assert len(jobs) == 2, "one job for the requests the cancelled one did not complete"
+    (resumed,) = [j for j in jobs if j["name"] != job["name"]]
+    expected = b"".join(line for key, line in zip(keys, lines, strict=True) if key not in completed)
+    assert _object_bytes(service, resumed["input"]) == expected
+    result = run_cli(["run", "--interval", "0.3", "q.jsonl"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(service.jobs()) == 2
+    got = rows(tmp_path / "results" / "q.jsonl")
+    assert [row["key"] for row in got] == keys
+    assert all("response" in row for row in got)
+    assert "40 requests: 40 answered, 0 failed" in result.stdout.splitlines()[-1]

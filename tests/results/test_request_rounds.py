@@ -8,6 +8,9 @@ from the emulator's stored copy of its input file (``state_dir/blobs/<file id>``
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -217,3 +220,47 @@ def test_a_vertex_job_cancelled_half_way_is_resumed_without_its_completed_rows(
     assert [row["key"] for row in got] == keys
     assert all("response" in row for row in got)
     assert "40 requests: 40 answered, 0 failed" in result.stdout.splitlines()[-1]
+
+
+def test_sigkill_between_a_rounds_create_and_its_journal_line_converges(tmp_path: Path) -> None:
+    """The round's batch is created, its answer lost and the look-up held up; SIGKILL
+    then (the batch exists, the journal does not say so). The rerun makes the same
+    round file, finds that batch and records it: no second job, no stray upload."""
+    config = EmulatorConfig(port=0, processing_seconds=0.6, request_errors=SHARE, fault_seed=SEED)
+    keys = [f"s{i:02d}" for i in range(30)]
+    write_requests(tmp_path / "q.jsonl", keys)
+    journal = tmp_path / "job-info.jsonl"
+    with EmulatorThread(config) as emulator:
+        env = cli_env(emulator)
+        assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
+        wait_until(lambda: all_ended(emulator))
+        # Every listing takes 6 s: the one that counts the job window first, then the
+        # look-up after the lost create, in which window the kill lands.
+        emulator.set_faults("create:1:lost,list:1:slow=6")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", "q.jsonl"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: len(batches(emulator)) == 2, timeout=40)
+            time.sleep(0.5)
+            assert process.poll() is None, "still waiting for the look-up"
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        assert not [line for line in read_journal(journal) if "carries" in line]
+        emulator.set_faults("")
+        rerun = run_cli(["submit", "--retry-failed", "q.jsonl"], cwd=tmp_path, env=env)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        state = emulator.state()
+    assert len(state["batches"]) == 2, "the killed run's batch was found, not made again"
+    (round_line,) = [line for line in read_journal(journal) if "carries" in line]
+    created = next(b for b in state["batches"] if b["name"] == round_line["batch"]["name"])
+    assert round_line["adopted"] is True
+    used = {b["inputFile"] for b in state["batches"]}
+    uploads = [f["name"] for f in state["files"] if f["source"] == "UPLOADED"]
+    assert sorted(uploads) == sorted(used), "no upload without its batch"
+    assert created["inputFile"] == round_line["uploaded_file_name"]

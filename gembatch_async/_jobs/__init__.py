@@ -108,6 +108,23 @@ class JobStatus:
         return self.state in END_STATES
 
     @property
+    def input_counts(self) -> tuple[int, int, int] | None:
+        """For a round: the input's requests answered, failed and pending across all its
+        jobs (the last download's counts once there is one); None for any other job."""
+        if not self.completes or self.input_requests is None:
+            return None
+        total = self.input_requests
+        if self.results is not None:
+            return self.results.responses, total - self.results.responses, 0
+        stats = self.stats
+        answered = self.answered_before + (stats.succeeded if stats is not None else 0)
+        if self.done:
+            pending = 0
+        else:  # what this job carries and has not done yet
+            pending = stats.pending if stats is not None else total - self.answered_before
+        return answered, max(0, total - answered - pending), pending
+
+    @property
     def created_at(self) -> float | None:
         """When the job was created (epoch seconds), if known."""
         return None if self.age_seconds is None else time.time() - self.age_seconds

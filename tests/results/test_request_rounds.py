@@ -114,6 +114,8 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
 
         download = run_cli(["download"], cwd=work, env=env)
         assert download.returncode == 0, download.stdout + download.stderr
+        status = run_cli(["status", "q.jsonl"], cwd=work, env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
 
     still = [i for i in failed1 if ERRORS.error_for(keys[i], i, batch_id(job2)) is not None]
     assert len(still) < len(failed1), "some requests that failed once were answered"
@@ -126,6 +128,9 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
     else:
         assert not failed_file.exists()
     assert f"{len(still)} failed" in download.stdout or not still
+    answered = len(keys) - len(still)
+    shown = f"[input: {answered} answered, {len(still)} failed, 0 pending; 2 jobs]"
+    assert shown in status.stdout, status.stdout
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from ._jobs import (
     JobStatus,
     cleanup_files,
     collect_results,
+    earlier_uploads,
     refresh_lines,
     with_uploads_deleted,
 )
@@ -451,16 +452,26 @@ class _Runner:
         return list(dict.fromkeys(e.item.path for e in self.watch.inputs.values()))
 
     async def _delete_upload(self, entry: _Input) -> None:
+        """Delete the upload of the input's recorded job, and of the earlier jobs a round
+        completes: no job reads them any more."""
         line = self.jobs.journal.refresh().latest.get(entry.item.key)
-        name = line.get("uploaded_file_name") if line else None
-        if not isinstance(name, str) or not line or line.get("upload_deleted_at"):
+        if line is None:
             return
+        own = line.get("uploaded_file_name")
+        for earlier in earlier_uploads(line):
+            if earlier != own:
+                await self._delete_one_upload(earlier, entry.item.size_bytes)
+        if isinstance(own, str) and not line.get("upload_deleted_at"):
+            size = line.get("size_bytes")
+            await self._delete_one_upload(own, size if isinstance(size, int) else 0)
+
+    async def _delete_one_upload(self, name: str, size: int) -> None:
         try:
             await self.jobs.call(lambda: self.jobs.api.delete_file(name))
         except ApiError:
             return  # cleanup can do it later; the results are what matters
         await anyio.to_thread.run_sync(self.jobs.journal.rewrite, with_uploads_deleted({name}))
-        self.admission.release_bytes(entry.item.size_bytes)
+        self.admission.release_bytes(size)
 
     async def _ended_badly(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
         """Submit it again if allowed (its upload is reused), else report it and delete

@@ -46,7 +46,7 @@ from .._results import (
     result_targets,
     results_are_current,
 )
-from .._results._remainder import completed_jobs
+from .._results._remainder import completed_jobs, with_upload_deleted
 from .._retry import call_with_retries, describe
 from .._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
 
@@ -721,6 +721,7 @@ async def cleanup_files(
         # earlier cleanup) is not listed again, nor asked for again.
         if isinstance(upload, str) and is_upload_name(upload) and not line.get("upload_deleted_at"):
             targets.append((status.path, upload))
+        targets += [(status.path, name) for name in earlier_uploads(line) if name != upload]
         if outputs and status.output_file:
             targets.append((status.path, status.output_file))
     cleaned: list[Cleaned] = []
@@ -746,11 +747,18 @@ async def cleanup_files(
     return sorted(cleaned, key=lambda c: (c.path, c.file_name))
 
 
+def earlier_uploads(line: JobLine) -> list[str]:
+    """The uploads, not yet deleted, of the ended jobs a round's line completes."""
+    return [ref.upload for ref in completed_jobs(line) if ref.upload and is_upload_name(ref.upload)]
+
+
 def with_uploads_deleted(names: set[str]) -> Callable[[JobLine], JobLine]:
     """Record on each line that its upload is gone: it holds no storage any more."""
     when = datetime.now(timezone.utc).isoformat()
 
     def update(line: JobLine) -> JobLine:
+        if "completes" in line:  # a round: the uploads of the jobs it completes
+            line = with_upload_deleted(line, names, when)
         if line.get("uploaded_file_name") in names and not line.get("upload_deleted_at"):
             return {**line, "upload_deleted_at": when}
         return line

@@ -40,9 +40,16 @@ class JobRef:
     batch: str
     state: str
     output: str | None
+    #: Its upload, until deleted: no job reads it any more, so run and cleanup delete it.
+    upload: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "state": self.state, "output": self.output}
+        return {
+            "batch": self.batch,
+            "state": self.state,
+            "output": self.output,
+            "upload": self.upload,
+        }
 
     @classmethod
     def from_dict(cls, data: object) -> JobRef | None:
@@ -51,7 +58,24 @@ class JobRef:
         batch, state, output = data.get("batch"), data.get("state"), data.get("output")
         if not isinstance(batch, str) or not batch or not isinstance(state, str):
             return None
-        return cls(batch, state, output if isinstance(output, str) and output else None)
+        upload = data.get("upload")
+        if data.get("upload_deleted_at") or not isinstance(upload, str) or not upload:
+            upload = None
+        return cls(batch, state, output if isinstance(output, str) and output else None, upload)
+
+
+def with_upload_deleted(line: Mapping[str, Any], names: set[str], when: str) -> dict[str, Any]:
+    """A round's line with each completed job whose upload is in ``names`` marked deleted."""
+    refs = line.get("completes")
+    if not isinstance(refs, list):
+        return dict(line)
+    marked = [
+        {**ref, "upload_deleted_at": when}
+        if isinstance(ref, dict) and ref.get("upload") in names and not ref.get("upload_deleted_at")
+        else ref
+        for ref in refs
+    ]
+    return {**line, "completes": marked}
 
 
 def completed_jobs(line: Mapping[str, Any]) -> list[JobRef]:

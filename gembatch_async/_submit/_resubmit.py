@@ -106,7 +106,10 @@ async def _ended_chain(
         return None
     recorded = latest.get("batch")
     output = output_of_job(batch) or (output_of(recorded) if isinstance(recorded, dict) else None)
-    return [*completed_jobs(latest), JobRef(name, state, output)]
+    upload = latest.get("uploaded_file_name")
+    if latest.get("upload_deleted_at") or not isinstance(upload, str):
+        upload = None
+    return [*completed_jobs(latest), JobRef(name, state, output, upload)]
 
 
 async def _download_outputs(

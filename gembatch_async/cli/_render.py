@@ -178,9 +178,9 @@ def render_status(status: JobStatus) -> str:
             line += f", {stats.failed} failed"
     if status.batch_error:
         line += f" ({status.batch_error})"
-    counts = status.input_counts
-    if counts is not None:  # a round: the whole input, across its jobs
-        answered, failed, pending = counts
+    across = status.input_counts
+    if across is not None:  # a round: the whole input, across its jobs
+        answered, failed, pending = across
         line += f"  [input: {answered} answered, {failed} failed, {pending} pending;"
         line += f" {len(status.completes) + 1} jobs]"
     if status.notice:

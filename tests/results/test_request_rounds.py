@@ -152,12 +152,14 @@ def test_an_input_with_every_answer_is_not_sent_again(
 
 
 def _object_bytes(service: Service, uri: str) -> bytes:
+    assert service.storage is not None
     bucket, name = uri.removeprefix("gs://").split("/", 1)
     return bytes(_gcs(service.storage).bucket(bucket).blob(name).download_as_bytes())
 
 
 def _answered_keys(service: Service, folder: str) -> set[str]:
     """Keys the rows in a Vertex job's output folder answered (status "")."""
+    assert service.storage is not None
     bucket, prefix = folder.removeprefix("gs://").split("/", 1)
     keys: set[str] = set()
     for blob in _gcs(service.storage).list_blobs(bucket, prefix=prefix.rstrip("/") + "/"):

@@ -50,7 +50,7 @@ from .._events import (
 )
 from .._identity import display_name_for, submission_token, upload_id_for
 from .._inputs import InputFile, open_as_checked
-from .._journal import JobLine, Journal, batch_name_of, batch_state_of, input_sha256_of
+from .._journal import JobLine, Journal, batch_name_of, batch_state_of, unit_sha256_of
 from .._names import utf8_text
 from .._retry import OnRetry, call_with_retries, describe
 from .._settings import SubmitSettings
@@ -653,8 +653,7 @@ def _selection_fields(item: InputFile) -> JobLine:
 
 
 def _skipped(item: InputFile, latest: JobLine) -> _Completion:
-    # A round's line records the whole input's sha256 beside its own file's.
-    recorded = input_sha256_of(latest) if "carries" in latest else latest.get("sha256")
+    recorded = unit_sha256_of(latest)
     changed = isinstance(recorded, str) and recorded != item.sha256
     name, state = batch_name_of(latest), batch_state_of(latest)
     return _Completion(lambda n, total: FileSkipped(item.label, name, n, total, changed, state))

@@ -111,6 +111,11 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
         third = run_cli(["submit", "--retry-failed", "q.jsonl"], cwd=work, env=env)
         assert third.returncode == 0, third.stdout + third.stderr
         assert len(batches(emulator)) == 2
+        # A plain submit skips the input as recorded (its round's line is the newest),
+        # without calling it changed.
+        plain = run_cli(["submit", "q.jsonl"], cwd=work, env=env)
+        assert f"skipped q.jsonl (already submitted as {job2['name']})" in plain.stdout
+        assert "changed" not in plain.stdout
 
         download = run_cli(["download"], cwd=work, env=env)
         assert download.returncode == 0, download.stdout + download.stderr

@@ -50,6 +50,7 @@ from ._jobs import (
     with_uploads_deleted,
 )
 from ._results import ResultFile
+from ._results._remainder import round_of
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
@@ -367,6 +368,9 @@ class _Runner:
             return False
         if entry.resubmits_left <= 0 or self.stop.is_set():
             return False
+        line = self.jobs.journal.refresh().latest.get(entry.item.key)
+        if line is not None and round_of(line) >= self.settings.resubmits:
+            return False  # its rounds are used up: what it has are its results
         # A job that succeeded is looked at too, whatever its counts say: whether the
         # service counts per-request errors as failed requests is not documented, so
         # its outputs decide (see _submit._resubmit).

@@ -97,15 +97,18 @@ async def _ended_chain(
     """The input's jobs, oldest first, as they ended; None while the newest has not
     ended (or is gone: the whole file goes again, as before)."""
     name = batch_name_of(latest)
-    try:
-        batch = await call_with_retries(retry, lambda: api.get_batch(name))
-    except NotFoundApiError:
-        return None
-    state = batch.state.value if batch.state is not None else batch_state_of(latest)
+    recorded = latest.get("batch")
+    state = batch_state_of(latest)
+    output = output_of(recorded) if isinstance(recorded, dict) else None
+    if state not in END_STATES:  # as recorded; an ended state is trusted, as submit does
+        try:
+            batch = await call_with_retries(retry, lambda: api.get_batch(name))
+        except NotFoundApiError:
+            return None
+        state = batch.state.value if batch.state is not None else state
+        output = output_of_job(batch) or output
     if state not in END_STATES:
         return None
-    recorded = latest.get("batch")
-    output = output_of_job(batch) or (output_of(recorded) if isinstance(recorded, dict) else None)
     upload = latest.get("uploaded_file_name")
     if latest.get("upload_deleted_at") or not isinstance(upload, str):
         upload = None

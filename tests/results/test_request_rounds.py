@@ -276,3 +276,27 @@ def test_sigkill_between_a_rounds_create_and_its_journal_line_converges(tmp_path
     uploads = [f["name"] for f in state["files"] if f["source"] == "UPLOADED"]
     assert sorted(uploads) == sorted(used), "no upload without its batch"
     assert created["inputFile"] == round_line["uploaded_file_name"]
+
+
+def test_two_processes_make_one_round(tmp_path: Path) -> None:
+    """Two submit --retry-failed at once on one input: one round job between them (the
+    input's claim, then the journal re-read), one line for it."""
+    config = EmulatorConfig(
+        port=0, processing_seconds=0.6, request_errors=SHARE, fault_seed=SEED, latency_ms=30
+    )
+    write_requests(tmp_path / "q.jsonl", [f"t{i:02d}" for i in range(30)])
+    with EmulatorThread(config) as emulator:
+        env = cli_env(emulator)
+        assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
+        wait_until(lambda: all_ended(emulator))
+        command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", "q.jsonl"]
+        both = [
+            subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        for process in both:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        assert len(batches(emulator)) == 2
+    rounds = [line for line in read_journal(tmp_path / "job-info.jsonl") if "carries" in line]
+    assert len(rounds) == 1

@@ -127,6 +127,10 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
     got = rows(work / "results" / "q.jsonl")
     assert [row["key"] for row in got] == keys, "one answer per request, in input order"
     assert [i for i, row in enumerate(got) if "error" in row] == still
+    for i in still:  # the newest error is kept
+        newest = ERRORS.error_for(keys[i], i, batch_id(job2))
+        assert newest is not None
+        assert got[i]["error"]["code"] == newest["code"]
     failed_file = work / "results" / "q.failed.jsonl"
     if still:
         assert failed_file.read_bytes() == b"".join(lines[i] for i in still)

@@ -51,7 +51,8 @@ def test_share_of_requests_err_by_job_and_key_in_the_service_shape() -> None:
         second_job, second = output_of(emulator, requests(keys[::-1]))
     failing = {str(line["key"]) for line in first if "error" in line}
     again = {str(line["key"]) for line in second if "error" in line}
-    assert 60 < len(failing) < 140 and 60 < len(again) < 140
+    assert 60 < len(failing) < 140
+    assert 60 < len(again) < 140
     assert failing != again, "each job draws its own failures"
     assert failing - again, "some requests that failed in one job succeed in the next"
     expected = RequestErrors(0.25, 9)
@@ -99,9 +100,9 @@ def test_numeric_keys_is_off_by_default_and_numbers_keys_when_on() -> None:
     plain = EmulatorConfig(port=0, processing_seconds=0.3)
     numbered = EmulatorConfig(port=0, processing_seconds=0.3, numeric_keys=True)
     with EmulatorThread(plain) as emulator:
-        assert sorted(str(line["key"]) for line in output_of(emulator, requests(keys))[1]) == sorted(
-            keys
-        )
+        assert sorted(
+            str(line["key"]) for line in output_of(emulator, requests(keys))[1]
+        ) == sorted(keys)
     with EmulatorThread(numbered) as emulator:
         got = [line["key"] for line in output_of(emulator, requests(keys))[1]]
     assert sorted(got, key=str) == sorted([7, 2.5, -3, "x1", "1e999"], key=str)

@@ -16,6 +16,7 @@ import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -91,6 +92,18 @@ class Part:
     sha256: str
 
 
+class Selection(Protocol):
+    """Some requests of an input, sent as their own job (``_results._remainder``)."""
+
+    def copy(self, source: int, target: int, name: str) -> None:
+        """Write the selected lines of the input open at ``source`` to ``target``."""
+        ...
+
+    def line_fields(self, identity: str, input_sha256: str) -> dict[str, Any]:
+        """What the job's journal line records of the selection."""
+        ...
+
+
 @dataclass(frozen=True)
 class InputFile:
     """One input that passed pre-flight, with what was learned reading it."""
@@ -113,6 +126,9 @@ class InputFile:
     limits: JobLimits | None = None
     #: For one part: the sha256 of the whole input (``sha256`` is the part's).
     input_sha256: str = ""
+    #: Only these requests of the input are sent (its unanswered ones); ``sha256``,
+    #: ``size_bytes`` and ``count`` are then the selection's.
+    selection: Selection | None = None
 
     @property
     def key(self) -> str:
@@ -247,12 +263,29 @@ async def open_as_checked(item: InputFile) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def _source_path(item: InputFile, fd: int) -> AsyncIterator[str]:
+    if item.selection is not None:
+        async with _selected_copy(item, item.selection, fd) as path:
+            yield path
+        return
     if item.part is None:
         yield f"/dev/fd/{fd}" if _HAS_DEV_FD else item.path
         return
     handle, temp = tempfile.mkstemp(prefix="gembatch-part-", suffix=".jsonl")
     try:
         await anyio.to_thread.run_sync(_copy_part, fd, handle, item)
+        yield temp
+    finally:
+        os.close(handle)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+@contextlib.asynccontextmanager
+async def _selected_copy(item: InputFile, selection: Selection, fd: int) -> AsyncIterator[str]:
+    """The selected lines in a temporary file (TMPDIR), removed afterwards."""
+    handle, temp = tempfile.mkstemp(prefix="gembatch-requests-", suffix=".jsonl")
+    try:
+        await anyio.to_thread.run_sync(selection.copy, fd, handle, item.path)
         yield temp
     finally:
         os.close(handle)

@@ -33,6 +33,7 @@ from ._events import (
     Event,
     EventHandler,
     FileFailed,
+    FileSkipped,
     JobChanged,
     JobEnded,
     ResultsSaved,
@@ -46,12 +47,14 @@ from ._jobs import (
     JobStatus,
     cleanup_files,
     collect_results,
+    earlier_uploads,
     refresh_lines,
     with_uploads_deleted,
 )
 from ._jobs._listing import JobListing
 from ._jobs._pace import Pace
 from ._results import ResultFile
+from ._results._remainder import round_of
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
@@ -73,6 +76,9 @@ class _Input:
     resubmitting: bool = False
     #: Its job succeeded (a part waits here for the other parts of its input).
     succeeded: JobStatus | None = None
+    #: Sending its requests again found nothing to send (all answered, or its rounds
+    #: used up): its ended job's results are collected as they are.
+    rounds_done: bool = False
 
 
 @dataclass
@@ -117,12 +123,13 @@ async def run(
 ) -> RunSummary:
     """Submit every file under admission, then watch, download and clean up until done.
 
-    ``settings.retry_failed`` resubmits a job that ended FAILED, CANCELLED or
-    EXPIRED, at most ``resubmits`` times per file in this run. Setting ``stop``
-    starts nothing new and ends the run once in-flight files have settled.
-    ``webhooks`` asks for a dynamic webhook on each job and serves the receiver: a
-    delivery makes the watcher look at its job at once; polling every ``interval``
-    stays on as the fallback.
+    ``settings.retry_failed`` sends again the requests of an input that have no
+    answer (a job that ended FAILED, CANCELLED or EXPIRED, or answered some requests
+    with errors), at most ``resubmits`` times per file in this run and ``resubmits``
+    rounds per input in the journal. Setting ``stop`` starts nothing new and ends the
+    run once in-flight files have settled. ``webhooks`` asks for a dynamic webhook on
+    each job and serves the receiver: a delivery makes the watcher look at its job at
+    once; polling every ``interval`` stays on as the fallback.
     """
     settings = settings or SubmitSettings()
     if out_dir is not None:
@@ -130,7 +137,9 @@ async def run(
     retry_failed = settings.retry_failed
     # The watcher resubmits jobs that ended badly (earlier runs' too), counting each
     # time; the submit side only submits what the journal does not record.
-    settings = replace(settings, wait_for_capacity=True, dry_run=False, retry_failed=False)
+    settings = replace(
+        settings, wait_for_capacity=True, dry_run=False, retry_failed=False, resubmits=resubmits
+    )
     if webhooks is not None:
         if vertex is not None:  # the SDK refuses webhook_config for Vertex AI
             raise UsageError("--webhook-url works with the Gemini Developer API, not Vertex AI")
@@ -288,15 +297,24 @@ class _Runner:
         found = [e for e in self.watch.inputs.values() if e.item.identity == entry.item.identity]
         return sorted(found, key=lambda e: e.item.part.number if e.item.part else 0)
 
-    async def _resubmit(self, entry: _Input) -> None:
-        """A job of this run ended badly and may be tried again: one more submission."""
+    async def _resubmit(self, entry: _Input, ended: JobStatus | None = None) -> None:
+        """A job of this run ended badly, or left requests without an answer, and may be
+        tried again: one more submission (of those requests only, when some were
+        answered). When there is nothing to send, the ``ended`` job's results are
+        collected now."""
         again = self._submit_run(replace(self.settings, retry_failed=True))
+        again.emit = self._without_skips(again.emit)
         self.watch.submitting += 1
         try:
             tally = await again.run([entry.item])
             self.again = _SubmitTally(
                 self.again.submitted + tally.submitted, 0, self.again.failed + tally.failed
             )
+            if tally.skipped:  # nothing left to send: its results are what it has
+                entry.rounds_done = True
+                if ended is not None and (ended.state in RESULT_STATES or ended.completes):
+                    entry.succeeded = ended
+                    await self._collect(entry)
         finally:
             self.watch.submitting -= 1
             entry.resubmitting = False
@@ -384,12 +402,54 @@ class _Runner:
         if status.state not in END_STATES:
             return changed
         self.admission.job_ended(status.batch_name)  # a place in the window, and its tokens
-        if status.state in RESULT_STATES:
+        if self._may_send_again(entry, status):
+            self._send_again(entry, status, tg)
+        elif status.state in RESULT_STATES or status.completes:
             entry.succeeded = status
             await self._collect(entry)
         elif status.state in RETRYABLE_END_STATES:
             await self._ended_badly(entry, status, tg)
         return True
+
+    def _may_send_again(self, entry: _Input, status: JobStatus) -> bool:
+        """Whether the input's requests without an answer go again (request by request:
+        ``_submit._resubmit``); the parts of a split input go whole, as before."""
+        if entry.item.part is not None or entry.rounds_done:
+            return False
+        if entry.resubmits_left <= 0 or self.stop.is_set():
+            return False
+        line = self.jobs.journal.refresh().latest.get(entry.item.key)
+        if line is not None and round_of(line) >= self.settings.resubmits:
+            return False  # its rounds are used up: what it has are its results
+        # A job that succeeded is looked at too, whatever its counts say: whether the
+        # service counts per-request errors as failed requests is not documented, so
+        # its outputs decide (see _submit._resubmit).
+        return status.state in RETRYABLE_END_STATES or status.state in RESULT_STATES
+
+    def _send_again(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
+        """Start sending the input's unanswered requests (or the whole file) again; said
+        up front when the service's counts show some, else by the submission itself."""
+        unanswered = _unanswered_requests(status)
+        if status.state in RETRYABLE_END_STATES or unanswered:
+            reason = (
+                f"{unanswered} requests without an answer"
+                if unanswered and status.state not in RETRYABLE_END_STATES
+                else status.batch_error or status.state.removeprefix("JOB_STATE_").lower()
+            )
+            self.emit(JobEnded(entry.item.label, status.batch_name, status.state, reason, True))
+        entry.resubmits_left -= 1
+        entry.resubmitting = True
+        tg.start_soon(self._resubmit, entry, status)
+
+    @staticmethod
+    def _without_skips(emit: EventHandler) -> EventHandler:
+        """A resubmission that finds nothing to send says nothing (the results will)."""
+
+        def forward(event: Event) -> None:
+            if not isinstance(event, FileSkipped):
+                emit(event)
+
+        return forward
 
     async def _collect(self, entry: _Input) -> None:
         """Once every job of the input has succeeded (one, or one per part), write its
@@ -446,16 +506,26 @@ class _Runner:
         return list(dict.fromkeys(e.item.path for e in self.watch.inputs.values()))
 
     async def _delete_upload(self, entry: _Input) -> None:
+        """Delete the upload of the input's recorded job, and of the earlier jobs a round
+        completes: no job reads them any more."""
         line = self.jobs.journal.refresh().latest.get(entry.item.key)
-        name = line.get("uploaded_file_name") if line else None
-        if not isinstance(name, str) or not line or line.get("upload_deleted_at"):
+        if line is None:
             return
+        own = line.get("uploaded_file_name")
+        for earlier in earlier_uploads(line):
+            if earlier != own:
+                await self._delete_one_upload(earlier, entry.item.size_bytes)
+        if isinstance(own, str) and not line.get("upload_deleted_at"):
+            size = line.get("size_bytes")
+            await self._delete_one_upload(own, size if isinstance(size, int) else 0)
+
+    async def _delete_one_upload(self, name: str, size: int) -> None:
         try:
             await self.jobs.call(lambda: self.jobs.api.delete_file(name))
         except ApiError:
             return  # cleanup can do it later; the results are what matters
         await anyio.to_thread.run_sync(self.jobs.journal.rewrite, with_uploads_deleted({name}))
-        self.admission.release_bytes(entry.item.size_bytes)
+        self.admission.release_bytes(size)
 
     async def _ended_badly(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:
         """Submit it again if allowed (its upload is reused), else report it and delete
@@ -485,6 +555,15 @@ class _Runner:
 async def _then_cancel(wait: Callable[[], Awaitable[object]], scope: anyio.CancelScope) -> None:
     await wait()
     scope.cancel()
+
+
+def _unanswered_requests(status: JobStatus) -> int | None:
+    """Requests of an ended job without an answer, as the service counts them (None
+    when it gave no counts: then the outputs tell, see ``_submit._resubmit``)."""
+    stats = status.stats
+    if stats is None or not stats.requests:
+        return None
+    return stats.requests - stats.succeeded
 
 
 @dataclass(frozen=True)

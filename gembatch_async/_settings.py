@@ -60,6 +60,12 @@ class RetrySettings:
             raise UsageError("retry delays must be positive")
 
 
+#: Rounds of resending unanswered requests: per-request errors are mostly transient
+#: (python-genai#1341), so one more round answers most of them at the cost of one more
+#: job; a request that fails again stays in the failed-requests file with its error.
+DEFAULT_RESUBMITS = 1
+
+
 @dataclass(frozen=True)
 class SubmitSettings:
     """Everything one submit run needs besides the paths and the client."""
@@ -69,6 +75,9 @@ class SubmitSettings:
     mime_type: str = DEFAULT_MIME_TYPE
     force: bool = False
     retry_failed: bool = False
+    #: With ``retry_failed``: how many times an input's unanswered requests may be sent
+    #: again (rounds, counted in the journal across runs; see ``_results._remainder``).
+    resubmits: int = DEFAULT_RESUBMITS
     dry_run: bool = False
     retry: RetrySettings = field(default_factory=RetrySettings)
     #: How long in-flight files get to finish or clean up after a stop request
@@ -108,6 +117,8 @@ class SubmitSettings:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise UsageError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.resubmits < 0:
+            raise UsageError(f"resubmits must be at least 0, got {self.resubmits}")
         for problem in (model_problem(self.model), mime_type_problem(self.mime_type)):
             if problem is not None:
                 raise UsageError(problem)

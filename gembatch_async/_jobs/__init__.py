@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -46,6 +46,7 @@ from .._results import (
     result_targets,
     results_are_current,
 )
+from .._results._remainder import completed_jobs, with_upload_deleted
 from .._retry import call_with_retries, describe
 from .._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
 from ._listing import JobListing
@@ -91,6 +92,12 @@ class JobStatus:
     parts: int | None = None
     #: What was submitted (of this part): its size and sha256, as the journal records them.
     submitted: tuple[int, str] | None = None
+    #: For a job that sends an input's unanswered requests again (a round): the input's
+    #: earlier jobs it completes, oldest first; their answers and its own are one result.
+    completes: tuple[JobStatus, ...] = ()
+    #: For a round: requests in the input, and how many earlier jobs answered.
+    input_requests: int | None = None
+    answered_before: int = 0
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -101,6 +108,23 @@ class JobStatus:
     @property
     def done(self) -> bool:
         return self.state in END_STATES
+
+    @property
+    def input_counts(self) -> tuple[int, int, int] | None:
+        """For a round: the input's requests answered, failed and pending across all its
+        jobs (the last download's counts once there is one); None for any other job."""
+        if not self.completes or self.input_requests is None:
+            return None
+        total = self.input_requests
+        if self.results is not None:
+            return self.results.responses, total - self.results.responses, 0
+        stats = self.stats
+        answered = self.answered_before + (stats.succeeded if stats is not None else 0)
+        if self.done:
+            pending = 0
+        else:  # what this job carries and has not done yet
+            pending = stats.pending if stats is not None else total - self.answered_before
+        return answered, max(0, total - answered - pending), pending
 
     @property
     def created_at(self) -> float | None:
@@ -300,12 +324,36 @@ def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail)
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        **_round_fields(line, roots),
     )
 
 
+def _round_fields(line: JobLine, roots: Sequence[str]) -> dict[str, Any]:
+    """What a round's line adds to its status: the jobs it completes, and the counts."""
+    refs = completed_jobs(line)
+    if not refs:
+        return {}
+    location = input_location(line, roots)
+    total, before = line.get("input_requests"), line.get("answered_before")
+    return {
+        "completes": tuple(
+            JobStatus(
+                str(line["input_file"]), ref.batch, ref.state, None, ref.output, location=location
+            )
+            for ref in refs
+        ),
+        "input_requests": total if isinstance(total, int) else None,
+        "answered_before": before if isinstance(before, int) else 0,
+    }
+
+
 def _submitted(line: JobLine) -> tuple[int, str] | None:
-    """(size, sha256) of what the line's job was made from; None when not recorded."""
-    size, sha = line.get("size_bytes"), line.get("sha256")
+    """(size, sha256) of the input the line's job was made from; None when not recorded.
+    A round's line records its own file's and, beside them, the whole input's."""
+    if "carries" in line:
+        size, sha = line.get("input_size_bytes"), line.get("input_sha256")
+    else:
+        size, sha = line.get("size_bytes"), line.get("sha256")
     if isinstance(size, int) and not isinstance(size, bool) and isinstance(sha, str):
         return size, sha
     return None
@@ -347,6 +395,7 @@ def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = N
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        **_round_fields(line, roots),
     )
 
 
@@ -474,6 +523,8 @@ def ended_inputs(statuses: Sequence[JobStatus]) -> list[ResultFile]:
     quietly; ``submit --retry-failed`` runs it again."""
     ended: dict[str, ResultFile] = {}
     for status in statuses:
+        if status.completes:  # a round: its earlier jobs' answers are results
+            continue
         if status.state in END_STATES - RESULT_STATES and status.location not in ended:
             ended[status.location] = ResultFile(
                 status.path,
@@ -488,10 +539,12 @@ def ready_inputs(statuses: Sequence[JobStatus]) -> list[list[JobStatus]]:
     """Succeeded jobs by input: a whole file alone; a split input's parts together, in
     part order, once every one of them has succeeded (results are one file per input)."""
     groups: dict[tuple[str, int | None], list[JobStatus]] = {}
-    for status in statuses:
-        if status.state in RESULT_STATES and status.output_file:
-            groups.setdefault((status.location, status.parts), []).append(status)
     ready: list[list[JobStatus]] = []
+    for status in statuses:
+        if status.completes and status.done:  # a round: ready once it ended, however
+            ready.append([status])
+        elif status.state in RESULT_STATES and status.output_file:
+            groups.setdefault((status.location, status.parts), []).append(status)
     for (_, parts), members in groups.items():
         members.sort(key=lambda s: s.part or 0)
         if parts is None or [s.part for s in members] == list(range(1, parts + 1)):
@@ -561,15 +614,23 @@ async def _results_of(
     if not choice.force and await anyio.to_thread.run_sync(results_are_current, targets, newest):
         return _skipped(status, targets)
     submitted = [s.submitted for s in group]
+    rounds = len(group) == 1 and bool(status.completes)
     return await fetch_results(
         jobs.api,
-        list(group),
+        (_newest_first(status) or [status]) if rounds else list(group),
         targets,
         retry=jobs.retry,
         keep_raw=choice.keep_raw,
         limiter=choice.limiter,
         submitted=None if None in submitted else [s for s in submitted if s is not None],
+        superseding=rounds,
     )
+
+
+def _newest_first(status: JobStatus) -> list[JobStatus]:
+    """A round's job and the jobs it completes, newest first, those with an output: a
+    request's newest answer is the one its results keep (see ``fetch_results``)."""
+    return [s for s in (status, *reversed(status.completes)) if s.output_file]
 
 
 def _counts_by_batch(group: Sequence[JobStatus], result: ResultFile) -> dict[str, ResultCounts]:
@@ -680,6 +741,7 @@ async def cleanup_files(
         # earlier cleanup) is not listed again, nor asked for again.
         if isinstance(upload, str) and is_upload_name(upload) and not line.get("upload_deleted_at"):
             targets.append((status.path, upload))
+        targets += [(status.path, name) for name in earlier_uploads(line) if name != upload]
         if outputs and status.output_file:
             targets.append((status.path, status.output_file))
     cleaned: list[Cleaned] = []
@@ -705,11 +767,18 @@ async def cleanup_files(
     return sorted(cleaned, key=lambda c: (c.path, c.file_name))
 
 
+def earlier_uploads(line: JobLine) -> list[str]:
+    """The uploads, not yet deleted, of the ended jobs a round's line completes."""
+    return [ref.upload for ref in completed_jobs(line) if ref.upload and is_upload_name(ref.upload)]
+
+
 def with_uploads_deleted(names: set[str]) -> Callable[[JobLine], JobLine]:
     """Record on each line that its upload is gone: it holds no storage any more."""
     when = datetime.now(timezone.utc).isoformat()
 
     def update(line: JobLine) -> JobLine:
+        if "completes" in line:  # a round: the uploads of the jobs it completes
+            line = with_upload_deleted(line, names, when)
         if line.get("uploaded_file_name") in names and not line.get("upload_deleted_at"):
             return {**line, "upload_deleted_at": when}
         return line

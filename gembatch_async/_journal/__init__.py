@@ -172,6 +172,12 @@ def input_sha256_of(line: JobLine) -> str | None:
     return sha256 if isinstance(sha256, str) and "part" not in line else None
 
 
+def unit_sha256_of(line: JobLine) -> object:
+    """The sha256 of the input (or part) a line's job was made for: a round's line (one
+    with ``carries``) records its own file's sha256 and the whole input's beside it."""
+    return line.get("input_sha256") if "carries" in line else line.get("sha256")
+
+
 def batch_state_of(line: JobLine) -> str:
     """The last recorded state ("" when the line never had one, as in the older format)."""
     batch = line.get("batch")

@@ -51,7 +51,7 @@ import anyio.to_thread
 
 from .._backends import Backend
 from .._durable import fsync_folder
-from .._errors import ApiError, OutputError, Problem
+from .._errors import ApiError, NotFoundApiError, OutputError, Problem
 from .._keysort import SortedRecords
 from .._retry import call_with_retries, describe
 from .._settings import RetrySettings
@@ -454,12 +454,17 @@ def build_results(
     *,
     names: Sequence[str] | None = None,
     check: Check = _no_check,
+    superseding: bool = False,
 ) -> tuple[_Tally, Path, Path | None]:
     """Write the results (and failed requests) of ``input_path`` to temporaries of
     ``staging``: (what was found, results temp, failed temp or None).
 
     Raises :class:`OutputError` when an output line is malformed, ``OSError`` when a
     file cannot be read or written. ``check`` is called now and then (cancellation).
+
+    ``superseding``: the outputs are the jobs of one input's rounds, newest first (see
+    ``_remainder``): a request answered in several is no duplicate; its response is
+    kept, else its newest error.
     """
     files = _Outputs(outputs, names or [str(p) for p in outputs])
     tally = _Tally()
@@ -473,7 +478,7 @@ def build_results(
         _index_outputs(files, answers, keyless_answers, check)
         keyed = _index_inputs(input_path, requests, tally, check)
         tally.keyless = keyed == 0 and tally.requests > 0
-        _join(answers, requests, joined, tally, files, check)
+        _join(answers, requests, joined, tally, files, check, superseding)
         if tally.keyless:  # the n-th answer is the n-th request's
             in_order: Iterator[tuple[int, _Where]] = enumerate(
                 _WHERE.unpack(record) for record in keyless_answers
@@ -613,6 +618,7 @@ def _join(
     tally: _Tally,
     files: _Outputs,
     check: Check,
+    superseding: bool = False,
 ) -> None:
     """Match answers to requests on the key hash: (position, where) into ``joined``.
     A request with no answer leaves a gap; an answer with no request is unknown, and
@@ -632,7 +638,7 @@ def _join(
                 ambiguous = True
                 continue
             if not claimed:
-                tally.duplicates += answer[2]
+                tally.duplicates += 0 if superseding else answer[2]
                 claimed = True
             joined.add(_JOINED.pack(position, *answer[1]))
     while answer is not None:
@@ -906,11 +912,15 @@ async def fetch_results(
     keep_raw: bool = False,
     limiter: anyio.CapacityLimiter | None = None,
     submitted: Sequence[tuple[int, str]] | None = None,
+    superseding: bool = False,
 ) -> ResultFile:
     """Download a succeeded job's output and write its results (see the module doc).
 
     ``job`` may be the jobs of every part of a split input, in part order: their
-    outputs are merged into one results file in the input's order.
+    outputs are merged into one results file in the input's order. With
+    ``superseding``, they are the jobs of one input's rounds, newest first (see
+    :func:`build_results`); an output that is not there (a job that ended before it
+    answered anything) is left out.
 
     ``submitted`` is (size, sha256) of what each job was made from, as the journal
     records it. When the input no longer holds exactly that, its lines are not what
@@ -935,17 +945,25 @@ async def fetch_results(
     raws: list[Path] = []
     try:
         await anyio.to_thread.run_sync(staging.prepare)
+        names: list[str] = []
         for name in outputs:
             assert name is not None
             raw = await anyio.to_thread.run_sync(staging.new, "raw")
+            try:
+                await _download(api, retry, name, raw)
+            except NotFoundApiError:
+                if not superseding:
+                    raise
+                continue
             raws.append(raw)
-            await _download(api, retry, name, raw)
+            names.append(name)
         tally, results, failed = await anyio.to_thread.run_sync(
             _build_checked,
             targets.input_path,
             raws,
-            [name for name in outputs if name],
+            names,
             staging,
+            superseding,
             limiter=limiter,
         )
         change = None
@@ -1018,10 +1036,15 @@ async def _download(api: Backend, retry: RetrySettings | None, name: str, target
 
 
 def _build_checked(
-    input_path: str, raws: list[Path], names: list[str], staging: Staging
+    input_path: str, raws: list[Path], names: list[str], staging: Staging, superseding: bool
 ) -> tuple[_Tally, Path, Path | None]:
     return build_results(
-        input_path, raws, staging, names=names, check=anyio.from_thread.check_cancelled
+        input_path,
+        raws,
+        staging,
+        names=names,
+        check=anyio.from_thread.check_cancelled,
+        superseding=superseding,
     )
 
 

@@ -36,7 +36,14 @@ from .._errors import (
 )
 from .._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
 from .._inputs import InputFile, JobLimits, Part, check_regular_file, scan_inputs, unique_paths
-from .._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
+from .._journal import (
+    JobLine,
+    Journal,
+    JournalView,
+    batch_name_of,
+    batch_state_of,
+    unit_sha256_of,
+)
 from .._names import path_problem
 from .._retry import call_with_retries, describe
 from .._schema import BATCH_METHODS
@@ -479,7 +486,7 @@ def _report_without_api(
     for n, item in enumerate(items, start=1):
         latest = _recorded_line(item, view)
         if latest is not None and _recorded(item, view, settings):
-            changed = latest.get("sha256") not in (None, item.sha256)
+            changed = unit_sha256_of(latest) not in (None, item.sha256)
             name, state = batch_name_of(latest), batch_state_of(latest)
             on_event(FileSkipped(item.label, name, n, len(items), changed, state))
             skipped += 1

@@ -51,12 +51,13 @@ from .._events import (
 )
 from .._identity import display_name_for, submission_token, upload_id_for
 from .._inputs import InputFile, open_as_checked
-from .._journal import JobLine, Journal, batch_name_of, batch_state_of
+from .._journal import JobLine, Journal, batch_name_of, batch_state_of, unit_sha256_of
 from .._names import utf8_text
 from .._retry import OnRetry, call_with_retries, describe
 from .._settings import SubmitSettings
 from .._webhooks import dynamic_webhook
 from ._lookup import BatchIndex
+from ._resubmit import NothingToSend, unanswered
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -315,7 +316,13 @@ class SubmitRun:
             if self.stop.is_set() or self.halted:
                 return None  # counted as not started at the end
             try:
-                if latest is not None and not await self._should_resubmit(latest):
+                narrowed = await self._unanswered(item, latest)
+                if isinstance(narrowed, NothingToSend):
+                    assert latest is not None, "only a recorded input is narrowed"
+                    return _skipped(item, latest)
+                if narrowed is not None:
+                    item = narrowed  # a round: only the requests without an answer
+                elif latest is not None and not await self._should_resubmit(latest):
                     return _skipped(item, latest)
             except ApiError as exc:
                 return _failed(
@@ -363,6 +370,17 @@ class SubmitRun:
         upload_id = upload_id_for(scope, item.key, item.sha256)
         token = submission_token(upload_id, self.settings.model_resource, generation)
         return Submission(item, upload_id, token, self.api.upload_name(upload_id))
+
+    async def _unanswered(
+        self, item: InputFile, latest: JobLine | None
+    ) -> InputFile | NothingToSend | None:
+        """With --retry-failed, the input narrowed to its requests without an answer
+        (see ``_resubmit``); None when the whole file is decided as before."""
+        if latest is None or self.settings.force or not self.settings.retry_failed:
+            return None
+        return await unanswered(
+            self.api, self.settings.retry, item, latest, self.settings.resubmits
+        )
 
     async def _should_resubmit(self, latest: JobLine) -> bool:
         if self.settings.force:
@@ -585,6 +603,7 @@ class SubmitRun:
             "input_file": sub.item.path,
             "input_identity": sub.item.identity,
             **_part_fields(sub.item),
+            **_selection_fields(sub.item),
             "journal_id": self.journal.scope_id,
             "count": sub.item.count,
             "uploaded_file_name": sub.upload_name,
@@ -629,8 +648,15 @@ def _part_fields(item: InputFile) -> JobLine:
     return fields
 
 
+def _selection_fields(item: InputFile) -> JobLine:
+    """A round's line: which requests of the input its job carries (``_resubmit``)."""
+    if item.selection is None:
+        return {}
+    return item.selection.line_fields(item.identity, item.input_sha256)
+
+
 def _skipped(item: InputFile, latest: JobLine) -> _Completion:
-    recorded = latest.get("sha256")
+    recorded = unit_sha256_of(latest)
     changed = isinstance(recorded, str) and recorded != item.sha256
     name, state = batch_name_of(latest), batch_state_of(latest)
     return _Completion(lambda n, total: FileSkipped(item.label, name, n, total, changed, state))

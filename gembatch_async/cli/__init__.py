@@ -52,6 +52,7 @@ from .._settings import (
     DEFAULT_CONCURRENCY,
     DEFAULT_JOB_INFO,
     DEFAULT_MIME_TYPE,
+    DEFAULT_RESUBMITS,
     ENQUEUED_TOKEN_QUOTA_ENV,
     JOB_WINDOW,
     JOB_WINDOW_ENV,
@@ -294,13 +295,6 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="DIR",
         help="mirror the inputs' paths under DIR (default: <input dir>/results/<input name>)",
     )
-    run.add_argument(
-        "--resubmits",
-        type=_at_least(0),
-        default=1,
-        metavar="N",
-        help="with --retry-failed: times a file may be submitted again in one run (default 1)",
-    )
 
 
 def _add_submit_options(sub: argparse.ArgumentParser) -> None:
@@ -325,7 +319,17 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--retry-failed",
         action="store_true",
-        help="submit again files whose batch ended FAILED, CANCELLED or EXPIRED",
+        help="send again the requests without an answer: of jobs that ended FAILED, "
+        "CANCELLED or EXPIRED, and those a job answered with an error",
+    )
+    sub.add_argument(
+        "--resubmits",
+        type=_at_least(0),
+        default=DEFAULT_RESUBMITS,
+        metavar="N",
+        help="with --retry-failed: times an input's unanswered requests may be sent again, "
+        "counted in the journal (and, for run, times a file is submitted again in one run) "
+        f"(default {DEFAULT_RESUBMITS})",
     )
     sub.add_argument(
         "--max-requests-per-job",
@@ -528,7 +532,7 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         default=0.0,
         metavar="P",
         help="share of requests (0-1) answered with a per-request error line, "
-        "chosen by a hash of --fault-seed and the request's key (default: 0)",
+        "chosen by a hash of --fault-seed, the job and the request's key (default: 0)",
     )
     emu.add_argument(
         "--max-unfinished-batches",
@@ -671,6 +675,7 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         mime_type=args.mime_type,
         force=getattr(args, "force", False),
         retry_failed=args.retry_failed,
+        resubmits=args.resubmits,
         dry_run=getattr(args, "dry_run", False),
         retry=retry,
         cleanup_seconds=args.grace,

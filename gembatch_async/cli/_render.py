@@ -181,6 +181,11 @@ def render_status(status: JobStatus) -> str:
             line += f", {stats.failed} failed"
     if status.batch_error:
         line += f" ({status.batch_error})"
+    across = status.input_counts
+    if across is not None:  # a round: the whole input, across its jobs
+        answered, failed, pending = across
+        line += f"  [input: {answered} answered, {failed} failed, {pending} pending;"
+        line += f" {len(status.completes) + 1} jobs]"
     if status.notice:
         line += f"  [{status.notice}]"
     if status.error:

@@ -51,7 +51,7 @@ class EmulatorConfig:
     #: the service refuse a file that pre-flight (the schema) accepts.
     refused_fields: tuple[str, ...] = ()
     # Share of requests (0..1) answered by a per-request error line, chosen by a hash
-    # of fault_seed and the request's key (see _request_errors).
+    # of fault_seed, the job and the request's key (see _request_errors).
     request_errors: float = 0.0
     #: Test only: output keys that read as numbers written as JSON numbers ("000007" -> 7).
     #: Reported for the real service, unconfirmed (see _numeric_keys); off by default.

@@ -1,8 +1,11 @@
 """Per-request errors on purpose (``--request-errors P``): which requests fail, and how.
 
-A request fails when a hash of the seed and its key falls under P, so the same input
-fails the same requests on every run, in any order, and a test can tell which. Lines
-without a key are chosen by their position instead. A failed request's output line is
+A request fails when a hash of the seed, the job and its key falls under P: the same
+job fails the same requests however often its output is made, in any order, and a test
+can tell which; another job (a resubmission of the failed requests) draws again, as on
+the service, whose per-request errors are mostly transient: code 13 INTERNAL says
+"Please retry", and python-genai#1341 reports such errors in batch output for requests
+that do not fail when sent again elsewhere. Lines without a key are chosen by their position instead. A failed request's output line is
 ``{"key": ..., "error": {"code": ..., "message": ...}}``: a google.rpc.Status with a
 gRPC code, as the service writes it (python-genai#1341 shows one: code 13).
 """
@@ -25,27 +28,27 @@ _ERRORS: tuple[dict[str, Any], ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class RequestErrors:
-    """The share of requests that come back as errors, chosen by (seed, key)."""
+    """The share of requests that come back as errors, chosen by (seed, job, key)."""
 
     share: float = 0.0
     seed: int | None = None
 
-    def error_for(self, key: object, position: int) -> dict[str, Any] | None:
-        """The error this request gets, or None when it is answered."""
+    def error_for(self, key: object, position: int, job: str) -> dict[str, Any] | None:
+        """The error this request gets in ``job`` (its id), or None when it is answered."""
         if self.share <= 0:
             return None
         name = key if isinstance(key, str) else f"#position {position}"
-        text = f"{self.seed or 0}\0{name}".encode("utf-8", "surrogatepass")
+        text = f"{self.seed or 0}\0{job}\0{name}".encode("utf-8", "surrogatepass")
         digest = hashlib.blake2b(text, digest_size=8).digest()
         if int.from_bytes(digest[:7], "big") / 2**56 >= self.share:
             return None
         return dict(_ERRORS[digest[7] % len(_ERRORS)])
 
-    def apply(self, result: dict[str, Any], position: int) -> dict[str, Any]:
+    def apply(self, result: dict[str, Any], position: int, job: str) -> dict[str, Any]:
         """The output line with its response replaced by an error, if this request errs."""
         if "response" not in result:
             return result
-        error = self.error_for(result.get("key"), position)
+        error = self.error_for(result.get("key"), position, job)
         if error is None:
             return result
         return {**({"key": result["key"]} if "key" in result else {}), "error": error}

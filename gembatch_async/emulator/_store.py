@@ -484,7 +484,7 @@ def generate_output_blocking(
             for position, raw in window:
                 result = line_result(raw, batch_id, model, position, kind)
                 if request_errors is not None:
-                    result = request_errors.apply(result, position)
+                    result = request_errors.apply(result, position, batch_id)
                 if numeric_keys:  # test only: see _numeric_keys
                     result = numerified(result)
                 line = json.dumps(result).encode() + b"\n"

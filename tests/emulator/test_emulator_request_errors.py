@@ -1,4 +1,4 @@
-"""The emulator's --request-errors: a share of requests, chosen by key, answered with an error."""
+"""The emulator's --request-errors: a share of requests, chosen by job and key, answered with an error."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from tests.emulator.test_emulator_support import MODEL, sync_client
 from ..helpers import cli_env, run_cli
 
 
-def output_of(emulator: RunningEmulator, data: bytes) -> list[dict[str, object]]:
-    """Run one file batch to the end; its output lines."""
+def output_of(emulator: RunningEmulator, data: bytes) -> tuple[str, list[dict[str, object]]]:
+    """Run one file batch to the end; its id and output lines."""
     client = sync_client(emulator)
     source = client.files.upload(file=io.BytesIO(data), config={"mime_type": "jsonl"})
     assert source.name is not None
@@ -29,7 +29,7 @@ def output_of(emulator: RunningEmulator, data: bytes) -> list[dict[str, object]]
         time.sleep(0.05)
     assert done.dest.file_name is not None
     text = client.files.download(file=done.dest.file_name)
-    return [json.loads(line) for line in text.splitlines()]
+    return job.name.removeprefix("batches/"), [json.loads(line) for line in text.splitlines()]
 
 
 def requests(keys: list[str]) -> bytes:
@@ -40,18 +40,24 @@ def requests(keys: list[str]) -> bytes:
     )
 
 
-def test_share_of_requests_err_by_key_in_the_service_shape() -> None:
-    """About P of the requests, the same ones in every batch and order, as {key, error}."""
+def test_share_of_requests_err_by_job_and_key_in_the_service_shape() -> None:
+    """About P of the requests, chosen by the job and the key (not the order), as {key,
+    error}; another job of the same requests (a resubmission) draws again, so a request
+    that failed once can succeed, as on the service (python-genai#1341)."""
     keys = [f"k{i}" for i in range(400)]
     config = EmulatorConfig(port=0, processing_seconds=0.3, request_errors=0.25, fault_seed=9)
     with EmulatorThread(config) as emulator:
-        first = output_of(emulator, requests(keys))
-        second = output_of(emulator, requests(keys[::-1]))
+        first_job, first = output_of(emulator, requests(keys))
+        second_job, second = output_of(emulator, requests(keys[::-1]))
     failing = {str(line["key"]) for line in first if "error" in line}
+    again = {str(line["key"]) for line in second if "error" in line}
     assert 60 < len(failing) < 140
-    assert failing == {str(line["key"]) for line in second if "error" in line}
+    assert 60 < len(again) < 140
+    assert failing != again, "each job draws its own failures"
+    assert failing - again, "some requests that failed in one job succeed in the next"
     expected = RequestErrors(0.25, 9)
-    assert failing == {k for i, k in enumerate(keys) if expected.error_for(k, i) is not None}
+    assert failing == {k for i, k in enumerate(keys) if expected.error_for(k, i, first_job)}
+    assert again == {k for i, k in enumerate(keys) if expected.error_for(k, i, second_job)}
     errors = [line for line in first if "error" in line]
     assert all(set(line) == {"key", "error"} for line in errors)
     assert {line["error"]["code"] for line in errors} == {13, 8}  # type: ignore[index]
@@ -63,9 +69,14 @@ def test_seed_changes_which_requests_err() -> None:
     """Another seed, another set of failing keys; share 0 and 1 are none and all."""
     keys = [f"k{i}" for i in range(200)]
     one, other = RequestErrors(0.3, 1), RequestErrors(0.3, 2)
-    assert {k for k in keys if one.error_for(k, 0)} != {k for k in keys if other.error_for(k, 0)}
-    assert not any(RequestErrors(0.0, 1).error_for(k, 0) for k in keys)
-    assert all(RequestErrors(1.0, 1).error_for(k, 0) for k in keys)
+    assert {k for k in keys if one.error_for(k, 0, "j")} != {
+        k for k in keys if other.error_for(k, 0, "j")
+    }
+    assert {k for k in keys if one.error_for(k, 0, "j")} == {
+        k for k in keys if one.error_for(k, 5, "j")
+    }, "chosen by key, not by position"
+    assert not any(RequestErrors(0.0, 1).error_for(k, 0, "j") for k in keys)
+    assert all(RequestErrors(1.0, 1).error_for(k, 0, "j") for k in keys)
 
 
 @pytest.mark.parametrize("share", ["2", "-0.1", "nan", "x"])
@@ -89,9 +100,9 @@ def test_numeric_keys_is_off_by_default_and_numbers_keys_when_on() -> None:
     plain = EmulatorConfig(port=0, processing_seconds=0.3)
     numbered = EmulatorConfig(port=0, processing_seconds=0.3, numeric_keys=True)
     with EmulatorThread(plain) as emulator:
-        assert sorted(str(line["key"]) for line in output_of(emulator, requests(keys))) == sorted(
-            keys
-        )
+        assert sorted(
+            str(line["key"]) for line in output_of(emulator, requests(keys))[1]
+        ) == sorted(keys)
     with EmulatorThread(numbered) as emulator:
-        got = [line["key"] for line in output_of(emulator, requests(keys))]
+        got = [line["key"] for line in output_of(emulator, requests(keys))[1]]
     assert sorted(got, key=str) == sorted([7, 2.5, -3, "x1", "1e999"], key=str)

@@ -167,13 +167,14 @@ def test_failed_requests_are_written_ready_to_submit_again(
     submit(emulator, tmp_path, "q.jsonl")
     result = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 0, result.stderr  # errors the service wrote are results
-    erring = [i for i, key in enumerate(keys) if ERRORS.error_for(key, i) is not None]
+    job = job_of(emulator, "q.jsonl")
+    erring = [i for i, key in enumerate(keys) if ERRORS.error_for(key, i, job) is not None]
     assert 5 < len(erring) < 30
     failed = tmp_path / "results" / "q.failed.jsonl"
     assert failed.read_bytes() == b"".join(lines[i] for i in erring)
     got = rows(tmp_path / "results" / "q.jsonl")
     assert [i for i, row in enumerate(got) if "error" in row] == erring
-    codes = {f"{ERRORS.error_for(keys[i], i)['code']}" for i in erring}  # type: ignore[index]
+    codes = {f"{ERRORS.error_for(keys[i], i, job)['code']}" for i in erring}  # type: ignore[index]
     assert codes <= {"13", "8"}
     assert f"{len(erring)} failed (" in result.stdout
     assert "13 INTERNAL" in result.stdout or "8 RESOURCE_EXHAUSTED" in result.stdout
@@ -550,8 +551,17 @@ def test_keys_the_service_wrote_as_numbers_are_matched_only_when_unambiguous(
     assert "2 of them with a key the service wrote as a number" in result.stdout
 
 
-def erring_lines(lines: list[bytes], keys: list[str]) -> bytes:
-    return b"".join(line for i, line in enumerate(lines) if ERRORS.error_for(keys[i], i))
+def job_of(emulator: RunningEmulator, name: str) -> str:
+    """The id of the one batch made for the input ``name`` (its display name starts so)."""
+    (batch,) = [
+        b for b in emulator.state()["batches"] if str(b["displayName"]).startswith(name + " [")
+    ]
+    return str(batch["name"]).removeprefix("batches/")
+
+
+def erring_lines(lines: list[bytes], keys: list[str], job: str) -> bytes:
+    """The input lines of the requests --request-errors fails in ``job``."""
+    return b"".join(line for i, line in enumerate(lines) if ERRORS.error_for(keys[i], i, job))
 
 
 @WITH_ERRORS
@@ -570,13 +580,15 @@ def test_inputs_with_one_stem_keep_their_own_failed_requests(
         result = run_cli(["download", name], cwd=tmp_path, env=cli_env(emulator))
         assert result.returncode == 0, result.stdout + result.stderr
     results = tmp_path / "results"
-    assert (results / "q.failed.jsonl").read_bytes() == erring_lines(q_lines, q_keys)
-    assert (results / "q.txt.failed.jsonl").read_bytes() == erring_lines(t_lines, t_keys)
+    q_failed = erring_lines(q_lines, q_keys, job_of(emulator, "q.jsonl"))
+    assert (results / "q.failed.jsonl").read_bytes() == q_failed
+    t_failed = erring_lines(t_lines, t_keys, job_of(emulator, "q.txt"))
+    assert (results / "q.txt.failed.jsonl").read_bytes() == t_failed
     clash = run_cli(["download", "q.failed.jsonl"], cwd=tmp_path, env=cli_env(emulator))
     assert clash.returncode == 1
     assert "refused: " in clash.stdout
     assert "belongs to the results of q.jsonl" in clash.stdout
-    assert (results / "q.failed.jsonl").read_bytes() == erring_lines(q_lines, q_keys)
+    assert (results / "q.failed.jsonl").read_bytes() == q_failed
     aside = run_cli(
         ["download", "--out", "aside", "q.failed.jsonl"], cwd=tmp_path, env=cli_env(emulator)
     )

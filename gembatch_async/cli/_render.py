@@ -146,18 +146,19 @@ def render_run_summary(summary: RunSummary) -> str:
 
 
 def _failed_requests_note(summary: RunSummary, shown: int = 5) -> list[str]:
-    """Where a run's failed requests are and how to send them again: a failed-requests
-    file holds their input lines byte for byte, so it is an input as it stands."""
+    """Where a run's failed requests are and how to send them again: ``--retry-failed``
+    sends only the requests without an answer and merges their answers into the same
+    results files (``_submit._resubmit``)."""
     paths = [_shown(path) for path in summary.failed_paths]
     if not summary.failed_requests or not paths:
         return []
     listed = ", ".join(paths[:shown]) + (
         f" and {len(paths) - shown} more" if len(paths) > shown else ""
     )
-    files = " ".join(paths) if len(paths) <= shown else "FILE... (those files)"
     return [
         f"{summary.failed_requests} failed requests have no response; their input lines are in "
-        f"{listed}; to send them again: gembatch-async run {files}"
+        f"{listed}; to send only them again: the same command with --retry-failed "
+        "(each input gets --resubmits rounds, default 1)"
     ]
 
 

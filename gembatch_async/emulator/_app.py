@@ -508,6 +508,7 @@ class EmulatorApp:
                 batch.kind,
                 RequestErrors(self.config.request_errors, self.config.fault_seed),
                 self.config.numeric_keys,
+                self.store.request_errors_draw(batch),
             )
             self.store.register_output(batch, size, digest)
 
@@ -791,6 +792,7 @@ class EmulatorApp:
             snapshot.unlink(missing_ok=True)
             raise refusal
         batch.input_file = record.name
+        batch.input_sha256 = record.sha256_hash
         batch.tokens = max(1, record.size_bytes // 4)
         batch.request_count = scan.requests
         batch.malformed_count = scan.malformed
@@ -905,6 +907,8 @@ class EmulatorApp:
                 "outputFile": b.output_file,
                 "requestCount": b.request_count,
                 "createTime": rfc3339(b.create_time),
+                # Which requests --request-errors fails in this job (tests predict them).
+                "requestErrorsDraw": self.store.request_errors_draw(b),
             }
             for b in self.store.batches.values()
         ]

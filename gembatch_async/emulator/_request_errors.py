@@ -1,8 +1,10 @@
 """Per-request errors on purpose (``--request-errors P``): which requests fail, and how.
 
-A request fails when a hash of the seed, the job and its key falls under P: the same
-job fails the same requests however often its output is made, in any order, and a test
-can tell which; another job (a resubmission of the failed requests) draws again, as on
+A request fails when a hash of the seed, the job's draw and its key falls under P. A
+job's draw is its input's bytes and how many jobs were made from the same bytes before
+(``draw_of``): the same job fails the same requests however often its output is made, in
+any order, a fresh emulator fails the same requests of the same inputs (a demo with a
+seed is repeatable), and a test can tell which; another job (a resubmission) draws again, as on
 the service, whose per-request errors are mostly transient: code 13 INTERNAL says
 "Please retry", and python-genai#1341 reports such errors in batch output for requests
 that do not fail when sent again elsewhere. Lines without a key are chosen by their position instead. A failed request's output line is
@@ -24,6 +26,12 @@ _ERRORS: tuple[dict[str, Any], ...] = (
     },
     {"code": 8, "message": "Resource has been exhausted (e.g. check quota)."},
 )
+
+
+def draw_of(input_sha256: str, earlier: int) -> str:
+    """The draw of a job whose input has this sha256Hash, after ``earlier`` jobs of the
+    same bytes."""
+    return f"{input_sha256}#{earlier}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import IO, Any
 from gembatch_async._schema import GENERATE
 from gembatch_async.emulator._errors import ApiError, generic_quota_error
 from gembatch_async.emulator._numeric_keys import numerified
-from gembatch_async.emulator._request_errors import RequestErrors
+from gembatch_async.emulator._request_errors import RequestErrors, draw_of
 from gembatch_async.emulator._responses import (
     line_error,
     line_result,
@@ -94,6 +94,9 @@ class BatchRecord:
     #: Set by the end-batch scenario: the job FAILED or EXPIRED at end_time.
     end_state: str | None = None
     end_time: float | None = None
+    #: The input file's sha256Hash: with the jobs made earlier from the same bytes, it
+    #: picks which requests --request-errors fails (see request_errors_draw).
+    input_sha256: str = ""
 
     @property
     def name(self) -> str:
@@ -164,6 +167,21 @@ class Store:
     def blob_path(self, file_id: str) -> pathlib.Path:
         """Where a stored file's contents live."""
         return self.root / "blobs" / file_id
+
+    def request_errors_draw(self, batch: BatchRecord) -> str:
+        """What ``--request-errors`` draws a job's failures by: its input's bytes and how
+        many jobs were made from the same bytes before it. Deterministic for a seed (the
+        same inputs fail the same requests in a fresh emulator, whatever the random batch
+        ids), yet a job sent again with the same bytes draws anew, as on the service."""
+        if not batch.input_sha256:
+            return batch.batch_id  # inline requests: one draw per job
+        earlier = sum(
+            1
+            for other in self.batches.values()
+            if other.input_sha256 == batch.input_sha256
+            and (other.create_time, other.batch_id) < (batch.create_time, batch.batch_id)
+        )
+        return draw_of(batch.input_sha256, earlier)
 
     def batch_input_path(self, batch_id: str) -> pathlib.Path:
         """A batch's private snapshot of its input file (a hard link when possible)."""
@@ -473,6 +491,7 @@ def generate_output_blocking(
     kind: str = GENERATE,
     request_errors: RequestErrors | None = None,
     numeric_keys: bool = False,
+    draw: str | None = None,
 ) -> tuple[int, str]:
     """Write the output JSONL for a batch; returns (size, sha256 hex). Streams both files."""
     rng = random.Random(batch_id)  # deterministic order per batch
@@ -484,7 +503,7 @@ def generate_output_blocking(
             for position, raw in window:
                 result = line_result(raw, batch_id, model, position, kind)
                 if request_errors is not None:
-                    result = request_errors.apply(result, position, batch_id)
+                    result = request_errors.apply(result, position, draw or batch_id)
                 if numeric_keys:  # test only: see _numeric_keys
                     result = numerified(result)
                 line = json.dumps(result).encode() + b"\n"

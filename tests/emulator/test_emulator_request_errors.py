@@ -17,7 +17,7 @@ from ..helpers import cli_env, run_cli
 
 
 def output_of(emulator: RunningEmulator, data: bytes) -> tuple[str, list[dict[str, object]]]:
-    """Run one file batch to the end; its id and output lines."""
+    """Run one file batch to the end; its request-errors draw and output lines."""
     client = sync_client(emulator)
     source = client.files.upload(file=io.BytesIO(data), config={"mime_type": "jsonl"})
     assert source.name is not None
@@ -29,7 +29,8 @@ def output_of(emulator: RunningEmulator, data: bytes) -> tuple[str, list[dict[st
         time.sleep(0.05)
     assert done.dest.file_name is not None
     text = client.files.download(file=done.dest.file_name)
-    return job.name.removeprefix("batches/"), [json.loads(line) for line in text.splitlines()]
+    (batch,) = [b for b in emulator.state()["batches"] if b["name"] == job.name]
+    return str(batch["requestErrorsDraw"]), [json.loads(line) for line in text.splitlines()]
 
 
 def requests(keys: list[str]) -> bytes:
@@ -106,3 +107,18 @@ def test_numeric_keys_is_off_by_default_and_numbers_keys_when_on() -> None:
     with EmulatorThread(numbered) as emulator:
         got = [line["key"] for line in output_of(emulator, requests(keys))[1]]
     assert sorted(got, key=str) == sorted([7, 2.5, -3, "x1", "1e999"], key=str)
+
+
+def test_the_same_inputs_fail_the_same_requests_in_a_fresh_emulator() -> None:
+    """Failures are drawn by the input's bytes (not the random batch id): a demo with a seed
+    repeats; a second job of the same bytes (a resubmission) draws anew."""
+    keys = [f"k{i}" for i in range(200)]
+    config = EmulatorConfig(port=0, processing_seconds=0.2, request_errors=0.25, fault_seed=3)
+    runs = []
+    for _ in range(2):
+        with EmulatorThread(config) as emulator:
+            outputs = [output_of(emulator, requests(keys))[1] for _ in range(2)]
+        runs.append([{str(line["key"]) for line in out if "error" in line} for out in outputs])
+    assert runs[0] == runs[1], "a fresh emulator fails the same requests of the same inputs"
+    first, second = runs[0]
+    assert first and second and first != second, "a second job of the same bytes draws anew"

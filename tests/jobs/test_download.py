@@ -552,11 +552,12 @@ def test_keys_the_service_wrote_as_numbers_are_matched_only_when_unambiguous(
 
 
 def job_of(emulator: RunningEmulator, name: str) -> str:
-    """The id of the one batch made for the input ``name`` (its display name starts so)."""
+    """The request-errors draw of the one batch made for the input ``name`` (its display
+    name starts so): what picks its failing requests."""
     (batch,) = [
         b for b in emulator.state()["batches"] if str(b["displayName"]).startswith(name + " [")
     ]
-    return str(batch["name"]).removeprefix("batches/")
+    return str(batch["requestErrorsDraw"])
 
 
 def erring_lines(lines: list[bytes], keys: list[str], job: str) -> bytes:

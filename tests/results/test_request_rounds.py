@@ -49,8 +49,9 @@ def all_ended(emulator: RunningEmulator) -> bool:
     return all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in batches(emulator))
 
 
-def batch_id(batch: dict[str, Any]) -> str:
-    return str(batch["name"]).removeprefix("batches/")
+def errors_draw(batch: dict[str, Any]) -> str:
+    """What picks the batch's failing requests (its input's bytes and earlier jobs of them)."""
+    return str(batch["requestErrorsDraw"])
 
 
 def sent_to(state_dir: Path, batch: dict[str, Any]) -> bytes:
@@ -91,7 +92,7 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
         assert first.returncode == 0, first.stderr
         wait_until(lambda: all_ended(emulator))
         (job1,) = batches(emulator)
-        failed1 = failing(keys, batch_id(job1))
+        failed1 = failing(keys, errors_draw(job1))
         assert 3 < len(failed1) < 30
 
         again = run_cli(["submit", "--retry-failed", "q.jsonl"], cwd=work, env=env)
@@ -122,13 +123,13 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
         status = run_cli(["status", "q.jsonl"], cwd=work, env=env)
         assert status.returncode == 0, status.stdout + status.stderr
 
-    still = [i for i in failed1 if ERRORS.error_for(keys[i], i, batch_id(job2)) is not None]
+    still = [i for i in failed1 if ERRORS.error_for(keys[i], i, errors_draw(job2)) is not None]
     assert len(still) < len(failed1), "some requests that failed once were answered"
     got = rows(work / "results" / "q.jsonl")
     assert [row["key"] for row in got] == keys, "one answer per request, in input order"
     assert [i for i, row in enumerate(got) if "error" in row] == still
     for i in still:  # the newest error is kept
-        newest = ERRORS.error_for(keys[i], i, batch_id(job2))
+        newest = ERRORS.error_for(keys[i], i, errors_draw(job2))
         assert newest is not None
         assert got[i]["error"]["code"] == newest["code"]
     failed_file = work / "results" / "q.failed.jsonl"

@@ -52,7 +52,10 @@ def test_run_names_the_failed_requests_and_how_to_send_them_again(
     assert note.startswith(f"{total} failed requests have no response; ")
     for path in failed:
         assert path in note
-    assert note.endswith("to send them again: gembatch-async run " + " ".join(failed))
+    assert note.endswith(
+        "to send only them again: the same command with --retry-failed "
+        "(each input gets --resubmits rounds, default 1)"
+    )
 
 
 @ERRORS

@@ -121,4 +121,6 @@ def test_the_same_inputs_fail_the_same_requests_in_a_fresh_emulator() -> None:
         runs.append([{str(line["key"]) for line in out if "error" in line} for out in outputs])
     assert runs[0] == runs[1], "a fresh emulator fails the same requests of the same inputs"
     first, second = runs[0]
-    assert first and second and first != second, "a second job of the same bytes draws anew"
+    assert first
+    assert second
+    assert first != second, "a second job of the same bytes draws anew"

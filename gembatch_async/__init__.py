@@ -52,7 +52,9 @@ from ._jobs import (
     refresh_status,
     watch_status,
 )
+from ._prices import Cost, PriceOverride, parse_price_override, price_tokens
 from ._results import ResultCounts, ResultFile
+from ._results._usage import TokenCounts, TokenUsage
 from ._run import run
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._submit import submit
@@ -68,6 +70,7 @@ __all__ = [
     "CapacityApiError",
     "Cleaned",
     "CleanupFailed",
+    "Cost",
     "Event",
     "EventHandler",
     "FileDeferred",
@@ -87,6 +90,7 @@ __all__ = [
     "NotFoundApiError",
     "PermanentApiError",
     "PreflightError",
+    "PriceOverride",
     "Problem",
     "ResultCounts",
     "ResultFile",
@@ -96,6 +100,8 @@ __all__ = [
     "RunSummary",
     "SubmitSettings",
     "SubmitSummary",
+    "TokenCounts",
+    "TokenUsage",
     "TransientApiError",
     "UnansweredApiError",
     "UsageError",
@@ -108,6 +114,8 @@ __all__ = [
     "download_results",
     "open_client",
     "open_jobs",
+    "parse_price_override",
+    "price_tokens",
     "refresh_status",
     "run",
     "submit",

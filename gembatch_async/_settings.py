@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._errors import UsageError
 from ._names import mime_type_problem, model_problem, path_problem
+
+if TYPE_CHECKING:
+    from ._prices import PriceOverride
 
 #: The original gembatch defaulted to gemini-2.5-flash-lite-preview-06-17, which
 #: Google has shut down (a create with it now answers 404). This is the current
@@ -101,6 +105,8 @@ class SubmitSettings:
     #: Check every request against the API's request schema before uploading;
     #: turn off only for fields newer than this tool's schema.
     schema_check: bool = True
+    #: Rates to price tokens with instead of genai-prices' (``--price``).
+    prices: PriceOverride | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

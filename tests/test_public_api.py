@@ -58,6 +58,12 @@ EXPECTED = {
     "open_jobs",
     "refresh_status",
     "watch_status",
+    "Cost",
+    "PriceOverride",
+    "TokenCounts",
+    "TokenUsage",
+    "parse_price_override",
+    "price_tokens",
 }
 
 

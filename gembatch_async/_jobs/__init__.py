@@ -37,6 +37,7 @@ from .._events import BatchStats, JournalProblem
 from .._identity import base_identity_of_line, input_location, outside_reason
 from .._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
 from .._names import display_path
+from .._prices import Cost, PriceOverride, price_answers
 from .._results import (
     ResultCounts,
     ResultFile,
@@ -89,6 +90,10 @@ class JobStatus:
     parts: int | None = None
     #: What was submitted (of this part): its size and sha256, as the journal records them.
     submitted: tuple[int, str] | None = None
+    #: The model the job runs (as the journal records it), to price its tokens.
+    model: str = ""
+    #: What the answers of the last download cost (None: no usage recorded).
+    cost: Cost | None = None
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -127,6 +132,8 @@ class JobsContext:
     retry: RetrySettings
     #: Lines of the journal that could not be read, found on opening it.
     problems: tuple[JournalProblem, ...] = ()
+    #: Rates to price tokens with instead of genai-prices' (``--price``).
+    prices: PriceOverride | None = None
 
     def recorded(self, paths: Sequence[str] | None = None) -> list[JobLine]:
         """The latest job line of each input (of ``paths`` when given)."""
@@ -173,8 +180,10 @@ async def open_jobs(
     base_url: str | None = None,
     retry: RetrySettings | None = None,
     vertex: VertexTarget | None = None,
+    prices: PriceOverride | None = None,
 ) -> AsyncIterator[JobsContext]:
-    """Open the journal and a client for the job commands; closes both.
+    """Open the journal and a client for the job commands; closes both. ``prices``
+    overrides the rates that price the answers' tokens.
 
     Each job is asked of the backend its line records (Vertex with the line's
     project, location and bucket unless ``vertex`` gives them)."""
@@ -190,7 +199,7 @@ async def open_jobs(
         async with jobs_session(
             lines, client, api_key=api_key, base_url=base_url, vertex=vertex
         ) as api:
-            yield JobsContext(journal, api, retry or RetrySettings(), tuple(view.problems))
+            yield JobsContext(journal, api, retry or RetrySettings(), tuple(view.problems), prices)
     finally:
         journal.close()
 
@@ -240,7 +249,14 @@ async def refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStat
     await _for_each(range(len(lines)), check)
     if fresh:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_fresh_batches(fresh))
-    return [status for status in statuses if status is not None]
+    return [_priced(status, jobs.prices) for status in statuses if status is not None]
+
+
+def _priced(status: JobStatus, prices: PriceOverride | None) -> JobStatus:
+    """The status with what its last download's answers cost, when it recorded usage."""
+    usage = status.results.usage if status.results is not None else None
+    cost = price_answers(usage, status.model, status.created_at, prices)
+    return status if cost is None else replace(status, cost=cost)
 
 
 def _with_fresh_batches(fresh: dict[str, BatchDetail]) -> Callable[[JobLine], JobLine]:
@@ -287,7 +303,13 @@ def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail)
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        model=_model_of(line),
     )
+
+
+def _model_of(line: JobLine) -> str:
+    model = line.get("model")
+    return model if isinstance(model, str) else ""
 
 
 def _submitted(line: JobLine) -> tuple[int, str] | None:
@@ -334,6 +356,7 @@ def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = N
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        model=_model_of(line),
     )
 
 
@@ -541,7 +564,7 @@ async def _results_of(
     if not choice.force and await anyio.to_thread.run_sync(results_are_current, targets, newest):
         return _skipped(status, targets)
     submitted = [s.submitted for s in group]
-    return await fetch_results(
+    result = await fetch_results(
         jobs.api,
         list(group),
         targets,
@@ -550,6 +573,8 @@ async def _results_of(
         limiter=choice.limiter,
         submitted=None if None in submitted else [s for s in submitted if s is not None],
     )
+    cost = price_answers(result.usage, status.model, newest, jobs.prices)
+    return replace(result, model=status.model, created_at=newest, cost=cost)
 
 
 def _counts_by_batch(group: Sequence[JobStatus], result: ResultFile) -> dict[str, ResultCounts]:
@@ -574,7 +599,9 @@ def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
     """Results already there: what the journal recorded of them, when it did."""
     counts = status.results
     if counts is None or counts.results_path != str(targets.results):
-        return ResultFile(status.path, status.batch_name, str(targets.results), skipped=True)
+        return ResultFile(
+            status.path, status.batch_name, str(targets.results), skipped=True, model=status.model
+        )
     return ResultFile(
         status.path,
         status.batch_name,
@@ -586,6 +613,10 @@ def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
         failed_by_code=counts.failed_by_code,
         missing_count=counts.missing,
         unexpected_keys=counts.unknown,
+        usage=counts.usage,
+        model=status.model,
+        created_at=status.created_at,
+        cost=status.cost,
     )
 
 

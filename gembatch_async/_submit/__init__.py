@@ -11,7 +11,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TypeVar
@@ -34,7 +34,7 @@ from .._errors import (
     UsageError,
     single_error,
 )
-from .._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
+from .._events import EventHandler, FileSkipped, SubmitSummary, ignore_events
 from .._inputs import InputFile, JobLimits, Part, check_regular_file, scan_inputs, unique_paths
 from .._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
 from .._names import path_problem
@@ -47,6 +47,7 @@ from .._settings import (
     checked_path,
     unsendable_key_reason,
 )
+from ._estimate import InputEstimate, dry_run_summary, estimate_items, would_submit
 from ._pipeline import SubmitRun
 
 _SCAN_THREADS = 4
@@ -103,7 +104,8 @@ async def submit(
                     not_started=len(items),
                 )
             if settings.dry_run:
-                return _report_without_api(items, view, settings, on_event, started)
+                estimates = await estimate_items(_to_submit(items, view, settings))
+                return _report_without_api(items, view, settings, on_event, started, estimates)
             run = SubmitRun(
                 api,
                 journal,
@@ -473,8 +475,11 @@ def _report_without_api(
     settings: SubmitSettings,
     on_event: EventHandler,
     started: float,
+    estimates: Mapping[str, InputEstimate] | None = None,
 ) -> SubmitSummary:
-    """Skips, and for a dry run what would be submitted: all known without the API."""
+    """Skips, and for a dry run what would be submitted (with ``estimates``, its
+    tokens and cost): all known without the API."""
+    estimates = estimates or {}
     skipped = 0
     for n, item in enumerate(items, start=1):
         latest = _recorded_line(item, view)
@@ -484,5 +489,6 @@ def _report_without_api(
             on_event(FileSkipped(item.label, name, n, len(items), changed, state))
             skipped += 1
         else:
-            on_event(WouldSubmit(item.label, item.count, item.size_bytes))
-    return SubmitSummary(0, skipped, 0, time.monotonic() - started)
+            on_event(would_submit(item, estimates.get(item.key), settings))
+    summary = SubmitSummary(0, skipped, 0, time.monotonic() - started)
+    return dry_run_summary(summary, list(estimates.values()), settings)

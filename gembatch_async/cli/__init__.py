@@ -48,6 +48,7 @@ from .._names import (
     model_problem,
     project_problem,
 )
+from .._prices import PriceOverride, parse_price_override
 from .._results._show import Answer, one_line, read_answers
 from .._run import run
 from .._settings import (
@@ -108,6 +109,14 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def _price(text: str) -> PriceOverride:
+    """An argparse type: ``input=USD,output=USD[,...]`` per million tokens."""
+    try:
+        return parse_price_override(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--price: ")) from None
 
 
 def _positive_seconds(text: str) -> float:
@@ -223,6 +232,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
         metavar="S",
         help="with --emulator: how long each emulated job takes from PENDING to SUCCEEDED "
         "(default: 30)",
+    )
+    group.add_argument(
+        "--price",
+        type=_price,
+        default=default(None),
+        metavar="input=USD,output=USD[,cached=USD]",
+        help="batch rates in USD per million tokens, instead of genai-prices' (also "
+        "interactive-input=, interactive-output=, interactive-cached= for the comparison)",
     )
     _add_backend_options(group, default)
 
@@ -637,6 +654,7 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         enqueued_token_quota=args.enqueued_token_quota,
         capacity_probe_seconds=args.capacity_probe,
         capacity_probe_max_seconds=16 * args.capacity_probe,
+        prices=args.price,
     )
 
 
@@ -858,6 +876,7 @@ async def _jobs_command(args: argparse.Namespace) -> int:
             api_key=endpoint.api_key,
             base_url=endpoint.base_url,
             vertex=endpoint.vertex,
+            prices=args.price,
         ) as jobs,
     ):
         for problem in jobs.problems:

@@ -18,9 +18,8 @@ def usd(value: float | None) -> str:
         return "unknown"
     if value >= 1 or value == 0:
         return f"${value:,.2f}"
-    if value >= 0.01:
-        return f"${value:.4f}"
-    return f"${value:.6f}"
+    digits = 4 if value >= 0.01 else 6
+    return "$" + f"{value:.{digits}f}".rstrip("0")
 
 
 def tokens_text(usage: TokenUsage) -> str:

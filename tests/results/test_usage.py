@@ -6,6 +6,7 @@ the service's own output lines (``--keep-raw``), independently of the code under
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ def test_usage_of_the_real_outputs_is_their_sum() -> None:
         )
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("genai_prices") is None, reason="genai-prices needs Python 3.11+"
+)
 @WITH_ERRORS
 def test_download_reports_the_sum_of_the_answers_usage(
     emulator: RunningEmulator, tmp_path: Path

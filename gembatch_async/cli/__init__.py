@@ -309,6 +309,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="N",
         help="with --retry-failed: times a file may be submitted again in one run (default 1)",
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only run the pre-flight checks and estimate the cost (as submit --dry-run)",
+    )
 
 
 def _add_submit_options(sub: argparse.ArgumentParser) -> None:
@@ -681,6 +686,8 @@ async def _submit_command(args: argparse.Namespace) -> int:
 
 
 async def _run_command(args: argparse.Namespace) -> int:
+    if args.dry_run:  # nothing is submitted, so nothing to watch: submit's dry run
+        return await _submit_command(args)
     settings = _submit_settings(args)
     live = sys.stdout.isatty() and not args.json
     with _run_output(args.json, live) as show:

@@ -59,13 +59,16 @@ def genai_prices_batch_input_rate(model: str) -> Decimal:
 
 
 @NEEDS_PRICES
-def test_dry_run_prints_the_estimated_cost(emulator: RunningEmulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["submit", "run"])
+def test_dry_run_prints_the_estimated_cost(
+    emulator: RunningEmulator, tmp_path: Path, command: str
+) -> None:
     """Each file's line and the total name the requests, ~tokens (characters / 4) and
     the input cost at the default model's batch rate; nothing is sent but the model check."""
     write_prompts(tmp_path / "a.jsonl", ["x" * 400, "y" * 40])  # 100 + 10 tokens
     write_prompts(tmp_path / "b.jsonl", ["z" * 4000])  # 1000 tokens
     result = run_cli(
-        ["submit", "--dry-run", "a.jsonl", "b.jsonl"], cwd=tmp_path, env=cli_env(emulator)
+        [command, "--dry-run", "a.jsonl", "b.jsonl"], cwd=tmp_path, env=cli_env(emulator)
     )
     assert result.returncode == 0, result.stderr
     assert "would submit a.jsonl (2 requests, " in result.stdout
@@ -78,6 +81,7 @@ def test_dry_run_prints_the_estimated_cost(emulator: RunningEmulator, tmp_path: 
     assert "genai-prices" in line
     assert "characters / 4" in line
     assert emulator.state()["requests"]["create"]["count"] == 0
+    assert not (tmp_path / "job-info.jsonl").exists()
 
 
 @NEEDS_PRICES

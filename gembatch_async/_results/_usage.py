@@ -11,8 +11,11 @@ candidates + ``toolUsePromptTokenCount`` + ``thoughtsTokenCount``.
 Prices change at a prompt size (Gemini's "prompts longer than 200k tokens" tier,
 ai.google.dev/gemini-api/docs/pricing), per request, so the requests whose prompt
 passed it are also counted apart: a sum of prompts says nothing about each one.
-Embedding answers carry no usage (``EmbedContentResponse`` has no usage field in
-the SDK), so they count as answers without usage.
+A batch embedding answer has no ``usageMetadata``; the SDK's type for it,
+``SingleEmbedContentResponse``, has a ``token_count`` (``tokenCount`` on the wire),
+counted as its prompt when present. Whether the service writes it is not captured
+(the emulator does not): an answer with neither counts as one without usage, and
+its cost is "unknown", never 0.
 """
 
 from __future__ import annotations
@@ -144,11 +147,17 @@ class UsageTally:
 
     def add_response(self, response: object) -> None:
         """Count one answer's ``response`` object (a generate or an embed answer)."""
-        usage = response.get("usageMetadata") if isinstance(response, Mapping) else None
-        if not isinstance(usage, Mapping):
+        if not isinstance(response, Mapping):
             self._without += 1
             return
-        counts = counts_of(usage)
+        usage = response.get("usageMetadata")
+        if isinstance(usage, Mapping):
+            counts = counts_of(usage)
+        elif "tokenCount" in response:
+            counts = TokenCounts(requests=1, prompt=_count(response["tokenCount"]))
+        else:
+            self._without += 1
+            return
         self._tokens += counts
         if counts.prompt > LONG_PROMPT_TOKENS:
             self._long += counts

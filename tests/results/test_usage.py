@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gembatch_async import TokenUsage
+from gembatch_async import TokenUsage, price_tokens
 from gembatch_async._results._usage import UsageTally
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
@@ -63,6 +63,18 @@ def test_usage_of_the_real_outputs_is_their_sum() -> None:
         assert tokens.total == sum(
             line["response"]["usageMetadata"]["totalTokenCount"] for line in lines
         )
+
+
+def test_embedding_answers_count_their_token_count_or_are_without_usage() -> None:
+    """An embedding answer's tokenCount (the SDK's SingleEmbedContentResponse) is its
+    prompt; one without it is counted as an answer without usage (priced unknown)."""
+    tally = UsageTally()
+    tally.add_response({"embedding": {"values": [0.1]}, "tokenCount": 7})
+    tally.add_response({"embedding": {"values": [0.2]}, "tokenCount": "5"})
+    tally.add_response({"embedding": {"values": [0.3]}})
+    usage = tally.usage()
+    assert (usage.tokens.requests, usage.tokens.prompt, usage.without_usage) == (2, 12, 1)
+    assert price_tokens(usage, "gemini-embedding-2").batch_usd is None
 
 
 @pytest.mark.skipif(

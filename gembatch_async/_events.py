@@ -189,6 +189,8 @@ class WouldSubmit:
     #: requests with media whose tokens that leaves out (a lower bound then).
     input_tokens: int | None = None
     with_media: int = 0
+    #: ``input_tokens`` were counted by the API's countTokens (``--count-tokens``).
+    tokens_counted: bool = False
     #: The estimated input cost at batch (and interactive) prices.
     cost: Cost | None = None
     kind: Literal["would_submit"] = field(default="would_submit", init=False)
@@ -228,6 +230,8 @@ class SubmitSummary:
     #: Dry run: the estimated prompt tokens of what would be submitted, and their cost.
     input_tokens: int | None = None
     cost: Cost | None = None
+    #: ... counted by the API's countTokens rather than estimated.
+    tokens_counted: bool = False
 
     @property
     def ok(self) -> bool:

@@ -107,6 +107,9 @@ class SubmitSettings:
     schema_check: bool = True
     #: Rates to price tokens with instead of genai-prices' (``--price``).
     prices: PriceOverride | None = None
+    #: A dry run counts prompt tokens with the API's countTokens (one call per request)
+    #: instead of estimating them locally.
+    count_tokens: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

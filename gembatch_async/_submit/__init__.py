@@ -47,7 +47,13 @@ from .._settings import (
     checked_path,
     unsendable_key_reason,
 )
-from ._estimate import InputEstimate, dry_run_summary, estimate_items, would_submit
+from ._estimate import (
+    InputEstimate,
+    count_items,
+    dry_run_summary,
+    estimate_items,
+    would_submit,
+)
 from ._pipeline import SubmitRun
 
 _SCAN_THREADS = 4
@@ -104,7 +110,12 @@ async def submit(
                     not_started=len(items),
                 )
             if settings.dry_run:
-                estimates = await estimate_items(_to_submit(items, view, settings))
+                wanted = _to_submit(items, view, settings)
+                estimates = await (
+                    count_items(api, wanted, settings)
+                    if settings.count_tokens
+                    else estimate_items(wanted)
+                )
                 return _report_without_api(items, view, settings, on_event, started, estimates)
             run = SubmitRun(
                 api,

@@ -17,13 +17,18 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
+import anyio
 import anyio.to_thread
 
+from .._backends import Backend
+from .._errors import UsageError
 from .._events import SubmitSummary, WouldSubmit
 from .._inputs import InputFile
 from .._prices import Cost, price_tokens
 from .._results._usage import LONG_PROMPT_TOKENS, TokenCounts, TokenUsage
+from .._retry import call_with_retries
 from .._settings import SubmitSettings
 
 CHARS_PER_TOKEN = 4
@@ -43,6 +48,8 @@ class InputEstimate:
     long_prompt_tokens: int = 0
     #: Requests with images, audio, video or files, whose tokens are not estimated.
     with_media: int = 0
+    #: Counted by the API's countTokens rather than estimated.
+    counted: bool = False
 
     def usage(self) -> TokenUsage:
         """As token usage, to be priced (prompt only: no answer is known yet)."""
@@ -131,6 +138,7 @@ def would_submit(
         item.size_bytes,
         input_tokens=estimate.prompt_tokens,
         with_media=estimate.with_media,
+        tokens_counted=estimate.counted,
         cost=_input_cost(estimate, settings),
     )
 
@@ -152,4 +160,75 @@ def dry_run_summary(
         sum(e.long_prompt_tokens for e in estimates),
         sum(e.with_media for e in estimates),
     )
-    return replace(summary, input_tokens=total.prompt_tokens, cost=_input_cost(total, settings))
+    return replace(
+        summary,
+        input_tokens=total.prompt_tokens,
+        cost=_input_cost(total, settings),
+        tokens_counted=all(e.counted for e in estimates),
+    )
+
+
+# -- exact counts, when asked (--count-tokens) ------------------------------------------------
+#: countTokens is one call per request: past this many, the local estimate is the answer.
+MAX_COUNTED_REQUESTS = 10_000
+
+
+def _contents_of(path: str, start: int, end: int | None) -> list[list[Any]]:
+    """Each request's contents as countTokens takes them (an embedding's ``content``
+    as a one-item list). Blocking: run it in a worker thread."""
+    found: list[list[Any]] = []
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        position = start
+        for raw in handle:
+            if end is not None and position >= end:
+                break
+            position += len(raw)
+            if raw.strip():
+                request = json.loads(raw).get("request", {})
+                contents = request.get("contents") or [request.get("content") or {}]
+                found.append(contents if isinstance(contents, list) else [contents])
+    return found
+
+
+async def count_items(
+    api: Backend, items: Sequence[InputFile], settings: SubmitSettings
+) -> dict[str, InputEstimate]:
+    """Each input's prompt tokens as the API's countTokens counts them: one call per
+    request, ``settings.concurrency`` at once, each retried as any call is.
+
+    The SDK sends only the contents on the Gemini API (a ``system_instruction``,
+    ``tools`` or ``generation_config`` is refused there: google-genai 3.6.1
+    models.py ``_CountTokensConfig_to_mldev``), so a system instruction and a
+    response schema are not in the count."""
+    total = sum(item.count for item in items)
+    if total > MAX_COUNTED_REQUESTS:
+        raise UsageError(
+            f"--count-tokens: {total:,} requests would take {total:,} countTokens calls "
+            f"(at most {MAX_COUNTED_REQUESTS:,}); leave it out for the local estimate"
+        )
+    limiter = anyio.CapacityLimiter(settings.concurrency)
+    counted: dict[str, InputEstimate] = {}
+
+    async def count_one(contents: list[Any]) -> int:
+        async with limiter:
+            return await call_with_retries(
+                settings.retry, lambda: api.count_tokens(settings.model_resource, contents)
+            )
+
+    for item in items:
+        start, end = (0, None) if item.part is None else (item.part.start, item.part.end)
+        requests = await anyio.to_thread.run_sync(_contents_of, item.path, start, end)
+        tokens = [0] * len(requests)
+
+        async def count_at(index: int, contents: list[Any], tokens: list[int] = tokens) -> None:
+            tokens[index] = await count_one(contents)
+
+        async with anyio.create_task_group() as tg:
+            for index, contents in enumerate(requests):
+                tg.start_soon(count_at, index, contents)
+        long = [t for t in tokens if t > LONG_PROMPT_TOKENS]
+        counted[item.key] = InputEstimate(
+            len(tokens), sum(tokens), len(long), sum(long), counted=True
+        )
+    return counted

@@ -341,6 +341,12 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         help="submit again files whose batch ended FAILED, CANCELLED or EXPIRED",
     )
     sub.add_argument(
+        "--count-tokens",
+        action="store_true",
+        help="with --dry-run: count input tokens with the API's countTokens, one call per "
+        "request (at most 10,000), instead of estimating them locally",
+    )
+    sub.add_argument(
         "--max-requests-per-job",
         type=_at_least(1),
         default=None,
@@ -660,6 +666,7 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         capacity_probe_seconds=args.capacity_probe,
         capacity_probe_max_seconds=16 * args.capacity_probe,
         prices=args.price,
+        count_tokens=args.count_tokens,
     )
 
 

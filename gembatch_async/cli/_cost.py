@@ -12,6 +12,13 @@ ESTIMATE_METHOD = (
 )
 
 
+COUNT_METHOD = (
+    "counted with the API's countTokens, one call per request: the contents only (the "
+    "SDK sends no system instruction, tools or response schema to it on the Gemini API); "
+    "output tokens are not known before the answers"
+)
+
+
 def usd(value: float | None) -> str:
     """A dollar figure with the digits that matter, or "unknown" (never 0 for unknown)."""
     if value is None:

@@ -31,7 +31,7 @@ from .._names import display_path, json_safe
 from .._prices import total_cost
 from .._results import ResultFile
 from .._results._usage import TokenUsage
-from ._cost import ESTIMATE_METHOD, cost_text, file_usage_text, short_cost, usage_line
+from ._cost import COUNT_METHOD, ESTIMATE_METHOD, cost_text, file_usage_text, short_cost, usage_line
 
 
 def render_text(event: Event) -> tuple[str, bool]:
@@ -101,29 +101,29 @@ def render_text(event: Event) -> tuple[str, bool]:
     if isinstance(event, WouldSubmit):
         return (
             f"would submit {_shown(event.path)} ({event.count} requests, {event.size_bytes} bytes"
-            f"{_estimate_phrase(event.input_tokens, event.with_media)}"
+            f"{_estimate_phrase(event.input_tokens, event.with_media, event.tokens_counted)}"
             f"{', input ' + short_cost(event.cost) if event.cost else ''})",
             False,
         )
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover
 
 
-def _estimate_phrase(tokens: int | None, with_media: int) -> str:
+def _estimate_phrase(tokens: int | None, with_media: int, counted: bool = False) -> str:
     if tokens is None:
         return ""
     media = f" + media in {with_media} requests, not estimated" if with_media else ""
-    return f"; ~{tokens:,} input tokens{media}"
+    return f"; {'' if counted else '~'}{tokens:,} input tokens{media}"
 
 
 def render_summary(summary: SubmitSummary, dry_run: bool = False) -> str:
     if dry_run:
-        text = (
-            f"dry run: nothing was sent beyond the model check; {summary.skipped} already submitted"
-        )
+        sent = "the model check and countTokens" if summary.tokens_counted else "the model check"
+        text = f"dry run: nothing was sent beyond {sent}; {summary.skipped} already submitted"
         if summary.input_tokens is not None and summary.cost is not None:
+            about, method = ("", COUNT_METHOD) if summary.tokens_counted else ("~", ESTIMATE_METHOD)
             text += (
-                f"\nestimate: ~{summary.input_tokens:,} input tokens, {cost_text(summary.cost)}; "
-                f"{ESTIMATE_METHOD}"
+                f"\nestimate: {about}{summary.input_tokens:,} input tokens, "
+                f"{cost_text(summary.cost)}; {method}"
             )
         return text
     deferred = f", deferred {summary.deferred}" if summary.deferred else ""

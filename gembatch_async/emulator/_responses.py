@@ -55,7 +55,7 @@ def _thought_tokens(model: str, seed: str, answer_tokens: int) -> int:
     return spread * answer_tokens
 
 
-def usage_metadata(prompt_tokens: int, answer_tokens: int, thought_tokens: int) -> dict[str, Any]:
+def usage_metadata(prompt_count: int, answer_tokens: int, thought_tokens: int) -> dict[str, Any]:
     """A usageMetadata in the service's shape. Thinking is counted apart from the
     candidates and inside the total: a captured gemini-2.5-flash answer reads
     promptTokenCount 282, candidatesTokenCount 2, thoughtsTokenCount 44,
@@ -64,14 +64,19 @@ def usage_metadata(prompt_tokens: int, answer_tokens: int, thought_tokens: int) 
     ``thoughtsTokenCount`` is left out when 0, as in the captured 2.5-flash-lite
     outputs (tests/fixtures/real-gemini-batch)."""
     usage: dict[str, Any] = {
-        "promptTokenCount": prompt_tokens,
+        "promptTokenCount": prompt_count,
         "candidatesTokenCount": answer_tokens,
-        "totalTokenCount": prompt_tokens + answer_tokens + thought_tokens,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
+        "totalTokenCount": prompt_count + answer_tokens + thought_tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_count}],
     }
     if thought_tokens:
         usage["thoughtsTokenCount"] = thought_tokens
     return usage
+
+
+def prompt_tokens(request: dict[str, Any]) -> int:
+    """The prompt tokens an answer to ``request`` reports (and countTokens counts)."""
+    return _tokens(_prompt_text(request))
 
 
 def fake_response(
@@ -83,7 +88,7 @@ def fake_response(
         text = json.dumps({"emulated": True, "prompt": prompt[:200]})
     else:
         text = f"Emulated answer from {model} to: {prompt[:200]}"
-    prompt_tokens = _tokens(prompt)
+    prompt_count = _tokens(prompt)
     answer_tokens = _tokens(text)
     response_id = hashlib.sha256(f"{batch_id}/{position}".encode()).hexdigest()[:22]
     return {
@@ -95,7 +100,7 @@ def fake_response(
             }
         ],
         "usageMetadata": usage_metadata(
-            prompt_tokens,
+            prompt_count,
             answer_tokens,
             _thought_tokens(model, f"{batch_id}/{position}", answer_tokens),
         ),

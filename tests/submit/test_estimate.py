@@ -133,6 +133,50 @@ def test_a_price_override_changes_the_figure(emulator: RunningEmulator, tmp_path
     assert "input=cheap: not a price" in bad.stderr
 
 
+@NEEDS_PRICES
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=1.0), id="fast")]
+)
+def test_count_tokens_counts_what_the_answers_then_report(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """--count-tokens asks countTokens once per request (nothing is created), and its
+    total is the prompt tokens the answers report after the run."""
+    write_prompts(tmp_path / "a.jsonl", ["x" * 401, "y" * 43, "z" * 7])
+    write_prompts(tmp_path / "b.jsonl", ["w" * 999])
+    env = cli_env(emulator)
+    dry = run_cli(
+        ["submit", "--dry-run", "--count-tokens", "a.jsonl", "b.jsonl"], cwd=tmp_path, env=env
+    )
+    assert dry.returncode == 0, dry.stderr
+    counted = int(
+        re.findall(r"^estimate: ([\d,]+) input tokens", dry.stdout, re.M)[0].replace(",", "")
+    )
+    assert "countTokens" in estimate_line(dry.stdout)
+    state = emulator.state()
+    assert state["requests"]["count"]["count"] == 4
+    assert state["requests"]["create"]["count"] == 0
+    ran = run_cli(
+        ["run", "--json", "--interval", "0.3", "a.jsonl", "b.jsonl"], cwd=tmp_path, env=env
+    )
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads(ran.stdout.splitlines()[-1])
+    assert summary["usage"]["tokens"]["prompt"] == counted
+
+
+def test_count_tokens_refuses_more_calls_than_it_allows(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Past 10,000 requests, --count-tokens is a usage error (exit 2), nothing counted."""
+    write_prompts(tmp_path / "big.jsonl", ["q"] * 10_001)
+    result = run_cli(
+        ["submit", "--dry-run", "--count-tokens", "big.jsonl"], cwd=tmp_path, env=cli_env(emulator)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "10,001 requests would take 10,001 countTokens calls" in result.stderr
+    assert emulator.state()["requests"].get("count", {"count": 0})["count"] == 0
+
+
 def test_the_estimate_is_within_30_percent_of_real_counts() -> None:
     """characters / 4 against the real service's promptTokenCount (fixtures): +29% on
     short questions, -18% on requests with a response schema; the README says so."""

@@ -120,10 +120,11 @@ def render_summary(summary: SubmitSummary, dry_run: bool = False) -> str:
         sent = "the model check and countTokens" if summary.tokens_counted else "the model check"
         text = f"dry run: nothing was sent beyond {sent}; {summary.skipped} already submitted"
         if summary.input_tokens is not None and summary.cost is not None:
+            # Before the summary, which stays the last line.
             about, method = ("", COUNT_METHOD) if summary.tokens_counted else ("~", ESTIMATE_METHOD)
-            text += (
-                f"\nestimate: {about}{summary.input_tokens:,} input tokens, "
-                f"{cost_text(summary.cost)}; {method}"
+            text = (
+                f"estimate: {about}{summary.input_tokens:,} input tokens, "
+                f"{cost_text(summary.cost)}; {method}\n{text}"
             )
         return text
     deferred = f", deferred {summary.deferred}" if summary.deferred else ""
@@ -159,7 +160,7 @@ def render_run_summary(summary: RunSummary) -> str:
     if summary.interrupted:
         text += "; interrupted: run the same command again to continue"
     spent = usage_line(summary.usage, summary.cost)
-    return "\n".join([text, *_failed_requests_note(summary), *([spent] if spent else [])])
+    return "\n".join([*([spent] if spent else []), text, *_failed_requests_note(summary)])
 
 
 def _failed_requests_note(summary: RunSummary, shown: int = 5) -> list[str]:
@@ -292,7 +293,7 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
     if total:
         line += f"; {total} failed requests ({_by_code(failed)}), listed in the .failed.jsonl files"
     spent = _download_spent(results)
-    return line + (f"\n{spent}" if spent else "")
+    return (f"{spent}\n" if spent else "") + line  # the summary stays the last line
 
 
 def _download_spent(results: Sequence[ResultFile]) -> str | None:

@@ -20,6 +20,7 @@ its cost is "unknown", never 0.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -103,6 +104,8 @@ class TokenUsage:
 def _count(value: object) -> int:
     """A token count as the service writes it (an int, or a string: proto int64 in
     JSON may be a string), anything else as 0."""
+    if type(value) is int:  # the common case, first
+        return max(value, 0)
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
@@ -116,6 +119,12 @@ def _media(details: object) -> int:
     """Tokens of the non-text modalities in a ``*TokensDetails`` list."""
     if not isinstance(details, list):
         return 0
+    if (
+        len(details) == 1
+        and isinstance(details[0], Mapping)
+        and details[0].get("modality") == "TEXT"
+    ):
+        return 0  # the common case: text only
     return sum(
         _count(d.get("tokenCount"))
         for d in details
@@ -137,30 +146,42 @@ def counts_of(usage: Mapping[str, Any]) -> TokenCounts:
     )
 
 
+#: The usageMetadata fields summed, in TokenCounts' order after ``requests``.
+_FIELDS = (
+    "promptTokenCount",
+    "cachedContentTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "toolUsePromptTokenCount",
+)
+
+
 class UsageTally:
-    """Sums answers' usage as they are read (one per output line)."""
+    """Sums answers' usage as they are read (one per output line). Plain integer sums:
+    this runs once per answer of every download (a few microseconds each)."""
 
     def __init__(self) -> None:
-        self._tokens = TokenCounts()
-        self._long = TokenCounts()
+        self._sums = [0] * 8  # TokenCounts' fields, in order
+        self._long = [0] * 8
         self._without = 0
 
     def add_response(self, response: object) -> None:
         """Count one answer's ``response`` object (a generate or an embed answer)."""
-        if not isinstance(response, Mapping):
-            self._without += 1
-            return
-        usage = response.get("usageMetadata")
-        if isinstance(usage, Mapping):
-            counts = counts_of(usage)
-        elif "tokenCount" in response:
-            counts = TokenCounts(requests=1, prompt=_count(response["tokenCount"]))
+        usage = response.get("usageMetadata") if isinstance(response, dict) else None
+        if isinstance(usage, dict):
+            row = [1, *map(_count, map(usage.get, _FIELDS)), 0, 0]
+            if "promptTokensDetails" in usage:
+                row[6] = _media(usage["promptTokensDetails"])
+            if "candidatesTokensDetails" in usage:
+                row[7] = _media(usage["candidatesTokensDetails"])
+        elif isinstance(response, dict) and "tokenCount" in response:
+            row = [1, _count(response["tokenCount"]), 0, 0, 0, 0, 0, 0]
         else:
             self._without += 1
             return
-        self._tokens += counts
-        if counts.prompt > LONG_PROMPT_TOKENS:
-            self._long += counts
+        self._sums = list(map(operator.add, self._sums, row))
+        if row[1] > LONG_PROMPT_TOKENS:
+            self._long = list(map(operator.add, self._long, row))
 
     def usage(self) -> TokenUsage:
-        return TokenUsage(self._tokens, self._long, self._without)
+        return TokenUsage(TokenCounts(*self._sums), TokenCounts(*self._long), self._without)

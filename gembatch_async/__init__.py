@@ -48,7 +48,9 @@ from ._events import (
     WaitingForCapacity,
     WouldSubmit,
 )
+from ._prices import Cost, PriceOverride, parse_price_override, price_tokens
 from ._results import ResultCounts, ResultFile
+from ._results._usage import TokenCounts, TokenUsage
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._version import __version__
 from ._webhooks import WebhookRefused, WebhookSettings, webhook_app
@@ -115,6 +117,7 @@ __all__ = [
     "CapacityApiError",
     "Cleaned",
     "CleanupFailed",
+    "Cost",
     "Event",
     "EventHandler",
     "FileDeferred",
@@ -134,6 +137,7 @@ __all__ = [
     "NotFoundApiError",
     "PermanentApiError",
     "PreflightError",
+    "PriceOverride",
     "Problem",
     "ResultCounts",
     "ResultFile",
@@ -143,6 +147,8 @@ __all__ = [
     "RunSummary",
     "SubmitSettings",
     "SubmitSummary",
+    "TokenCounts",
+    "TokenUsage",
     "TransientApiError",
     "UnansweredApiError",
     "UsageError",
@@ -157,6 +163,8 @@ __all__ = [
     "download_results",
     "open_client",
     "open_jobs",
+    "parse_price_override",
+    "price_tokens",
     "refresh_status",
     "run",
     "submit",

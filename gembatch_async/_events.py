@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, Union
+
+if TYPE_CHECKING:  # records only: importing them here would make an import circle
+    from ._prices import Cost
+    from ._results._usage import TokenUsage
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,9 @@ class ResultsSaved:
     failed: int = 0
     #: Where the failed requests' input lines are (to send them again), if any failed.
     failed_path: str | None = None
+    #: Tokens the answers used, and what they cost (None: not known).
+    usage: TokenUsage | None = None
+    cost: Cost | None = None
     kind: Literal["results"] = field(default="results", init=False)
 
 
@@ -178,6 +185,14 @@ class WouldSubmit:
     path: str
     count: int
     size_bytes: int
+    #: Estimated prompt tokens (characters / 4; see ``_submit._estimate``), and
+    #: requests with media whose tokens that leaves out (a lower bound then).
+    input_tokens: int | None = None
+    with_media: int = 0
+    #: ``input_tokens`` were counted by the API's countTokens (``--count-tokens``).
+    tokens_counted: bool = False
+    #: The estimated input cost at batch (and interactive) prices.
+    cost: Cost | None = None
     kind: Literal["would_submit"] = field(default="would_submit", init=False)
 
 
@@ -212,6 +227,11 @@ class SubmitSummary:
     not_started: int = 0
     #: Files the service had no capacity for; a later run picks them up.
     deferred: int = 0
+    #: Dry run: the estimated prompt tokens of what would be submitted, and their cost.
+    input_tokens: int | None = None
+    cost: Cost | None = None
+    #: ... counted by the API's countTokens rather than estimated.
+    tokens_counted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -243,6 +263,9 @@ class RunSummary:
     #: Every input has its results and every request a response: nothing to send again.
     #: (The exit code is 0 with failed requests too: an error answer is an answer.)
     complete: bool = False
+    #: Tokens used by the answers of the results written in this run, and their cost.
+    usage: TokenUsage | None = None
+    cost: Cost | None = None
 
     @property
     def ok(self) -> bool:

@@ -53,8 +53,10 @@ from ._jobs import (
 )
 from ._jobs._listing import JobListing
 from ._jobs._pace import Pace
+from ._prices import Cost, total_cost
 from ._results import ResultFile
 from ._results._remainder import round_of
+from ._results._usage import TokenUsage
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
@@ -100,6 +102,9 @@ class _Watch:
     )
     #: The failed-requests files written (or found) for this run's inputs.
     failed_paths: list[str] = field(default_factory=list)
+    #: Tokens and cost of each input's answers (those whose usage was read).
+    usages: list[TokenUsage] = field(default_factory=list)
+    costs: list[Cost] = field(default_factory=list)
 
     def settled(self) -> bool:
         return self.submitting == 0 and all(i.done or i.failed for i in self.inputs.values())
@@ -165,7 +170,7 @@ async def run(
     ):
         if not await check_model(api, settings, items, stop):  # cut by the stop bound
             return RunSummary(0, 0, 0, 0, time.monotonic() - started, interrupted=True)
-        jobs = JobsContext(journal, api, settings.retry)
+        jobs = JobsContext(journal, api, settings.retry, prices=settings.prices)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         admission = admission_for(journal, view, settings, api)
         runner = _Runner(jobs, settings, admission, on_event, stop, watch)
@@ -191,6 +196,8 @@ def _summary(tally: _SubmitTally, watch: _Watch, elapsed: float) -> RunSummary:
         failed_requests=counts["failed_requests"],
         failed_paths=tuple(sorted(watch.failed_paths)),  # the same order whatever ended first
         complete=whole and all(i.done for i in watch.inputs.values()),
+        usage=sum(watch.usages, TokenUsage()) if watch.usages else None,
+        cost=total_cost(watch.costs),
     )
 
 
@@ -470,6 +477,7 @@ class _Runner:
             self.emit(JobEnded(status.path, status.batch_name, status.state, result.error, False))
             await self._fail(siblings)
             return
+        cost = result.cost
         self.emit(
             ResultsSaved(
                 status.path,
@@ -482,15 +490,20 @@ class _Runner:
                 requests=result.requests,
                 failed=result.failed,
                 failed_path=result.failed_path if result.failed else None,
+                usage=result.usage,
+                cost=cost,
             )
         )
         for sibling in siblings:
             await self._delete_upload(sibling)
             sibling.done = True
-        self._count(result)
+        self._count(result, cost)
 
-    def _count(self, result: ResultFile) -> None:
+    def _count(self, result: ResultFile, cost: Cost | None) -> None:
         """An input's results are in: what the summary says of its requests."""
+        if result.usage is not None and cost is not None:
+            self.watch.usages.append(result.usage)
+            self.watch.costs.append(cost)
         counts = self.watch.counts
         counts["downloaded"] += 1
         if not result.complete:  # answers missing or unknown: the file is not whole

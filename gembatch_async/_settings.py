@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ._errors import UsageError
 from ._names import mime_type_problem, model_problem, path_problem
+
+if TYPE_CHECKING:
+    from ._prices import PriceOverride
 
 #: The original gembatch defaulted to gemini-2.5-flash-lite-preview-06-17, which
 #: Google has shut down (a create with it now answers 404). This is the current
@@ -113,6 +117,11 @@ class SubmitSettings:
     #: Ask the service for a dynamic webhook to this URL on each job (Gemini API only;
     #: see ``_webhooks``). None: no webhook, the watcher polls.
     webhook_url: str | None = None
+    #: Rates to price tokens with instead of genai-prices' (``--price``).
+    prices: PriceOverride | None = None
+    #: A dry run counts prompt tokens with the API's countTokens (one call per request)
+    #: instead of estimating them locally.
+    count_tokens: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

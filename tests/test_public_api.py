@@ -61,6 +61,12 @@ EXPECTED = {
     "open_jobs",
     "refresh_status",
     "watch_status",
+    "Cost",
+    "PriceOverride",
+    "TokenCounts",
+    "TokenUsage",
+    "parse_price_override",
+    "price_tokens",
 }
 
 

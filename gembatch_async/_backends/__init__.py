@@ -110,6 +110,10 @@ class Backend(Protocol):
 
     async def get_model(self, model: str) -> types.Model: ...
 
+    async def count_tokens(self, model: str, contents: list[Any]) -> int:
+        """models.countTokens of a request's contents (``--count-tokens``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class VertexTarget:
@@ -306,6 +310,9 @@ class Routed:
 
     async def get_model(self, model: str) -> types.Model:
         raise UsageError("a job command does not check models")  # pragma: no cover
+
+    async def count_tokens(self, model: str, contents: list[Any]) -> int:
+        raise UsageError("a job command does not count tokens")  # pragma: no cover
 
 
 @contextlib.asynccontextmanager

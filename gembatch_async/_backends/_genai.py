@@ -444,6 +444,11 @@ class GeminiApi:
         with translate_errors(secret=self._secret):
             return await self._client.aio.models.get(model=model)
 
+    async def count_tokens(self, model: str, contents: list[Any]) -> int:
+        with translate_errors(secret=self._secret):
+            counted = await self._client.aio.models.count_tokens(model=model, contents=contents)
+        return counted.total_tokens or 0
+
 
 @contextlib.contextmanager
 def _unreadable_answer(secret: str | None) -> Iterator[None]:

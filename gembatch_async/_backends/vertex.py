@@ -190,6 +190,13 @@ class VertexApi:
         with translate_errors():
             return await self._client.aio.models.get(model=vertex_model(model))
 
+    async def count_tokens(self, model: str, contents: list[Any]) -> int:
+        with translate_errors():
+            counted = await self._client.aio.models.count_tokens(
+                model=vertex_model(model), contents=contents
+            )
+        return counted.total_tokens or 0
+
 
 def stats_of(job: types.BatchJob) -> BatchStats | None:
     """``completion_stats`` as our counts (incomplete requests are the pending ones)."""

@@ -37,6 +37,7 @@ from .._events import BatchStats, JournalProblem
 from .._identity import base_identity_of_line, input_location, outside_reason
 from .._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
 from .._names import display_path
+from .._prices import Cost, PriceOverride, price_answers
 from .._results import (
     ResultCounts,
     ResultFile,
@@ -98,6 +99,10 @@ class JobStatus:
     #: For a round: requests in the input, and how many earlier jobs answered.
     input_requests: int | None = None
     answered_before: int = 0
+    #: The model the job runs (as the journal records it), to price its tokens.
+    model: str = ""
+    #: What the answers of the last download cost (None: no usage recorded).
+    cost: Cost | None = None
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -153,6 +158,8 @@ class JobsContext:
     retry: RetrySettings
     #: Lines of the journal that could not be read, found on opening it.
     problems: tuple[JournalProblem, ...] = ()
+    #: Rates to price tokens with instead of genai-prices' (``--price``).
+    prices: PriceOverride | None = None
 
     def recorded(self, paths: Sequence[str] | None = None) -> list[JobLine]:
         """The latest job line of each input (of ``paths`` when given)."""
@@ -199,8 +206,10 @@ async def open_jobs(
     base_url: str | None = None,
     retry: RetrySettings | None = None,
     vertex: VertexTarget | None = None,
+    prices: PriceOverride | None = None,
 ) -> AsyncIterator[JobsContext]:
-    """Open the journal and a client for the job commands; closes both.
+    """Open the journal and a client for the job commands; closes both. ``prices``
+    overrides the rates that price the answers' tokens.
 
     Each job is asked of the backend its line records (Vertex with the line's
     project, location and bucket unless ``vertex`` gives them)."""
@@ -216,7 +225,7 @@ async def open_jobs(
         async with jobs_session(
             lines, client, api_key=api_key, base_url=base_url, vertex=vertex
         ) as api:
-            yield JobsContext(journal, api, retry or RetrySettings(), tuple(view.problems))
+            yield JobsContext(journal, api, retry or RetrySettings(), tuple(view.problems), prices)
     finally:
         journal.close()
 
@@ -277,7 +286,14 @@ async def refresh_lines(
     await _for_each(range(len(lines)), check)
     if fresh:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_fresh_batches(fresh))
-    return [status for status in statuses if status is not None]
+    return [_priced(status, jobs.prices) for status in statuses if status is not None]
+
+
+def _priced(status: JobStatus, prices: PriceOverride | None) -> JobStatus:
+    """The status with what its last download's answers cost, when it recorded usage."""
+    usage = status.results.usage if status.results is not None else None
+    cost = price_answers(usage, status.model, status.created_at, prices)
+    return status if cost is None else replace(status, cost=cost)
 
 
 def _with_fresh_batches(fresh: dict[str, BatchDetail]) -> Callable[[JobLine], JobLine]:
@@ -325,6 +341,7 @@ def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail)
         parts=_part_of(line)[1],
         submitted=_submitted(line),
         **_round_fields(line, roots),
+        model=_model_of(line),
     )
 
 
@@ -345,6 +362,11 @@ def _round_fields(line: JobLine, roots: Sequence[str]) -> dict[str, Any]:
         "input_requests": total if isinstance(total, int) else None,
         "answered_before": before if isinstance(before, int) else 0,
     }
+
+
+def _model_of(line: JobLine) -> str:
+    model = line.get("model")
+    return model if isinstance(model, str) else ""
 
 
 def _submitted(line: JobLine) -> tuple[int, str] | None:
@@ -396,6 +418,7 @@ def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = N
         parts=_part_of(line)[1],
         submitted=_submitted(line),
         **_round_fields(line, roots),
+        model=_model_of(line),
     )
 
 
@@ -615,7 +638,7 @@ async def _results_of(
         return _skipped(status, targets)
     submitted = [s.submitted for s in group]
     rounds = len(group) == 1 and bool(status.completes)
-    return await fetch_results(
+    result = await fetch_results(
         jobs.api,
         (_newest_first(status) or [status]) if rounds else list(group),
         targets,
@@ -625,6 +648,8 @@ async def _results_of(
         submitted=None if None in submitted else [s for s in submitted if s is not None],
         superseding=rounds,
     )
+    cost = price_answers(result.usage, status.model, newest, jobs.prices)
+    return replace(result, model=status.model, created_at=newest, cost=cost)
 
 
 def _newest_first(status: JobStatus) -> list[JobStatus]:
@@ -655,7 +680,9 @@ def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
     """Results already there: what the journal recorded of them, when it did."""
     counts = status.results
     if counts is None or counts.results_path != str(targets.results):
-        return ResultFile(status.path, status.batch_name, str(targets.results), skipped=True)
+        return ResultFile(
+            status.path, status.batch_name, str(targets.results), skipped=True, model=status.model
+        )
     return ResultFile(
         status.path,
         status.batch_name,
@@ -667,6 +694,10 @@ def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
         failed_by_code=counts.failed_by_code,
         missing_count=counts.missing,
         unexpected_keys=counts.unknown,
+        usage=counts.usage,
+        model=status.model,
+        created_at=status.created_at,
+        cost=status.cost,
     )
 
 

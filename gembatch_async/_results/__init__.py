@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import anyio
 import anyio.from_thread
@@ -57,6 +57,10 @@ from .._retry import call_with_retries, describe
 from .._settings import RetrySettings
 from .._strict_json import TooDeepError as TooDeepError  # re-exported for _show
 from .._strict_json import strict_json as strict_json
+from ._usage import TokenUsage, UsageTally
+
+if TYPE_CHECKING:  # a record only: _prices imports this package
+    from .._prices import Cost
 
 #: How many keys (missing, unknown) and malformed lines a result names; counts cover all.
 MAX_LISTED = 100
@@ -256,6 +260,8 @@ class ResultCounts:
     failed_by_code: Mapping[str, int]
     missing: int
     unknown: int
+    #: Tokens the answers used (None: recorded before usage was summed).
+    usage: TokenUsage | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "failed_by_code": dict(self.failed_by_code)}
@@ -266,7 +272,8 @@ class ResultCounts:
         if not isinstance(data, dict):
             return None
         try:
-            return cls(**{**data, "failed_by_code": dict(data["failed_by_code"])})
+            usage = TokenUsage.from_dict(data.get("usage"))
+            return cls(**{**data, "failed_by_code": dict(data["failed_by_code"]), "usage": usage})
         except (TypeError, KeyError, ValueError):
             return None
 
@@ -313,6 +320,13 @@ class ResultFile:
     #: The input's job ended in this state (FAILED, CANCELLED, EXPIRED) without results:
     #: nothing was downloaded; ``error`` is None (the job's end is not the download's).
     ended: str | None = None
+    #: Tokens used, summed from every answer's usageMetadata (None: not read).
+    usage: TokenUsage | None = None
+    #: The model the job ran and when it was created (epoch seconds): what prices it.
+    model: str = ""
+    created_at: float | None = None
+    #: What the answers cost (set by ``download``/``run``, which know the model).
+    cost: Cost | None = None
 
     @property
     def failed(self) -> int:
@@ -336,6 +350,7 @@ class ResultFile:
             dict(self.failed_by_code),
             self.missing_count + self.unmatched,
             self.unexpected_keys,
+            self.usage,
         )
 
 
@@ -409,6 +424,7 @@ class _Tally:
     keyless: bool = False
     #: Unknown answers whose numeric key several request keys read as.
     ambiguous: int = 0
+    usage: UsageTally = field(default_factory=UsageTally)
 
 
 @dataclass
@@ -475,7 +491,7 @@ def build_results(
         SortedRecords(_JOINED.size) as joined,
         _Spool(_WHERE.size) as keyless_answers,
     ):
-        _index_outputs(files, answers, keyless_answers, check)
+        _index_outputs(files, answers, keyless_answers, check, tally.usage)
         keyed = _index_inputs(input_path, requests, tally, check)
         tally.keyless = keyed == 0 and tally.requests > 0
         _join(answers, requests, joined, tally, files, check, superseding)
@@ -490,8 +506,11 @@ def build_results(
     return tally, results, failed
 
 
-def _index_outputs(files: _Outputs, answers: SortedRecords, keyless: _Spool, check: Check) -> None:
-    """Pass 1: parse every output line; index keyed answers by key, the rest in order."""
+def _index_outputs(
+    files: _Outputs, answers: SortedRecords, keyless: _Spool, check: Check, usage: UsageTally
+) -> None:
+    """Pass 1: parse every output line; index keyed answers by key, the rest in order;
+    sum the tokens of every answer (each was billed, matched or not)."""
     problems: list[Problem] = []
     more = 0
     for number, path in enumerate(files.paths):
@@ -504,6 +523,8 @@ def _index_outputs(files: _Outputs, answers: SortedRecords, keyless: _Spool, che
                     more += 1
                 continue
             where = (int(parsed.is_error), number, offset, len(raw))
+            if not parsed.is_error:
+                usage.add_response(parsed.response)
             if parsed.key is None:
                 keyless.add(_WHERE.pack(*where))
             else:
@@ -532,6 +553,8 @@ class OutputLine:
     key: str | float | None
     is_error: bool
     error: object = None
+    #: The answer's ``response`` object (None for an error line).
+    response: object = None
 
 
 def parse_output_line(raw: bytes) -> OutputLine | str:
@@ -561,7 +584,7 @@ def parse_output_line(raw: bytes) -> OutputLine | str:
             return '"key" is a number too large to match'
     elif key is not None and not isinstance(key, str):
         return '"key" is not a string'
-    return OutputLine(key, "error" in obj, obj.get("error"))
+    return OutputLine(key, "error" in obj, obj.get("error"), obj.get("response"))
 
 
 def _json_error(exc: Exception) -> str:
@@ -1099,4 +1122,5 @@ def _result_file(
         duplicates=tally.duplicates,
         keyless=tally.keyless,
         raw_path=str(targets.raw) if keep_raw else None,
+        usage=tally.usage.usage(),
     )

@@ -11,7 +11,7 @@ import functools
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TypeVar
@@ -34,7 +34,7 @@ from .._errors import (
     UsageError,
     single_error,
 )
-from .._events import EventHandler, FileSkipped, SubmitSummary, WouldSubmit, ignore_events
+from .._events import EventHandler, FileSkipped, SubmitSummary, ignore_events
 from .._inputs import InputFile, JobLimits, Part, check_regular_file, scan_inputs, unique_paths
 from .._journal import (
     JobLine,
@@ -53,6 +53,13 @@ from .._settings import (
     api_key_from_env,
     checked_path,
     unsendable_key_reason,
+)
+from ._estimate import (
+    InputEstimate,
+    count_items,
+    dry_run_summary,
+    estimate_items,
+    would_submit,
 )
 from ._pipeline import SubmitRun
 
@@ -110,7 +117,13 @@ async def submit(
                     not_started=len(items),
                 )
             if settings.dry_run:
-                return _report_without_api(items, view, settings, on_event, started)
+                wanted = _to_submit(items, view, settings)
+                estimates = await (
+                    count_items(api, wanted, settings)
+                    if settings.count_tokens
+                    else estimate_items(wanted)
+                )
+                return _report_without_api(items, view, settings, on_event, started, estimates)
             run = SubmitRun(
                 api,
                 journal,
@@ -480,8 +493,11 @@ def _report_without_api(
     settings: SubmitSettings,
     on_event: EventHandler,
     started: float,
+    estimates: Mapping[str, InputEstimate] | None = None,
 ) -> SubmitSummary:
-    """Skips, and for a dry run what would be submitted: all known without the API."""
+    """Skips, and for a dry run what would be submitted (with ``estimates``, its
+    tokens and cost): all known without the API."""
+    estimates = estimates or {}
     skipped = 0
     for n, item in enumerate(items, start=1):
         latest = _recorded_line(item, view)
@@ -491,5 +507,6 @@ def _report_without_api(
             on_event(FileSkipped(item.label, name, n, len(items), changed, state))
             skipped += 1
         else:
-            on_event(WouldSubmit(item.label, item.count, item.size_bytes))
-    return SubmitSummary(0, skipped, 0, time.monotonic() - started)
+            on_event(would_submit(item, estimates.get(item.key), settings))
+    summary = SubmitSummary(0, skipped, 0, time.monotonic() - started)
+    return dry_run_summary(summary, list(estimates.values()), settings)

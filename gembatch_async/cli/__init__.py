@@ -47,6 +47,7 @@ from .._names import (
     model_problem,
     project_problem,
 )
+from .._prices import PriceOverride, parse_price_override
 from .._results._show import Answer, one_line, read_answers
 from .._settings import (
     DEFAULT_CONCURRENCY,
@@ -116,6 +117,14 @@ def _seconds(text: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+def _price(text: str) -> PriceOverride:
+    """An argparse type: ``input=USD,output=USD[,...]`` per million tokens."""
+    try:
+        return parse_price_override(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--price: ")) from None
 
 
 def _positive_seconds(text: str) -> float:
@@ -232,6 +241,14 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
         help="with --emulator: how long each emulated job takes from PENDING to SUCCEEDED "
         f"(default: ${PROCESSING_SECONDS_ENV} or 30)",
     )
+    group.add_argument(
+        "--price",
+        type=_price,
+        default=default(None),
+        metavar="input=USD,output=USD[,cached=USD]",
+        help="batch rates in USD per million tokens, instead of genai-prices' (also "
+        "interactive-input=, interactive-output=, interactive-cached= for the comparison)",
+    )
     _add_backend_options(group, default)
 
 
@@ -295,6 +312,11 @@ def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="DIR",
         help="mirror the inputs' paths under DIR (default: <input dir>/results/<input name>)",
     )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only run the pre-flight checks and estimate the cost (as submit --dry-run)",
+    )
 
 
 def _add_submit_options(sub: argparse.ArgumentParser) -> None:
@@ -330,6 +352,12 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         help="with --retry-failed: times an input's unanswered requests may be sent again, "
         "counted in the journal (and, for run, times a file is submitted again in one run) "
         f"(default {DEFAULT_RESUBMITS})",
+    )
+    sub.add_argument(
+        "--count-tokens",
+        action="store_true",
+        help="with --dry-run: count input tokens with the API's countTokens, one call per "
+        "request (at most 10,000), instead of estimating them locally",
     )
     sub.add_argument(
         "--max-requests-per-job",
@@ -686,6 +714,8 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         enqueued_token_quota=args.enqueued_token_quota,
         capacity_probe_seconds=args.capacity_probe,
         capacity_probe_max_seconds=16 * args.capacity_probe,
+        prices=args.price,
+        count_tokens=args.count_tokens,
     )
 
 
@@ -714,6 +744,8 @@ async def _submit_command(args: argparse.Namespace) -> int:
 
 
 async def _run_command(args: argparse.Namespace) -> int:
+    if args.dry_run:  # nothing is submitted, so nothing to watch: submit's dry run
+        return await _submit_command(args)
     from .._run import run
 
     settings = _submit_settings(args)
@@ -913,6 +945,7 @@ async def _jobs_command(args: argparse.Namespace) -> int:
             api_key=endpoint.api_key,
             base_url=endpoint.base_url,
             vertex=endpoint.vertex,
+            prices=args.price,
         ) as jobs,
     ):
         for problem in jobs.problems:

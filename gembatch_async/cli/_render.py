@@ -28,7 +28,10 @@ from .._events import (
     event_to_dict,
 )
 from .._names import display_path, json_safe
+from .._prices import total_cost
 from .._results import ResultFile
+from .._results._usage import TokenUsage
+from ._cost import COUNT_METHOD, ESTIMATE_METHOD, cost_text, file_usage_text, short_cost, usage_line
 
 if TYPE_CHECKING:  # _jobs imports the SDK, which --version and show do without
     from .._jobs import Cleaned, JobStatus
@@ -75,7 +78,8 @@ def render_text(event: Event) -> tuple[str, bool]:
             whole += f"; {event.failed} failed requests -> {_shown(event.failed_path)}"
         return (
             f"results {_shown(event.path)} -> {_shown(event.output_path)} "
-            f"({event.responses} responses, {event.errors} errors{whole})",
+            f"({event.responses} responses, {event.errors} errors{whole}"
+            f"{file_usage_text(event.usage, event.cost)})",
             False,
         )
     if isinstance(event, JobEnded):
@@ -99,17 +103,33 @@ def render_text(event: Event) -> tuple[str, bool]:
         return f"warning: {_shown(event.journal)}:{event.line}: {event.message}", True
     if isinstance(event, WouldSubmit):
         return (
-            f"would submit {_shown(event.path)} ({event.count} requests, {event.size_bytes} bytes)",
+            f"would submit {_shown(event.path)} ({event.count} requests, {event.size_bytes} bytes"
+            f"{_estimate_phrase(event.input_tokens, event.with_media, event.tokens_counted)}"
+            f"{', input ' + short_cost(event.cost) if event.cost else ''})",
             False,
         )
     raise TypeError(f"unknown event {event!r}")  # pragma: no cover
 
 
+def _estimate_phrase(tokens: int | None, with_media: int, counted: bool = False) -> str:
+    if tokens is None:
+        return ""
+    media = f" + media in {with_media} requests, not estimated" if with_media else ""
+    return f"; {'' if counted else '~'}{tokens:,} input tokens{media}"
+
+
 def render_summary(summary: SubmitSummary, dry_run: bool = False) -> str:
     if dry_run:
-        return (
-            f"dry run: nothing was sent beyond the model check; {summary.skipped} already submitted"
-        )
+        sent = "the model check and countTokens" if summary.tokens_counted else "the model check"
+        text = f"dry run: nothing was sent beyond {sent}; {summary.skipped} already submitted"
+        if summary.input_tokens is not None and summary.cost is not None:
+            # Before the summary, which stays the last line.
+            about, method = ("", COUNT_METHOD) if summary.tokens_counted else ("~", ESTIMATE_METHOD)
+            text = (
+                f"estimate: {about}{summary.input_tokens:,} input tokens, "
+                f"{cost_text(summary.cost)}; {method}\n{text}"
+            )
+        return text
     deferred = f", deferred {summary.deferred}" if summary.deferred else ""
     text = (
         f"submitted {summary.submitted}, skipped {summary.skipped}{deferred}, "
@@ -142,7 +162,8 @@ def render_run_summary(summary: RunSummary) -> str:
         text += f"; {summary.requests} requests: {summary.answered} answered, {summary.failed_requests} failed"
     if summary.interrupted:
         text += "; interrupted: run the same command again to continue"
-    return "\n".join([text, *_failed_requests_note(summary)])
+    spent = usage_line(summary.usage, summary.cost)
+    return "\n".join([*([spent] if spent else []), text, *_failed_requests_note(summary)])
 
 
 def _failed_requests_note(summary: RunSummary, shown: int = 5) -> list[str]:
@@ -194,7 +215,8 @@ def render_status(status: JobStatus) -> str:
     if status.results is not None:
         counts = status.results
         line += f" (results: {counts.responses} answered, {counts.failed} failed"
-        line += f", {counts.unknown} unknown answers)" if counts.unknown else ")"
+        line += f", {counts.unknown} unknown answers" if counts.unknown else ""
+        line += file_usage_text(counts.usage, status.cost) + ")"
     return line
 
 
@@ -228,6 +250,7 @@ def render_result(result: ResultFile) -> str:
         line += f" ({_by_code(result.failed_by_code)})"
         if result.failed_path:
             line += f" -> {_shown(result.failed_path)}"
+    line += file_usage_text(result.usage, result.cost)
     notes = _incomplete_notes(result)
     return line + ("; " + "; ".join(notes) if notes else "")
 
@@ -278,7 +301,17 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
     total = sum(failed.values())
     if total:
         line += f"; {total} failed requests ({_by_code(failed)}), listed in the .failed.jsonl files"
-    return line
+    spent = _download_spent(results)
+    return (f"{spent}\n" if spent else "") + line  # the summary stays the last line
+
+
+def _download_spent(results: Sequence[ResultFile]) -> str | None:
+    """Tokens and cost of the results whose answers' usage is known."""
+    read = [r for r in results if r.usage is not None and r.cost is not None and not r.error]
+    if not read:
+        return None
+    usage = sum((r.usage for r in read if r.usage is not None), TokenUsage())
+    return usage_line(usage, total_cost([r.cost for r in read if r.cost is not None]))
 
 
 def render_cleaned(item: Cleaned) -> str:

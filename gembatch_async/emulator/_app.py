@@ -34,6 +34,7 @@ from gembatch_async.emulator._errors import (
 from gembatch_async.emulator._faults import FaultInjector, FaultRule, RequestLog, parse_fault_spec
 from gembatch_async.emulator._models import BATCH_EMBED, BATCH_GENERATE, model_spec
 from gembatch_async.emulator._request_errors import RequestErrors
+from gembatch_async.emulator._responses import prompt_tokens
 from gembatch_async.emulator._scenarios import SCENARIO_ACTIONS, Scenarios
 from gembatch_async.emulator._store import (
     FILE_LIFETIME_SECONDS,
@@ -272,6 +273,12 @@ class EmulatorApp:
                 rf"/{_VER}/models/(?P<model>[^/:]+):asyncBatchEmbedContent",
                 "create",
                 self._create_embed_batch,
+            ),
+            r(
+                "POST",
+                rf"/{_VER}/models/(?P<model>[^/:]+):countTokens",
+                "count",
+                self._count_tokens,
             ),
             r("GET", rf"/{_VER}/models/(?P<model>[^/:]+)", "get", self._get_model),
             r("GET", rf"/{_VER}/models", "list", self._list_models),
@@ -715,6 +722,16 @@ class EmulatorApp:
     async def _get_model(self, request: Request, match: re.Match[str]) -> Response:
         model = self._require_model(match.group("model"), match.group("ver"))
         return _json(model_spec(model).to_json())
+
+    async def _count_tokens(self, request: Request, match: re.Match[str]) -> Response:
+        """models.countTokens as the SDK speaks it on the Developer API: the body is
+        ``{"contents": [...]}`` and the answer ``{"totalTokens": N}`` (google-genai
+        3.6.1 models.py: ``_CountTokensParameters_to_mldev``,
+        ``_CountTokensResponse_from_mldev``). N is the count this emulator's answers
+        report as ``promptTokenCount`` for the same contents."""
+        self._require_model(match.group("model"), match.group("ver"), "countTokens")
+        body = await _json_body(request)
+        return _json({"totalTokens": prompt_tokens({"contents": body.get("contents")})})
 
     async def _list_models(self, request: Request, match: re.Match[str]) -> Response:
         token, size = _page(request, default=50, maximum=1000)

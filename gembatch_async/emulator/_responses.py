@@ -40,6 +40,45 @@ def _tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def _thinks(model: str) -> bool:
+    """Models that think by default: "Thinking is on by default" for the 2.5 series
+    (ai.google.dev/gemini-api/docs/thinking) and the 3 series after it; 2.0 does not."""
+    name = model.rsplit("/", 1)[-1]
+    return name.startswith(("gemini-2.5", "gemini-3")) and "image" not in name
+
+
+def _thought_tokens(model: str, seed: str, answer_tokens: int) -> int:
+    """Thinking tokens, varied per answer (0 to 3x the answer), 0 for models that do not think."""
+    if not _thinks(model):
+        return 0
+    spread = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:2], "big") % 4
+    return spread * answer_tokens
+
+
+def usage_metadata(prompt_count: int, answer_tokens: int, thought_tokens: int) -> dict[str, Any]:
+    """A usageMetadata in the service's shape. Thinking is counted apart from the
+    candidates and inside the total: a captured gemini-2.5-flash answer reads
+    promptTokenCount 282, candidatesTokenCount 2, thoughtsTokenCount 44,
+    totalTokenCount 328 (valentinfrlch/ha-llmvision#609), as the SDK's
+    GenerateContentResponseUsageMetadata documents the total (google-genai 3.6.1);
+    ``thoughtsTokenCount`` is left out when 0, as in the captured 2.5-flash-lite
+    outputs (tests/fixtures/real-gemini-batch)."""
+    usage: dict[str, Any] = {
+        "promptTokenCount": prompt_count,
+        "candidatesTokenCount": answer_tokens,
+        "totalTokenCount": prompt_count + answer_tokens + thought_tokens,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_count}],
+    }
+    if thought_tokens:
+        usage["thoughtsTokenCount"] = thought_tokens
+    return usage
+
+
+def prompt_tokens(request: dict[str, Any]) -> int:
+    """The prompt tokens an answer to ``request`` reports (and countTokens counts)."""
+    return _tokens(_prompt_text(request))
+
+
 def fake_response(
     request: dict[str, Any], batch_id: str, model: str, position: int
 ) -> dict[str, Any]:
@@ -49,7 +88,7 @@ def fake_response(
         text = json.dumps({"emulated": True, "prompt": prompt[:200]})
     else:
         text = f"Emulated answer from {model} to: {prompt[:200]}"
-    prompt_tokens = _tokens(prompt)
+    prompt_count = _tokens(prompt)
     answer_tokens = _tokens(text)
     response_id = hashlib.sha256(f"{batch_id}/{position}".encode()).hexdigest()[:22]
     return {
@@ -60,12 +99,11 @@ def fake_response(
                 "index": 0,
             }
         ],
-        "usageMetadata": {
-            "promptTokenCount": prompt_tokens,
-            "candidatesTokenCount": answer_tokens,
-            "totalTokenCount": prompt_tokens + answer_tokens,
-            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
-        },
+        "usageMetadata": usage_metadata(
+            prompt_count,
+            answer_tokens,
+            _thought_tokens(model, f"{batch_id}/{position}", answer_tokens),
+        ),
         "modelVersion": model,
         "responseId": response_id,
     }

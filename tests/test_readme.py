@@ -5,6 +5,7 @@ its library example runs."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 import shlex
 import shutil
@@ -104,6 +105,8 @@ def test_walkthrough_runs_in_order_on_a_fresh_copy_and_changes_nothing_in_it(
     assert len(read_journal(demo / "job-info.jsonl")) == len(inputs)
     assert re.search(r"^request_1\tEmulated answer", result.stdout, flags=re.M), result.stdout
     printed = _normalised(result.stdout).splitlines()
+    if importlib.util.find_spec("genai_prices") is None:
+        return  # Python 3.10: no price table, so the pasted costs read "unknown" there
     for line in _intro_output():
         assert _normalised(line) in printed, f"not printed: {line}\n{result.stdout}"
 
@@ -119,11 +122,13 @@ def _normalised(text: str) -> str:
     their upload in) made constant."""
     text = re.sub(r"batches/[a-z0-9]+", "batches/ID", text)
     text = re.sub(r"^\[\d+/", "[n/", text, flags=re.M)
+    text = re.sub(r"rates of \d{4}-\d\d-\d\d", "rates of DATE", text)  # the day the job ran
     return re.sub(r"in \d+\.\d+s", "in Ts", text)
 
 
 def test_failed_requests_paste_is_what_run_prints(tmp_path: Path) -> None:
     """The tutorial's run with --request-errors 0.3 prints the pasted lines, exit 0."""
+    pytest.importorskip("genai_prices")  # the pasted costs; Python 3.10 prices "unknown"
     pasted = [
         line.strip()
         for line in WALKTHROUGH.split("the end of a run reads:", 1)[1].split("```")[1].splitlines()

@@ -102,7 +102,8 @@ def fake_response(
         "usageMetadata": usage_metadata(
             prompt_count,
             answer_tokens,
-            _thought_tokens(model, f"{batch_id}/{position}", answer_tokens),
+            # By the prompt, not the random batch id: a seeded demo's costs repeat.
+            _thought_tokens(model, f"{position}/{prompt}", answer_tokens),
         ),
         "modelVersion": model,
         "responseId": response_id,

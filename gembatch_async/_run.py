@@ -51,6 +51,7 @@ from ._results import ResultFile
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
+from ._submit._pack import PackRun
 from ._submit._pipeline import RETRYABLE_END_STATES, SubmitRun
 
 
@@ -200,7 +201,7 @@ class _Runner:
         self.again = _SubmitTally(0, 0, 0)
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
-        return SubmitRun(
+        return (PackRun if settings.pack else SubmitRun)(
             self.jobs.api,
             self.jobs.journal,
             settings,

@@ -101,6 +101,9 @@ class SubmitSettings:
     #: Check every request against the API's request schema before uploading;
     #: turn off only for fields newer than this tool's schema.
     schema_check: bool = True
+    #: Pack whole inputs that fit together into shared jobs (``_submit/_pack``), up to
+    #: the per-job limits above: N small files run as one job instead of N.
+    pack: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -89,6 +89,8 @@ class JobStatus:
     parts: int | None = None
     #: What was submitted (of this part): its size and sha256, as the journal records them.
     submitted: tuple[int, str] | None = None
+    #: For one input of a packed job: the prefix its requests' keys were sent with.
+    key_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -215,32 +217,37 @@ async def refresh_status(jobs: JobsContext, paths: Sequence[str] | None = None) 
 
 
 async def refresh_lines(jobs: JobsContext, lines: list[JobLine]) -> list[JobStatus]:
-    """The status of each line, in the same order (ended jobs from the journal alone)."""
-    fresh: dict[str, BatchDetail] = {}
-    statuses: list[JobStatus | None] = [None] * len(lines)
+    """The status of each line, in the same order (ended jobs from the journal alone).
+    One request per job, however many lines record it (a packed job has one per input)."""
     roots = jobs.journal.roots
+    unsettled = [line for line in lines if batch_state_of(line) not in END_STATES]
+    answers: dict[str, BatchDetail | ApiError] = {}
 
-    async def check(index: int) -> None:
-        line = lines[index]
-        name = batch_name_of(line)
-        if batch_state_of(line) in END_STATES:  # settled: nothing can change any more
-            statuses[index] = _status_from_line(line, roots)
-            return
+    async def ask(name: str) -> None:
         try:
-            detail = await jobs.call(lambda: jobs.api.get_batch_detail(name))
+            answers[name] = await jobs.call(lambda: jobs.api.get_batch_detail(name))
         except ApiError as exc:
-            statuses[index] = replace(
-                _status_from_line(line, roots, error=describe(exc)),
-                error_is_final=isinstance(exc, PermanentApiError),
-            )
-            return
-        fresh[name] = detail
-        statuses[index] = _status_from_batch(line, roots, detail)
+            answers[name] = exc
 
-    await _for_each(range(len(lines)), check)
+    await _for_each(list(dict.fromkeys(batch_name_of(line) for line in unsettled)), ask)
+    fresh = {name: a for name, a in answers.items() if not isinstance(a, ApiError)}
     if fresh:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_fresh_batches(fresh))
-    return [status for status in statuses if status is not None]
+    return [_status_of(line, roots, answers.get(batch_name_of(line))) for line in lines]
+
+
+def _status_of(
+    line: JobLine, roots: Sequence[str], answer: BatchDetail | ApiError | None
+) -> JobStatus:
+    """A line's status from the service's answer (None: settled, from the journal)."""
+    if answer is None or batch_state_of(line) in END_STATES:  # settled: nothing can change
+        return _status_from_line(line, roots)
+    if isinstance(answer, ApiError):
+        return replace(
+            _status_from_line(line, roots, error=describe(answer)),
+            error_is_final=isinstance(answer, PermanentApiError),
+        )
+    return _status_from_batch(line, roots, answer)
 
 
 def _with_fresh_batches(fresh: dict[str, BatchDetail]) -> Callable[[JobLine], JobLine]:
@@ -287,7 +294,15 @@ def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail)
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        key_prefix=_key_prefix(line),
     )
+
+
+def _key_prefix(line: JobLine) -> str | None:
+    """The key prefix of a packed job's input (``_submit/_pack``), else None."""
+    pack = line.get("pack")
+    prefix = pack.get("key_prefix") if isinstance(pack, dict) else None
+    return prefix if isinstance(prefix, str) and prefix else None
 
 
 def _submitted(line: JobLine) -> tuple[int, str] | None:
@@ -334,6 +349,7 @@ def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = N
         part=_part_of(line)[0],
         parts=_part_of(line)[1],
         submitted=_submitted(line),
+        key_prefix=_key_prefix(line),
     )
 
 
@@ -410,7 +426,7 @@ async def download_results(
         results[index] = result
         on_result(result)
 
-    written: dict[str, ResultCounts] = {}
+    written: dict[tuple[str, str], ResultCounts] = {}
     for result in refused:
         on_result(result)
     await _for_each(range(len(ready)), fetch)
@@ -549,18 +565,22 @@ async def _results_of(
         keep_raw=choice.keep_raw,
         limiter=choice.limiter,
         submitted=None if None in submitted else [s for s in submitted if s is not None],
+        key_prefix=status.key_prefix,
     )
 
 
-def _counts_by_batch(group: Sequence[JobStatus], result: ResultFile) -> dict[str, ResultCounts]:
-    """What fresh results hold, for the line of each job they came from."""
+def _counts_by_batch(
+    group: Sequence[JobStatus], result: ResultFile
+) -> dict[tuple[str, str], ResultCounts]:
+    """What fresh results hold, for the line of each job they came from (by batch and
+    input: a packed job has one line per input, each with its own results)."""
     if result.skipped or result.error is not None:
         return {}
     counts = result.counts()
-    return {status.batch_name: counts for status in group}
+    return {(status.batch_name, status.path): counts for status in group}
 
 
-async def _record_counts(jobs: JobsContext, written: dict[str, ResultCounts]) -> None:
+async def _record_counts(jobs: JobsContext, written: dict[tuple[str, str], ResultCounts]) -> None:
     if written:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_result_counts(written))
 
@@ -589,9 +609,11 @@ def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
     )
 
 
-def _with_result_counts(written: dict[str, ResultCounts]) -> Callable[[JobLine], JobLine]:
+def _with_result_counts(
+    written: dict[tuple[str, str], ResultCounts],
+) -> Callable[[JobLine], JobLine]:
     def update(line: JobLine) -> JobLine:
-        counts = written.get(batch_name_of(line))
+        counts = written.get((batch_name_of(line), str(line["input_file"])))
         return line if counts is None else {**line, "results": counts.to_dict()}
 
     return update

@@ -55,6 +55,7 @@ from .._errors import ApiError, OutputError, Problem
 from .._keysort import SortedRecords
 from .._retry import call_with_retries, describe
 from .._settings import RetrySettings
+from ._unpack import member_output
 
 #: How many keys (missing, unknown) and malformed lines a result names; counts cover all.
 MAX_LISTED = 100
@@ -926,8 +927,12 @@ async def fetch_results(
     keep_raw: bool = False,
     limiter: anyio.CapacityLimiter | None = None,
     submitted: Sequence[tuple[int, str]] | None = None,
+    key_prefix: str | None = None,
 ) -> ResultFile:
     """Download a succeeded job's output and write its results (see the module doc).
+
+    ``key_prefix``: the job is a pack of several inputs (``_submit/_pack``) and this
+    input's requests were sent with keys so prefixed: only their answers are its own.
 
     ``job`` may be the jobs of every part of a split input, in part order: their
     outputs are merged into one results file in the input's order.
@@ -960,6 +965,9 @@ async def fetch_results(
             raw = await anyio.to_thread.run_sync(staging.new, "raw")
             raws.append(raw)
             await _download(api, retry, name, raw)
+            if key_prefix is not None:
+                raw = await anyio.to_thread.run_sync(_share_of, staging, raw, key_prefix)
+                raws[-1] = raw
         tally, results, failed = await anyio.to_thread.run_sync(
             _build_checked,
             targets.input_path,
@@ -988,6 +996,13 @@ async def fetch_results(
     finally:
         staging.discard()
     return _result_file(done, tally, targets, failed is not None, keep_raw)
+
+
+def _share_of(staging: Staging, packed: Path, prefix: str) -> Path:
+    """This input's share of a packed job's output, in a temporary of its own."""
+    share = staging.new("raw")
+    member_output(packed, share, prefix)
+    return share
 
 
 def changed_since(input_path: str, submitted: Sequence[tuple[int, str]]) -> str | None:

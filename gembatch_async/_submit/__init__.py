@@ -47,6 +47,7 @@ from .._settings import (
     checked_path,
     unsendable_key_reason,
 )
+from ._pack import PackRun
 from ._pipeline import SubmitRun
 
 _SCAN_THREADS = 4
@@ -104,7 +105,7 @@ async def submit(
                 )
             if settings.dry_run:
                 return _report_without_api(items, view, settings, on_event, started)
-            run = SubmitRun(
+            run = (PackRun if settings.pack else SubmitRun)(
                 api,
                 journal,
                 settings,

@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import anyio
@@ -42,8 +42,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 from google.genai import types
 
 from .._admission import Admission
-from .._backends import Backend
-from .._errors import InputChangedError
+from .._backends import END_STATES, Backend
+from .._errors import ApiError, InputChangedError, NotFoundApiError
 from .._events import (
     Event,
     EventHandler,
@@ -331,6 +331,8 @@ class PackRun(SubmitRun):
         #: own, and its first member's (an unrecorded job's failure names that one).
         self._packs: dict[str, Pack] = {}
         self._per_input = _PerInput(emit, self._packs)
+        #: How recorded jobs ended, asked of the service (see _learn_end_states).
+        self._states: dict[str, str] = {}
         super().__init__(api, journal, settings, self._per_input, stop, admission)
 
     async def run(self, items: list[InputFile]) -> Tally:
@@ -342,22 +344,65 @@ class PackRun(SubmitRun):
         return tally
 
     async def _plan(self, items: list[InputFile]) -> list[InputFile]:
+        """The run's units: packs of the inputs to submit, and every other input alone.
+
+        Packs are planned over every packable input of the command, recorded or not,
+        and kept when all their members are to be submitted: so the packs a command
+        makes do not depend on which of them an interrupted run recorded, and the
+        same command after a kill makes the very packs it may have created (and
+        adopts them). Inputs left over (the command's inputs changed) are packed anew.
+        """
         view = self.journal.refresh()
-        fresh = [item for item in items if self._may_pack(item, view)]
-        planned = await anyio.to_thread.run_sync(plan_packs, fresh, self._limits())
-        packed = {m.item.key for unit in planned if isinstance(unit, Pack) for m in unit.members}
-        for unit in planned:
-            if isinstance(unit, Pack):
-                self._packs[unit.label] = self._packs[unit.members[0].item.label] = unit
-        # Each pack takes the place of its first member; the others are in it.
-        out: list[InputFile] = []
-        by_first = {unit.members[0].item.key: unit for unit in planned if isinstance(unit, Pack)}
-        for item in items:
-            if item.key in by_first:
-                out.append(by_first[item.key])
-            elif item.key not in packed:
-                out.append(item)
-        return out
+        await self._learn_end_states(items, view)
+        wanted = {item.key for item in items if self._may_pack(item, view)}
+        limits = self._limits()
+        planned = await anyio.to_thread.run_sync(plan_packs, items, limits)
+        packs = [u for u in planned if isinstance(u, Pack)]
+        kept = [p for p in packs if all(m.item.key in wanted for m in p.members)]
+        leftovers = [
+            m.item for p in packs if p not in kept for m in p.members if m.item.key in wanted
+        ]
+        if len(leftovers) > 1:
+            again = await anyio.to_thread.run_sync(plan_packs, leftovers, limits)
+            kept += [u for u in again if isinstance(u, Pack)]
+        return self._units(items, kept)
+
+    def _units(self, items: list[InputFile], packs: list[Pack]) -> list[InputFile]:
+        """Each pack in the place of its first member; every input in no pack alone."""
+        by_first = {p.members[0].item.key: p for p in packs}
+        packed = {m.item.key for p in packs for m in p.members}
+        for pack in packs:
+            self._packs[pack.label] = self._packs[pack.members[0].item.label] = pack
+        return [
+            by_first.get(item.key, item)
+            for item in items
+            if item.key in by_first or item.key not in packed
+        ]
+
+    async def _learn_end_states(self, items: list[InputFile], view: JournalView) -> None:
+        """With --retry-failed, how each recorded job of these inputs ended, when the
+        journal does not know yet (one request per job): its failed packs are packed
+        again, for the inputs without results."""
+        if not self.settings.retry_failed or self.settings.force:
+            return
+        names = {
+            batch_name_of(line)
+            for item in items
+            if (line := view.recorded(item.key, item.identity, None)) is not None
+            and batch_state_of(line) not in END_STATES
+        }
+        for name in sorted(names):
+            try:
+                batch = await self._with_retries("status", name, self._getter(name))
+            except NotFoundApiError:
+                self._states[name] = "JOB_STATE_FAILED"  # gone: nothing will run for it
+                continue
+            except ApiError:
+                continue  # the input goes alone, where the same question is asked again
+            self._states[name] = batch.state.value if batch.state is not None else ""
+
+    def _getter(self, name: str) -> Callable[[], Awaitable[types.BatchJob]]:
+        return lambda: self.api.get_batch(name)
 
     def _limits(self) -> JobLimits:
         """What one job may hold on this backend; with a token quota, no pack larger
@@ -379,10 +424,9 @@ class PackRun(SubmitRun):
         latest = view.recorded(item.key, item.identity, None)
         if latest is None or self.settings.force:
             return True
+        state = self._states.get(batch_name_of(latest), batch_state_of(latest))
         return (
-            self.settings.retry_failed
-            and batch_state_of(latest) in RETRYABLE_END_STATES
-            and not has_results(latest)
+            self.settings.retry_failed and state in RETRYABLE_END_STATES and not has_results(latest)
         )
 
     async def _should_resubmit(self, latest: JobLine) -> bool:

@@ -31,7 +31,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bare_sdk import submit_bare
 
-from gembatch_async import SubmitSettings, submit
+from gembatch_async import SubmitSettings, run, submit
 from gembatch_async._journal import Journal
 
 API_KEY = "bench-key"
@@ -59,7 +59,10 @@ class Emulator:
 
 @contextmanager
 def emulator(
-    latency_ms: float, state_dir: Path | None = None, processing: float = 86400
+    latency_ms: float,
+    state_dir: Path | None = None,
+    processing: float = 86400,
+    window: int = 100_000_000,
 ) -> Iterator[Emulator]:
     args = [
         sys.executable,
@@ -73,7 +76,7 @@ def emulator(
         "--processing-seconds",
         str(processing),
         "--max-unfinished-batches",
-        "100000000",
+        str(window),
         "--storage-quota-bytes",
         str(10**13),
     ]
@@ -736,6 +739,57 @@ def fake_line(path: str, digest: str) -> dict[str, Any]:
 
 
 # -- main ---------------------------------------------------------------------------------------------
+# -- packing: many small files through a narrow job window -------------------------------------
+def run_to_results(
+    paths: list[str], settings: SubmitSettings, journal: Path, base_url: str
+) -> Timing:
+    """``run`` in this process, polling every 0.5 s, until every result is in."""
+
+    async def go() -> None:
+        summary = await run(
+            paths,
+            settings=settings,
+            job_info=journal,
+            interval=0.5,
+            api_key=API_KEY,
+            base_url=base_url,
+        )
+        assert summary.complete, summary
+
+    return timed(lambda: anyio.run(go, backend="asyncio"))
+
+
+def bench_pack(work: Path, n: int, window: int, job_seconds: float) -> None:
+    """``run`` of n small files through a window of ``window`` jobs of ``job_seconds``
+    each, with and without --pack (in this process: a CLI's start-up is noise here).
+    Without, the files run in ceil(n / window) waves; packed, in one: the ideal is one
+    job's length, nothing can finish sooner."""
+    results = {}
+    for packed in (False, True):
+        paths = make_files(_fresh(work / f"pack-{packed}"), n)
+        settings = SubmitSettings(job_window=window, pack=packed)
+        with emulator(20, processing=job_seconds, window=window) as emu:
+            journal = work / f"pack-{packed}.jsonl"
+            timing = run_to_results(paths, settings, journal, emu.base_url)
+            jobs = len(emu.admin("state")["batches"])
+        results[packed] = (timing.wall, jobs)
+    (alone, jobs_alone), (packed_wall, jobs_packed) = results[False], results[True]
+    record(
+        "pack_run_waves",
+        n=n,
+        window=window,
+        job_seconds=job_seconds,
+        jobs_alone=jobs_alone,
+        jobs_packed=jobs_packed,
+        wall_alone=round(alone, 2),
+        wall_packed=round(packed_wall, 2),
+        ideal=job_seconds,
+        alone_over_packed=round(alone / packed_wall, 2),
+        packed_over_ideal=round(packed_wall / job_seconds, 2),
+        alone_over_ideal=round(alone / job_seconds, 2),
+    )
+
+
 def print_table() -> None:
     print()
     print(
@@ -753,7 +807,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: bare,scaling,profile,memory,download,journal,schema,recovery,backends",
+        help="comma list: bare,scaling,profile,memory,download,journal,schema,recovery,backends,"
+        "pack",
     )
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -774,6 +829,7 @@ def main() -> None:
             "schema": lambda: bench_schema(work, 20_000 if quick else 200_000),
             "recovery": lambda: bench_recovery(work, 60 if quick else 300, 300, 50),
             "backends": lambda: bench_backends(work, 40 if quick else 200, 50),
+            "pack": lambda: bench_pack(work, 40 if quick else 200, 4 if quick else 20, 5.0),
         }
         for name, step in steps.items():
             if not only or name in only:

@@ -623,7 +623,8 @@ def _with_result_counts(
 async def cancel_jobs(jobs: JobsContext, paths: Sequence[str] | None = None) -> list[JobStatus]:
     """Cancel every recorded job that has not ended (of ``paths`` when given)."""
     statuses = await refresh_status(jobs, paths)
-    targets = [s for s in statuses if not s.done and s.error is None]
+    # One cancel per job, however many inputs it carries (a packed job has one line each).
+    targets = list({s.batch_name: s for s in statuses if not s.done and s.error is None}.values())
 
     async def cancel(status: JobStatus) -> None:
         await jobs.call(lambda: jobs.api.cancel_batch(status.batch_name))

@@ -192,3 +192,19 @@ def test_a_failed_pack_is_sent_again_for_its_inputs_only(
     assert sorted(x["input_file"] for x in newest) == retried
     assert len({x["batch"]["name"] for x in newest}) == 1
     assert sorted(c["input"] for c in newest[0]["carries"]) == retried
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=120), id="slow")]
+)
+def test_cancel_sends_one_cancel_per_packed_job(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """cancel with no files named: the pack's job is cancelled once (a second cancel of
+    it would be refused: it has ended), and every input it carries shows it cancelled."""
+    made = _inputs(tmp_path, 3)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "--pack", *made], cwd=tmp_path, env=env).returncode == 0
+    result = run_cli(["cancel"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert emulator.state()["requests"]["cancel"]["count"] == 1
+    assert [b["state"] for b in emulator.state()["batches"]] == ["BATCH_STATE_CANCELLED"]
+    assert result.stdout.count("CANCELLED") == 3, result.stdout

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.genai import types
 
+from gembatch_async._admission import estimated_tokens, load_of
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from ..helpers import cli_env, read_journal, run_cli, wait_until
@@ -208,3 +210,20 @@ def test_cancel_sends_one_cancel_per_packed_job(emulator: RunningEmulator, tmp_p
     assert emulator.state()["requests"]["cancel"]["count"] == 1
     assert [b["state"] for b in emulator.state()["batches"]] == ["BATCH_STATE_CANCELLED"]
     assert result.stdout.count("CANCELLED") == 3, result.stdout
+
+
+@FAST
+def test_the_token_count_of_a_packed_job_is_the_whole_pack(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The admission counts an unfinished packed job's tokens from its whole upload,
+    not from whichever of its inputs' lines came last."""
+    made = _inputs(tmp_path, 4)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "--pack", *made], cwd=tmp_path, env=env).returncode == 0
+    lines = read_journal(tmp_path / "job-info.jsonl")
+    name = lines[0]["batch"]["name"]
+    listing = [types.BatchJob(name=name, state=types.JobState.JOB_STATE_PENDING)]
+    load = load_of(listing, lines, lines[0]["model"])
+    assert load.tokens == {name: estimated_tokens(lines[0]["pack"]["size_bytes"])}
+    assert lines[0]["pack"]["size_bytes"] > sum(x["size_bytes"] for x in lines) / 2

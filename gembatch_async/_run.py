@@ -195,6 +195,8 @@ class _Runner:
         self._storage_short = False
         #: Results built at once (CPU work, a few MiB each).
         self._builds = anyio.CapacityLimiter(2)
+        #: Inputs whose job's news (results, an end) are handled at once.
+        self._settling = anyio.CapacityLimiter(8)
         self.submitted = self._submit_run(settings)
         #: What this run's submissions again (after a job ended badly) came to: they
         #: count in the summary like the first ones.
@@ -320,7 +322,16 @@ class _Runner:
         if not tracked:
             return
         statuses = await refresh_lines(self.jobs, [line for _, line in tracked])
-        for (entry, _line), status in zip(tracked, statuses, strict=True):
+        # Inputs are settled side by side (a packed job ends for all its inputs at once:
+        # one after the other, their downloads and journal writes add up).
+        async with anyio.create_task_group() as settling:
+            for (entry, _line), status in zip(tracked, statuses, strict=True):
+                settling.start_soon(self._settle_input, entry, status, tg)
+
+    async def _settle_input(
+        self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup
+    ) -> None:
+        async with self._settling:
             await self._on_status(entry, status, tg)
 
     async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> None:

@@ -150,8 +150,9 @@ def plan_packs(items: Sequence[InputFile], limits: JobLimits) -> list[InputFile]
     used = [0, 0]  # bytes, requests
 
     def close() -> None:
-        if len(group) > 1:
-            units.append(_pack_of(group))
+        pack = _pack_of(group) if len(group) > 1 else None
+        if pack is not None:
+            units.append(pack)
         else:
             units.extend(c.item for c in group)
         group.clear()
@@ -199,15 +200,22 @@ def _candidate(item: InputFile) -> _Candidate | None:
     return _Candidate(item, size, keys_sha256(keys))
 
 
-def _pack_of(group: list[_Candidate]) -> Pack:
+def _pack_of(group: list[_Candidate]) -> Pack | None:
+    """The pack of these inputs; None when one of them can no longer be read as it was
+    (each then goes alone, and its upload says what changed)."""
     members = tuple(
         Member(c.item, n, c.bare_bytes + c.item.count * len(key_prefix(n)), c.keys_sha256)
         for n, c in enumerate(group, start=1)
     )
     hasher = hashlib.sha256()
-    for member in members:
-        for obj in _requests(member.item.path):
-            hasher.update(_packed_line(obj, member.prefix))
+    try:
+        for member in members:
+            for obj in _requests(member.item.path):
+                if not isinstance(obj.get("key"), str):
+                    return None
+                hasher.update(_packed_line(obj, member.prefix))
+    except (OSError, ValueError):
+        return None
     first = group[0].item
     # Its identity, made of its members' (identity and content, in order): the same
     # plan gets the same upload id and batch token (see _identity), another plan another.

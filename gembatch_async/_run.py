@@ -44,10 +44,12 @@ from ._jobs import (
     JobStatus,
     cleanup_files,
     collect_results,
+    record_results,
     refresh_lines,
     with_uploads_deleted,
 )
 from ._results import ResultFile
+from ._results._once import downloads_once
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
@@ -197,6 +199,10 @@ class _Runner:
         self._builds = anyio.CapacityLimiter(2)
         #: Inputs whose job's news (results, an end) are handled at once.
         self._settling = anyio.CapacityLimiter(8)
+        #: This poll's jobs context, downloading each packed job's output once.
+        self._shared = jobs
+        #: Results written in this poll, recorded in the journal together at its end.
+        self._collected: list[tuple[list[JobStatus], ResultFile]] = []
         self.submitted = self._submit_run(settings)
         #: What this run's submissions again (after a job ended badly) came to: they
         #: count in the summary like the first ones.
@@ -324,9 +330,17 @@ class _Runner:
         statuses = await refresh_lines(self.jobs, [line for _, line in tracked])
         # Inputs are settled side by side (a packed job ends for all its inputs at once:
         # one after the other, their downloads and journal writes add up).
-        async with anyio.create_task_group() as settling:
+        async with (
+            downloads_once(self.jobs.api) as shared,
+            anyio.create_task_group() as settling,
+        ):
+            self._shared = replace(self.jobs, api=shared)
             for (entry, _line), status in zip(tracked, statuses, strict=True):
                 settling.start_soon(self._settle_input, entry, status, tg)
+        collected, self._collected = self._collected, []
+        if collected:
+            with anyio.CancelScope(shield=True):  # what is on disk gets its record
+                await record_results(self.jobs, collected)
 
     async def _settle_input(
         self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup
@@ -362,11 +376,17 @@ class _Runner:
         status = group[0]
         try:
             result = await collect_results(
-                self.jobs, group, self.polling.out_dir, self._builds, self._together()
+                self._shared if status.key_prefix else self.jobs,  # a pack's output: once
+                group,
+                self.polling.out_dir,
+                self._builds,
+                self._together(),
+                record=False,  # recorded with the others of this poll, in one rewrite
             )
         except ApiError as exc:
             self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))
             return  # the next poll tries again
+        self._collected.append((group, result))
         if result.error is not None:
             self.emit(JobEnded(status.path, status.batch_name, status.state, result.error, False))
             await self._fail(siblings)

@@ -501,6 +501,8 @@ async def collect_results(
     out_dir: str | os.PathLike[str] | None,
     limiter: anyio.CapacityLimiter,
     together: Sequence[str] = (),
+    *,
+    record: bool = True,
 ) -> ResultFile:
     """One input's results (for ``run``; the jobs of all its parts, in order): written
     where ``download`` puts them, skipped when already current, refused on a
@@ -517,8 +519,20 @@ async def collect_results(
         written=_written_by(recorded, roots),
     )
     result = await _results_of(jobs, group, plan[location], _Choice(out_dir, False, False, limiter))
-    await _record_counts(jobs, _counts_by_batch(group, result))
+    if record:
+        await _record_counts(jobs, _counts_by_batch(group, result))
     return result
+
+
+async def record_results(
+    jobs: JobsContext, collected: Sequence[tuple[Sequence[JobStatus], ResultFile]]
+) -> None:
+    """Record what several inputs' fresh results hold in one journal rewrite (results
+    collected with ``record=False``: a packed job's inputs, which end together)."""
+    written: dict[tuple[str, str], ResultCounts] = {}
+    for group, result in collected:
+        written.update(_counts_by_batch(group, result))
+    await _record_counts(jobs, written)
 
 
 def _written_by(lines: Sequence[JobLine], roots: Sequence[str]) -> dict[str, str]:

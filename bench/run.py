@@ -742,8 +742,20 @@ def fake_line(path: str, digest: str) -> dict[str, Any]:
 # -- packing: many small files through a narrow job window -------------------------------------
 def run_to_results(
     paths: list[str], settings: SubmitSettings, journal: Path, base_url: str
-) -> Timing:
-    """``run`` in this process, polling every 0.5 s, until every result is in."""
+) -> tuple[Timing, dict[str, float]]:
+    """``run`` in this process, polling every 0.5 s, until every result is in; and when
+    (seconds from the start) the last file was submitted, the first and last results."""
+    start = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    def mark(event: object) -> None:
+        now = round(time.perf_counter() - start, 2)
+        kind = getattr(event, "kind", "")
+        if kind == "submitted":
+            marks["last_submitted"] = now
+        elif kind == "results":
+            marks.setdefault("first_results", now)
+            marks["last_results"] = now
 
     async def go() -> None:
         summary = await run(
@@ -753,10 +765,11 @@ def run_to_results(
             interval=0.5,
             api_key=API_KEY,
             base_url=base_url,
+            on_event=mark,
         )
         assert summary.complete, summary
 
-    return timed(lambda: anyio.run(go, backend="asyncio"))
+    return timed(lambda: anyio.run(go, backend="asyncio")), marks
 
 
 def bench_pack(work: Path, n: int, window: int, job_seconds: float) -> None:
@@ -770,10 +783,10 @@ def bench_pack(work: Path, n: int, window: int, job_seconds: float) -> None:
         settings = SubmitSettings(job_window=window, pack=packed)
         with emulator(20, processing=job_seconds, window=window) as emu:
             journal = work / f"pack-{packed}.jsonl"
-            timing = run_to_results(paths, settings, journal, emu.base_url)
+            timing, marks = run_to_results(paths, settings, journal, emu.base_url)
             jobs = len(emu.admin("state")["batches"])
-        results[packed] = (timing.wall, jobs)
-    (alone, jobs_alone), (packed_wall, jobs_packed) = results[False], results[True]
+        results[packed] = (timing.wall, jobs, marks)
+    (alone, jobs_alone, _), (packed_wall, jobs_packed, marks) = results[False], results[True]
     record(
         "pack_run_waves",
         n=n,
@@ -787,6 +800,7 @@ def bench_pack(work: Path, n: int, window: int, job_seconds: float) -> None:
         alone_over_packed=round(alone / packed_wall, 2),
         packed_over_ideal=round(packed_wall / job_seconds, 2),
         alone_over_ideal=round(alone / job_seconds, 2),
+        packed_phases=marks,
     )
 
 

@@ -93,6 +93,8 @@ def test_results_split_back_to_each_input_in_its_order(
             f"Emulated answer from gemini-3.1-flash-lite to: file {n} asks {k}" for k in keys
         ]
     assert "48 requests: 48 answered, 0 failed" in result.stdout
+    downloads = emulator.state()["requests"]["download"]["count"]
+    assert downloads == 3, "each job's output crosses the network once, not once per input"
     status = run_cli(["status"], cwd=tmp_path, env=env)
     assert status.returncode == 0, status.stdout + status.stderr
     lines = {x["input_file"]: x["batch"]["name"] for x in read_journal(tmp_path / "job-info.jsonl")}

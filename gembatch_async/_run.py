@@ -42,9 +42,11 @@ from ._inputs import InputFile
 from ._jobs import (
     JobsContext,
     JobStatus,
+    RecordedTargets,
     cleanup_files,
     collect_results,
     record_results,
+    recorded_targets,
     refresh_lines,
     with_uploads_deleted,
 )
@@ -199,8 +201,10 @@ class _Runner:
         self._builds = anyio.CapacityLimiter(2)
         #: Inputs whose job's news (results, an end) are handled at once.
         self._settling = anyio.CapacityLimiter(8)
-        #: This poll's jobs context, downloading each packed job's output once.
+        #: This poll's jobs context, downloading each packed job's output once, and
+        #: what the journal says of result targets when the poll began.
         self._shared = jobs
+        self._known: RecordedTargets | None = None
         #: Results written in this poll, recorded in the journal together at its end.
         self._collected: list[tuple[list[JobStatus], ResultFile]] = []
         self.submitted = self._submit_run(settings)
@@ -335,6 +339,8 @@ class _Runner:
             anyio.create_task_group() as settling,
         ):
             self._shared = replace(self.jobs, api=shared)
+            # Read once a poll: this poll's results are recorded together at its end.
+            self._known = recorded_targets(self.jobs)
             for (entry, _line), status in zip(tracked, statuses, strict=True):
                 settling.start_soon(self._settle_input, entry, status, tg)
         collected, self._collected = self._collected, []
@@ -382,6 +388,7 @@ class _Runner:
                 self._builds,
                 self._together(),
                 record=False,  # recorded with the others of this poll, in one rewrite
+                known=self._known,
             )
         except ApiError as exc:
             self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))

@@ -503,25 +503,43 @@ async def collect_results(
     together: Sequence[str] = (),
     *,
     record: bool = True,
+    known: RecordedTargets | None = None,
 ) -> ResultFile:
     """One input's results (for ``run``; the jobs of all its parts, in order): written
     where ``download`` puts them, skipped when already current, refused on a
     collision (with the other inputs of the run, ``together``, too), recorded in the
-    journal."""
-    roots = jobs.journal.roots
+    journal. ``known``: what the journal says now (:func:`recorded_targets`), when the
+    caller collects many inputs' results before recording any."""
     location = group[0].location
-    recorded = jobs.recorded()
+    known = known or recorded_targets(jobs)
     plan = plan_targets(
         [location],
         out_dir,
-        inputs=[input_location(line, roots) for line in recorded],
+        inputs=known.inputs,
         together=together,
-        written=_written_by(recorded, roots),
+        written=known.written,
     )
     result = await _results_of(jobs, group, plan[location], _Choice(out_dir, False, False, limiter))
     if record:
         await _record_counts(jobs, _counts_by_batch(group, result))
     return result
+
+
+@dataclass(frozen=True)
+class RecordedTargets:
+    """What result targets must respect, from the journal: every recorded input's
+    location, and the files each input's last download wrote (see plan_targets)."""
+
+    inputs: list[str]
+    written: dict[str, str]
+
+
+def recorded_targets(jobs: JobsContext) -> RecordedTargets:
+    roots = jobs.journal.roots
+    recorded = jobs.recorded()
+    return RecordedTargets(
+        [input_location(line, roots) for line in recorded], _written_by(recorded, roots)
+    )
 
 
 async def record_results(

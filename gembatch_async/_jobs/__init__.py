@@ -46,6 +46,7 @@ from .._results import (
     result_targets,
     results_are_current,
 )
+from .._results._once import downloads_once
 from .._retry import call_with_retries, describe
 from .._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
 
@@ -421,7 +422,8 @@ async def download_results(
     async def fetch(index: int) -> None:
         group = ready[index]
         choice = _Choice(out_dir, force, keep_raw, limiter)
-        result = await _results_of(jobs, group, plan[group[0].location], choice)
+        source = shared if group[0].key_prefix else jobs  # a packed job's output: once
+        result = await _results_of(source, group, plan[group[0].location], choice)
         written.update(_counts_by_batch(group, result))
         results[index] = result
         on_result(result)
@@ -429,7 +431,9 @@ async def download_results(
     written: dict[tuple[str, str], ResultCounts] = {}
     for result in refused:
         on_result(result)
-    await _for_each(range(len(ready)), fetch)
+    async with downloads_once(jobs.api) as api:
+        shared = replace(jobs, api=api)
+        await _for_each(range(len(ready)), fetch)
     await _record_counts(jobs, written)  # one rewrite for the whole download
     return refused + [result for result in results if result is not None]
 

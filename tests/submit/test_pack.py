@@ -229,3 +229,24 @@ def test_the_token_count_of_a_packed_job_is_the_whole_pack(
     load = load_of(listing, lines, lines[0]["model"])
     assert load.tokens == {name: estimated_tokens(lines[0]["pack"]["size_bytes"])}
     assert lines[0]["pack"]["size_bytes"] > sum(x["size_bytes"] for x in lines) / 2
+
+
+@FAST
+def test_download_splits_a_packed_output_with_one_download(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """submit --pack, then download: each input's results in its order, from one
+    download of the job's output."""
+    made = _inputs(tmp_path, 5)
+    env = cli_env(emulator)
+    assert run_cli(["submit", "--pack", *made], cwd=tmp_path, env=env).returncode == 0
+    wait_until(
+        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
+    )
+    result = run_cli(["download"], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, keys in made.items():
+        rows = [json.loads(x) for x in (tmp_path / "results" / name).read_text().splitlines()]
+        assert [row["key"] for row in rows] == keys, name
+        assert all("response" in row for row in rows)
+    assert emulator.state()["requests"]["download"]["count"] == 1

@@ -158,7 +158,8 @@ def test_a_kill_mid_submit_and_a_rerun_make_each_pack_once(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until(lambda: emulator.state()["requests"][kill_after]["count"] >= 1)
+    # A CLI start under a loaded machine takes seconds: wait for it generously.
+    wait_until(lambda: emulator.state()["requests"][kill_after]["count"] >= 1, timeout=90)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     assert len(emulator.state()["batches"]) < 3, "killed before every pack was created"

@@ -32,7 +32,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bare_sdk import submit_bare
 
-from gembatch_async import SubmitSettings, open_jobs, submit
+from gembatch_async import SubmitSettings, open_jobs, run, submit
 from gembatch_async._jobs import refresh_lines
 from gembatch_async._jobs._listing import PAGE_SIZE, JobListing
 from gembatch_async._journal import Journal
@@ -62,7 +62,10 @@ class Emulator:
 
 @contextmanager
 def emulator(
-    latency_ms: float, state_dir: Path | None = None, processing: float = 86400
+    latency_ms: float,
+    state_dir: Path | None = None,
+    processing: float = 86400,
+    window: int = 100_000_000,
 ) -> Iterator[Emulator]:
     args = [
         sys.executable,
@@ -76,7 +79,7 @@ def emulator(
         "--processing-seconds",
         str(processing),
         "--max-unfinished-batches",
-        "100000000",
+        str(window),
         "--storage-quota-bytes",
         str(10**13),
     ]
@@ -796,6 +799,71 @@ def fake_line(path: str, digest: str) -> dict[str, Any]:
 
 
 # -- main ---------------------------------------------------------------------------------------------
+# -- packing: many small files through a narrow job window -------------------------------------
+def run_to_results(
+    paths: list[str], settings: SubmitSettings, journal: Path, base_url: str
+) -> tuple[Timing, dict[str, float]]:
+    """``run`` in this process, polling every 0.5 s, until every result is in; and when
+    (seconds from the start) the last file was submitted, the first and last results."""
+    start = time.perf_counter()
+    marks: dict[str, float] = {}
+
+    def mark(event: object) -> None:
+        now = round(time.perf_counter() - start, 2)
+        kind = getattr(event, "kind", "")
+        if kind == "submitted":
+            marks["last_submitted"] = now
+        elif kind == "results":
+            marks.setdefault("first_results", now)
+            marks["last_results"] = now
+
+    async def go() -> None:
+        summary = await run(
+            paths,
+            settings=settings,
+            job_info=journal,
+            interval=0.5,
+            api_key=API_KEY,
+            base_url=base_url,
+            on_event=mark,
+        )
+        assert summary.complete, summary
+
+    return timed(lambda: anyio.run(go, backend="asyncio")), marks
+
+
+def bench_pack(work: Path, n: int, window: int, job_seconds: float) -> None:
+    """``run`` of n small files through a window of ``window`` jobs of ``job_seconds``
+    each, with and without --pack (in this process: a CLI's start-up is noise here).
+    Without, the files run in ceil(n / window) waves; packed, in one: the ideal is one
+    job's length, nothing can finish sooner."""
+    results = {}
+    for packed in (False, True):
+        paths = make_files(_fresh(work / f"pack-{packed}"), n)
+        settings = SubmitSettings(job_window=window, pack=packed)
+        with emulator(20, processing=job_seconds, window=window) as emu:
+            journal = work / f"pack-{packed}.jsonl"
+            timing, marks = run_to_results(paths, settings, journal, emu.base_url)
+            jobs = len(emu.admin("state")["batches"])
+        results[packed] = (timing.wall, jobs, marks)
+    (alone, jobs_alone, _), (packed_wall, jobs_packed, marks) = results[False], results[True]
+    record(
+        "pack_run_waves",
+        n=n,
+        window=window,
+        job_seconds=job_seconds,
+        jobs_alone=jobs_alone,
+        jobs_packed=jobs_packed,
+        wall_alone=round(alone, 2),
+        wall_packed=round(packed_wall, 2),
+        ideal=job_seconds,
+        alone_over_packed=round(alone / packed_wall, 2),
+        packed_over_ideal=round(packed_wall / job_seconds, 2),
+        alone_over_ideal=round(alone / job_seconds, 2),
+        packed_phases=marks,
+    )
+
+
 def print_table() -> None:
     print()
     print(
@@ -814,7 +882,7 @@ def main() -> None:
         "--only",
         default="",
         help="comma list: bare,scaling,profile,memory,download,journal,schema,recovery,backends,"
-        "watch",
+        "watch,pack",
     )
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -836,6 +904,7 @@ def main() -> None:
             "recovery": lambda: bench_recovery(work, 60 if quick else 300, 300, 50),
             "backends": lambda: bench_backends(work, 40 if quick else 200, 50),
             "watch": lambda: bench_watch(work, 60 if quick else 300, 60 if quick else 300, 50),
+            "pack": lambda: bench_pack(work, 40 if quick else 200, 4 if quick else 20, 5.0),
         }
         for name, step in steps.items():
             if not only or name in only:

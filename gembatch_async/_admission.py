@@ -61,7 +61,8 @@ def load_of(
     for line in lines:
         batch = line.get("batch")
         name = batch.get("name") if isinstance(batch, dict) else None
-        size = line.get("size_bytes")
+        pack = line.get("pack")  # a packed job's lines each name one input: count the job
+        size = pack.get("size_bytes") if isinstance(pack, dict) else line.get("size_bytes")
         if name in unfinished and line.get("model") == model and isinstance(size, int):
             tokens[str(name)] = estimated_tokens(size)
     return Load(unfinished, tokens)

@@ -45,9 +45,12 @@ from ._inputs import InputFile
 from ._jobs import (
     JobsContext,
     JobStatus,
+    RecordedTargets,
     cleanup_files,
     collect_results,
     earlier_uploads,
+    record_results,
+    recorded_targets,
     refresh_lines,
     with_uploads_deleted,
 )
@@ -55,11 +58,13 @@ from ._jobs._listing import JobListing
 from ._jobs._pace import Pace
 from ._prices import Cost, total_cost
 from ._results import ResultFile
+from ._results._once import downloads_once
 from ._results._remainder import round_of
 from ._results._usage import TokenUsage
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
+from ._submit._pack import PackRun
 from ._submit._pipeline import RETRYABLE_END_STATES, SubmitRun
 from ._webhooks import Nudges, WebhookSettings, receiving
 
@@ -227,13 +232,21 @@ class _Runner:
         self._storage_short = False
         #: Results built at once (CPU work, a few MiB each).
         self._builds = anyio.CapacityLimiter(2)
+        #: Inputs whose job's news (results, an end) are handled at once.
+        self._settling = anyio.CapacityLimiter(8)
+        #: This poll's jobs context, downloading each packed job's output once, and
+        #: what the journal says of result targets when the poll began.
+        self._shared = jobs
+        self._known: RecordedTargets | None = None
+        #: Results written in this poll, recorded in the journal together at its end.
+        self._collected: list[tuple[list[JobStatus], ResultFile]] = []
         self.submitted = self._submit_run(settings)
         #: What this run's submissions again (after a job ended badly) came to: they
         #: count in the summary like the first ones.
         self.again = _SubmitTally(0, 0, 0)
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
-        return SubmitRun(
+        return (PackRun if settings.pack else SubmitRun)(
             self.jobs.api,
             self.jobs.journal,
             settings,
@@ -390,10 +403,30 @@ class _Runner:
         if not tracked:
             return False
         statuses = await refresh_lines(self.jobs, [line for _, line in tracked], self.listing)
-        changed = False
-        for (entry, _line), status in zip(tracked, statuses, strict=True):
-            changed = await self._on_status(entry, status, tg) or changed
-        return changed
+        changes: list[bool] = []
+        # Inputs are settled side by side (a packed job ends for all its inputs at once:
+        # one after the other, their downloads and journal writes add up).
+        async with (
+            downloads_once(self.jobs.api) as shared,
+            anyio.create_task_group() as settling,
+        ):
+            self._shared = replace(self.jobs, api=shared)
+            # Read once a poll: this poll's results are recorded together at its end.
+            self._known = recorded_targets(self.jobs)
+            for (entry, _line), status in zip(tracked, statuses, strict=True):
+                settling.start_soon(self._settle_input, entry, status, tg, changes)
+        collected, self._collected = self._collected, []
+        if collected:
+            with anyio.CancelScope(shield=True):  # what is on disk gets its record
+                await record_results(self.jobs, collected)
+        return any(changes)
+
+    async def _settle_input(
+        self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup, changes: list[bool]
+    ) -> None:
+        """Act on one input's status; note whether its job changed state."""
+        async with self._settling:
+            changes.append(await self._on_status(entry, status, tg))
 
     async def _on_status(self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup) -> bool:
         """Act on one job's status; whether it changed state since the last poll saw it."""
@@ -468,11 +501,18 @@ class _Runner:
         status = group[0]
         try:
             result = await collect_results(
-                self.jobs, group, self.polling.out_dir, self._builds, self._together()
+                self._shared if status.key_prefix else self.jobs,  # a pack's output: once
+                group,
+                self.polling.out_dir,
+                self._builds,
+                self._together(),
+                record=False,  # recorded with the others of this poll, in one rewrite
+                known=self._known,
             )
         except ApiError as exc:
             self.emit(JobEnded(status.path, status.batch_name, status.state, describe(exc), False))
             return  # the next poll tries again
+        self._collected.append((group, result))
         if result.error is not None:
             self.emit(JobEnded(status.path, status.batch_name, status.state, result.error, False))
             await self._fail(siblings)

@@ -122,6 +122,9 @@ class SubmitSettings:
     #: A dry run counts prompt tokens with the API's countTokens (one call per request)
     #: instead of estimating them locally.
     count_tokens: bool = False
+    #: Pack whole inputs that fit together into shared jobs (``_submit/_pack``), up to
+    #: the per-job limits above: N small files run as one job instead of N.
+    pack: bool = False
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -47,6 +47,7 @@ from .._results import (
     result_targets,
     results_are_current,
 )
+from .._results._once import downloads_once
 from .._results._remainder import completed_jobs, with_upload_deleted
 from .._retry import call_with_retries, describe
 from .._settings import DEFAULT_JOB_INFO, RetrySettings, checked_path
@@ -103,6 +104,8 @@ class JobStatus:
     model: str = ""
     #: What the answers of the last download cost (None: no usage recorded).
     cost: Cost | None = None
+    #: For one input of a packed job: the prefix its requests' keys were sent with.
+    key_prefix: str | None = None
 
     def __post_init__(self) -> None:
         if self.notice is None:
@@ -253,40 +256,29 @@ async def refresh_lines(
     jobs: JobsContext, lines: list[JobLine], listing: JobListing | None = None
 ) -> list[JobStatus]:
     """The status of each line, in the same order (ended jobs from the journal alone).
+    One request per job, however many lines record it (a packed job has one per input).
 
     With ``listing``, unfinished jobs are read from the job listing first
     (``_listing``) and only those it cannot answer for are asked one by one."""
-    fresh: dict[str, BatchDetail] = {}
-    statuses: list[JobStatus | None] = [None] * len(lines)
     roots = jobs.journal.roots
-    unfinished = [batch_name_of(ln) for ln in lines if batch_state_of(ln) not in END_STATES]
+    unfinished = list(
+        dict.fromkeys(batch_name_of(ln) for ln in lines if batch_state_of(ln) not in END_STATES)
+    )
     listed = await listing.find(unfinished) if listing is not None and unfinished else {}
+    answers: dict[str, BatchDetail | ApiError] = dict(listed)
 
-    async def check(index: int) -> None:
-        line = lines[index]
-        name = batch_name_of(line)
-        if batch_state_of(line) in END_STATES:  # settled: nothing can change any more
-            statuses[index] = _status_from_line(line, roots)
-            return
-        if name in listed:
-            fresh[name] = listed[name]
-            statuses[index] = _status_from_batch(line, roots, listed[name])
-            return
+    async def ask(name: str) -> None:
         try:
-            detail = await jobs.call(lambda: jobs.api.get_batch_detail(name))
+            answers[name] = await jobs.call(lambda: jobs.api.get_batch_detail(name))
         except ApiError as exc:
-            statuses[index] = replace(
-                _status_from_line(line, roots, error=describe(exc)),
-                error_is_final=isinstance(exc, PermanentApiError),
-            )
-            return
-        fresh[name] = detail
-        statuses[index] = _status_from_batch(line, roots, detail)
+            answers[name] = exc
 
-    await _for_each(range(len(lines)), check)
+    await _for_each([name for name in unfinished if name not in listed], ask)
+    fresh = {name: a for name, a in answers.items() if not isinstance(a, ApiError)}
     if fresh:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_fresh_batches(fresh))
-    return [_priced(status, jobs.prices) for status in statuses if status is not None]
+    statuses = [_status_of(line, roots, answers.get(batch_name_of(line))) for line in lines]
+    return [_priced(status, jobs.prices) for status in statuses]
 
 
 def _priced(status: JobStatus, prices: PriceOverride | None) -> JobStatus:
@@ -294,6 +286,20 @@ def _priced(status: JobStatus, prices: PriceOverride | None) -> JobStatus:
     usage = status.results.usage if status.results is not None else None
     cost = price_answers(usage, status.model, status.created_at, prices)
     return status if cost is None else replace(status, cost=cost)
+
+
+def _status_of(
+    line: JobLine, roots: Sequence[str], answer: BatchDetail | ApiError | None
+) -> JobStatus:
+    """A line's status from the service's answer (None: settled, from the journal)."""
+    if answer is None or batch_state_of(line) in END_STATES:  # settled: nothing can change
+        return _status_from_line(line, roots)
+    if isinstance(answer, ApiError):
+        return replace(
+            _status_from_line(line, roots, error=describe(answer)),
+            error_is_final=isinstance(answer, PermanentApiError),
+        )
+    return _status_from_batch(line, roots, answer)
 
 
 def _with_fresh_batches(fresh: dict[str, BatchDetail]) -> Callable[[JobLine], JobLine]:
@@ -342,6 +348,7 @@ def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail)
         submitted=_submitted(line),
         **_round_fields(line, roots),
         model=_model_of(line),
+        key_prefix=_key_prefix(line),
     )
 
 
@@ -367,6 +374,13 @@ def _round_fields(line: JobLine, roots: Sequence[str]) -> dict[str, Any]:
 def _model_of(line: JobLine) -> str:
     model = line.get("model")
     return model if isinstance(model, str) else ""
+
+
+def _key_prefix(line: JobLine) -> str | None:
+    """The key prefix of a packed job's input (``_submit/_pack``), else None."""
+    pack = line.get("pack")
+    prefix = pack.get("key_prefix") if isinstance(pack, dict) else None
+    return prefix if isinstance(prefix, str) and prefix else None
 
 
 def _submitted(line: JobLine) -> tuple[int, str] | None:
@@ -419,6 +433,7 @@ def _status_from_line(line: JobLine, roots: Sequence[str], error: str | None = N
         submitted=_submitted(line),
         **_round_fields(line, roots),
         model=_model_of(line),
+        key_prefix=_key_prefix(line),
     )
 
 
@@ -497,15 +512,18 @@ async def download_results(
     async def fetch(index: int) -> None:
         group = ready[index]
         choice = _Choice(out_dir, force, keep_raw, limiter)
-        result = await _results_of(jobs, group, plan[group[0].location], choice)
+        source = shared if group[0].key_prefix else jobs  # a packed job's output: once
+        result = await _results_of(source, group, plan[group[0].location], choice)
         written.update(_counts_by_batch(group, result))
         results[index] = result
         on_result(result)
 
-    written: dict[str, ResultCounts] = {}
+    written: dict[tuple[str, str], ResultCounts] = {}
     for result in refused:
         on_result(result)
-    await _for_each(range(len(ready)), fetch)
+    async with downloads_once(jobs.api) as api:
+        shared = replace(jobs, api=api)
+        await _for_each(range(len(ready)), fetch)
     await _record_counts(jobs, written)  # one rewrite for the whole download
     return refused + [result for result in results if result is not None]
 
@@ -581,24 +599,56 @@ async def collect_results(
     out_dir: str | os.PathLike[str] | None,
     limiter: anyio.CapacityLimiter,
     together: Sequence[str] = (),
+    *,
+    record: bool = True,
+    known: RecordedTargets | None = None,
 ) -> ResultFile:
     """One input's results (for ``run``; the jobs of all its parts, in order): written
     where ``download`` puts them, skipped when already current, refused on a
     collision (with the other inputs of the run, ``together``, too), recorded in the
-    journal."""
-    roots = jobs.journal.roots
+    journal. ``known``: what the journal says now (:func:`recorded_targets`), when the
+    caller collects many inputs' results before recording any."""
     location = group[0].location
-    recorded = jobs.recorded()
+    known = known or recorded_targets(jobs)
     plan = plan_targets(
         [location],
         out_dir,
-        inputs=[input_location(line, roots) for line in recorded],
+        inputs=known.inputs,
         together=together,
-        written=_written_by(recorded, roots),
+        written=known.written,
     )
     result = await _results_of(jobs, group, plan[location], _Choice(out_dir, False, False, limiter))
-    await _record_counts(jobs, _counts_by_batch(group, result))
+    if record:
+        await _record_counts(jobs, _counts_by_batch(group, result))
     return result
+
+
+@dataclass(frozen=True)
+class RecordedTargets:
+    """What result targets must respect, from the journal: every recorded input's
+    location, and the files each input's last download wrote (see plan_targets)."""
+
+    inputs: list[str]
+    written: dict[str, str]
+
+
+def recorded_targets(jobs: JobsContext) -> RecordedTargets:
+    roots = jobs.journal.roots
+    recorded = jobs.recorded()
+    return RecordedTargets(
+        [input_location(line, roots) for line in recorded], _written_by(recorded, roots)
+    )
+
+
+async def record_results(
+    jobs: JobsContext, collected: Sequence[tuple[Sequence[JobStatus], ResultFile]]
+) -> None:
+    """Record what several inputs' fresh results hold in one journal rewrite (results
+    collected with ``record=False``: a packed job's inputs, which end together)."""
+    written: dict[tuple[str, str], ResultCounts] = {}
+    for group, result in collected:
+        written.update(_counts_by_batch(group, result))
+    await _record_counts(jobs, written)
 
 
 def _written_by(lines: Sequence[JobLine], roots: Sequence[str]) -> dict[str, str]:
@@ -647,6 +697,7 @@ async def _results_of(
         limiter=choice.limiter,
         submitted=None if None in submitted else [s for s in submitted if s is not None],
         superseding=rounds,
+        key_prefix=status.key_prefix,
     )
     cost = price_answers(result.usage, status.model, newest, jobs.prices)
     return replace(result, model=status.model, created_at=newest, cost=cost)
@@ -658,15 +709,18 @@ def _newest_first(status: JobStatus) -> list[JobStatus]:
     return [s for s in (status, *reversed(status.completes)) if s.output_file]
 
 
-def _counts_by_batch(group: Sequence[JobStatus], result: ResultFile) -> dict[str, ResultCounts]:
-    """What fresh results hold, for the line of each job they came from."""
+def _counts_by_batch(
+    group: Sequence[JobStatus], result: ResultFile
+) -> dict[tuple[str, str], ResultCounts]:
+    """What fresh results hold, for the line of each job they came from (by batch and
+    input: a packed job has one line per input, each with its own results)."""
     if result.skipped or result.error is not None:
         return {}
     counts = result.counts()
-    return {status.batch_name: counts for status in group}
+    return {(status.batch_name, status.path): counts for status in group}
 
 
-async def _record_counts(jobs: JobsContext, written: dict[str, ResultCounts]) -> None:
+async def _record_counts(jobs: JobsContext, written: dict[tuple[str, str], ResultCounts]) -> None:
     if written:
         await anyio.to_thread.run_sync(jobs.journal.rewrite, _with_result_counts(written))
 
@@ -701,9 +755,11 @@ def _skipped(status: JobStatus, targets: ResultTargets) -> ResultFile:
     )
 
 
-def _with_result_counts(written: dict[str, ResultCounts]) -> Callable[[JobLine], JobLine]:
+def _with_result_counts(
+    written: dict[tuple[str, str], ResultCounts],
+) -> Callable[[JobLine], JobLine]:
     def update(line: JobLine) -> JobLine:
-        counts = written.get(batch_name_of(line))
+        counts = written.get((batch_name_of(line), str(line["input_file"])))
         return line if counts is None else {**line, "results": counts.to_dict()}
 
     return update
@@ -713,7 +769,8 @@ def _with_result_counts(written: dict[str, ResultCounts]) -> Callable[[JobLine],
 async def cancel_jobs(jobs: JobsContext, paths: Sequence[str] | None = None) -> list[JobStatus]:
     """Cancel every recorded job that has not ended (of ``paths`` when given)."""
     statuses = await refresh_status(jobs, paths)
-    targets = [s for s in statuses if not s.done and s.error is None]
+    # One cancel per job, however many inputs it carries (a packed job has one line each).
+    targets = list({s.batch_name: s for s in statuses if not s.done and s.error is None}.values())
 
     async def cancel(status: JobStatus) -> None:
         await jobs.call(lambda: jobs.api.cancel_batch(status.batch_name))

@@ -27,7 +27,7 @@ import os
 import stat
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,15 @@ class JournalView:
         recorded_parts = other.get("parts") if isinstance(other.get("parts"), int) else None
         split = recorded_parts if recorded_parts and recorded_parts > 1 else None
         return other if split != parts else None
+
+
+def keys_sha256(keys: Iterable[str]) -> str:
+    """The ``keys_sha256`` of a job's ``carries`` entry: the sha256 of the sorted request
+    keys as one compact JSON array (UTF-8), so no key's characters can make two sets
+    hash alike. One definition for rounds (``_results._remainder``) and packs
+    (``_submit._pack``)."""
+    text = json.dumps(sorted(keys), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def batch_name_of(line: JobLine) -> str:

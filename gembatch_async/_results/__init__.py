@@ -61,6 +61,7 @@ from ._usage import TokenUsage, UsageTally
 
 if TYPE_CHECKING:  # a record only: _prices imports this package
     from .._prices import Cost
+from ._unpack import member_output
 
 #: How many keys (missing, unknown) and malformed lines a result names; counts cover all.
 MAX_LISTED = 100
@@ -936,8 +937,12 @@ async def fetch_results(
     limiter: anyio.CapacityLimiter | None = None,
     submitted: Sequence[tuple[int, str]] | None = None,
     superseding: bool = False,
+    key_prefix: str | None = None,
 ) -> ResultFile:
     """Download a succeeded job's output and write its results (see the module doc).
+
+    ``key_prefix``: the job is a pack of several inputs (``_submit/_pack``) and this
+    input's requests were sent with keys so prefixed: only their answers are its own.
 
     ``job`` may be the jobs of every part of a split input, in part order: their
     outputs are merged into one results file in the input's order. With
@@ -980,6 +985,9 @@ async def fetch_results(
                 continue
             raws.append(raw)
             names.append(name)
+            if key_prefix is not None:
+                raw = await anyio.to_thread.run_sync(_share_of, staging, raw, key_prefix)
+                raws[-1] = raw
         tally, results, failed = await anyio.to_thread.run_sync(
             _build_checked,
             targets.input_path,
@@ -1009,6 +1017,13 @@ async def fetch_results(
     finally:
         staging.discard()
     return _result_file(done, tally, targets, failed is not None, keep_raw)
+
+
+def _share_of(staging: Staging, packed: Path, prefix: str) -> Path:
+    """This input's share of a packed job's output, in a temporary of its own."""
+    share = staging.new("raw")
+    member_output(packed, share, prefix)
+    return share
 
 
 def changed_since(input_path: str, submitted: Sequence[tuple[int, str]]) -> str | None:

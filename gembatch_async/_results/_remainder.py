@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InputChangedError
+from .._journal import keys_sha256
 from .._names import display_path
 from . import OutputLine, key_digest, parse_output_line
 from . import _request_key as request_key
@@ -206,12 +207,6 @@ def plan_remainder(
         round=round,
         completes=tuple(completes),
     )
-
-
-def keys_sha256(keys: Iterable[str]) -> str:
-    """sha256 of the sorted keys, one per line (UTF-8; a lone surrogate kept as is)."""
-    text = "\n".join(sorted(keys))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _write_all(fd: int, data: bytes) -> None:

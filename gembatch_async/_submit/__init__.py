@@ -61,6 +61,7 @@ from ._estimate import (
     estimate_items,
     would_submit,
 )
+from ._pack import PackRun
 from ._pipeline import SubmitRun
 
 _SCAN_THREADS = 4
@@ -124,7 +125,7 @@ async def submit(
                     else estimate_items(wanted)
                 )
                 return _report_without_api(items, view, settings, on_event, started, estimates)
-            run = SubmitRun(
+            run = (PackRun if settings.pack else SubmitRun)(
                 api,
                 journal,
                 settings,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TypeVar
@@ -104,6 +105,8 @@ class _Completion:
     left_behind: str | None = None
     #: The limit that kept the file from being admitted, if it was deferred.
     deferred: Limit | None = None
+    #: Lines recorded with ``line``, in the same append (one per input of a packed job).
+    more_lines: list[JobLine] = field(default_factory=list)
 
     def event(self, n: int, total: int, unrecorded: str | None) -> Event:
         """The file's event; when its line could not be appended, a failure naming the batch."""
@@ -280,7 +283,7 @@ class SubmitRun:
         return None
 
     async def _append(self, batch: list[_Completion]) -> None:
-        lines = [c.line for c in batch if c.line is not None]
+        lines = [line for c in batch if c.line is not None for line in (c.line, *c.more_lines)]
         if lines:
             where = await anyio.to_thread.run_sync(self.journal.append, lines)
             self.journal.note_appended(lines, where)
@@ -444,7 +447,7 @@ class SubmitRun:
     async def _upload_once(self, sub: Submission, progress: _Progress) -> None:
         progress.upload_may_exist = True
         try:
-            async with open_as_checked(sub.item) as source:
+            async with self._source(sub.item) as source:
                 remote = await self.api.upload_file(
                     source,
                     name=sub.upload_name,
@@ -466,6 +469,10 @@ class SubmitRun:
             await self.api.delete_file(sub.upload_name)
             raise TransientApiError("the server's sha256 differs from the file's; uploading again")
         progress.uploaded = sub.upload_name
+
+    def _source(self, item: InputFile) -> AbstractAsyncContextManager[str]:
+        """A path to the bytes to upload for ``item``, checked against what pre-flight read."""
+        return open_as_checked(item)
 
     async def _reuse_or_replace(self, sub: Submission, progress: _Progress) -> None:
         """An upload with our name exists, so an earlier attempt or run got this far.

@@ -376,6 +376,12 @@ def _add_submit_options(sub: argparse.ArgumentParser) -> None:
         "on Vertex 1GB)",
     )
     sub.add_argument(
+        "--pack",
+        action="store_true",
+        help="pack small inputs into shared jobs, as few as the per-job limits allow "
+        "(results still go to each input's own file)",
+    )
+    sub.add_argument(
         "--no-schema-check",
         action="store_true",
         help="do not check requests against the API's request schema (for fields newer "
@@ -710,6 +716,7 @@ def _submit_settings(args: argparse.Namespace) -> SubmitSettings:
         schema_check=not args.no_schema_check,
         max_requests_per_job=args.max_requests_per_job,
         max_bytes_per_job=args.max_bytes_per_job,
+        pack=args.pack,
         job_window=args.job_window,
         enqueued_token_quota=args.enqueued_token_quota,
         capacity_probe_seconds=args.capacity_probe,

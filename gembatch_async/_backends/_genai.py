@@ -425,12 +425,15 @@ class GeminiApi:
         operation carries survive (a captured listing shows them per job:
         python-genai#1323, flachesis/gemini-rust#13). ``near`` names one of our jobs:
         the listing is the project's, whatever job it names."""
+        get = _sdk.raw_get(self._client)
+        if get is None:  # an SDK release without the seam: the listing answers for nothing
+            raise AmbiguousApiError("this google-genai release offers no raw listing")
         query = {"pageSize": str(page_size), **({"pageToken": page_token} if page_token else {})}
         path = f"batches?{urllib.parse.urlencode(query)}"
         with translate_errors(secret=self._secret), _unreadable_answer(self._secret):
-            response = await self._client.aio._api_client.async_request("get", path, {}, None)
+            body = await get(path)
             try:
-                raw = json.loads(response.body) if response.body else {}
+                raw = json.loads(body) if body else {}
             except ValueError as exc:
                 raise AmbiguousApiError(f"unreadable batch listing: {exc}") from exc
             if not isinstance(raw, dict):

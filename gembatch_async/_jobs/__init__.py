@@ -35,7 +35,7 @@ from .._backends._sessions import jobs_session
 from .._errors import ApiError, PermanentApiError, UsageError
 from .._events import BatchStats, JournalProblem
 from .._identity import base_identity_of_line, input_location, outside_reason
-from .._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of
+from .._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of, is_round_line
 from .._names import display_path
 from .._prices import Cost, PriceOverride, price_answers
 from .._results import (
@@ -386,7 +386,7 @@ def _key_prefix(line: JobLine) -> str | None:
 def _submitted(line: JobLine) -> tuple[int, str] | None:
     """(size, sha256) of the input the line's job was made from; None when not recorded.
     A round's line records its own file's and, beside them, the whole input's."""
-    if "carries" in line:
+    if is_round_line(line):
         size, sha = line.get("input_size_bytes"), line.get("input_sha256")
     else:
         size, sha = line.get("size_bytes"), line.get("sha256")

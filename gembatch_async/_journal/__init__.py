@@ -182,9 +182,16 @@ def input_sha256_of(line: JobLine) -> str | None:
 
 
 def unit_sha256_of(line: JobLine) -> object:
-    """The sha256 of the input (or part) a line's job was made for: a round's line (one
-    with ``carries``) records its own file's sha256 and the whole input's beside it."""
-    return line.get("input_sha256") if "carries" in line else line.get("sha256")
+    """The sha256 of the input (or part) a line's job was made for: a round's line
+    records its own file's sha256 and the whole input's beside it."""
+    return line.get("input_sha256") if is_round_line(line) else line.get("sha256")
+
+
+def is_round_line(line: JobLine) -> bool:
+    """A round's line (``_submit._resubmit``: an input's unanswered requests sent again).
+    ``carries`` alone does not tell: a packed job's lines carry their inputs too, each
+    recording its own input's size and sha256 as a whole job's line does."""
+    return "round" in line
 
 
 def batch_state_of(line: JobLine) -> str:

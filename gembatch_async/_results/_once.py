@@ -8,6 +8,7 @@ and each input's download is a local copy of it, removed with the context.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -36,7 +37,10 @@ class _DownloadsOnce:
         async with self._locks.setdefault(name, anyio.Lock()):
             kept = self._files.get(name)
             if kept is None:
-                kept = os.path.join(self._folder, f"{len(self._locks)}.jsonl")
+                # Named by the output it holds: two outputs fetched at once (two jobs that
+                # ended in one poll) must never share a file.
+                digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+                kept = os.path.join(self._folder, f"{digest}.jsonl")
                 try:
                     await self._api.download_file(name, kept)
                 except BaseException:  # a partial file is no copy to hand out

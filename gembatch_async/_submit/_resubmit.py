@@ -56,6 +56,8 @@ async def unanswered(
     API calls are retried as ``retry`` says."""
     if item.part is not None or item.parts or input_sha256_of(latest) != item.sha256:
         return None
+    if "pack" in latest:  # a packed job's answers carry prefixed keys: the input goes
+        return None  # whole, as a pack (``_submit._pack``), when its job ended badly
     jobs = await _ended_chain(api, retry, latest)
     if jobs is None:
         return None

@@ -45,7 +45,7 @@ def test_run_retry_failed_sends_the_failed_requests_once_more_and_merges_them(
     state = emulator.state()
     first, second = sorted(state["batches"], key=lambda b: str(b["createTime"]))
     errors = RequestErrors(SHARE, SEED)
-    job = {b["name"]: str(b["name"]).removeprefix("batches/") for b in (first, second)}
+    job = {b["name"]: str(b["requestErrorsDraw"]) for b in (first, second)}
     failed_first = [i for i, k in enumerate(keys) if errors.error_for(k, i, job[first["name"]])]
     assert second["requestCount"] == len(failed_first) > 0
     still = [i for i in failed_first if errors.error_for(keys[i], i, job[second["name"]])]

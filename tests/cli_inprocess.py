@@ -11,7 +11,7 @@ the process-wide state a child would have set up for itself, and restored afterw
   handlers (utf-8; surrogateescape on stdout, backslashreplace on stderr), decoded back
   the way ``subprocess.run(text=True)`` does;
 - warnings follow Python's default filters (not the suite's warnings-as-errors) and
-  print to the captured stderr, as in a child; log records at WARNING and above print
+  print to the captured stderr, as in a child (not to pytest's warnings summary); log records at WARNING and above print
   there too (a child's logging last resort);
 - a ``SystemExit`` (argparse's errors, --help, --version) gives its exit code, and an
   exception escaping ``main`` prints its traceback and gives 1, as the interpreter does.
@@ -32,8 +32,9 @@ import subprocess
 import threading
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
 from gembatch_async.cli import main
 
@@ -110,7 +111,11 @@ def _child_state(
             contextlib.redirect_stderr(err),
         ):
             _default_warning_filters()
-            yield
+            warnings.showwarning = _printer_to(err)
+            try:
+                yield
+            finally:
+                _remember_package_filters()
     finally:
         root.removeHandler(log_handler)
         os.chdir(saved_cwd)
@@ -118,9 +123,45 @@ def _child_state(
         os.environ.update(saved_env)
 
 
+def _printer_to(stream: io.TextIOWrapper) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints to ``stream``: set explicitly, as pytest's
+    own recording would otherwise take the warning off the child's stderr."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    return show
+
+
+def _own_filters(filters: Sequence[Any]) -> list[Any]:
+    """The warning filters naming the package's modules (it adds them when imported)."""
+    return [f for f in filters if "gembatch_async" in str(getattr(f[3], "pattern", f[3]))]
+
+
+#: The package's import-time filters. A child installs them on import; here they may have
+#: been installed inside pytest's per-test warning context and dropped with it, so they
+#: are kept here: those present now, and any a run installs (a lazy import).
+_PACKAGE_FILTERS: list[Any] = _own_filters(warnings.filters)
+
+
 def _default_warning_filters() -> None:
-    """Python's default filters (``python -W`` unset), as in a child process."""
+    """Python's default filters (``python -W`` unset) and the package's own, as in a child."""
     warnings.resetwarnings()
     warnings.simplefilter("default")
     for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
         warnings.simplefilter("ignore", category)
+    for entry in reversed(_PACKAGE_FILTERS):
+        warnings.filters.insert(0, entry)  # type: ignore[attr-defined]
+
+
+def _remember_package_filters() -> None:
+    for entry in _own_filters(warnings.filters):
+        if entry not in _PACKAGE_FILTERS:
+            _PACKAGE_FILTERS.append(entry)

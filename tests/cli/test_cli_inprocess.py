@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gembatch_async.emulator import RunningEmulator
+
 from ..helpers import cli_env, run_cli, write_jsonl
+from ..results.test_embeddings import EMBED_MODEL, write_embed_jsonl
 
 
 @pytest.mark.parametrize(
@@ -44,3 +47,19 @@ def test_the_test_process_is_left_as_it_was(tmp_path: Path) -> None:
     assert "bogus-backend" in result.stderr  # the given env reached the CLI
     assert "GEMBATCH_BACKEND" not in os.environ
     assert (dict(os.environ), os.getcwd()) == (before_env, before_cwd)
+
+
+def test_a_warning_reaches_stderr_as_in_a_real_process(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The SDK warns that embedding batches are experimental: a child prints it on stderr,
+    so the in-process run does too (not into pytest's warnings summary)."""
+    write_embed_jsonl(tmp_path / "docs.jsonl", 2)
+    args = ["submit", "-m", EMBED_MODEL, "docs.jsonl"]
+    child = run_cli(
+        [*args, "--job-info", "child.jsonl"], cwd=tmp_path, env=cli_env(emulator), process=True
+    )
+    inside = run_cli([*args, "--job-info", "inside.jsonl"], cwd=tmp_path, env=cli_env(emulator))
+    assert (inside.returncode, child.returncode) == (0, 0), inside.stderr + child.stderr
+    assert "ExperimentalWarning" not in child.stderr  # the package silences its own calls
+    assert inside.stderr == child.stderr

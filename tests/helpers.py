@@ -1,4 +1,4 @@
-"""Small shared helpers for tests: input files, the CLI as a subprocess, server truth."""
+"""Small shared helpers for tests: input files, the CLI (in process or not), server truth."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 
 from gembatch_async import RetrySettings
 from gembatch_async.emulator import RunningEmulator
+
+from .cli_inprocess import can_run_in_process, run_cli_in_process
 
 TEST_API_KEY = "test-key-7d1c0a5e"
 
@@ -74,6 +76,25 @@ def cli_env(emulator: RunningEmulator | None, **extra: str) -> dict[str, str]:
 
 
 def run_cli(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float = 120,
+    process: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``gembatch-async ARGS``: in this process (see tests/cli_inprocess.py), or in a real
+    subprocess when ``process`` is true or this thread cannot run the CLI (not the main
+    thread, or an event loop is running in it). A subprocess costs ~1 s of imports;
+    use one where the process itself is the point (signals, kills, memory, start-up,
+    the entry point) or where the test process holds journal locks while the CLI runs
+    (POSIX record locks are per process)."""
+    if process or not can_run_in_process():
+        return run_cli_process(args, cwd=cwd, env=env, timeout=timeout)
+    return run_cli_in_process(args, cwd=cwd, env=env)
+
+
+def run_cli_process(
     args: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """``gembatch-async ARGS`` in a real subprocess."""

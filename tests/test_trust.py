@@ -6,17 +6,19 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gembatch_async import Event, FileFailed, Retrying, SubmitSettings, submit
-from gembatch_async.emulator import EmulatorConfig, RunningEmulator
+from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
 
 from .helpers import (
     FAST_RETRY,
@@ -292,7 +294,10 @@ def test_wrong_shape_lines_are_reported_and_kept(emulator: RunningEmulator, tmp_
     lines = journal.read_text().splitlines()
     for raw in bad:
         assert raw in lines, "every unreadable line is kept verbatim"
-    assert any(b["displayName"].startswith("d.jsonl ") for b in live_batches(emulator))
+    # d.jsonl was submitted; `cancel` above may have ended its job (if it ran within the
+    # job's 2 s, as the in-process CLI does), so any state counts.
+    batches = emulator.state()["batches"]
+    assert any(b["displayName"].startswith("d.jsonl ") for b in batches)
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -393,6 +398,26 @@ async def test_a_file_that_vanishes_or_changes_after_preflight_fails_alone(
 
 
 # -- errors and signals -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fuzz_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """One folder with a submitted, succeeded job (so download has something to write) and
+    the obstacles the cases name; each case runs in its own copy. Made once per worker:
+    the cases only fail, and the submit and its wait were most of each case's time."""
+    folder = tmp_path_factory.mktemp("fuzz")
+    write_jsonl(folder / "a.jsonl", 2)
+    (folder / "blocker").write_text("a file where a folder is expected\n")
+    (folder / "sub").mkdir()
+    (folder / "sub" / ".gembatch-emulator").write_text("in the way\n")
+    with EmulatorThread(EmulatorConfig(port=0, processing_seconds=0.2)) as emulator:
+        env = cli_env(emulator)
+        assert run_cli(["submit", "a.jsonl"], cwd=folder, env=env).returncode == 0
+        wait_until(
+            lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
+        )
+        (folder / "sub" / "j.jsonl").write_text("")
+        yield folder, env
+
+
 @pytest.mark.parametrize(
     ("args", "code"),
     [
@@ -425,20 +450,13 @@ async def test_a_file_that_vanishes_or_changes_after_preflight_fails_alone(
     ],
 )
 def test_option_fuzz_is_one_clear_line(
-    emulator: RunningEmulator, tmp_path: Path, args: list[str], code: int
+    fuzz_folder: tuple[Path, dict[str, str]], tmp_path: Path, args: list[str], code: int
 ) -> None:
     """Wrong option values end in their documented exit code and a message, never a traceback."""
-    write_jsonl(tmp_path / "a.jsonl", 2)
-    (tmp_path / "blocker").write_text("a file where a folder is expected\n")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / ".gembatch-emulator").write_text("in the way\n")
-    env = cli_env(emulator)
-    assert run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
-    wait_until(  # download has something to write (the emulator's jobs take 2 s)
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
-    )
-    (tmp_path / "sub" / "j.jsonl").write_text("")
-    result = run_cli(args, cwd=tmp_path, env=env, timeout=30)
+    template, env = fuzz_folder
+    folder = tmp_path / "w"
+    shutil.copytree(template, folder)
+    result = run_cli(args, cwd=folder, env=env, timeout=30)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip(), "a failure says why"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -26,6 +27,9 @@ from gembatch_async.emulator._vertex import VertexRoutes
 
 _STARTUP_TIMEOUT = 30.0
 _GRACEFUL_SHUTDOWN_SECONDS = 2
+#: The main loop's wake-up when nothing asks it to stop (uvicorn refreshes its Date header).
+_IDLE_TICK_SECONDS = 1.0
+_DRAIN_POLL_SECONDS = 0.005
 
 
 class _AbortableH11Protocol(H11Protocol):
@@ -65,11 +69,77 @@ class _AbortableH11Protocol(H11Protocol):
 
 
 class _QuietServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to its owner (the CLI or the tests)."""
+    """A uvicorn server that leaves signal handling to its owner (the CLI or the tests)
+    and stops as soon as it is asked to.
+
+    uvicorn looks at ``should_exit`` every 0.1 s, then its shutdown sleeps 0.1 s and polls
+    its connections every 0.1 s: about 0.2 s per stop, paid by every test's emulator.
+    Here setting ``should_exit`` wakes the main loop, and shutdown takes uvicorn's steps
+    (stop listening, ask each connection to close after its response, wait for them
+    within the graceful timeout, then cancel what is left) polling every few ms.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._exit_requested = False
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        super().__init__(config)
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit_requested
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._exit_requested = value
+        if value and self._loop is not None and self._wake is not None:
+            # Thread-safe: the owner may stop the server from another thread.
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            # on_tick refreshes the Date header when counter % 10 == 0, so each wake-up
+            # (asked to exit, or a second passed) counts as ten of uvicorn's 0.1 s ticks.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _IDLE_TICK_SECONDS)
+            counter = (counter + 10) % 864000
+            should_exit = await self.on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle keep-alive: closed now; busy: after its response
+        try:
+            await asyncio.wait_for(self._drained(), self.config.timeout_graceful_shutdown)
+        except asyncio.TimeoutError:
+            for task in self.server_state.tasks:
+                task.cancel()
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    def _busy(self) -> bool:
+        state = self.server_state
+        return bool(state.connections or state.tasks) and not self.force_exit
+
+    async def _drained(self) -> None:
+        """Every connection closed and every request task done."""
+        # Polled: uvicorn sets no event when its last connection closes.
+        while self._busy():  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL_SECONDS)
+        for server in self.servers:
+            await server.wait_closed()
 
 
 def _url_host(host: str) -> str:

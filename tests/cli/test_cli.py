@@ -33,7 +33,8 @@ def test_version_and_help(tmp_path: Path) -> None:
 
     Every command's --help is checked in test_promises_cli.py.
     """
-    result = run_cli(["--version"], cwd=tmp_path, env=cli_env(None))
+    # The entry point itself (python -m gembatch_async), in a real process.
+    result = run_cli(["--version"], cwd=tmp_path, env=cli_env(None), process=True)
     assert result.returncode == 0
     assert re.match(r"gembatch-async \d+\.\d+\.\d+", result.stdout)
     usage = run_cli(["--help"], cwd=tmp_path, env=cli_env(None))
@@ -44,8 +45,11 @@ def test_version_and_help(tmp_path: Path) -> None:
 def test_submit_prints_progress_and_summary(emulator: RunningEmulator, tmp_path: Path) -> None:
     """[n/total] lines for each file, a summary, exit 0, and a journal equal to the server."""
     paths = make_inputs(tmp_path, 6)
-    result = run_cli(
-        ["submit", "-c", "3", *[p.name for p in paths]], cwd=tmp_path, env=cli_env(emulator)
+    result = run_cli(  # a smoke test of a whole submit in a real process
+        ["submit", "-c", "3", *[p.name for p in paths]],
+        cwd=tmp_path,
+        env=cli_env(emulator),
+        process=True,
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

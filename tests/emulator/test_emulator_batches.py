@@ -99,7 +99,7 @@ def test_batch_stats_on_the_wire(emulator: RunningEmulator) -> None:
     assert "done" not in raw
     assert meta["batchStats"] == {"requestCount": "4", "pendingRequestCount": "4"}
     assert meta["inputConfig"] == {"fileName": source}
-    time.sleep(2.0)
+    wait_state(client, job.name, "JOB_STATE_SUCCEEDED")  # the 0.5 s job ends
     raw = raw_get(emulator, f"/v1beta/{job.name}", **{"x-goog-api-key": API_KEY}).json()
     assert raw["done"] is True
     assert raw["response"]["responsesFile"].startswith("files/batch-")

@@ -57,7 +57,10 @@ def test_run_takes_35_files_through_a_window_of_8(
 ) -> None:
     """Files wait for the window instead of failing; every result arrives; no upload stays."""
     names = [p.name for p in make_inputs(tmp_path, 35, lines=2)]
-    result = run_cli([*RUN, *names], cwd=tmp_path, env=cli_env(emulator), timeout=180)
+    # A real process: the window fills only if 8 creates land within one 0.6 s job, and
+    # in this process the CLI would share one GIL with the emulator's thread.
+    env = cli_env(emulator)
+    result = run_cli([*RUN, *names], cwd=tmp_path, env=env, timeout=180, process=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "results for 35, failed 0" in result.stdout.splitlines()[-1]
     assert len(_result_files(tmp_path)) == 35

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import stat
 import tempfile
-import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,167 +35,53 @@ from .._durable import fsync_folder
 from .._errors import JournalError
 from .._events import JournalProblem
 from .._identity import (
-    base_identity_of_line,
     derived_scope_id,
-    identity_of_line,
-    identity_of_path,
     journal_root,
     journal_roots,
-    same_file,
 )
-from .._names import json_safe, raw_bytes
+from ._locks import (
+    _CLAIM_POLL_MAX,
+    _acquire_lock_file,
+    _claim_slot,
+    _LockFile,
+    _release_lock_file,
+)
+from ._records import (
+    _JOB_LINE_START,
+    _is_torn_job_line,
+    _parse_line,
+    _parse_lines,
+)
+from ._records import (
+    JobLine as JobLine,
+)
+from ._records import (
+    batch_name_of as batch_name_of,
+)
+from ._records import (
+    batch_state_of as batch_state_of,
+)
+from ._records import (
+    encode_line as encode_line,
+)
+from ._records import (
+    input_sha256_of as input_sha256_of,
+)
+from ._records import (
+    is_round_line as is_round_line,
+)
+from ._records import (
+    keys_sha256 as keys_sha256,
+)
+from ._records import (
+    unit_sha256_of as unit_sha256_of,
+)
+from ._view import (
+    JournalView as JournalView,
+)
 
-JobLine = dict[str, Any]
-_CLAIM_SPACE = 1 << 40  # byte offsets used as claim slots in the lock file
-_CLAIM_POLL_MAX = 0.5
-#: Every line we (and the original tool) write starts so; a torn first append does too.
-_JOB_LINE_START = b'{"input_file"'
 #: A file whose first this-many lines hold no job record is not a journal.
 _SNIFF_LINES = 100
-
-
-@dataclass
-class JournalView:
-    """What the journal says, folded by input identity: the latest line wins."""
-
-    #: The folder the journal is named in, resolved: identities are relative to it.
-    root: str = ""
-    #: Every folder a recorded identity may be relative to (see ``journal_roots``).
-    roots: tuple[str, ...] = ()
-    latest: dict[str, JobLine] = field(default_factory=dict)
-    history: dict[str, int] = field(default_factory=dict)
-    #: The newest line of each input, whole or any part of it.
-    latest_by_base: dict[str, JobLine] = field(default_factory=dict)
-    uploads_in_use: set[str] = field(default_factory=set)
-    problems: list[JournalProblem] = field(default_factory=list)
-    #: The scope id the first line carrying one recorded (see ``_identity``).
-    recorded_scope_id: str | None = None
-    #: Bytes of the journal this view has read, and the inode they came from.
-    offset: int = 0
-    inode: int = 0
-    lines_read: int = 0
-    #: The line number of each input's newest line, for messages about it.
-    line_numbers: dict[str, int] = field(default_factory=dict)
-    #: Recorded inputs by file name and by whole-input sha256, and the line count
-    #: they were made at: where another name of a recorded file is looked for (see
-    #: :meth:`identity_of`). Made on first need, so folding stays plain.
-    _by_name: dict[str, set[str]] = field(default_factory=dict)
-    _by_sha256: dict[str, set[str]] = field(default_factory=dict)
-    _indexed_at: int = -1
-
-    def add(self, line: JobLine) -> None:
-        base = base_identity_of_line(line, self.root)
-        identity = identity_of_line(line, self.root, base)
-        self.latest[identity] = line
-        self.history[identity] = self.history.get(identity, 0) + 1
-        self.latest_by_base[base] = line
-        self.line_numbers[base] = self.lines_read
-        upload = line.get("uploaded_file_name")
-        if isinstance(upload, str):
-            self.uploads_in_use.add(upload)
-        if self.recorded_scope_id is None and isinstance(line.get("journal_id"), str):
-            self.recorded_scope_id = line["journal_id"]
-
-    def identity_of(self, path: str, sha256: str | None = None) -> str:
-        """The identity of the input at ``path`` in this journal.
-
-        Its own (see ``_identity``); or, when the journal does not know that one,
-        the identity of a recorded input that is the same file: same device and
-        inode at its recorded location (a hard link made since; a line recorded
-        relative to the journal's other folder). Only recorded inputs with the same
-        file name or the same content (``sha256``) are looked at: a few stats.
-        """
-        own = identity_of_path(path, self.root)
-        if own in self.latest_by_base:
-            return own
-        self._index()
-        candidates = set(self._by_name.get(os.path.basename(own), ()))
-        if sha256:
-            candidates |= self._by_sha256.get(sha256, set())
-        if not candidates:
-            return own
-        try:
-            info = os.stat(path)
-        except OSError:
-            return own
-        for identity in sorted(candidates):
-            places = (os.path.join(root, identity) for root in self.roots or (self.root,))
-            if any(same_file(place, info) for place in places):
-                return identity
-        return own
-
-    def _index(self) -> None:
-        if self._indexed_at == self.lines_read:
-            return
-        self._by_name, self._by_sha256 = {}, {}
-        for base, line in self.latest_by_base.items():
-            self._by_name.setdefault(os.path.basename(base), set()).add(base)
-            whole = input_sha256_of(line)
-            if whole is not None:
-                self._by_sha256.setdefault(whole, set()).add(base)
-        self._indexed_at = self.lines_read
-
-    def recorded(self, key: str, identity: str, parts: int | None) -> JobLine | None:
-        """The line that covers one unit of an input (``key``; ``parts`` when it is one
-        of that many parts): its own, or the input's when it was recorded split another
-        way (or not at all), so a new --max-*-per-job never submits a file twice."""
-        own = self.latest.get(key)
-        if own is not None:
-            return own
-        other = self.latest_by_base.get(identity)
-        if other is None:
-            return None
-        recorded_parts = other.get("parts") if isinstance(other.get("parts"), int) else None
-        split = recorded_parts if recorded_parts and recorded_parts > 1 else None
-        return other if split != parts else None
-
-
-def keys_sha256(keys: Iterable[str]) -> str:
-    """The ``keys_sha256`` of a job's ``carries`` entry: the sha256 of the sorted request
-    keys as one compact JSON array (UTF-8), so no key's characters can make two sets
-    hash alike. One definition for rounds (``_results._remainder``) and packs
-    (``_submit._pack``)."""
-    text = json.dumps(sorted(keys), ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def batch_name_of(line: JobLine) -> str:
-    """The batch name recorded on a job line: ``batch.name``, or the older ``job_name``."""
-    batch = line.get("batch")
-    name = batch.get("name") if isinstance(batch, dict) else None
-    if not name:
-        name = line.get("job_name")
-    return name if isinstance(name, str) else ""
-
-
-def input_sha256_of(line: JobLine) -> str | None:
-    """The sha256 of the whole input a line records (a part's line carries it beside
-    the part's own), or None when it does not say."""
-    whole = line.get("input_sha256")
-    if isinstance(whole, str):
-        return whole
-    sha256 = line.get("sha256")
-    return sha256 if isinstance(sha256, str) and "part" not in line else None
-
-
-def unit_sha256_of(line: JobLine) -> object:
-    """The sha256 of the input (or part) a line's job was made for: a round's line
-    records its own file's sha256 and the whole input's beside it."""
-    return line.get("input_sha256") if is_round_line(line) else line.get("sha256")
-
-
-def is_round_line(line: JobLine) -> bool:
-    """A round's line (``_submit._resubmit``: an input's unanswered requests sent again).
-    ``carries`` alone does not tell: a packed job's lines carry their inputs too, each
-    recording its own input's size and sha256 as a whole job's line does."""
-    return "round" in line
-
-
-def batch_state_of(line: JobLine) -> str:
-    """The last recorded state ("" when the line never had one, as in the older format)."""
-    batch = line.get("batch")
-    state = batch.get("state") if isinstance(batch, dict) else None
-    return state if isinstance(state, str) else ""
 
 
 def peek_lines(path: str | os.PathLike[str]) -> list[JobLine]:
@@ -210,133 +93,6 @@ def peek_lines(path: str | os.PathLike[str]) -> list[JobLine]:
     except OSError:
         return []
     return [line for line in _parse_lines(raws) if isinstance(line, dict)]
-
-
-def _parse_line(raw: bytes) -> JobLine | str:
-    """The job line, or a message saying why it is not one."""
-    try:
-        obj = json.loads(raw)
-    except ValueError as exc:
-        return f"not valid JSON ({exc})"
-    return _check_line(obj)
-
-
-def _parse_lines(raws: list[bytes]) -> list[JobLine | str | None]:
-    """For each line its job line, the reason it is not one, or None when blank.
-
-    One JSON array for the whole batch when every line parses (a 50 000-line
-    journal then reads in one decoder call, not 50 000); line by line otherwise,
-    to say which line is broken.
-    """
-    filled = [raw for raw in raws if raw.strip()]
-    try:
-        objects = json.loads(b"[" + b",".join(filled) + b"]")
-    except ValueError:
-        return [_parse_line(raw) if raw.strip() else None for raw in raws]
-    if len(objects) != len(filled):  # a line held two values ("{}, {}"): find it the slow way
-        return [_parse_line(raw) if raw.strip() else None for raw in raws]
-    decoded = iter(objects)
-    return [_check_line(next(decoded)) if raw.strip() else None for raw in raws]
-
-
-def _check_line(obj: object) -> JobLine | str:
-    """The job line, or why it is not one: every field we act on has the shape we expect."""
-    if not isinstance(obj, dict):
-        return "not a JSON object"
-    path = obj.get("input_file")
-    if not isinstance(path, str) or not path:
-        return 'no "input_file"'
-    if "\0" in path:
-        return '"input_file" holds a NUL character'
-    if "batch" in obj and not isinstance(obj["batch"], dict):
-        return '"batch" is not a JSON object'
-    for name in ("part", "parts"):
-        value = obj.get(name, 1)
-        # bool is an int to Python, not a number to JSON
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            return f'"{name}" is not a part number from 1'
-    if obj.get("part", 1) > obj.get("parts", obj.get("part", 1)):
-        return '"part" is over "parts"'
-    strings = ("job_name", "uploaded_file_name", "input_identity", "journal_id", "sha256")
-    for name in (*strings, "input_sha256"):
-        if name in obj and not isinstance(obj[name], str):
-            return f'"{name}" is not a string'
-    identity = obj.get("input_identity")
-    if identity and (os.path.isabs(identity) or "\0" in identity):
-        # We only ever record a relative path: any other is not ours, and a journal
-        # line never points us at a file by its absolute name (see ``_identity``).
-        return '"input_identity" is not a relative path'
-    batch = obj.get("batch") or {}
-    for name in ("name", "state"):
-        if name in batch and not isinstance(batch[name], str):
-            return f'"batch.{name}" is not a string'
-    if not batch_name_of(obj):
-        return 'no batch name ("batch.name" or "job_name")'
-    return obj
-
-
-def _is_torn_job_line(fragment: bytes) -> bool:
-    """A fragment a crash left mid-append: one of our lines, cut short."""
-    if not fragment.lstrip().startswith(_JOB_LINE_START):
-        return False
-    try:
-        json.loads(fragment)
-    except ValueError:
-        return True
-    return False
-
-
-def encode_line(line: JobLine) -> bytes:
-    """One journal line, UTF-8. A file name that is not UTF-8 (Python holds its bytes as
-    lone surrogates) is written with JSON ``\\udcNN`` escapes: valid JSON, read back as
-    the very same name (see ``_names.json_safe``)."""
-    text = json.dumps(line, ensure_ascii=False, separators=(", ", ": "))
-    return (json_safe(text) + "\n").encode()
-
-
-class _LockFile:
-    """The lock file as this process holds it.
-
-    POSIX record locks belong to the process, not to a descriptor: two Journal
-    objects of one process on the same file would not exclude each other, and
-    closing either descriptor would drop both objects' locks. So every Journal
-    of this process on one lock file shares this: one descriptor, a thread lock
-    for the journal byte, and the set of claims this process holds.
-    """
-
-    def __init__(self, fd: int, key: tuple[int, int]) -> None:
-        self.fd = fd
-        self.key = key
-        self.users = 1
-        self.mutex = threading.Lock()
-        self.claimed: set[str] = set()
-
-
-_LOCK_FILES: dict[tuple[int, int], _LockFile] = {}
-_LOCK_FILES_GUARD = threading.Lock()
-
-
-def _acquire_lock_file(path: Path) -> _LockFile:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    info = os.fstat(fd)
-    key = (info.st_dev, info.st_ino)
-    with _LOCK_FILES_GUARD:
-        shared = _LOCK_FILES.get(key)
-        if shared is None:
-            shared = _LOCK_FILES[key] = _LockFile(fd, key)
-            return shared
-        shared.users += 1
-    os.close(fd)
-    return shared
-
-
-def _release_lock_file(shared: _LockFile) -> None:
-    with _LOCK_FILES_GUARD:
-        shared.users -= 1
-        if shared.users:
-            return
-        del _LOCK_FILES[shared.key]
-    os.close(shared.fd)
 
 
 @dataclass(frozen=True)
@@ -706,12 +462,6 @@ def _sync_data(fd: int) -> None:
     """fdatasync where there is one: it also flushes the size, which is all an append changes."""
     sync = getattr(os, "fdatasync", os.fsync)
     sync(fd)
-
-
-def _claim_slot(identity: str) -> int:
-    """A byte of the lock file that stands for one input (byte 0 is the journal lock)."""
-    digest = hashlib.blake2b(raw_bytes(identity), digest_size=8).digest()
-    return 1 + int.from_bytes(digest, "little") % _CLAIM_SPACE
 
 
 def _copy_mode_and_owner(original: Path, fd: int) -> None:

@@ -217,7 +217,8 @@ KNOWN_BACKEND_NAMES: dict[str, set[str]] = {
     "_jobs/__init__.py": {"VertexTarget", "vertex"},
     # The CLI's --project/--location/--bucket flags build a VertexTarget for the above;
     # choosing the target compares the --backend word with VERTEX.
-    "cli/__init__.py": {"VERTEX", "VertexTarget", "_vertex_flags", "vertex"},
+    "cli/_endpoints.py": {"VERTEX", "VertexTarget", "_vertex_flags", "vertex"},
+    "cli/_commands.py": {"vertex"},
 }
 
 

@@ -226,7 +226,7 @@ def test_names_not_utf8_or_with_a_newline_go_all_the_way(
     assert "'caf\\xe9.jsonl'" in result.stdout
     assert "'new\\nline.jsonl'" in result.stdout
     for line in result.stdout.splitlines():  # no line is a fragment of a name
-        assert line.startswith(("[", "job ", "results ")), line
+        assert line.startswith(("[", "job ", "results ", "tokens: ")), line
     assert {os.fsencode(n) for n in os.listdir(os.fsencode(tmp_path / "results"))} >= {
         os.fsencode(n) for n in names
     }

@@ -36,6 +36,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+# The SDK seam loads lazily (the CLI starts without the SDK); import it now so its
+# import-time warning filter is in place before pytest's per-test contexts can drop it.
+import gembatch_async._backends._genai  # noqa: F401
 from gembatch_async.cli import main
 
 #: Kept from the test process's environment: mutmut selects the mutant through it.

@@ -51,7 +51,10 @@ def _thought_tokens(model: str, seed: str, answer_tokens: int) -> int:
     """Thinking tokens, varied per answer (0 to 3x the answer), 0 for models that do not think."""
     if not _thinks(model):
         return 0
-    spread = int.from_bytes(hashlib.sha256(seed.encode("utf-8", "surrogatepass")).digest()[:2], "big") % 4
+    spread = (
+        int.from_bytes(hashlib.sha256(seed.encode("utf-8", "surrogatepass")).digest()[:2], "big")
+        % 4
+    )
     return spread * answer_tokens
 
 

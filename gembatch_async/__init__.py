@@ -53,7 +53,6 @@ from ._results import ResultCounts, ResultFile
 from ._results._usage import TokenCounts, TokenUsage
 from ._settings import DEFAULT_MODEL, RetrySettings, SubmitSettings
 from ._version import __version__
-from ._webhooks import WebhookRefused, WebhookSettings, webhook_app
 
 if _typing.TYPE_CHECKING:
     from ._backends._genai import GeminiApi, open_client
@@ -70,10 +69,13 @@ if _typing.TYPE_CHECKING:
     )
     from ._run import run
     from ._submit import submit
+    from ._webhooks import WebhookRefused, WebhookSettings, webhook_app
 
 #: The public names whose modules import the SDK, and where each lives.
 _ON_FIRST_USE = {
     **dict.fromkeys(("GeminiApi", "open_client"), "._backends._genai"),
+    # The webhook receiver loads Starlette and PyJWT: half of the package's import time.
+    **dict.fromkeys(("WebhookRefused", "WebhookSettings", "webhook_app"), "._webhooks"),
     **dict.fromkeys(
         (
             "Cleaned",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from .._errors import UsageError
-from .._webhooks import DEFAULT_JWKS_URL, WebhookSettings
+
+if TYPE_CHECKING:  # the receiver loads Starlette and PyJWT: only a run with webhooks needs them
+    from .._webhooks import WebhookSettings
 
 #: Where the built-in emulator publishes its webhook keys (emulator/_app.JWKS_PATH).
 EMULATOR_JWKS_PATH = "/.well-known/jwks.json"
@@ -57,6 +60,8 @@ def webhook_settings(args: argparse.Namespace, base_url: str | None) -> WebhookS
     (its deliveries are signed by its own key set)."""
     if not args.webhook_url:
         return None
+    from .._webhooks import DEFAULT_JWKS_URL, WebhookSettings
+
     host, sep, port = str(args.webhook_listen).rpartition(":")
     if not sep or not host or not port.isdigit():
         raise UsageError(f"--webhook-listen wants HOST:PORT, got {args.webhook_listen!r}")
@@ -64,12 +69,13 @@ def webhook_settings(args: argparse.Namespace, base_url: str | None) -> WebhookS
         url=args.webhook_url,
         listen_host=host.strip("[]"),
         listen_port=int(port),
-        jwks_url=args.webhook_jwks_url or _default_jwks(args, base_url),
+        jwks_url=args.webhook_jwks_url or _default_jwks(args, base_url) or DEFAULT_JWKS_URL,
         secret=os.environ.get(SECRET_ENV) or None,
     )
 
 
-def _default_jwks(args: argparse.Namespace, base_url: str | None) -> str:
+def _default_jwks(args: argparse.Namespace, base_url: str | None) -> str | None:
+    """The emulator's key set when --emulator serves; None: Google's."""
     if args.emulator and base_url:
         return f"{base_url.rstrip('/')}{EMULATOR_JWKS_PATH}"
-    return DEFAULT_JWKS_URL
+    return None

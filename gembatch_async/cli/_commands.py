@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -41,6 +41,7 @@ from ._endpoints import (
     _api_endpoint,
 )
 from ._render import (
+    input_counts,
     render_cleaned,
     render_download_summary,
     render_json,
@@ -55,7 +56,7 @@ from ._webhook_args import poll_interval, webhook_settings
 # Commands that call a service import the SDK when they run (see _startup_modules in
 # tests/cli/test_startup.py): --version, --help and show start without it.
 if TYPE_CHECKING:
-    from .._jobs import JobsContext
+    from .._jobs import JobsContext, JobStatus
 
 T = TypeVar("T")
 
@@ -229,7 +230,7 @@ async def _jobs_command(args: argparse.Namespace) -> int:
 async def _status(jobs: JobsContext, args: argparse.Namespace) -> int:
     from .._jobs import refresh_status, watch_status
 
-    show = _printer(args.json, render_status)
+    show = _printer(args.json, render_status, _status_computed)
     if args.watch:
         statuses = await watch_status(jobs, show, paths=args.files, interval=args.interval)
     else:
@@ -265,7 +266,7 @@ async def _cancel(jobs: JobsContext, args: argparse.Namespace) -> int:
     from .._jobs import cancel_jobs
 
     statuses = await cancel_jobs(jobs, args.files)
-    show = _printer(args.json, render_status)
+    show = _printer(args.json, render_status, _status_computed)
     for status in statuses:
         show(status)
     return EXIT_FAILED if any(s.error for s in statuses) else EXIT_OK
@@ -283,6 +284,10 @@ async def _cleanup(jobs: JobsContext, args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(c.error and c.error != "already gone" for c in cleaned) else EXIT_OK
 
 
+def _status_computed(status: JobStatus) -> dict[str, Any]:
+    return {"input_counts": input_counts(status)}
+
+
 _JOB_COMMANDS: dict[str, Callable[[JobsContext, argparse.Namespace], Awaitable[int]]] = {
     "status": _status,
     "download": _download,
@@ -291,12 +296,21 @@ _JOB_COMMANDS: dict[str, Callable[[JobsContext, argparse.Namespace], Awaitable[i
 }
 
 
-def _printer(as_json: bool, render: Callable[[T], str]) -> Callable[[T], None]:
+def _printer(
+    as_json: bool,
+    render: Callable[[T], str],
+    computed: Callable[[T], dict[str, Any]] | None = None,
+) -> Callable[[T], None]:
+    """Each item as its text line, or as one JSON object: its fields, plus the figures
+    ``computed`` derives from them (what the text line shows but no field holds)."""
+
     def show(item: T) -> None:
         if not as_json:
             _print(render(item), sys.stdout)
             return
         fields = dataclasses.asdict(item)  # type: ignore[call-overload]
+        if computed is not None:
+            fields.update(computed(item))
         _print(json_safe(json.dumps(fields)), sys.stdout)
 
     return show

@@ -203,11 +203,10 @@ def render_status(status: JobStatus) -> str:
             line += f", {stats.failed} failed"
     if status.batch_error:
         line += f" ({status.batch_error})"
-    across = status.input_counts
+    across = input_counts(status)
     if across is not None:  # a round: the whole input, across its jobs
-        answered, failed, pending = across
-        line += f"  [input: {answered} answered, {failed} failed, {pending} pending;"
-        line += f" {len(status.completes) + 1} jobs]"
+        line += f"  [input: {across['answered']} answered, {across['failed']} failed,"
+        line += f" {across['pending']} pending; {across['jobs']} jobs]"
     if status.notice:
         line += f"  [{status.notice}]"
     if status.error:
@@ -218,6 +217,22 @@ def render_status(status: JobStatus) -> str:
         line += f", {counts.unknown} unknown answers" if counts.unknown else ""
         line += file_usage_text(counts.usage, status.cost) + ")"
     return line
+
+
+def input_counts(status: JobStatus) -> dict[str, int] | None:
+    """For a round: the input's requests answered, failed and pending across all its
+    jobs, and how many jobs; what plain ``status`` shows and ``status --json`` carries
+    as ``input_counts`` (None for any other job)."""
+    across = status.input_counts
+    if across is None:
+        return None
+    answered, failed, pending = across
+    return {
+        "answered": answered,
+        "failed": failed,
+        "pending": pending,
+        "jobs": len(status.completes) + 1,
+    }
 
 
 def _by_code(counts: Mapping[str, int]) -> str:

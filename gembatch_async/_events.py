@@ -260,6 +260,11 @@ class RunSummary:
     answered: int = 0
     failed_requests: int = 0
     failed_paths: tuple[str, ...] = ()
+    #: Of ``failed_paths``: those whose input has used up its ``--resubmits`` rounds (as
+    #: the journal counts them), so ``--retry-failed`` alone sends nothing more; and the
+    #: most rounds one of them had: ``--resubmits`` above it sends them again.
+    used_up_paths: tuple[str, ...] = ()
+    rounds_used: int = 0
     #: Every input has its results and every request a response: nothing to send again.
     #: (The exit code is 0 with failed requests too: an error answer is an answer.)
     complete: bool = False

@@ -107,6 +107,8 @@ class _Watch:
     )
     #: The failed-requests files written (or found) for this run's inputs.
     failed_paths: list[str] = field(default_factory=list)
+    #: Of those, the files of inputs whose rounds are used up, and their rounds.
+    used_up: dict[str, int] = field(default_factory=dict)
     #: Tokens and cost of each input's answers (those whose usage was read).
     usages: list[TokenUsage] = field(default_factory=list)
     costs: list[Cost] = field(default_factory=list)
@@ -200,6 +202,8 @@ def _summary(tally: _SubmitTally, watch: _Watch, elapsed: float) -> RunSummary:
         answered=counts["answered"],
         failed_requests=counts["failed_requests"],
         failed_paths=tuple(sorted(watch.failed_paths)),  # the same order whatever ended first
+        used_up_paths=tuple(sorted(watch.used_up)),
+        rounds_used=max(watch.used_up.values(), default=0),
         complete=whole and all(i.done for i in watch.inputs.values()),
         usage=sum(watch.usages, TokenUsage()) if watch.usages else None,
         cost=total_cost(watch.costs),
@@ -537,9 +541,19 @@ class _Runner:
         for sibling in siblings:
             await self._delete_upload(sibling)
             sibling.done = True
-        self._count(result, cost)
+        self._count(result, cost, self._rounds_if_used_up(entry))
 
-    def _count(self, result: ResultFile, cost: Cost | None) -> None:
+    def _rounds_if_used_up(self, entry: _Input) -> int | None:
+        """The rounds the input has had, when they are all it may have under this
+        ``--resubmits`` (``_submit._resubmit`` sends nothing more); else None. A split
+        input's parts go whole, not in rounds."""
+        if entry.item.part is not None:
+            return None
+        line = self.jobs.journal.refresh().latest.get(entry.item.key)
+        done = round_of(line) if line is not None else 0
+        return done if done >= self.settings.resubmits else None
+
+    def _count(self, result: ResultFile, cost: Cost | None, used_up: int | None) -> None:
         """An input's results are in: what the summary says of its requests."""
         if result.usage is not None and cost is not None:
             self.watch.usages.append(result.usage)
@@ -553,6 +567,8 @@ class _Runner:
         counts["failed_requests"] += result.failed
         if result.failed and result.failed_path:
             self.watch.failed_paths.append(result.failed_path)
+            if used_up is not None:
+                self.watch.used_up[result.failed_path] = used_up
 
     def _together(self) -> list[str]:
         """Every input of this run: their results must not land on one file."""

@@ -33,6 +33,7 @@ from .._events import (
     WaitingForCapacity,
 )
 from .._names import display_path
+from ._words import count_of
 
 #: Rows shown at once; the rest are counted in a footer.
 MAX_ROWS = 20
@@ -109,7 +110,8 @@ class LiveView:
         elif isinstance(event, ResultsSaved):
             self.answered += event.responses
             self.failed_requests += event.failed
-            self._set(event.path, "done", f"{event.responses} answers, {event.errors} errors")
+            done = f"{count_of(event.responses, 'answer')}, {count_of(event.errors, 'error')}"
+            self._set(event.path, "done", done)
         elif isinstance(event, JobEnded):
             state = "waiting" if event.resubmitted else "failed"
             self._set(event.path, state, event.reason)

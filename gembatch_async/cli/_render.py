@@ -32,6 +32,7 @@ from .._prices import total_cost
 from .._results import ResultFile
 from .._results._usage import TokenUsage
 from ._cost import COUNT_METHOD, ESTIMATE_METHOD, cost_text, file_usage_text, short_cost, usage_line
+from ._words import agreeing, count_of
 
 if TYPE_CHECKING:  # _jobs imports the SDK, which --version and show do without
     from .._jobs import Cleaned, JobStatus
@@ -75,10 +76,10 @@ def render_text(event: Event) -> tuple[str, bool]:
     if isinstance(event, ResultsSaved):
         whole = "" if event.complete else "; answers missing or unknown: see download"
         if event.failed_path:
-            whole += f"; {event.failed} failed requests -> {_shown(event.failed_path)}"
+            whole += f"; {count_of(event.failed, 'failed request')} -> {_shown(event.failed_path)}"
         return (
             f"results {_shown(event.path)} -> {_shown(event.output_path)} "
-            f"({event.responses} responses, {event.errors} errors{whole}"
+            f"({count_of(event.responses, 'response')}, {count_of(event.errors, 'error')}{whole}"
             f"{file_usage_text(event.usage, event.cost)})",
             False,
         )
@@ -103,7 +104,8 @@ def render_text(event: Event) -> tuple[str, bool]:
         return f"warning: {_shown(event.journal)}:{event.line}: {event.message}", True
     if isinstance(event, WouldSubmit):
         return (
-            f"would submit {_shown(event.path)} ({event.count} requests, {event.size_bytes} bytes"
+            f"would submit {_shown(event.path)} ({count_of(event.count, 'request')}, "
+            f"{count_of(event.size_bytes, 'byte')}"
             f"{_estimate_phrase(event.input_tokens, event.with_media, event.tokens_counted)}"
             f"{', input ' + short_cost(event.cost) if event.cost else ''})",
             False,
@@ -114,7 +116,7 @@ def render_text(event: Event) -> tuple[str, bool]:
 def _estimate_phrase(tokens: int | None, with_media: int, counted: bool = False) -> str:
     if tokens is None:
         return ""
-    media = f" + media in {with_media} requests, not estimated" if with_media else ""
+    media = f" + media in {count_of(with_media, 'request')}, not estimated" if with_media else ""
     return f"; {'' if counted else '~'}{tokens:,} input tokens{media}"
 
 
@@ -159,7 +161,10 @@ def render_run_summary(summary: RunSummary) -> str:
         f"in {summary.elapsed:.1f}s"
     )
     if summary.requests:
-        text += f"; {summary.requests} requests: {summary.answered} answered, {summary.failed_requests} failed"
+        text += (
+            f"; {count_of(summary.requests, 'request')}: {summary.answered} answered, "
+            f"{summary.failed_requests} failed"
+        )
     if summary.interrupted:
         text += "; interrupted: run the same command again to continue"
     spent = usage_line(summary.usage, summary.cost)
@@ -169,18 +174,43 @@ def render_run_summary(summary: RunSummary) -> str:
 def _failed_requests_note(summary: RunSummary, shown: int = 5) -> list[str]:
     """Where a run's failed requests are and how to send them again: ``--retry-failed``
     sends only the requests without an answer and merges their answers into the same
-    results files (``_submit._resubmit``)."""
+    results files (``_submit._resubmit``); an input whose ``--resubmits`` rounds are used
+    up needs a higher ``--resubmits``, or ``--retry-failed`` sends nothing for it."""
     paths = [_shown(path) for path in summary.failed_paths]
     if not summary.failed_requests or not paths:
         return []
-    listed = ", ".join(paths[:shown]) + (
+    n = summary.failed_requests
+    head = (
+        f"{count_of(n, 'failed request')} {agreeing(n, 'has', 'have')} no response; "
+        f"{agreeing(n, 'its input line is', 'their input lines are')} in {_listed_paths(paths, shown)}"
+    )
+    used_up = [_shown(path) for path in summary.used_up_paths]
+    them = agreeing(n, "it", "them")
+    rounds = f"--resubmits rounds ({count_of(summary.rounds_used, 'round')} so far)"
+    higher = f"--retry-failed --resubmits {summary.rounds_used + 1}"
+    if len(used_up) == len(paths):  # --retry-failed alone would send nothing
+        whose = agreeing(len(paths), "input has used up its", "inputs have used up their")
+        advice = (
+            f"{agreeing(n, 'its', 'their')} {whose} {rounds}: "
+            f"to send {them} again, the same command with {higher}"
+        )
+    else:
+        advice = (
+            f"to send only {them} again: the same command with --retry-failed "
+            "(each input gets --resubmits rounds, default 1)"
+        )
+        if used_up:
+            advice += (
+                f"; the inputs of {_listed_paths(used_up, shown)} used up their {rounds}: "
+                f"for those, {higher}"
+            )
+    return [f"{head}; {advice}"]
+
+
+def _listed_paths(paths: Sequence[str], shown: int) -> str:
+    return ", ".join(paths[:shown]) + (
         f" and {len(paths) - shown} more" if len(paths) > shown else ""
     )
-    return [
-        f"{summary.failed_requests} failed requests have no response; their input lines are in "
-        f"{listed}; to send only them again: the same command with --retry-failed "
-        "(each input gets --resubmits rounds, default 1)"
-    ]
 
 
 def _short_state(state: str) -> str:
@@ -257,7 +287,10 @@ def render_result(result: ResultFile) -> str:
     if result.skipped:
         line = f"skipped {_shown(result.path)}: {_shown(result.output_path)} is there (--force to download again)"
     else:
-        line = f"downloaded {_shown(result.path)} -> {_shown(result.output_path)}: {result.requests} requests"
+        line = (
+            f"downloaded {_shown(result.path)} -> {_shown(result.output_path)}: "
+            f"{count_of(result.requests, 'request')}"
+        )
         line += ", matched by position (no keys)" if result.keyless else ""
     if result.requests or not result.skipped:
         line += f", {result.responses} answered, {result.failed} failed"
@@ -284,7 +317,7 @@ def _incomplete_notes(result: ResultFile) -> list[str]:
     if result.unexpected_keys:
         named = [k for k in result.unknown_keys if k]
         notes.append(
-            f"{result.unexpected_keys} answers for no request"
+            f"{count_of(result.unexpected_keys, 'answer')} for no request"
             + (f": {_listed(named, result.unexpected_keys)}" if named else "")
         )
     if result.ambiguous_keys:
@@ -293,7 +326,9 @@ def _incomplete_notes(result: ResultFile) -> list[str]:
             "several request keys read as (not matched, never guessed; --keep-raw keeps them)"
         )
     if result.duplicates:
-        notes.append(f"{result.duplicates} extra answers to an answered key (the first kept)")
+        notes.append(
+            f"{count_of(result.duplicates, 'extra answer')} to an answered key (the first kept)"
+        )
     if result.raw_path:
         notes.append(f"raw output in {_shown(result.raw_path)}")
     return notes
@@ -315,7 +350,10 @@ def render_download_summary(results: Sequence[ResultFile]) -> str:
         line += f", jobs ended without results {ended}"
     total = sum(failed.values())
     if total:
-        line += f"; {total} failed requests ({_by_code(failed)}), listed in the .failed.jsonl files"
+        line += (
+            f"; {count_of(total, 'failed request')} ({_by_code(failed)}), "
+            "listed in the .failed.jsonl files"
+        )
     spent = _download_spent(results)
     return (f"{spent}\n" if spent else "") + line  # the summary stays the last line
 

@@ -217,7 +217,7 @@ def test_vertex_splits_past_200000_requests_by_default(service: Service, tmp_pat
     dry = run_cli(["submit", "--dry-run", "--no-schema-check", "big.jsonl"], cwd=tmp_path, env=env)
     assert dry.returncode == 0, dry.stderr
     assert "big.jsonl (part 1/2) (200000 requests" in dry.stdout, dry.stdout
-    assert "big.jsonl (part 2/2) (1 requests" in dry.stdout, dry.stdout
+    assert "big.jsonl (part 2/2) (1 request" in dry.stdout, dry.stdout
     refused = run_cli(["submit", "--max-bytes-per-job", "2GB", "big.jsonl"], cwd=tmp_path, env=env)
     assert refused.returncode == 2
     assert "at most 1000000000 bytes (1GB) on the Vertex backend" in refused.stderr

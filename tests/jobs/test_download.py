@@ -201,7 +201,7 @@ def test_missing_and_unknown_keys_exit_1_with_error_lines(tmp_path: Path) -> Non
         skipped = run_cli(["download"], cwd=work, env=cli_env(emulator))
     assert result.returncode == 1, result.stdout
     assert "1 never answered: 'late'" in result.stdout
-    assert "1 answers for no request: 'k1'" in result.stdout
+    assert "1 answer for no request: 'k1'" in result.stdout
     assert "incomplete 1" in result.stdout
     got = rows(work / "results" / "q.jsonl")
     assert got[1] == {"key": "late", "error": NOT_ANSWERED}

@@ -56,7 +56,7 @@ def test_used_up_rounds_say_so_and_name_the_resubmits_that_sends_them(tmp_path: 
     config = EmulatorConfig(port=0, processing_seconds=0.3, request_errors=SHARE, fault_seed=seed)
     with EmulatorThread(config) as emulator:
         env = cli_env(emulator)
-        first = run_cli(RUN + ["q.jsonl"], cwd=tmp_path, env=env)
+        first = run_cli([*RUN, "q.jsonl"], cwd=tmp_path, env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert len(emulator.state()["batches"]) == 2, "the job and its one round"
         out = first.stdout

@@ -518,8 +518,9 @@ def _add_emulator(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         type=float,
         default=0.0,
         metavar="P",
-        help="share of requests (0-1) answered with a per-request error line, "
-        "chosen by a hash of --fault-seed, the job and the request's key (default: 0)",
+        help="share of requests (0-1) answered with a per-request error line (on Vertex, "
+        "a row with an error status), chosen by a hash of --fault-seed, the job and the "
+        "request's key (default: 0)",
     )
     emu.add_argument(
         "--max-unfinished-batches",

@@ -70,6 +70,7 @@ from gembatch_async.emulator._gcs import (
     parse_gs_uri,
 )
 from gembatch_async.emulator._models import BATCH_GENERATE, model_spec
+from gembatch_async.emulator._request_errors import RequestErrors, draw_of
 from gembatch_async.emulator._store import count_requests_blocking
 from gembatch_async.emulator._vertex_jobs import (
     CANCELLED,
@@ -89,6 +90,8 @@ from gembatch_async.emulator._vertex_jobs import (
     schedule,
 )
 from gembatch_async.emulator._vertex_output import (
+    drawn_failures_blocking,
+    file_sha256,
     processed_time,
     shard_names,
     write_predictions_blocking,
@@ -198,6 +201,8 @@ class VertexRoutes:
                 job.model.rsplit("/", 1)[-1],
                 processed_time(finish),
                 limit,
+                self._request_errors(),
+                job.request_errors_draw,
             )
             if limit is not None:
                 job.completed_count, job.completed_failed = written, failed
@@ -271,7 +276,24 @@ class VertexRoutes:
         refused = import_refusal(snapshot)
         if refused is not None:
             raise StorageProblem(refused)
-        job.request_count, job.failed_count = total, failed
+        job.request_count, job.failed_count = total, failed + self._drawn_failures(job, snapshot)
+
+    def _request_errors(self) -> RequestErrors | None:
+        share = self.config.request_errors
+        return RequestErrors(share, self.config.fault_seed) if share > 0 else None
+
+    def _drawn_failures(self, job: VertexJob, snapshot: pathlib.Path) -> int:
+        """Draw the job's per-request errors (``--request-errors``) as the Gemini side
+        does: by its input's bytes and the jobs made from them before; how many fail."""
+        errors = self._request_errors()
+        if errors is None:
+            return 0
+        job.input_sha256 = file_sha256(snapshot)
+        earlier = sum(
+            1 for other in self.book.jobs.values() if other.input_sha256 == job.input_sha256
+        )
+        job.request_errors_draw = draw_of(job.input_sha256, earlier)
+        return drawn_failures_blocking(snapshot, errors, job.request_errors_draw)
 
     def _require_size(self, uri: str, size: int) -> None:
         if size > self.config.vertex_max_input_bytes:
@@ -445,6 +467,7 @@ class VertexRoutes:
                 "outputWritten": job.output_written,
                 "requestCount": job.request_count,
                 "failedCount": job.failed_count,
+                "requestErrorsDraw": job.request_errors_draw,
                 "labels": job.labels,
                 "createTime": rfc3339(job.create_time),
             }

@@ -98,6 +98,10 @@ class VertexJob:
     #: many rows it completed, and how many of them failed.
     completed_count: int | None = None
     completed_failed: int = 0
+    #: What picks the requests ``--request-errors`` fails: the input's sha256 and how
+    #: many jobs were made from the same bytes before (``_request_errors.draw_of``).
+    input_sha256: str = ""
+    request_errors_draw: str = ""
 
     @property
     def name(self) -> str:

@@ -215,7 +215,9 @@ def _look_up(model: str, when: dt.datetime) -> _Looked:
     source = f"genai-prices {version}, rates of {when.date().isoformat()}"
     info = _find_model(model)
     if info is None:
-        return _Looked(None, None, source, f"genai-prices {version} does not know {model}")
+        return _Looked(
+            None, None, source, f"genai-prices {version} does not know {_model_ref(model)}"
+        )
     interactive = _rates_from(info.get_prices(when))
     batch = (
         _rates_from(info.get_prices(when, _BATCH_CONTEXT))
@@ -226,7 +228,9 @@ def _look_up(model: str, when: dt.datetime) -> _Looked:
         what for what, rates in (("batch", batch), ("interactive", interactive)) if not rates
     ]
     note = (
-        f"genai-prices {version} has no {' or '.join(missing)} rate for {model}" if missing else ""
+        f"genai-prices {version} has no {' or '.join(missing)} rate for {_model_ref(model)}"
+        if missing
+        else ""
     )
     return _Looked(batch, interactive, source, note)
 

@@ -13,9 +13,10 @@ ai.google.dev/gemini-api/docs/pricing), per request, so the requests whose promp
 passed it are also counted apart: a sum of prompts says nothing about each one.
 A batch embedding answer has no ``usageMetadata``; the SDK's type for it,
 ``SingleEmbedContentResponse``, has a ``token_count`` (``tokenCount`` on the wire),
-counted as its prompt when present. Whether the service writes it is not captured
-(the emulator does not): an answer with neither counts as one without usage, and
-its cost is "unknown", never 0.
+counted as its prompt when present (a number, or a string as proto3 JSON writes an
+int64). Whether the service writes it is not captured (the emulator does, see
+``emulator._responses.fake_embedding``): an answer with neither counts as one without
+usage, and its cost is "unknown", never 0.
 """
 
 from __future__ import annotations

@@ -126,12 +126,21 @@ def _dimensions(request: dict[str, Any]) -> int:
 
 
 def fake_embedding(request: dict[str, Any]) -> dict[str, Any]:
-    """An EmbedContentResponse: ``{"embedding": {"values": [...]}}``, the same for the same text."""
+    """A batch embedding answer, ``{"embedding": {"values": [...]}, "tokenCount": "N"}``,
+    the same for the same text.
+
+    Its shape is the SDK's ``SingleEmbedContentResponse`` (google-genai 3.6.1
+    ``types.py``; the response of an ``InlinedEmbedContentResponse``): ``embedding`` and
+    ``tokenCount``, the latter a ``Long`` in the Java and Kotlin SDKs (java-genai
+    ``SingleEmbedContentResponse.tokenCount()``), i.e. an int64, which proto3 JSON writes
+    as a string. No captured output shows the service filling it; the tool reads a
+    number or a string, and an answer without it prices as "unknown". N is the
+    content's tokens by the emulator's one rule (about four characters a token)."""
     content = request.get("content")
     text = _prompt_text({"contents": [content]}) if isinstance(content, dict) else ""
     rng = random.Random(hashlib.sha256(text.encode()).digest())
     values = [round(rng.uniform(-0.1, 0.1), 7) for _ in range(_dimensions(request))]
-    return {"embedding": {"values": values}}
+    return {"embedding": {"values": values}, "tokenCount": str(_tokens(text))}
 
 
 def request_response(

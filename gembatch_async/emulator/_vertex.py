@@ -289,9 +289,8 @@ class VertexRoutes:
         if errors is None:
             return 0
         job.input_sha256 = file_sha256(snapshot)
-        earlier = sum(
-            1 for other in self.book.jobs.values() if other.input_sha256 == job.input_sha256
-        )
+        jobs = tuple(self.book.jobs.values())  # one copy: this runs in a worker thread
+        earlier = sum(1 for other in jobs if other.input_sha256 == job.input_sha256)
         job.request_errors_draw = draw_of(job.input_sha256, earlier)
         return drawn_failures_blocking(snapshot, errors, job.request_errors_draw)
 

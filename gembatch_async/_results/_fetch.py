@@ -19,11 +19,14 @@ from .._backends import Backend
 from .._errors import ApiError, NotFoundApiError, OutputError
 from .._retry import call_with_retries, describe
 from .._settings import RetrySettings
-from ._join import _WRITE_BUFFER, _Tally, build_results
+from ._join import Tally, build_results
 from ._records import ResultFile
 from ._staging import Staging
 from ._targets import ResultTargets
 from ._unpack import member_output
+
+#: How much of the input is hashed at a time (``changed_since``).
+_HASH_CHUNK = 1 << 20
 
 
 class SucceededJob(Protocol):
@@ -149,7 +152,7 @@ def changed_since(input_path: str, submitted: Sequence[tuple[int, str]]) -> str 
         for size, sha256 in submitted:
             hasher = hashlib.sha256()
             left = size
-            while left and (chunk := handle.read(min(left, _WRITE_BUFFER))):
+            while left and (chunk := handle.read(min(left, _HASH_CHUNK))):
                 hasher.update(chunk)
                 left -= len(chunk)
             if left or hasher.hexdigest() != sha256:
@@ -157,7 +160,7 @@ def changed_since(input_path: str, submitted: Sequence[tuple[int, str]]) -> str 
     return None
 
 
-def _changed_input(change: str, tally: _Tally, kept: str | None) -> str:
+def _changed_input(change: str, tally: Tally, kept: str | None) -> str:
     """An input edited after submission: what is known, and what is kept."""
     line = f"changed since it was submitted ({change}): no results are matched to its new lines"
     if not tally.keyless:
@@ -187,7 +190,7 @@ async def _download(api: Backend, retry: RetrySettings | None, name: str, target
 
 def _build_checked(
     input_path: str, raws: list[Path], names: list[str], staging: Staging, superseding: bool
-) -> tuple[_Tally, Path, Path | None]:
+) -> tuple[Tally, Path, Path | None]:
     return build_results(
         input_path,
         raws,
@@ -231,7 +234,7 @@ def _with(result: ResultFile, **changes: Any) -> ResultFile:
 
 
 def _result_file(
-    done: ResultFile, tally: _Tally, targets: ResultTargets, any_failed: bool, keep_raw: bool
+    done: ResultFile, tally: Tally, targets: ResultTargets, any_failed: bool, keep_raw: bool
 ) -> ResultFile:
     return _with(
         done,

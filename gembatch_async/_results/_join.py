@@ -37,8 +37,8 @@ from typing import BinaryIO
 
 from .._errors import OutputError, Problem
 from .._keysort import SortedRecords
-from ._keys import _answer_digest, key_digest, number_digest, numeric_form
-from ._output_lines import OutputLine, _request_key, parse_output_line
+from ._keys import answer_digest, key_digest, number_digest, numeric_form
+from ._output_lines import OutputLine, parse_output_line, request_key
 from ._records import error_label
 from ._staging import Staging
 from ._usage import UsageTally
@@ -72,7 +72,9 @@ _Where = tuple[int, int, int, int]
 
 
 @dataclass
-class _Tally:
+class Tally:
+    """What the join found: counts for ``ResultFile``, the first keys it names, tokens."""
+
     requests: int = 0
     responses: int = 0
     errors: int = 0
@@ -133,7 +135,7 @@ def build_results(
     names: Sequence[str] | None = None,
     check: Check = _no_check,
     superseding: bool = False,
-) -> tuple[_Tally, Path, Path | None]:
+) -> tuple[Tally, Path, Path | None]:
     """Write the results (and failed requests) of ``input_path`` to temporaries of
     ``staging``: (what was found, results temp, failed temp or None).
 
@@ -145,7 +147,7 @@ def build_results(
     kept, else its newest error.
     """
     files = _Outputs(outputs, names or [str(p) for p in outputs])
-    tally = _Tally()
+    tally = Tally()
     with (
         files,
         SortedRecords(_OUT.size) as answers,
@@ -190,7 +192,7 @@ def _index_outputs(
             if parsed.key is None:
                 keyless.add(_WHERE.pack(*where))
             else:
-                answers.add(_OUT.pack(_answer_digest(parsed.key), *where))
+                answers.add(_OUT.pack(answer_digest(parsed.key), *where))
     if problems:
         raise OutputError(problems, more)
 
@@ -207,11 +209,11 @@ def _lines(path: Path, check: Check) -> Iterator[tuple[int, int, bytes]]:
             offset += len(raw)
 
 
-def _index_inputs(input_path: str, requests: SortedRecords, tally: _Tally, check: Check) -> int:
+def _index_inputs(input_path: str, requests: SortedRecords, tally: Tally, check: Check) -> int:
     """Pass 2: index each keyed request by key; returns how many have a key."""
     keyed = 0
     for position, (_, _, raw) in enumerate(_lines(Path(input_path), check)):
-        key = _request_key(raw)
+        key = request_key(raw)
         if key is not None:
             requests.add(_IN.pack(key_digest(key), 0, position))
             number = numeric_form(key)
@@ -225,7 +227,7 @@ def _index_inputs(input_path: str, requests: SortedRecords, tally: _Tally, check
 class _Unknown:
     """Answers no request claimed: counted, the first few kept to name their keys."""
 
-    def __init__(self, tally: _Tally) -> None:
+    def __init__(self, tally: Tally) -> None:
         self.tally = tally
         self.where: list[_Where] = []
 
@@ -242,7 +244,7 @@ def _join(
     answers: SortedRecords,
     requests: SortedRecords,
     joined: SortedRecords,
-    tally: _Tally,
+    tally: Tally,
     files: _Outputs,
     check: Check,
     superseding: bool = False,
@@ -331,7 +333,7 @@ def _write_in_order(
     files: _Outputs,
     answers: Iterator[tuple[int, _Where]],
     staging: Staging,
-    tally: _Tally,
+    tally: Tally,
     check: Check,
 ) -> tuple[Path, Path | None]:
     """Pass 3: the input in order; each request's answer (or an error line) to the
@@ -360,7 +362,7 @@ def _write_in_order(
 
 
 def _answer_line(
-    files: _Outputs, where: _Where | None, raw: bytes, tally: _Tally
+    files: _Outputs, where: _Where | None, raw: bytes, tally: Tally
 ) -> tuple[bytes, str | None]:
     """The results line for one request, and its failure label (None when answered)."""
     if where is not None:
@@ -371,7 +373,7 @@ def _answer_line(
         tally.errors += 1
         parsed = parse_output_line(line + b"\n")  # read in pass 1: only a changed file fails
         return line, error_label(parsed.error) if isinstance(parsed, OutputLine) else "unknown"
-    key = _request_key(raw)
+    key = request_key(raw)
     if key is None and not tally.keyless:
         tally.unmatched += 1
         error = NO_KEY

@@ -23,7 +23,7 @@ _MAX_NUMBER_TEXT = 400
 _NUMBER_START = frozenset("-0123456789")
 
 
-def _numeric_key(value: float) -> float | None:
+def numeric_key(value: float) -> float | None:
     """A number as a key: a finite double (-0 is 0), or None."""
     try:
         number = float(value) + 0.0
@@ -38,7 +38,7 @@ def numeric_form(key: str) -> float | None:
         return None  # most keys, at the cost of one comparison
     if not _NUMBER.fullmatch(key):
         return None
-    return _numeric_key(float(key))
+    return numeric_key(float(key))
 
 
 def number_digest(number: float) -> bytes:
@@ -47,5 +47,6 @@ def number_digest(number: float) -> bytes:
     return hashlib.blake2b(text, digest_size=16, person=b"gba-number").digest()
 
 
-def _answer_digest(key: str | float) -> bytes:
+def answer_digest(key: str | float) -> bytes:
+    """The digest an answer is indexed under: its string key's, or its number's."""
     return key_digest(key) if isinstance(key, str) else number_digest(key)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 
 from .._strict_json import TooDeepError, strict_json
-from ._keys import _numeric_key
+from ._keys import numeric_key
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def parse_output_line(raw: bytes) -> OutputLine | str:
             return f'"{name}" is not an object'
     key = obj.get("key")
     if isinstance(key, (int, float)) and not isinstance(key, bool):
-        key = _numeric_key(key)
+        key = numeric_key(key)
         if key is None:
             return '"key" is a number too large to match'
     elif key is not None and not isinstance(key, str):
@@ -58,7 +58,7 @@ def _json_error(exc: Exception) -> str:
     return str(exc)
 
 
-def _request_key(raw: bytes) -> str | None:
+def request_key(raw: bytes) -> str | None:
     """The key of an input line, or None (no key, or not a request line at all)."""
     try:
         obj = json.loads(raw)

@@ -28,8 +28,8 @@ from typing import Any
 from .._errors import InputChangedError
 from .._journal import keys_sha256
 from .._names import display_path
-from . import OutputLine, key_digest, parse_output_line
-from . import _request_key as request_key
+from ._keys import key_digest
+from ._output_lines import OutputLine, parse_output_line, request_key
 
 _READ_SIZE = 1 << 20
 

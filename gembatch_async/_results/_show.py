@@ -14,7 +14,8 @@ from typing import Any
 
 from .._errors import UsageError
 from .._names import display_path
-from . import TooDeepError, error_label, strict_json
+from .._strict_json import TooDeepError, strict_json
+from ._records import error_label
 
 #: How many of an embedding's values are shown (its length is always shown).
 EMBEDDING_VALUES_SHOWN = 3

@@ -60,6 +60,12 @@ class Scenarios:
             return {"unlisted": name}
         raise ApiError(404, f"Unknown scenario {action!r}.")
 
+    def clear(self) -> None:
+        """Forget every situation set up (``POST /_emulator/reset``)."""
+        self.refused_deletes.clear()
+        self.stalls.clear()
+        self.unlisted.clear()
+
     def _stall(self, endpoint: str, seconds: float) -> dict[str, Any]:
         if endpoint not in ENDPOINTS:
             raise ApiError(

@@ -22,8 +22,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gembatch_async.emulator._app import ABORT_EXTENSION, EmulatorApp
 from gembatch_async.emulator._config import EmulatorConfig
+from gembatch_async.emulator._gemini import GeminiRoutes
+from gembatch_async.emulator._scenarios import Scenarios
 from gembatch_async.emulator._store import Store
 from gembatch_async.emulator._vertex import VertexRoutes
+from gembatch_async.emulator._webhooks import WebhookSender
 
 _STARTUP_TIMEOUT = 30.0
 _GRACEFUL_SHUTDOWN_SECONDS = 2
@@ -232,7 +235,10 @@ async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulato
     """Serve the emulator in the current event loop until the `async with` block ends."""
     store = Store(config.state_dir, config.processing_seconds, config.expire_after_seconds)
     try:
-        app = EmulatorApp(config, store, [VertexRoutes(config, store.root, store.persistent)])
+        scenarios, webhooks = Scenarios(), WebhookSender(config.webhook_faults)
+        gemini = GeminiRoutes(config, store, scenarios, webhooks)
+        vertex = VertexRoutes(config, store.root, store.persistent)
+        app = EmulatorApp(config, store, [gemini, vertex], scenarios, webhooks)
         sock = _bind(config.host, config.port)
         uv_config = uvicorn.Config(
             app.asgi,
@@ -256,7 +262,7 @@ async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulato
 
         async def send_webhooks() -> None:
             with sending:
-                await app.webhooks.run(app.state_of)
+                await webhooks.run(gemini.state_of)
 
         with sock:
             async with anyio.create_task_group() as tg:

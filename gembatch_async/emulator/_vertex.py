@@ -53,14 +53,7 @@ from starlette.responses import JSONResponse, Response
 
 from gembatch_async._schema import GENERATE
 from gembatch_async._vertex_import import TableImport
-from gembatch_async.emulator._app import (
-    ExtraRoute,
-    _json_body,
-    _keyset_page,
-    _page,
-    _page_body,
-    rfc3339,
-)
+from gembatch_async.emulator._app import ExtraRoute
 from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._errors import ApiError
 from gembatch_async.emulator._gcs import (
@@ -96,6 +89,7 @@ from gembatch_async.emulator._vertex_output import (
     shard_names,
     write_predictions_blocking,
 )
+from gembatch_async.emulator._wire import _json_body, _keyset_page, _page, _page_body, rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +120,6 @@ class _CreateSpec:
 
 class VertexRoutes:
     """The Vertex AI batch prediction service: a RouteExtension of the emulator app."""
-
-    state_key = "batchPredictionJobs"
 
     def __init__(self, config: EmulatorConfig, root: pathlib.Path, persistent: bool) -> None:
         self.config = config
@@ -451,10 +443,10 @@ class VertexRoutes:
             body["labels"] = job.labels
         return body
 
-    def state(self) -> list[dict[str, Any]]:
+    def state(self) -> dict[str, list[dict[str, Any]]]:
         """The jobs for GET /_emulator/state (names as the API gives them)."""
         jobs = sorted(self.book.jobs.values(), key=lambda j: (j.create_time, j.job_id))
-        return [
+        listed = [
             {
                 "name": job.name,
                 "displayName": job.display_name,
@@ -472,6 +464,7 @@ class VertexRoutes:
             }
             for job in jobs
         ]
+        return {"batchPredictionJobs": listed}
 
     def reset(self) -> None:
         """Forget every job (outputs already in Cloud Storage stay there)."""

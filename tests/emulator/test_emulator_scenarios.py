@@ -88,6 +88,19 @@ def test_refuse_delete_answers_400_for_that_file_only(emulator: RunningEmulator)
     client.files.delete(name=name)
 
 
+def test_reset_forgets_the_situations_set_up(emulator: RunningEmulator) -> None:
+    """reset forgets a refused delete: the same file name, uploaded again, deletes."""
+    client = sync_client(emulator, retry_options=no_retry())
+    emulator.refuse_delete("files/kept")
+    emulator.reset()
+    uploaded = client.files.upload(
+        file=io.BytesIO(jsonl_lines(1)), config={"name": "files/kept", "mime_type": "jsonl"}
+    )
+    assert uploaded.name == "files/kept"
+    client.files.delete(name="files/kept")
+    assert emulator.state()["files"] == []
+
+
 def test_stall_holds_new_requests_of_one_endpoint(emulator: RunningEmulator) -> None:
     """stall: requests to that endpoint wait; other endpoints do not; 0 ends it."""
     client = sync_client(emulator)

@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from gembatch_async import download_results, open_jobs
-from gembatch_async._results import NO_KEY, NOT_ANSWERED
+from gembatch_async._results._join import NO_KEY, NOT_ANSWERED
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
 from gembatch_async.emulator._request_errors import RequestErrors
 

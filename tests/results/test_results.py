@@ -13,15 +13,9 @@ from pathlib import Path
 import pytest
 
 from gembatch_async._errors import OutputError
-from gembatch_async._results import (
-    NO_KEY,
-    NOT_ANSWERED,
-    Staging,
-    _Tally,
-    build_results,
-    plan_targets,
-    result_targets,
-)
+from gembatch_async._results import plan_targets, result_targets
+from gembatch_async._results._join import NO_KEY, NOT_ANSWERED, Tally, build_results
+from gembatch_async._results._staging import Staging
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "real-gemini-batch"
 REAL = [pytest.param("basic", id="basic"), pytest.param("structured-output", id="structured")]
@@ -29,7 +23,7 @@ REAL = [pytest.param("basic", id="basic"), pytest.param("structured-output", id=
 
 def build(
     tmp_path: Path, input_data: bytes, outputs: list[bytes]
-) -> tuple[_Tally, list[bytes], bytes | None]:
+) -> tuple[Tally, list[bytes], bytes | None]:
     """Write input and outputs, build results as download does: (tally, result lines, failed)."""
     source = tmp_path / "q.jsonl"
     source.write_bytes(input_data)

@@ -453,8 +453,8 @@ class _Runner:
 
     def _may_send_again(self, entry: _Input, status: JobStatus) -> bool:
         """Whether the input's requests without an answer go again (request by request:
-        ``_submit._resubmit``); the parts of a split input go whole, as before."""
-        if entry.item.part is not None or entry.rounds_done:
+        ``_submit._resubmit``; each part of a split input for its own requests)."""
+        if entry.rounds_done:
             return False
         if entry.resubmits_left <= 0 or self.stop.is_set():
             return False

@@ -974,8 +974,9 @@ async def fetch_results(
     try:
         await anyio.to_thread.run_sync(staging.prepare)
         names: list[str] = []
-        for name in outputs:
+        for part, name in zip(parts, outputs, strict=True):
             assert name is not None
+            prefix = getattr(part, "key_prefix", None) or key_prefix  # a pack's, in a chain
             raw = await anyio.to_thread.run_sync(staging.new, "raw")
             try:
                 await _download(api, retry, name, raw)
@@ -985,8 +986,8 @@ async def fetch_results(
                 continue
             raws.append(raw)
             names.append(name)
-            if key_prefix is not None:
-                raw = await anyio.to_thread.run_sync(_share_of, staging, raw, key_prefix)
+            if prefix is not None:
+                raw = await anyio.to_thread.run_sync(_share_of, staging, raw, prefix)
                 raws[-1] = raw
         tally, results, failed = await anyio.to_thread.run_sync(
             _build_checked,

@@ -87,7 +87,8 @@ def test_split_input_rounds_send_only_each_parts_failed_requests(tmp_path: Path)
         rounds = _round_lines(tmp_path / "job-info.jsonl")
         assert len(rounds) == len(made)
         for line in rounds:
-            assert line["round"] == 1 and line["parts"] == 3
+            assert line["round"] == 1
+            assert line["parts"] == 3
             (done,) = line["completes"]
             assert line["carries"][0]["requests"] == len(failed[done["batch"]])
         wait_until(lambda: all_ended(emulator))
@@ -133,7 +134,8 @@ def test_a_kill_between_a_parts_round_create_and_its_line_converges(tmp_path: Pa
         wait_until(lambda: all_ended(emulator))
         parts = batches(emulator)
         with_errors = [b for b in parts if _failed_keys(sent_to(state_dir, b), b)]
-        assert len(parts) == 2 and len(with_errors) == 2
+        assert len(parts) == 2
+        assert len(with_errors) == 2
         emulator.set_faults("create:1:lost,list:1:slow=6")
         command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", *SPLIT]
         process = subprocess.Popen(

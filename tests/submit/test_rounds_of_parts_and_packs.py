@@ -166,13 +166,13 @@ def test_a_kill_between_a_parts_round_create_and_its_line_converges(tmp_path: Pa
     assert sorted(uploads) == sorted(used), "no upload without its batch"
 
 
-def _pack_inputs(folder: Path, count: int) -> dict[str, dict[str, bytes]]:
+def _pack_inputs(folder: Path, count: int, keys: int = 3) -> dict[str, dict[str, bytes]]:
     """Inputs whose keys repeat across files: only the prefix tells their answers apart."""
     made: dict[str, dict[str, bytes]] = {}
     for n in range(count):
-        keys = [f"k-{i}" for i in range(3)]
+        keys_of = [f"k-{i}" for i in range(keys)]
         name = f"in-{n:02d}.jsonl"
-        made[name] = dict(zip(keys, write_requests(folder / name, keys), strict=True))
+        made[name] = dict(zip(keys_of, write_requests(folder / name, keys_of), strict=True))
     return made
 
 
@@ -288,3 +288,63 @@ def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_r
     got = rows(tmp_path / "results" / "q.jsonl")
     assert [row["key"] for row in got] == keys
     assert all("response" in row for row in got)
+
+
+@pytest.mark.parametrize(
+    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=12), id="slow")]
+)
+@pytest.mark.parametrize("service", ["vertex"], indirect=True)
+def test_a_vertex_pack_cancelled_half_way_resumes_each_input_without_its_completed_rows(
+    service: Service, tmp_path: Path
+) -> None:
+    """A Vertex pack of four inputs is cancelled half-way: --retry-failed never packs it
+    again whole; each input whose rows the pack did not all complete gets a job of
+    just those rows (a round), under its own keys; run then writes each input's every answer, in
+    its order."""
+    made = _pack_inputs(tmp_path, 4, keys=10)
+    env = service.env()
+    first = run_cli(["submit", "--pack", *made], cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (pack,) = service.jobs()
+    client = _vertex_client(service)
+    wait_until(lambda: _vertex_state(service, pack["name"]) == "JOB_STATE_RUNNING")
+    time.sleep(1.5)
+    client.batches.cancel(name=pack["name"])
+    wait_until(
+        lambda: client.batches.get(name=pack["name"]).state == "JOB_STATE_CANCELLED", poll=0.2
+    )
+    ended = next(j for j in service.jobs() if j["name"] == pack["name"])
+    completed = _answered_keys(service, str(ended["outputDirectory"]))
+    assert 0 < len(completed) < 40, "cancelled half-way, with some rows completed"
+    prefixes = {
+        line["input_file"]: line["pack"]["key_prefix"]
+        for line in read_journal(tmp_path / "job-info.jsonl")
+    }
+    left = {
+        name: [k for k in keys if prefixes[name] + k not in completed]
+        for name, keys in made.items()
+    }
+
+    again = run_cli(["submit", "--retry-failed", "--pack", *made], cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    # An input none of whose rows completed goes whole (the same lines), alone.
+    resent = {
+        line["input_file"]: line
+        for line in read_journal(tmp_path / "job-info.jsonl")
+        if line["batch"]["name"] != pack["name"]
+    }
+    assert sorted(resent) == sorted(name for name, keys in left.items() if keys)
+    assert all("pack" not in line for line in resent.values()), "no pack again"
+    assert any("round" in line for line in resent.values()), "some inputs half done"
+    jobs = {j["name"]: j for j in service.jobs()}
+    assert len(jobs) == 1 + len(resent), "one job per input with rows left"
+    for name, line in resent.items():
+        sent = _object_bytes(service, jobs[line["batch"]["name"]]["input"])
+        assert sent == b"".join(made[name][k] for k in left[name]), name
+    result = run_cli(["run", "--interval", "0.3", "--pack", *made], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(service.jobs()) == 1 + len(resent)
+    for name, keys in made.items():
+        got = rows(tmp_path / "results" / name)
+        assert [row["key"] for row in got] == list(keys), name
+        assert all("response" in row for row in got), name

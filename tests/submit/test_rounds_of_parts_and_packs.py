@@ -348,3 +348,39 @@ def test_a_vertex_pack_cancelled_half_way_resumes_each_input_without_its_complet
         got = rows(tmp_path / "results" / name)
         assert [row["key"] for row in got] == list(keys), name
         assert all("response" in row for row in got), name
+
+
+def test_two_processes_make_one_round_per_part(tmp_path: Path) -> None:
+    """Two submit --retry-failed at once on one split input: one round per part with
+    errors between them (the input's claim, then the journal re-read), one line each."""
+    state_dir = tmp_path / "emulator"
+    config = EmulatorConfig(
+        port=0,
+        processing_seconds=0.5,
+        request_errors=SHARE,
+        fault_seed=SEED,
+        latency_ms=30,
+        state_dir=state_dir,
+    )
+    write_requests(tmp_path / "q.jsonl", [f"t{i:02d}" for i in range(30)])
+    with EmulatorThread(config) as emulator:
+        env = cli_env(emulator)
+        assert run_cli(["submit", *SPLIT, "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
+        wait_until(lambda: all_ended(emulator))
+        parts = batches(emulator)
+        with_errors = [b for b in parts if _failed_keys(sent_to(state_dir, b), b)]
+        assert len(parts) == 2
+        assert len(with_errors) == 2
+        command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", *SPLIT]
+        both = [
+            subprocess.Popen(
+                [*command, "q.jsonl"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        for process in both:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+        assert len(batches(emulator)) == 4
+    rounds = _round_lines(tmp_path / "job-info.jsonl")
+    assert sorted(line["part"] for line in rounds) == [1, 2]

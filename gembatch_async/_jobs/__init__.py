@@ -120,11 +120,13 @@ class JobStatus:
     @property
     def input_counts(self) -> tuple[int, int, int] | None:
         """For a round: the input's requests answered, failed and pending across all its
-        jobs (the last download's counts once there is one); None for any other job."""
+        jobs (the last download's counts once there is one); None for any other job. A
+        part's round counts the part's requests until a download counts the input's."""
         if not self.completes or self.input_requests is None:
             return None
         total = self.input_requests
-        if self.results is not None:
+        if self.results is not None:  # the whole input's results, also on a part's line
+            total = self.results.requests if self.part is not None else total
             return self.results.responses, total - self.results.responses, 0
         stats = self.stats
         answered = self.answered_before + (stats.succeeded if stats is not None else 0)

@@ -204,9 +204,11 @@ def render_status(status: JobStatus) -> str:
     if status.batch_error:
         line += f" ({status.batch_error})"
     across = status.input_counts
-    if across is not None:  # a round: the whole input, across its jobs
+    if across is not None:  # a round: the whole input (or part), across its jobs
         answered, failed, pending = across
-        line += f"  [input: {answered} answered, {failed} failed, {pending} pending;"
+        whole = status.part is None or status.results is not None
+        scope = "input" if whole else f"part {status.part}/{status.parts}"
+        line += f"  [{scope}: {answered} answered, {failed} failed, {pending} pending;"
         line += f" {len(status.completes) + 1} jobs]"
     if status.notice:
         line += f"  [{status.notice}]"

@@ -95,6 +95,8 @@ def test_split_input_rounds_send_only_each_parts_failed_requests(tmp_path: Path)
 
         download = run_cli(["download"], cwd=tmp_path, env=env)
         assert download.returncode == 0, download.stdout + download.stderr
+        status = run_cli(["status", "q.jsonl"], cwd=tmp_path, env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
         plain = run_cli(["submit", *SPLIT, "q.jsonl"], cwd=tmp_path, env=env)
         assert "changed" not in plain.stdout, plain.stdout
         assert len(batches(emulator)) == 3 + len(made)
@@ -111,6 +113,12 @@ def test_split_input_rounds_send_only_each_parts_failed_requests(tmp_path: Path)
     got = rows(tmp_path / "results" / "q.jsonl")
     assert [row["key"] for row in got] == keys, "one answer per request, in input order"
     assert {row["key"] for row in got if "error" in row} == still
+    # status counts the whole input on a part's round that holds its results (the
+    # first part's line records them), the part's own requests on the others
+    shown = f"[input: {40 - len(still)} answered, {len(still)} failed, 0 pending; 2 jobs]"
+    counted = [line for line in status.stdout.splitlines() if "[input: " in line]
+    assert all(shown in line for line in counted), status.stdout
+    assert status.stdout.count("[part ") + len(counted) == len(made), status.stdout
 
 
 def test_a_kill_between_a_parts_round_create_and_its_line_converges(tmp_path: Path) -> None:

@@ -233,14 +233,14 @@ def test_packed_inputs_rounds_send_only_each_members_failed_requests(tmp_path: P
     for name, keys in made.items():
         got = rows(tmp_path / "results" / name)
         assert [row["key"] for row in got] == list(keys), name
-        line = rounds.get(name)
+        round_line = rounds.get(name)
         still = (
             {
                 k
                 for k in failed[name]
-                if ERRORS.error_for(k, 0, errors_draw(state[line["batch"]["name"]]))
+                if ERRORS.error_for(k, 0, errors_draw(state[round_line["batch"]["name"]]))
             }
-            if line is not None
+            if round_line is not None
             else set()
         )
         assert {row["key"] for row in got if "error" in row} == still, name
@@ -265,16 +265,15 @@ def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_r
     parts = service.jobs()
     assert len(parts) == 2
     client = _vertex_client(service)
-    for job in parts:
-        wait_until(lambda job=job: _vertex_state(service, job["name"]) == "JOB_STATE_RUNNING")
+    names = [str(job["name"]) for job in parts]
+    wait_until(lambda: all(_vertex_state(service, n) == "JOB_STATE_RUNNING" for n in names))
     time.sleep(1.5)
-    for job in parts:
-        client.batches.cancel(name=job["name"])
-    for job in parts:
-        wait_until(
-            lambda job=job: client.batches.get(name=job["name"]).state == "JOB_STATE_CANCELLED",
-            poll=0.2,
-        )
+    for name in names:
+        client.batches.cancel(name=name)
+    wait_until(
+        lambda: all(client.batches.get(name=n).state == "JOB_STATE_CANCELLED" for n in names),
+        poll=0.2,
+    )
     completed: set[str] = set()
     for job in parts:
         ended = next(j for j in service.jobs() if j["name"] == job["name"])

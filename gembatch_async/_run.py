@@ -49,6 +49,7 @@ from ._jobs import (
     cleanup_files,
     collect_results,
     earlier_uploads,
+    reads_a_pack,
     record_results,
     recorded_targets,
     refresh_lines,
@@ -504,7 +505,7 @@ class _Runner:
         status = group[0]
         try:
             result = await collect_results(
-                self._shared if status.key_prefix and in_poll else self.jobs,  # a pack's: once
+                self._shared if reads_a_pack(group) and in_poll else self.jobs,  # a pack's: once
                 group,
                 self.polling.out_dir,
                 self._builds,

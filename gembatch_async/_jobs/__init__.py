@@ -523,7 +523,7 @@ async def download_results(
     async def fetch(index: int) -> None:
         group = ready[index]
         choice = _Choice(out_dir, force, keep_raw, limiter)
-        source = shared if group[0].key_prefix else jobs  # a packed job's output: once
+        source = shared if reads_a_pack(group) else jobs  # a packed job's output: once
         result = await _results_of(source, group, plan[group[0].location], choice)
         written.update(_counts_by_batch(group, result))
         results[index] = result
@@ -714,6 +714,12 @@ async def _results_of(
     )
     cost = price_answers(result.usage, status.model, newest, jobs.prices)
     return replace(result, model=status.model, created_at=newest, cost=cost)
+
+
+def reads_a_pack(group: Sequence[JobStatus]) -> bool:
+    """Whether an input's results read a packed job's output (its own job, or the first
+    job of its rounds): shared by every input of the pack, it is downloaded once."""
+    return any(job.key_prefix for status in group for job in (status, *status.completes))
 
 
 def _newest_first(status: JobStatus) -> list[JobStatus]:

@@ -226,8 +226,11 @@ def test_packed_inputs_rounds_send_only_each_members_failed_requests(tmp_path: P
             assert sent == b"".join(made[name][k] for k in failed[name])
             assert line["completes"][0]["key_prefix"] == members[name]
         wait_until(lambda: all_ended(emulator))
+        before = emulator.state()["requests"]["download"]["count"]
         download = run_cli(["download"], cwd=tmp_path, env=env)
         assert download.returncode == 0, download.stdout + download.stderr
+        downloads = emulator.state()["requests"]["download"]["count"] - before
+        assert downloads == 1 + len(rounds), "the pack's output once, and each round's"
         state = {b["name"]: b for b in batches(emulator)}
 
     for name, keys in made.items():

@@ -942,7 +942,9 @@ async def fetch_results(
     """Download a succeeded job's output and write its results (see the module doc).
 
     ``key_prefix``: the job is a pack of several inputs (``_submit/_pack``) and this
-    input's requests were sent with keys so prefixed: only their answers are its own.
+    input's requests were sent with keys so prefixed: only their answers are its own. A
+    job of ``job`` with a ``key_prefix`` of its own (a pack that a round completes) is
+    cut by that one.
 
     ``job`` may be the jobs of every part of a split input, in part order: their
     outputs are merged into one results file in the input's order. With

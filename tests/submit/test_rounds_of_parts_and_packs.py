@@ -394,3 +394,62 @@ def test_two_processes_make_one_round_per_part(tmp_path: Path) -> None:
         assert len(batches(emulator)) == 4
     rounds = _round_lines(tmp_path / "job-info.jsonl")
     assert sorted(line["part"] for line in rounds) == [1, 2]
+
+
+def test_a_kill_between_a_packed_inputs_round_create_and_its_line_converges(
+    tmp_path: Path,
+) -> None:
+    """A packed input's round is created, its answer lost and the look-up held up;
+    SIGKILL then. The rerun adopts that batch and makes the other inputs' rounds: one
+    round per input with errors, no stray upload."""
+    state_dir = tmp_path / "emulator"
+    config = EmulatorConfig(
+        port=0,
+        processing_seconds=0.5,
+        request_errors=SHARE,
+        fault_seed=SEED,
+        state_dir=state_dir,
+    )
+    made = _pack_inputs(tmp_path, 6)
+    journal = tmp_path / "job-info.jsonl"
+    with EmulatorThread(config) as emulator:
+        env = cli_env(emulator)
+        assert run_cli(["submit", "--pack", *made], cwd=tmp_path, env=env).returncode == 0
+        wait_until(lambda: all_ended(emulator))
+        (pack,) = batches(emulator)
+        prefixes = {
+            line["input_file"]: line["pack"]["key_prefix"] for line in read_journal(journal)
+        }
+        with_errors = sorted(
+            name
+            for name in made
+            if any(ERRORS.error_for(prefixes[name] + k, 0, errors_draw(pack)) for k in made[name])
+        )
+        assert len(with_errors) >= 2
+        emulator.set_faults("create:1:lost,list:1:slow=6")
+        command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", "--pack"]
+        process = subprocess.Popen(
+            [*command, *made],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: len(batches(emulator)) >= 2, timeout=40)
+            time.sleep(0.5)
+            assert process.poll() is None, "still waiting for the look-up"
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        emulator.set_faults("")
+        rerun = run_cli(["submit", "--retry-failed", "--pack", *made], cwd=tmp_path, env=env)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        state = emulator.state()
+    assert len(state["batches"]) == 1 + len(with_errors), "no round made twice"
+    rounds = _round_lines(journal)
+    assert sorted(line["input_file"] for line in rounds) == with_errors
+    assert any(line["adopted"] for line in rounds), "the killed run's round was adopted"
+    used = {b["inputFile"] for b in state["batches"]}
+    uploads = [f["name"] for f in state["files"] if f["source"] == "UPLOADED"]
+    assert sorted(uploads) == sorted(used), "no upload without its batch"

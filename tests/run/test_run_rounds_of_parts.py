@@ -122,3 +122,5 @@ def test_run_sends_each_packed_inputs_failed_requests_once_more(
         assert [row["key"] for row in got] == keys, name
         assert {row["key"] for row in got if "error" in row} == still, name
     assert len(state["batches"]) == 1 + len(rounds)
+    uploads = [f["name"] for f in state["files"] if f["source"] == "UPLOADED"]
+    assert uploads == [], "the pack's and the rounds' uploads are deleted once the results are in"

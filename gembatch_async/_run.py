@@ -49,6 +49,7 @@ from ._jobs import (
     cleanup_files,
     collect_results,
     earlier_uploads,
+    reads_a_pack,
     record_results,
     recorded_targets,
     refresh_lines,
@@ -338,7 +339,7 @@ class _Runner:
                 entry.rounds_done = True
                 if ended is not None and (ended.state in RESULT_STATES or ended.completes):
                     entry.succeeded = ended
-                    await self._collect(entry)
+                    await self._collect(entry, in_poll=False)
         finally:
             self.watch.submitting -= 1
             entry.resubmitting = False
@@ -457,8 +458,8 @@ class _Runner:
 
     def _may_send_again(self, entry: _Input, status: JobStatus) -> bool:
         """Whether the input's requests without an answer go again (request by request:
-        ``_submit._resubmit``); the parts of a split input go whole, as before."""
-        if entry.item.part is not None or entry.rounds_done:
+        ``_submit._resubmit``; each part of a split input for its own requests)."""
+        if entry.rounds_done:
             return False
         if entry.resubmits_left <= 0 or self.stop.is_set():
             return False
@@ -495,9 +496,12 @@ class _Runner:
 
         return forward
 
-    async def _collect(self, entry: _Input) -> None:
+    async def _collect(self, entry: _Input, *, in_poll: bool = True) -> None:
         """Once every job of the input has succeeded (one, or one per part), write its
-        results, then delete the jobs' uploads (they only take storage now)."""
+        results, then delete the jobs' uploads (they only take storage now).
+
+        Outside a poll (after a resubmission found nothing to send) a packed output is
+        downloaded on its own: the poll's shared copies are removed when it ends."""
         siblings = self._siblings(entry)
         group = [s.succeeded for s in siblings if s.succeeded is not None]
         if len(group) < len(siblings):
@@ -505,7 +509,7 @@ class _Runner:
         status = group[0]
         try:
             result = await collect_results(
-                self._shared if status.key_prefix else self.jobs,  # a pack's output: once
+                self._shared if reads_a_pack(group) and in_poll else self.jobs,  # a pack's: once
                 group,
                 self.polling.out_dir,
                 self._builds,

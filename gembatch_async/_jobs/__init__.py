@@ -120,11 +120,13 @@ class JobStatus:
     @property
     def input_counts(self) -> tuple[int, int, int] | None:
         """For a round: the input's requests answered, failed and pending across all its
-        jobs (the last download's counts once there is one); None for any other job."""
+        jobs (the last download's counts once there is one); None for any other job. A
+        part's round counts the part's requests until a download counts the input's."""
         if not self.completes or self.input_requests is None:
             return None
         total = self.input_requests
-        if self.results is not None:
+        if self.results is not None:  # the whole input's results, also on a part's line
+            total = self.results.requests if self.part is not None else total
             return self.results.responses, total - self.results.responses, 0
         stats = self.stats
         answered = self.answered_before + (stats.succeeded if stats is not None else 0)
@@ -362,7 +364,13 @@ def _round_fields(line: JobLine, roots: Sequence[str]) -> dict[str, Any]:
     return {
         "completes": tuple(
             JobStatus(
-                str(line["input_file"]), ref.batch, ref.state, None, ref.output, location=location
+                str(line["input_file"]),
+                ref.batch,
+                ref.state,
+                None,
+                ref.output,
+                location=location,
+                key_prefix=ref.key_prefix,
             )
             for ref in refs
         ),
@@ -385,8 +393,11 @@ def _key_prefix(line: JobLine) -> str | None:
 
 def _submitted(line: JobLine) -> tuple[int, str] | None:
     """(size, sha256) of the input the line's job was made from; None when not recorded.
-    A round's line records its own file's and, beside them, the whole input's."""
-    if is_round_line(line):
+    A round's line records its own file's and, beside them, the whole input's (a part's
+    round, the part's)."""
+    if is_round_line(line) and "part" in line:
+        size, sha = line.get("part_size_bytes"), line.get("part_sha256")
+    elif is_round_line(line):
         size, sha = line.get("input_size_bytes"), line.get("input_sha256")
     else:
         size, sha = line.get("size_bytes"), line.get("sha256")
@@ -512,7 +523,7 @@ async def download_results(
     async def fetch(index: int) -> None:
         group = ready[index]
         choice = _Choice(out_dir, force, keep_raw, limiter)
-        source = shared if group[0].key_prefix else jobs  # a packed job's output: once
+        source = shared if reads_a_pack(group) else jobs  # a packed job's output: once
         result = await _results_of(source, group, plan[group[0].location], choice)
         written.update(_counts_by_batch(group, result))
         results[index] = result
@@ -582,9 +593,11 @@ def ready_inputs(statuses: Sequence[JobStatus]) -> list[list[JobStatus]]:
     groups: dict[tuple[str, int | None], list[JobStatus]] = {}
     ready: list[list[JobStatus]] = []
     for status in statuses:
-        if status.completes and status.done:  # a round: ready once it ended, however
+        ended_round = bool(status.completes) and status.done
+        if ended_round and status.parts is None:  # a round: ready once it ended, however
             ready.append([status])
-        elif status.state in RESULT_STATES and status.output_file:
+        elif ended_round or (status.state in RESULT_STATES and status.output_file):
+            # a part (or a part's round): with its siblings
             groups.setdefault((status.location, status.parts), []).append(status)
     for (_, parts), members in groups.items():
         members.sort(key=lambda s: s.part or 0)
@@ -687,10 +700,10 @@ async def _results_of(
     if not choice.force and await anyio.to_thread.run_sync(results_are_current, targets, newest):
         return _skipped(status, targets)
     submitted = [s.submitted for s in group]
-    rounds = len(group) == 1 and bool(status.completes)
+    rounds = any(s.completes for s in group)
     result = await fetch_results(
         jobs.api,
-        (_newest_first(status) or [status]) if rounds else list(group),
+        [job for s in group for job in (_newest_first(s) or [s])] if rounds else list(group),
         targets,
         retry=jobs.retry,
         keep_raw=choice.keep_raw,
@@ -703,9 +716,16 @@ async def _results_of(
     return replace(result, model=status.model, created_at=newest, cost=cost)
 
 
+def reads_a_pack(group: Sequence[JobStatus]) -> bool:
+    """Whether an input's results read a packed job's output (its own job, or the first
+    job of its rounds): shared by every input of the pack, it is downloaded once."""
+    return any(job.key_prefix for status in group for job in (status, *status.completes))
+
+
 def _newest_first(status: JobStatus) -> list[JobStatus]:
     """A round's job and the jobs it completes, newest first, those with an output: a
-    request's newest answer is the one its results keep (see ``fetch_results``)."""
+    request's newest answer is the one its results keep (see ``fetch_results``). The
+    parts of a split input each have their own, in part order: a key is in one part."""
     return [s for s in (status, *reversed(status.completes)) if s.output_file]
 
 

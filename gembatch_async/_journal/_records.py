@@ -48,8 +48,11 @@ def input_sha256_of(line: JobLine) -> str | None:
 
 def unit_sha256_of(line: JobLine) -> object:
     """The sha256 of the input (or part) a line's job was made for: a round's line
-    records its own file's sha256 and the whole input's beside it."""
-    return line.get("input_sha256") if is_round_line(line) else line.get("sha256")
+    records its own file's sha256 and the whole input's beside it (a part's round, the
+    part's too: ``part_sha256``)."""
+    if not is_round_line(line):
+        return line.get("sha256")
+    return line.get("part_sha256") if "part" in line else line.get("input_sha256")
 
 
 def is_round_line(line: JobLine) -> bool:

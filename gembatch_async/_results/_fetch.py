@@ -57,7 +57,9 @@ async def fetch_results(
     """Download a succeeded job's output and write its results (see the module doc).
 
     ``key_prefix``: the job is a pack of several inputs (``_submit/_pack``) and this
-    input's requests were sent with keys so prefixed: only their answers are its own.
+    input's requests were sent with keys so prefixed: only their answers are its own. A
+    job of ``job`` with a ``key_prefix`` of its own (a pack that a round completes) is
+    cut by that one.
 
     ``job`` may be the jobs of every part of a split input, in part order: their
     outputs are merged into one results file in the input's order. With
@@ -89,8 +91,9 @@ async def fetch_results(
     try:
         await anyio.to_thread.run_sync(staging.prepare)
         names: list[str] = []
-        for name in outputs:
+        for part, name in zip(parts, outputs, strict=True):
             assert name is not None
+            prefix = getattr(part, "key_prefix", None) or key_prefix  # a pack's, in a chain
             raw = await anyio.to_thread.run_sync(staging.new, "raw")
             try:
                 await _download(api, retry, name, raw)
@@ -100,8 +103,8 @@ async def fetch_results(
                 continue
             raws.append(raw)
             names.append(name)
-            if key_prefix is not None:
-                raw = await anyio.to_thread.run_sync(_share_of, staging, raw, key_prefix)
+            if prefix is not None:
+                raw = await anyio.to_thread.run_sync(_share_of, staging, raw, prefix)
                 raws[-1] = raw
         tally, results, failed = await anyio.to_thread.run_sync(
             _build_checked,

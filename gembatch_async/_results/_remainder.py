@@ -14,16 +14,23 @@ same upload name and the same batch token, and finds the batch it may have creat
 Only string keys count: an answer whose key came back as a number (reported, never
 confirmed) is not taken as an answer here, so such a request is sent again rather than
 lost.
+
+A **part** of a split input has its own chain (its key ``ID#2/3``): its rounds carry the
+part's unanswered requests, a subset of a part that fit the job limits, so a round of a
+part fits them too and is never split again. Its line records the part's own size and
+sha256 (``part_size_bytes``, ``part_sha256``) beside the whole input's. A **packed**
+input's first job is its pack: that job's ref records the input's key prefix
+(``key_prefix``), and only the answers under that prefix are the input's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .._errors import InputChangedError
 from .._journal import keys_sha256
@@ -43,14 +50,19 @@ class JobRef:
     output: str | None
     #: Its upload, until deleted: no job reads it any more, so run and cleanup delete it.
     upload: str | None = None
+    #: For a packed job: the prefix of this input's keys in it (``_submit._pack``).
+    key_prefix: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "batch": self.batch,
             "state": self.state,
             "output": self.output,
             "upload": self.upload,
         }
+        if self.key_prefix is not None:  # additive: older refs have none
+            fields["key_prefix"] = self.key_prefix
+        return fields
 
     @classmethod
     def from_dict(cls, data: object) -> JobRef | None:
@@ -62,7 +74,14 @@ class JobRef:
         upload = data.get("upload")
         if data.get("upload_deleted_at") or not isinstance(upload, str) or not upload:
             upload = None
-        return cls(batch, state, output if isinstance(output, str) and output else None, upload)
+        prefix = data.get("key_prefix")
+        return cls(
+            batch,
+            state,
+            output if isinstance(output, str) and output else None,
+            upload,
+            prefix if isinstance(prefix, str) and prefix else None,
+        )
 
 
 def with_upload_deleted(line: Mapping[str, Any], names: set[str], when: str) -> dict[str, Any]:
@@ -131,6 +150,8 @@ class Remainder:
     #: This is the input's n-th round, and the jobs it completes (oldest first).
     round: int = 1
     completes: tuple[JobRef, ...] = ()
+    #: For a part of a split input: the part's sha256 (``input_size`` is then its size).
+    part_sha256: str | None = None
 
     def copy(self, source: int, target: int, name: str) -> None:
         """Write the round's lines, read from the checked input ``source``, to ``target``;
@@ -163,23 +184,36 @@ class Remainder:
             "round": self.round,
             "completes": [ref.to_dict() for ref in self.completes],
             "input_sha256": input_sha256,
-            "input_size_bytes": self.input_size,
+            **self._unit_fields(),
             "input_requests": self.requests,
             "answered_before": self.answered,
         }
 
+    def _unit_fields(self) -> dict[str, Any]:
+        """What the round completes: the whole input, or one part of it (whose line
+        records the whole input's sha256 beside the part's, as a part's first line does)."""
+        if self.part_sha256 is None:
+            return {"input_size_bytes": self.input_size}
+        return {"part_sha256": self.part_sha256, "part_size_bytes": self.input_size}
+
 
 def plan_remainder(
-    input_path: str, answered: set[bytes], round: int, completes: Sequence[JobRef]
+    input_path: str,
+    answered: set[bytes],
+    round: int,
+    completes: Sequence[JobRef],
+    part: tuple[int, int, str] | None = None,
 ) -> Remainder | None:
     """The requests of ``input_path`` without an answer, or None when the input has a
-    line without a key (its answers cannot be told apart request by request). Blocking."""
+    line without a key (its answers cannot be told apart request by request). With
+    ``part`` (start, end, sha256 of a split input's part), only that byte range's
+    requests. Blocking."""
     hasher = hashlib.sha256()
     requests = count = size = total = 0
     digests: set[bytes] = set()
     keys: list[str] = []
     with open(input_path, "rb", buffering=_READ_SIZE) as handle:
-        for raw in handle:
+        for raw in _lines_of(handle, part):
             total += len(raw)
             if not raw.strip():
                 continue
@@ -206,7 +240,25 @@ def plan_remainder(
         digests=frozenset(digests),
         round=round,
         completes=tuple(completes),
+        part_sha256=part[2] if part is not None else None,
     )
+
+
+def _lines_of(handle: BinaryIO, part: tuple[int, int, str] | None) -> Iterator[bytes]:
+    """The lines of the file, or of the part's byte range (whole lines: parts are cut
+    at line boundaries)."""
+    if part is None:
+        yield from handle
+        return
+    start, end, _ = part
+    handle.seek(start)
+    offset = start
+    while offset < end:
+        raw = handle.readline()
+        if not raw:
+            return
+        offset += len(raw)
+        yield raw
 
 
 def _write_all(fd: int, data: bytes) -> None:

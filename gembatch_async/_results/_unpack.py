@@ -20,17 +20,18 @@ _WRITE_BUFFER = 1 << 20
 _PREFIX = re.compile(r"[0-9]+~")
 
 
-def member_output(source: Path, target: Path, prefix: str) -> None:
+def member_output(source: Path, target: Path, prefix: str, *, unowned: bool = True) -> None:
     """Write to ``target`` the lines of the packed output ``source`` that answer the
     input with key ``prefix``, keys without it; lines no input owns are copied as they
-    are. Blocking."""
+    are, unless not ``unowned`` (what answers the input for sure: a request is never
+    taken as answered by a line it may not own). Blocking."""
     with (
         open(source, "rb", buffering=_WRITE_BUFFER) as lines,
         open(target, "wb", buffering=_WRITE_BUFFER) as out,
     ):
         for raw in lines:
             line = _share(raw, prefix)
-            if line is not None:
+            if line is not None and (unowned or line is not raw):
                 out.write(line)
 
 

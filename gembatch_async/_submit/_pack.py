@@ -22,8 +22,14 @@ Exactly-once holds per input, as for a job of its own:
 - Every member is claimed (sorted, so two processes never wait on each other)
   before the pack is planned again against the journal; a member another process
   recorded meanwhile fails the pack before anything is sent.
-- A pack whose job ended badly is submitted again (``--retry-failed``) for the
-  members that have no results recorded, never for those that have.
+- A pack whose job ended badly without an output is packed again (``--retry-failed``)
+  for the members that have no results recorded, never for those that have. A pack
+  that left answers (one that succeeded with per-request errors, or a Vertex job that
+  failed, was cancelled or expired after completing some rows) is never packed again:
+  each member goes in a round of its own (``_submit._resubmit``) with only its
+  unanswered requests. Rounds are not packed again: a round's lines are a member's
+  own (no prefix), so its chain reads like any input's, and no round waits for other
+  inputs' jobs to end before it can be planned (a pack would).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from google.genai import types
 
 from .._admission import Admission
-from .._backends import END_STATES, Backend
+from .._backends import END_STATES, Backend, output_of, output_of_job
 from .._errors import ApiError, InputChangedError, NotFoundApiError
 from .._events import (
     Event,
@@ -334,6 +340,8 @@ class PackRun(SubmitRun):
         self._per_input = _PerInput(emit, self._packs)
         #: How recorded jobs ended, asked of the service (see _learn_end_states).
         self._states: dict[str, str] = {}
+        #: Their outputs, learned with their states.
+        self._outputs: dict[str, str | None] = {}
         super().__init__(api, journal, settings, self._per_input, stop, admission)
 
     async def run(self, items: list[InputFile]) -> Tally:
@@ -401,6 +409,7 @@ class PackRun(SubmitRun):
             except ApiError:
                 continue  # the input goes alone, where the same question is asked again
             self._states[name] = batch.state.value if batch.state is not None else ""
+            self._outputs[name] = output_of_job(batch)
 
     def _getter(self, name: str) -> Callable[[], Awaitable[types.BatchJob]]:
         return lambda: self.api.get_batch(name)
@@ -421,14 +430,25 @@ class PackRun(SubmitRun):
 
     def _may_pack(self, item: InputFile, view: JournalView) -> bool:
         """Unrecorded inputs (all, with --force), and with --retry-failed recorded ones
-        whose job ended badly and that have no results."""
+        whose job ended badly, left no output and that have no results."""
         latest = view.recorded(item.key, item.identity, None)
         if latest is None or self.settings.force:
             return True
         state = self._states.get(batch_name_of(latest), batch_state_of(latest))
         return (
-            self.settings.retry_failed and state in RETRYABLE_END_STATES and not has_results(latest)
+            self.settings.retry_failed
+            and state in RETRYABLE_END_STATES
+            and not has_results(latest)
+            and not self._left_output(latest)
         )
+
+    def _left_output(self, latest: JobLine) -> bool:
+        """Whether the line's job left an output: Vertex keeps the rows a failed,
+        cancelled or expired job completed (docs/fidelity.md), which rounds resume from
+        without sending them again; a whole pack again would pay for them twice."""
+        recorded = latest.get("batch")
+        known = output_of(recorded) if isinstance(recorded, dict) else None
+        return bool(known or self._outputs.get(batch_name_of(latest)))
 
     async def _should_resubmit(self, latest: JobLine) -> bool:
         # A member of a pack that ended badly but whose results are in is answered:

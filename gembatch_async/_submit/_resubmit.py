@@ -5,10 +5,18 @@ rerun after a kill) decide from the same recorded jobs and the same outputs: the
 round file, hence the same upload name and batch token (see ``_results._remainder``).
 A round is made only once the input's newest job has ended, so an input has at most
 one job in flight.
+
+Each part of a split input is its own unit here, as everywhere (its key ``ID#2/3``, its
+own claim-protected decision): its round carries the part's unanswered requests, which
+fit the limits the part was cut by. An input sent in a pack (``--pack``) reads its
+answers from its share of the pack's output (its key prefix) and goes in a round of its
+own: only its unanswered requests, never a sibling's, and the round is an ordinary job
+(no prefix), so it needs nothing from the pack but the pack's output.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +27,7 @@ import anyio.to_thread
 from .._backends import END_STATES, Backend, output_of, output_of_job
 from .._errors import NotFoundApiError
 from .._inputs import InputFile
-from .._journal import JobLine, batch_name_of, batch_state_of, input_sha256_of
+from .._journal import JobLine, batch_name_of, batch_state_of, unit_sha256_of
 from .._results._remainder import (
     JobRef,
     Remainder,
@@ -28,6 +36,7 @@ from .._results._remainder import (
     plan_remainder,
     round_of,
 )
+from .._results._unpack import member_output
 from .._retry import call_with_retries
 from .._settings import RetrySettings
 
@@ -49,15 +58,14 @@ async def unanswered(
     latest: JobLine,
     resubmits: int,
 ) -> InputFile | NothingToSend | None:
-    """The input narrowed to its unanswered requests, NothingToSend, or None when this
-    is not a case for a round (a part of a split input, an input changed since, a job
-    not ended, nothing answered by a job that failed: the whole file goes as before).
+    """The input (or one part of it) narrowed to its unanswered requests, NothingToSend,
+    or None when this is not a case for a round (an input changed since, a job not
+    ended, nothing answered by a job that failed: the whole file, or part, goes as
+    before).
 
     API calls are retried as ``retry`` says."""
-    if item.part is not None or item.parts or input_sha256_of(latest) != item.sha256:
+    if item.parts or unit_sha256_of(latest) != item.sha256:
         return None
-    if "pack" in latest:  # a packed job's answers carry prefixed keys: the input goes
-        return None  # whole, as a pack (``_submit._pack``), when its job ended badly
     jobs = await _ended_chain(api, retry, latest)
     if jobs is None:
         return None
@@ -67,7 +75,10 @@ async def unanswered(
     if not answered and jobs[-1].state in _WHOLE_AGAIN:
         return None
     next_round = round_of(latest) + 1
-    plan = await anyio.to_thread.run_sync(plan_remainder, item.path, answered, next_round, jobs)
+    part = (item.part.start, item.part.end, item.part.sha256) if item.part is not None else None
+    plan = await anyio.to_thread.run_sync(
+        plan_remainder, item.path, answered, next_round, jobs, part
+    )
     if plan is None:
         return None
     if plan.count == 0:
@@ -81,12 +92,14 @@ async def unanswered(
 
 
 def _narrowed(item: InputFile, plan: Remainder) -> InputFile:
+    """The round's unit: a part's keeps its place (key, label, split) and the whole
+    input's sha256; a whole input's records its own as the input's."""
     return replace(
         item,
         sha256=plan.sha256,
         size_bytes=plan.size,
         count=plan.count,
-        input_sha256=item.sha256,
+        input_sha256=item.input_sha256 if item.part is not None else item.sha256,
         selection=plan,
     )
 
@@ -114,7 +127,17 @@ async def _ended_chain(
     upload = latest.get("uploaded_file_name")
     if latest.get("upload_deleted_at") or not isinstance(upload, str):
         upload = None
-    return [*completed_jobs(latest), JobRef(name, state, output, upload)]
+    prefix = _pack_prefix(latest)
+    if prefix is not None:  # the pack's upload is its members' together: their lines keep it
+        upload = None
+    return [*completed_jobs(latest), JobRef(name, state, output, upload, prefix)]
+
+
+def _pack_prefix(line: JobLine) -> str | None:
+    """The input's key prefix in the packed job its line records (``_submit._pack``)."""
+    pack = line.get("pack")
+    prefix = pack.get("key_prefix") if isinstance(pack, dict) else None
+    return prefix if isinstance(prefix, str) and prefix else None
 
 
 async def _download_outputs(
@@ -136,6 +159,12 @@ async def _download_outputs(
             if job.state not in _WHOLE_AGAIN:
                 raise
             continue  # ended before it completed any row
+        if job.key_prefix is not None:  # a pack: only this input's share, its own keys
+            share = folder / f"{number}.share.jsonl"
+            await anyio.to_thread.run_sync(
+                functools.partial(member_output, target, share, job.key_prefix, unowned=False)
+            )
+            target = share
         paths.append(target)
     return paths
 

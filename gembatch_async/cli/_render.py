@@ -234,8 +234,10 @@ def render_status(status: JobStatus) -> str:
     if status.batch_error:
         line += f" ({status.batch_error})"
     across = input_counts(status)
-    if across is not None:  # a round: the whole input, across its jobs
-        line += f"  [input: {across['answered']} answered, {across['failed']} failed,"
+    if across is not None:  # a round: the whole input (or part), across its jobs
+        whole = status.part is None or status.results is not None
+        scope = "input" if whole else f"part {status.part}/{status.parts}"
+        line += f"  [{scope}: {across['answered']} answered, {across['failed']} failed,"
         line += f" {across['pending']} pending; {across['jobs']} jobs]"
     if status.notice:
         line += f"  [{status.notice}]"

@@ -27,7 +27,7 @@ from google import genai
 
 from ._admission import Admission, Limit
 from ._backends import END_STATES, RESULT_STATES, VertexTarget
-from ._backends._sessions import backend_session
+from ._backends._sessions import chosen_target, open_target
 from ._errors import ApiError, UsageError
 from ._events import (
     Event,
@@ -150,28 +150,16 @@ async def run(
     settings = replace(
         settings, wait_for_capacity=True, dry_run=False, retry_failed=False, resubmits=resubmits
     )
+    target = chosen_target(client, api_key=api_key, base_url=base_url, vertex=vertex)
     if webhooks is not None:
-        if vertex is not None:  # the SDK refuses webhook_config for Vertex AI
-            raise UsageError("--webhook-url works with the Gemini Developer API, not Vertex AI")
+        if (problem := target.webhook_problem()) is not None:
+            raise UsageError(problem)
         settings = replace(settings, webhook_url=webhooks.url)
     stop = stop or anyio.Event()
     started = time.monotonic()
     async with (
-        prepared(
-            paths,
-            settings,
-            job_info,
-            client,
-            api_key,
-            on_event,
-            vertex is None,
-            vertex=vertex is not None,
-        ) as (
-            journal,
-            view,
-            items,
-        ),
-        backend_session(client, api_key=api_key, base_url=base_url, vertex=vertex) as api,
+        prepared(paths, settings, job_info, target, on_event) as (journal, view, items),
+        open_target(target) as api,
     ):
         if not await check_model(api, settings, items, stop):  # cut by the stop bound
             return RunSummary(0, 0, 0, 0, time.monotonic() - started, interrupted=True)

@@ -12,31 +12,25 @@ sends each call to the backend its name belongs to, opening it on first use.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import UsageError
-from .._names import bucket_problem, location_problem, project_problem
 from .._schema import GENERATE
+from ._gemini_target import GeminiTarget as GeminiTarget
+from ._target import BACKENDS as BACKENDS
+from ._target import DEFAULT_BACKEND as DEFAULT_BACKEND
+from ._target import GEMINI as GEMINI
+from ._target import VERTEX as VERTEX
+from ._target import Target as Target
+from ._vertex_target import VertexTarget as VertexTarget
 
 if TYPE_CHECKING:  # the SDK loads with the first call, not with `gembatch-async --version`
     from google.genai import types
 
     from ._genai import BatchDetail, BatchPage, RemoteFile
 
-GEMINI = "gemini"
-VERTEX = "vertex"
-BACKENDS = (GEMINI, VERTEX)
-#: The backend of a command that names none (and of journal lines that name none).
-DEFAULT_BACKEND = GEMINI
 BACKEND_ENV = "GEMBATCH_BACKEND"
-BUCKET_ENV = "GEMBATCH_BUCKET"
-PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
-LOCATION_ENV = "GOOGLE_CLOUD_LOCATION"
-VERTEX_BASE_URL_ENV = "GOOGLE_VERTEX_BASE_URL"
-STORAGE_HOST_ENV = "STORAGE_EMULATOR_HOST"
 #: Job states whose results can be downloaded: a partly succeeded Vertex job wrote
 #: its successes, and its failed requests go to the failed-requests file.
 RESULT_STATES = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"})
@@ -113,60 +107,6 @@ class Backend(Protocol):
     async def count_tokens(self, model: str, contents: list[Any]) -> int:
         """models.countTokens of a request's contents (``--count-tokens``)."""
         ...
-
-
-@dataclass(frozen=True)
-class VertexTarget:
-    """Where Vertex jobs run and stage their files; None fields come from the environment."""
-
-    project: str | None = None
-    location: str | None = None
-    #: gs://BUCKET[/PREFIX]: inputs under it, outputs under its ``out/``.
-    bucket: str | None = None
-    #: The Vertex endpoint (an emulator); else $GOOGLE_VERTEX_BASE_URL, else Google's.
-    base_url: str | None = None
-    #: The Cloud Storage endpoint (an emulator); else $STORAGE_EMULATOR_HOST, else Google's.
-    storage_host: str | None = None
-
-    def resolved(self, environ: Mapping[str, str] | None = None) -> VertexTarget:
-        """Gaps filled from the environment, and each name checked (UsageError)."""
-        env = os.environ if environ is None else environ
-        target = VertexTarget(
-            project=self.project or env.get(PROJECT_ENV) or None,
-            location=self.location or env.get(LOCATION_ENV) or None,
-            bucket=self.bucket or env.get(BUCKET_ENV) or None,
-            base_url=self.base_url or env.get(VERTEX_BASE_URL_ENV) or None,
-            storage_host=self.storage_host or env.get(STORAGE_HOST_ENV) or None,
-        )
-        target.check()
-        return target
-
-    def check(self) -> None:
-        """Refuse a project, location or bucket that is not a name of its kind: a
-        location like ``us-central1/../x`` would otherwise steer the job elsewhere."""
-        for value, rule, where in (
-            (self.project, project_problem, f"--project (or {PROJECT_ENV})"),
-            (self.location, location_problem, f"--location (or {LOCATION_ENV})"),
-            (self.bucket, bucket_problem, f"--bucket (or {BUCKET_ENV})"),
-        ):
-            problem = rule(value) if value is not None else None
-            if problem is not None:
-                raise UsageError(f"{where}: {problem}")
-
-    def with_line(self, line: Mapping[str, Any]) -> VertexTarget:
-        """Gaps filled from what a journal line recorded."""
-
-        def recorded(field: str) -> str | None:
-            value = line.get(field)
-            return value if isinstance(value, str) and value else None
-
-        return VertexTarget(
-            project=self.project or recorded("project"),
-            location=self.location or recorded("location"),
-            bucket=self.bucket or recorded("bucket"),
-            base_url=self.base_url,
-            storage_host=self.storage_host,
-        )
 
 
 def backend_of_line(line: Mapping[str, Any]) -> str:

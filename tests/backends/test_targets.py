@@ -25,7 +25,8 @@ def test_the_public_parameters_choose_the_target() -> None:
     assert chosen_target(api_key="k", vertex=vertex) is vertex
     gemini = chosen_target(api_key="k", base_url="http://127.0.0.1:1")
     assert gemini == GeminiTarget(None, "k", "http://127.0.0.1:1")
-    assert gemini.backend == GEMINI and vertex.backend == VERTEX
+    assert gemini.backend == GEMINI
+    assert vertex.backend == VERTEX
 
 
 def test_each_target_carries_its_own_rules(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,7 @@ import anyio
 from google import genai
 
 from ._admission import Admission, Limit
-from ._backends import END_STATES, RESULT_STATES, VertexTarget
+from ._backends import END_STATES, RESULT_STATES, Backend, VertexTarget
 from ._backends._sessions import chosen_target, open_target
 from ._errors import ApiError, UsageError
 from ._events import (
@@ -166,7 +166,7 @@ async def run(
         jobs = JobsContext(journal, api, settings.retry, prices=settings.prices)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         admission = admission_for(journal, view, settings, api)
-        runner = _Runner(jobs, settings, admission, on_event, stop, watch)
+        runner = _Runner(jobs, api, settings, admission, on_event, stop, watch)
         async with receiving(webhooks, journal) as nudges:
             tally = await runner.run(items, _Polling(out_dir, interval, nudges))
     return _summary(tally, watch, time.monotonic() - started)
@@ -200,6 +200,7 @@ class _Runner:
     def __init__(
         self,
         jobs: JobsContext,
+        api: Backend,
         settings: SubmitSettings,
         admission: Admission,
         emit: EventHandler,
@@ -207,6 +208,8 @@ class _Runner:
         watch: _Watch,
     ) -> None:
         self.jobs = jobs
+        #: The whole backend: the job side's calls go through ``jobs``, submit's here.
+        self.api = api
         self.settings = settings
         self.admission = admission
         self.emit = emit
@@ -235,7 +238,7 @@ class _Runner:
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
         return (PackRun if settings.pack else SubmitRun)(
-            self.jobs.api,
+            self.api,
             self.jobs.journal,
             settings,
             self._on_submit_event(),

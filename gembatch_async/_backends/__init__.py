@@ -38,8 +38,33 @@ RESULT_STATES = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED
 END_STATES = RESULT_STATES | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
 
-class Backend(Protocol):
-    """The calls gembatch-async makes, each returning plain data or raising ApiError."""
+class JobsApi(Protocol):
+    """What the job commands (status, watch, download, cancel, cleanup) need of a
+    service: a recorded job's state and output, each call raising ApiError."""
+
+    async def delete_file(self, name: str) -> bool:
+        """Delete a staged input (or a job's output); False when it was already gone."""
+        ...
+
+    async def get_batch_detail(self, name: str) -> BatchDetail: ...
+
+    async def cancel_batch(self, name: str) -> None: ...
+
+    async def download_file(self, name: str, destination: str) -> None:
+        """Write a job's output to ``destination`` as ``{"key", "response"|"error"}`` lines."""
+        ...
+
+    async def list_batch_page(
+        self, near: str, page_size: int, page_token: str | None = None
+    ) -> BatchPage:
+        """One page of the jobs listing that would hold the job ``near`` (the project's,
+        other tools' jobs included), each job as get_batch_detail reads it."""
+        ...
+
+
+class SubmitApi(Protocol):
+    """What submit needs of a service: where inputs go and what a job may hold, then
+    upload -> create, and finding what an earlier attempt created."""
 
     def upload_name(self, upload_id: str) -> str:
         """Where the input of ``upload_id`` is staged (a Files API name, a gs:// URI)."""
@@ -83,23 +108,8 @@ class Backend(Protocol):
 
     async def get_batch(self, name: str) -> types.BatchJob: ...
 
-    async def get_batch_detail(self, name: str) -> BatchDetail: ...
-
-    async def cancel_batch(self, name: str) -> None: ...
-
-    async def download_file(self, name: str, destination: str) -> None:
-        """Write a job's output to ``destination`` as ``{"key", "response"|"error"}`` lines."""
-        ...
-
     async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
         """Every job an ambiguous create may have made (our display names among them)."""
-        ...
-
-    async def list_batch_page(
-        self, near: str, page_size: int, page_token: str | None = None
-    ) -> BatchPage:
-        """One page of the jobs listing that would hold the job ``near`` (the project's,
-        other tools' jobs included), each job as get_batch_detail reads it."""
         ...
 
     async def get_model(self, model: str) -> types.Model: ...
@@ -107,6 +117,12 @@ class Backend(Protocol):
     async def count_tokens(self, model: str, contents: list[Any]) -> int:
         """models.countTokens of a request's contents (``--count-tokens``)."""
         ...
+
+
+class Backend(SubmitApi, JobsApi, Protocol):
+    """The calls gembatch-async makes, each returning plain data or raising ApiError:
+    what submit needs (:class:`SubmitApi`) and what the job commands need
+    (:class:`JobsApi`). Both services implement it whole."""
 
 
 def backend_of_line(line: Mapping[str, Any]) -> str:
@@ -163,20 +179,20 @@ def as_folder(directory: object) -> str | None:
     return directory.rstrip("/") + "/"
 
 
-Opener = Callable[[], contextlib.AbstractAsyncContextManager[Backend]]
+Opener = Callable[[], contextlib.AbstractAsyncContextManager[JobsApi]]
 
 
 class Routed:
-    """A Backend for a journal holding lines of both kinds: each call goes to the
+    """The :class:`JobsApi` of a journal holding lines of both kinds: each call goes to the
     backend of the name it is about, opened on first use (so a Vertex-only journal
     needs no Gemini API key, and the other way round)."""
 
     def __init__(self, openers: Mapping[str, Opener], stack: contextlib.AsyncExitStack) -> None:
         self._openers = dict(openers)
         self._stack = stack
-        self._open: dict[str, Backend] = {}
+        self._open: dict[str, JobsApi] = {}
 
-    async def _for(self, name: str) -> Backend:
+    async def _for(self, name: str) -> JobsApi:
         kind = backend_of_name(name)
         if kind not in self._open:
             opener = self._openers.get(kind)
@@ -185,51 +201,8 @@ class Routed:
             self._open[kind] = await self._stack.enter_async_context(opener())
         return self._open[kind]
 
-    def upload_name(self, upload_id: str) -> str:
-        raise UsageError("a job command does not upload")  # pragma: no cover
-
-    def line_fields(self) -> dict[str, Any]:
-        return {}  # pragma: no cover
-
-    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
-        return True  # pragma: no cover
-
-    def storage_quota(self, configured: int) -> int:
-        return configured  # pragma: no cover
-
-    def job_window(self, configured: int | None) -> int | None:
-        return configured  # pragma: no cover
-
-    async def upload_file(
-        self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
-    ) -> RemoteFile:
-        backend = await self._for(name)
-        return await backend.upload_file(
-            path, name=name, display_name=display_name, mime_type=mime_type, sha256=sha256
-        )
-
-    async def get_file(self, name: str) -> RemoteFile:
-        return await (await self._for(name)).get_file(name)
-
     async def delete_file(self, name: str) -> bool:
         return await (await self._for(name)).delete_file(name)
-
-    async def create_batch(
-        self,
-        *,
-        model: str,
-        src: str,
-        display_name: str,
-        kind: str = GENERATE,
-        webhook: dict[str, Any] | None = None,
-    ) -> types.BatchJob:
-        backend = await self._for(src)
-        return await backend.create_batch(
-            model=model, src=src, display_name=display_name, kind=kind, webhook=webhook
-        )
-
-    async def get_batch(self, name: str) -> types.BatchJob:
-        return await (await self._for(name)).get_batch(name)
 
     async def get_batch_detail(self, name: str) -> BatchDetail:
         return await (await self._for(name)).get_batch_detail(name)
@@ -240,19 +213,10 @@ class Routed:
     async def download_file(self, name: str, destination: str) -> None:
         await (await self._for(name)).download_file(name, destination)
 
-    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
-        raise UsageError("a job command does not list batches")  # pragma: no cover
-
     async def list_batch_page(
         self, near: str, page_size: int, page_token: str | None = None
     ) -> BatchPage:
         return await (await self._for(near)).list_batch_page(near, page_size, page_token)
-
-    async def get_model(self, model: str) -> types.Model:
-        raise UsageError("a job command does not check models")  # pragma: no cover
-
-    async def count_tokens(self, model: str, contents: list[Any]) -> int:
-        raise UsageError("a job command does not count tokens")  # pragma: no cover
 
 
 @contextlib.asynccontextmanager

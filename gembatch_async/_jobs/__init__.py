@@ -24,7 +24,7 @@ from google import genai
 from .._backends import (
     END_STATES,
     RESULT_STATES,
-    Backend,
+    JobsApi,
     VertexTarget,
     is_upload_name,
     output_of,
@@ -157,7 +157,7 @@ class JobsContext:
     """A journal and a client, opened together for one command."""
 
     journal: Journal
-    api: Backend
+    api: JobsApi
     retry: RetrySettings
     #: Lines of the journal that could not be read, found on opening it.
     problems: tuple[JournalProblem, ...] = ()

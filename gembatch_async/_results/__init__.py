@@ -49,7 +49,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from .._backends import Backend
+from .._backends import JobsApi
 from .._durable import fsync_folder
 from .._errors import ApiError, NotFoundApiError, OutputError, Problem
 from .._keysort import SortedRecords
@@ -928,7 +928,7 @@ class SucceededJob(Protocol):
 
 
 async def fetch_results(
-    api: Backend,
+    api: JobsApi,
     job: SucceededJob | Sequence[SucceededJob],
     targets: ResultTargets,
     *,
@@ -1069,7 +1069,7 @@ def _joined(staging: Staging, raws: list[Path]) -> Path:
     return joined
 
 
-async def _download(api: Backend, retry: RetrySettings | None, name: str, target: Path) -> None:
+async def _download(api: JobsApi, retry: RetrySettings | None, name: str, target: Path) -> None:
     await call_with_retries(retry or RetrySettings(), lambda: api.download_file(name, str(target)))
 
 

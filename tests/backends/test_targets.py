@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from gembatch_async._backends import BACKENDS, GEMINI, VERTEX, GeminiTarget, VertexTarget
+from gembatch_async._backends import (
+    BACKENDS,
+    GEMINI,
+    VERTEX,
+    Backend,
+    GeminiTarget,
+    JobsApi,
+    Routed,
+    SubmitApi,
+    VertexTarget,
+)
 from gembatch_async._backends._sessions import _OPENERS, chosen_target, every_target
 from gembatch_async._inputs import JobLimits
 
@@ -54,3 +64,33 @@ def test_a_vertex_target_serving_journal_lines_fills_its_gaps_from_them() -> Non
         project="mine", location="europe-west4", bucket="gs://b"
     )
     assert VertexTarget().for_lines([]) == VertexTarget()
+
+
+def _members(protocol: type) -> set[str]:
+    return {name for name in vars(protocol) if not name.startswith("_")}
+
+
+def test_routed_is_what_the_job_commands_need_and_no_stubs() -> None:
+    """Routed implements JobsApi and nothing more (no stubs of submit's calls), and the
+    public Backend is still every call of both small protocols."""
+    assert _members(Routed) == _members(JobsApi)
+    assert _members(SubmitApi) | _members(JobsApi) == {
+        "upload_name",
+        "line_fields",
+        "model_supports",
+        "storage_quota",
+        "job_window",
+        "upload_file",
+        "get_file",
+        "delete_file",
+        "create_batch",
+        "get_batch",
+        "get_batch_detail",
+        "cancel_batch",
+        "download_file",
+        "list_batches",
+        "list_batch_page",
+        "get_model",
+        "count_tokens",
+    }
+    assert {SubmitApi, JobsApi} <= set(Backend.__mro__)

@@ -26,8 +26,8 @@ import anyio
 from google import genai
 
 from ._admission import Admission, Limit
-from ._backends import END_STATES, RESULT_STATES, VertexTarget
-from ._backends._sessions import backend_session
+from ._backends import END_STATES, RESULT_STATES, Backend, VertexTarget
+from ._backends._sessions import chosen_target, open_target
 from ._errors import ApiError, UsageError
 from ._events import (
     Event,
@@ -153,35 +153,23 @@ async def run(
     settings = replace(
         settings, wait_for_capacity=True, dry_run=False, retry_failed=False, resubmits=resubmits
     )
+    target = chosen_target(client, api_key=api_key, base_url=base_url, vertex=vertex)
     if webhooks is not None:
-        if vertex is not None:  # the SDK refuses webhook_config for Vertex AI
-            raise UsageError("--webhook-url works with the Gemini Developer API, not Vertex AI")
+        if (problem := target.webhook_problem()) is not None:
+            raise UsageError(problem)
         settings = replace(settings, webhook_url=webhooks.url)
     stop = stop or anyio.Event()
     started = time.monotonic()
     async with (
-        prepared(
-            paths,
-            settings,
-            job_info,
-            client,
-            api_key,
-            on_event,
-            vertex is None,
-            vertex=vertex is not None,
-        ) as (
-            journal,
-            view,
-            items,
-        ),
-        backend_session(client, api_key=api_key, base_url=base_url, vertex=vertex) as api,
+        prepared(paths, settings, job_info, target, on_event) as (journal, view, items),
+        open_target(target) as api,
     ):
         if not await check_model(api, settings, items, stop):  # cut by the stop bound
             return RunSummary(0, 0, 0, 0, time.monotonic() - started, interrupted=True)
         jobs = JobsContext(journal, api, settings.retry, prices=settings.prices)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         admission = admission_for(journal, view, settings, api)
-        runner = _Runner(jobs, settings, admission, on_event, stop, watch)
+        runner = _Runner(jobs, api, settings, admission, on_event, stop, watch)
         async with receiving(webhooks, journal) as nudges:
             tally = await runner.run(items, _Polling(out_dir, interval, nudges))
     return _summary(tally, watch, time.monotonic() - started)
@@ -217,6 +205,7 @@ class _Runner:
     def __init__(
         self,
         jobs: JobsContext,
+        api: Backend,
         settings: SubmitSettings,
         admission: Admission,
         emit: EventHandler,
@@ -224,6 +213,8 @@ class _Runner:
         watch: _Watch,
     ) -> None:
         self.jobs = jobs
+        #: The whole backend: the job side's calls go through ``jobs``, submit's here.
+        self.api = api
         self.settings = settings
         self.admission = admission
         self.emit = emit
@@ -252,7 +243,7 @@ class _Runner:
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
         return (PackRun if settings.pack else SubmitRun)(
-            self.jobs.api,
+            self.api,
             self.jobs.journal,
             settings,
             self._on_submit_event(),

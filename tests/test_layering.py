@@ -65,6 +65,8 @@ def test_schema_is_a_leaf() -> None:
 #: The code that must not know which backend runs (issue 12: one seam, no `if vertex:`).
 BACKEND_BLIND = (
     "_submit/_pipeline.py",
+    "_submit/_one_file.py",
+    "_submit/_writer.py",
     "_journal/__init__.py",
     "_admission.py",
     "_results/__init__.py",
@@ -213,15 +215,14 @@ KNOWN_BACKEND_NAMES: dict[str, set[str]] = {
     "_settings.py": {"VERTEX_MAX_INPUT_BYTES", "VERTEX_MAX_REQUESTS"},
     "_inputs.py": {"VERTEX_MAX_INPUT_BYTES", "VERTEX_MAX_REQUESTS", "_vertex_import", "vertex"},
     # submit, run and open_jobs take ``vertex: VertexTarget | None`` (public API) and
-    # branch on ``vertex is None``.
+    # pass it to ``_backends._sessions`` to build their Target; no branch on it.
     "_submit/__init__.py": {"VertexTarget", "vertex"},
     # A pack's size limits are the backend's job limits: ``JobLimits.of(..., vertex=)``.
     "_submit/_pack.py": {"vertex"},
     "_run.py": {"VertexTarget", "vertex"},
     "_jobs/__init__.py": {"VertexTarget", "vertex"},
-    # The CLI's --project/--location/--bucket flags build a VertexTarget for the above;
-    # choosing the target compares the --backend word with VERTEX.
-    "cli/_endpoints.py": {"VERTEX", "VertexTarget", "_vertex_flags", "vertex"},
+    # The CLI's --project/--location/--bucket flags build a VertexTarget for the above.
+    "cli/_endpoints.py": {"VertexTarget", "_vertex_flags", "vertex"},
     "cli/_commands.py": {"vertex"},
 }
 

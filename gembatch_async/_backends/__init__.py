@@ -12,31 +12,25 @@ sends each call to the backend its name belongs to, opening it on first use.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._errors import UsageError
-from .._names import bucket_problem, location_problem, project_problem
 from .._schema import GENERATE
+from ._gemini_target import GeminiTarget as GeminiTarget
+from ._target import BACKENDS as BACKENDS
+from ._target import DEFAULT_BACKEND as DEFAULT_BACKEND
+from ._target import GEMINI as GEMINI
+from ._target import VERTEX as VERTEX
+from ._target import Target as Target
+from ._vertex_target import VertexTarget as VertexTarget
 
 if TYPE_CHECKING:  # the SDK loads with the first call, not with `gembatch-async --version`
     from google.genai import types
 
     from ._genai import BatchDetail, BatchPage, RemoteFile
 
-GEMINI = "gemini"
-VERTEX = "vertex"
-BACKENDS = (GEMINI, VERTEX)
-#: The backend of a command that names none (and of journal lines that name none).
-DEFAULT_BACKEND = GEMINI
 BACKEND_ENV = "GEMBATCH_BACKEND"
-BUCKET_ENV = "GEMBATCH_BUCKET"
-PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
-LOCATION_ENV = "GOOGLE_CLOUD_LOCATION"
-VERTEX_BASE_URL_ENV = "GOOGLE_VERTEX_BASE_URL"
-STORAGE_HOST_ENV = "STORAGE_EMULATOR_HOST"
 #: Job states whose results can be downloaded: a partly succeeded Vertex job wrote
 #: its successes, and its failed requests go to the failed-requests file.
 RESULT_STATES = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"})
@@ -44,8 +38,33 @@ RESULT_STATES = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED
 END_STATES = RESULT_STATES | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
 
-class Backend(Protocol):
-    """The calls gembatch-async makes, each returning plain data or raising ApiError."""
+class JobsApi(Protocol):
+    """What the job commands (status, watch, download, cancel, cleanup) need of a
+    service: a recorded job's state and output, each call raising ApiError."""
+
+    async def delete_file(self, name: str) -> bool:
+        """Delete a staged input (or a job's output); False when it was already gone."""
+        ...
+
+    async def get_batch_detail(self, name: str) -> BatchDetail: ...
+
+    async def cancel_batch(self, name: str) -> None: ...
+
+    async def download_file(self, name: str, destination: str) -> None:
+        """Write a job's output to ``destination`` as ``{"key", "response"|"error"}`` lines."""
+        ...
+
+    async def list_batch_page(
+        self, near: str, page_size: int, page_token: str | None = None
+    ) -> BatchPage:
+        """One page of the jobs listing that would hold the job ``near`` (the project's,
+        other tools' jobs included), each job as get_batch_detail reads it."""
+        ...
+
+
+class SubmitApi(Protocol):
+    """What submit needs of a service: where inputs go and what a job may hold, then
+    upload -> create, and finding what an earlier attempt created."""
 
     def upload_name(self, upload_id: str) -> str:
         """Where the input of ``upload_id`` is staged (a Files API name, a gs:// URI)."""
@@ -89,23 +108,8 @@ class Backend(Protocol):
 
     async def get_batch(self, name: str) -> types.BatchJob: ...
 
-    async def get_batch_detail(self, name: str) -> BatchDetail: ...
-
-    async def cancel_batch(self, name: str) -> None: ...
-
-    async def download_file(self, name: str, destination: str) -> None:
-        """Write a job's output to ``destination`` as ``{"key", "response"|"error"}`` lines."""
-        ...
-
     async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
         """Every job an ambiguous create may have made (our display names among them)."""
-        ...
-
-    async def list_batch_page(
-        self, near: str, page_size: int, page_token: str | None = None
-    ) -> BatchPage:
-        """One page of the jobs listing that would hold the job ``near`` (the project's,
-        other tools' jobs included), each job as get_batch_detail reads it."""
         ...
 
     async def get_model(self, model: str) -> types.Model: ...
@@ -115,58 +119,10 @@ class Backend(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class VertexTarget:
-    """Where Vertex jobs run and stage their files; None fields come from the environment."""
-
-    project: str | None = None
-    location: str | None = None
-    #: gs://BUCKET[/PREFIX]: inputs under it, outputs under its ``out/``.
-    bucket: str | None = None
-    #: The Vertex endpoint (an emulator); else $GOOGLE_VERTEX_BASE_URL, else Google's.
-    base_url: str | None = None
-    #: The Cloud Storage endpoint (an emulator); else $STORAGE_EMULATOR_HOST, else Google's.
-    storage_host: str | None = None
-
-    def resolved(self, environ: Mapping[str, str] | None = None) -> VertexTarget:
-        """Gaps filled from the environment, and each name checked (UsageError)."""
-        env = os.environ if environ is None else environ
-        target = VertexTarget(
-            project=self.project or env.get(PROJECT_ENV) or None,
-            location=self.location or env.get(LOCATION_ENV) or None,
-            bucket=self.bucket or env.get(BUCKET_ENV) or None,
-            base_url=self.base_url or env.get(VERTEX_BASE_URL_ENV) or None,
-            storage_host=self.storage_host or env.get(STORAGE_HOST_ENV) or None,
-        )
-        target.check()
-        return target
-
-    def check(self) -> None:
-        """Refuse a project, location or bucket that is not a name of its kind: a
-        location like ``us-central1/../x`` would otherwise steer the job elsewhere."""
-        for value, rule, where in (
-            (self.project, project_problem, f"--project (or {PROJECT_ENV})"),
-            (self.location, location_problem, f"--location (or {LOCATION_ENV})"),
-            (self.bucket, bucket_problem, f"--bucket (or {BUCKET_ENV})"),
-        ):
-            problem = rule(value) if value is not None else None
-            if problem is not None:
-                raise UsageError(f"{where}: {problem}")
-
-    def with_line(self, line: Mapping[str, Any]) -> VertexTarget:
-        """Gaps filled from what a journal line recorded."""
-
-        def recorded(field: str) -> str | None:
-            value = line.get(field)
-            return value if isinstance(value, str) and value else None
-
-        return VertexTarget(
-            project=self.project or recorded("project"),
-            location=self.location or recorded("location"),
-            bucket=self.bucket or recorded("bucket"),
-            base_url=self.base_url,
-            storage_host=self.storage_host,
-        )
+class Backend(SubmitApi, JobsApi, Protocol):
+    """The calls gembatch-async makes, each returning plain data or raising ApiError:
+    what submit needs (:class:`SubmitApi`) and what the job commands need
+    (:class:`JobsApi`). Both services implement it whole."""
 
 
 def backend_of_line(line: Mapping[str, Any]) -> str:
@@ -223,20 +179,20 @@ def as_folder(directory: object) -> str | None:
     return directory.rstrip("/") + "/"
 
 
-Opener = Callable[[], contextlib.AbstractAsyncContextManager[Backend]]
+Opener = Callable[[], contextlib.AbstractAsyncContextManager[JobsApi]]
 
 
 class Routed:
-    """A Backend for a journal holding lines of both kinds: each call goes to the
+    """The :class:`JobsApi` of a journal holding lines of both kinds: each call goes to the
     backend of the name it is about, opened on first use (so a Vertex-only journal
     needs no Gemini API key, and the other way round)."""
 
     def __init__(self, openers: Mapping[str, Opener], stack: contextlib.AsyncExitStack) -> None:
         self._openers = dict(openers)
         self._stack = stack
-        self._open: dict[str, Backend] = {}
+        self._open: dict[str, JobsApi] = {}
 
-    async def _for(self, name: str) -> Backend:
+    async def _for(self, name: str) -> JobsApi:
         kind = backend_of_name(name)
         if kind not in self._open:
             opener = self._openers.get(kind)
@@ -245,51 +201,8 @@ class Routed:
             self._open[kind] = await self._stack.enter_async_context(opener())
         return self._open[kind]
 
-    def upload_name(self, upload_id: str) -> str:
-        raise UsageError("a job command does not upload")  # pragma: no cover
-
-    def line_fields(self) -> dict[str, Any]:
-        return {}  # pragma: no cover
-
-    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
-        return True  # pragma: no cover
-
-    def storage_quota(self, configured: int) -> int:
-        return configured  # pragma: no cover
-
-    def job_window(self, configured: int | None) -> int | None:
-        return configured  # pragma: no cover
-
-    async def upload_file(
-        self, path: str, *, name: str, display_name: str, mime_type: str, sha256: str
-    ) -> RemoteFile:
-        backend = await self._for(name)
-        return await backend.upload_file(
-            path, name=name, display_name=display_name, mime_type=mime_type, sha256=sha256
-        )
-
-    async def get_file(self, name: str) -> RemoteFile:
-        return await (await self._for(name)).get_file(name)
-
     async def delete_file(self, name: str) -> bool:
         return await (await self._for(name)).delete_file(name)
-
-    async def create_batch(
-        self,
-        *,
-        model: str,
-        src: str,
-        display_name: str,
-        kind: str = GENERATE,
-        webhook: dict[str, Any] | None = None,
-    ) -> types.BatchJob:
-        backend = await self._for(src)
-        return await backend.create_batch(
-            model=model, src=src, display_name=display_name, kind=kind, webhook=webhook
-        )
-
-    async def get_batch(self, name: str) -> types.BatchJob:
-        return await (await self._for(name)).get_batch(name)
 
     async def get_batch_detail(self, name: str) -> BatchDetail:
         return await (await self._for(name)).get_batch_detail(name)
@@ -300,19 +213,10 @@ class Routed:
     async def download_file(self, name: str, destination: str) -> None:
         await (await self._for(name)).download_file(name, destination)
 
-    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
-        raise UsageError("a job command does not list batches")  # pragma: no cover
-
     async def list_batch_page(
         self, near: str, page_size: int, page_token: str | None = None
     ) -> BatchPage:
         return await (await self._for(near)).list_batch_page(near, page_size, page_token)
-
-    async def get_model(self, model: str) -> types.Model:
-        raise UsageError("a job command does not check models")  # pragma: no cover
-
-    async def count_tokens(self, model: str, contents: list[Any]) -> int:
-        raise UsageError("a job command does not count tokens")  # pragma: no cover
 
 
 @contextlib.asynccontextmanager

@@ -24,14 +24,14 @@ from google import genai
 from .._backends import (
     END_STATES,
     RESULT_STATES,
-    Backend,
+    JobsApi,
     VertexTarget,
     is_upload_name,
     output_of,
     output_of_job,
 )
 from .._backends._genai import BatchDetail, batch_to_dict
-from .._backends._sessions import jobs_session
+from .._backends._sessions import every_target, jobs_session
 from .._errors import ApiError, PermanentApiError, UsageError
 from .._events import BatchStats, JournalProblem
 from .._identity import base_identity_of_line, input_location, outside_reason
@@ -159,7 +159,7 @@ class JobsContext:
     """A journal and a client, opened together for one command."""
 
     journal: Journal
-    api: Backend
+    api: JobsApi
     retry: RetrySettings
     #: Lines of the journal that could not be read, found on opening it.
     problems: tuple[JournalProblem, ...] = ()
@@ -219,6 +219,7 @@ async def open_jobs(
     Each job is asked of the backend its line records (Vertex with the line's
     project, location and bucket unless ``vertex`` gives them)."""
     job_info = checked_path(job_info, "job_info")
+    targets = every_target(client, api_key=api_key, base_url=base_url, vertex=vertex)
     if not await anyio.Path(job_info).exists():
         raise UsageError(
             f"no journal at {display_path(job_info)}: nothing has been submitted from here"
@@ -227,9 +228,7 @@ async def open_jobs(
     view = await anyio.to_thread.run_sync(journal.open)
     try:
         lines = list(view.latest.values())
-        async with jobs_session(
-            lines, client, api_key=api_key, base_url=base_url, vertex=vertex
-        ) as api:
+        async with jobs_session(lines, targets) as api:
             yield JobsContext(journal, api, retry or RetrySettings(), tuple(view.problems), prices)
     finally:
         journal.close()

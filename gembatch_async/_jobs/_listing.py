@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .._backends import END_STATES, RESULT_STATES, Backend, backend_of_name, output_of_job
+from .._backends import END_STATES, RESULT_STATES, JobsApi, backend_of_name, output_of_job
 from .._backends._genai import BatchDetail, BatchPage
 from .._errors import ApiError
 
@@ -71,7 +71,7 @@ class ListingStats:
 class JobListing:
     """Reads jobs from the listing, shared by the polls of one ``run`` or ``status --watch``."""
 
-    def __init__(self, api: Backend, call: Call[BatchPage], page_size: int = PAGE_SIZE) -> None:
+    def __init__(self, api: JobsApi, call: Call[BatchPage], page_size: int = PAGE_SIZE) -> None:
         self._api = api
         self._call = call
         self._page_size = page_size

@@ -15,7 +15,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
-from .._backends import Backend
+from .._backends import JobsApi
 from .._errors import ApiError, NotFoundApiError, OutputError
 from .._retry import call_with_retries, describe
 from .._settings import RetrySettings
@@ -43,7 +43,7 @@ class SucceededJob(Protocol):
 
 
 async def fetch_results(
-    api: Backend,
+    api: JobsApi,
     job: SucceededJob | Sequence[SucceededJob],
     targets: ResultTargets,
     *,
@@ -187,7 +187,7 @@ def _joined(staging: Staging, raws: list[Path]) -> Path:
     return joined
 
 
-async def _download(api: Backend, retry: RetrySettings | None, name: str, target: Path) -> None:
+async def _download(api: JobsApi, retry: RetrySettings | None, name: str, target: Path) -> None:
     await call_with_retries(retry or RetrySettings(), lambda: api.download_file(name, str(target)))
 
 

@@ -18,13 +18,13 @@ from typing import Any, cast
 import anyio
 import anyio.to_thread
 
-from .._backends import Backend
+from .._backends import JobsApi
 
 
 class _DownloadsOnce:
     """A backend that fetches each output file once and copies it for every reader."""
 
-    def __init__(self, api: Backend, folder: str) -> None:
+    def __init__(self, api: JobsApi, folder: str) -> None:
         self._api = api
         self._folder = folder
         self._files: dict[str, str] = {}
@@ -52,11 +52,11 @@ class _DownloadsOnce:
 
 
 @contextlib.asynccontextmanager
-async def downloads_once(api: Backend) -> AsyncIterator[Backend]:
+async def downloads_once(api: JobsApi) -> AsyncIterator[JobsApi]:
     """``api``, except that each output is downloaded once while the context lasts."""
     folder = await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="gembatch-outputs-"))
     try:
-        yield cast(Backend, _DownloadsOnce(api, folder))
+        yield cast(JobsApi, _DownloadsOnce(api, folder))
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))

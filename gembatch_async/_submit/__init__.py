@@ -24,8 +24,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from .._admission import Admission, Load, bytes_held, load_of
-from .._backends import Backend, VertexTarget
-from .._backends._sessions import backend_session
+from .._backends import Backend, Target, VertexTarget
+from .._backends._sessions import chosen_target, open_target
 from .._errors import (
     ApiError,
     NotFoundApiError,
@@ -50,9 +50,7 @@ from .._schema import BATCH_METHODS
 from .._settings import (
     DEFAULT_JOB_INFO,
     SubmitSettings,
-    api_key_from_env,
     checked_path,
-    unsendable_key_reason,
 )
 from ._estimate import (
     InputEstimate,
@@ -94,20 +92,12 @@ async def submit(
     """
     settings = settings or SubmitSettings()
     started = time.monotonic()
-    needs_key = vertex is None
-    async with prepared(
-        paths, settings, job_info, client, api_key, on_event, needs_key, vertex=not needs_key
-    ) as (
-        journal,
-        view,
-        items,
-    ):
+    target = chosen_target(client, api_key=api_key, base_url=base_url, vertex=vertex)
+    async with prepared(paths, settings, job_info, target, on_event) as (journal, view, items):
         if not settings.dry_run and all(_recorded(item, view, settings) for item in items):
             # Nothing to upload: no client, no model check, no request at all.
             return _report_without_api(items, view, settings, on_event, started)
-        async with backend_session(
-            client, api_key=api_key, base_url=base_url, vertex=vertex
-        ) as api:
+        async with open_target(target) as api:
             if not await check_model(api, settings, _to_submit(items, view, settings), stop):
                 return SubmitSummary(
                     0,
@@ -150,15 +140,11 @@ async def prepared(
     paths: Sequence[str | os.PathLike[str]],
     settings: SubmitSettings,
     job_info: str | os.PathLike[str],
-    client: genai.Client | None,
-    api_key: str | None,
+    target: Target,
     on_event: EventHandler,
-    needs_key: bool = True,
-    *,
-    vertex: bool = False,
 ) -> AsyncIterator[tuple[Journal, JournalView, list[InputFile]]]:
-    """The journal, open, and the inputs that passed the local pre-flight (nothing sent);
-    ``vertex``: split at Vertex's limits and refuse what its table import fails on."""
+    """The journal, open, and the inputs that passed the local pre-flight (nothing sent):
+    split at the target's job limits, checked by its rules."""
     journal = Journal(checked_path(job_info, "job_info"))
     _refuse_unnameable(paths)
     wanted = _without_journal(unique_paths(paths), journal)
@@ -169,9 +155,7 @@ async def prepared(
         )
         for problem in view.problems:
             on_event(problem)
-        items = await _check_locally(
-            wanted, journal, view, settings, client, api_key, needs_key, vertex
-        )
+        items = await _check_locally(wanted, journal, view, settings, target)
         yield journal, view, items
     finally:
         journal.close()
@@ -338,13 +322,11 @@ async def _check_locally(
     journal: Journal,
     view: JournalView,
     settings: SubmitSettings,
-    client: genai.Client | None,
-    api_key: str | None,
-    needs_key: bool = True,
-    vertex: bool = False,
+    target: Target,
 ) -> list[InputFile]:
-    """Every local problem at once: files, their content, the API key. Sends nothing."""
-    limits = JobLimits.of(settings.max_bytes_per_job, settings.max_requests_per_job, vertex=vertex)
+    """Every local problem at once: files, their content, the target's own (an API
+    key). Sends nothing."""
+    limits = target.job_limits(settings.max_bytes_per_job, settings.max_requests_per_job)
     checks = {path: check_regular_file(path) for path in paths}
     problems = [p for p in checks.values() if p is not None]
     identities = _one_path_per_file(
@@ -356,7 +338,7 @@ async def _check_locally(
         anyio.CapacityLimiter(_SCAN_THREADS),
         schema_check=settings.schema_check,
         limits=limits,
-        table_import=vertex,
+        table_import=target.table_import,
     )
     identities = _by_content(identities, found, view)
     found, split_problems = await _in_recorded_split(found, identities, view, settings, limits)
@@ -369,14 +351,7 @@ async def _check_locally(
     ]
     if not paths:
         problems.append(Problem("(arguments)", "no input files given"))
-    key = api_key or api_key_from_env()
-    if client is None and not key and needs_key:
-        problems.append(
-            Problem("GEMINI_API_KEY", "not set: set it (or GOOGLE_API_KEY), or use --emulator")
-        )
-    unsendable = unsendable_key_reason(key) if client is None and key and needs_key else None
-    if unsendable:
-        problems.append(Problem("GEMINI_API_KEY", unsendable))
+    problems += target.problems()
     if problems:
         raise PreflightError(problems)
     items = [

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from .._backends import (
-    VERTEX,
     VertexTarget,
     backend_of_line,
     stages_in_cloud_storage,
@@ -40,8 +39,9 @@ class _Endpoint:
     vertex: VertexTarget = dataclasses.field(default_factory=VertexTarget)
 
     def submit_target(self, backend: str) -> VertexTarget | None:
-        """The Vertex target for submit and run, None for the Gemini API."""
-        return self.vertex if backend == VERTEX else None
+        """The Vertex target for submit and run when ``--backend`` names it (the public
+        API's ``vertex=``), None for the Gemini API."""
+        return self.vertex if backend == self.vertex.backend else None
 
 
 #: The project, location and bucket of ``--emulator --backend vertex``.

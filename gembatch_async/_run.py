@@ -28,6 +28,7 @@ from google import genai
 from ._admission import Admission, Limit
 from ._backends import END_STATES, RESULT_STATES, Backend, VertexTarget
 from ._backends._sessions import chosen_target, open_target
+from ._backends._target import Target
 from ._errors import ApiError, UsageError
 from ._events import (
     Event,
@@ -65,7 +66,7 @@ from ._results._usage import TokenUsage
 from ._retry import describe
 from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
-from ._submit._pack import PackRun
+from ._submit._pack import submit_run_for
 from ._submit._pipeline import RETRYABLE_END_STATES, SubmitRun
 from ._webhooks import Nudges, WebhookSettings, receiving
 
@@ -169,7 +170,7 @@ async def run(
         jobs = JobsContext(journal, api, settings.retry, prices=settings.prices)
         watch = _Watch({item.key: _Input(item, resubmits if retry_failed else 0) for item in items})
         admission = admission_for(journal, view, settings, api)
-        runner = _Runner(jobs, api, settings, admission, on_event, stop, watch)
+        runner = _Runner(jobs, target, api, settings, admission, on_event, stop, watch)
         async with receiving(webhooks, journal) as nudges:
             tally = await runner.run(items, _Polling(out_dir, interval, nudges))
     return _summary(tally, watch, time.monotonic() - started)
@@ -205,6 +206,7 @@ class _Runner:
     def __init__(
         self,
         jobs: JobsContext,
+        target: Target,
         api: Backend,
         settings: SubmitSettings,
         admission: Admission,
@@ -213,6 +215,7 @@ class _Runner:
         watch: _Watch,
     ) -> None:
         self.jobs = jobs
+        self.target = target
         #: The whole backend: the job side's calls go through ``jobs``, submit's here.
         self.api = api
         self.settings = settings
@@ -242,7 +245,8 @@ class _Runner:
         self.again = _SubmitTally(0, 0, 0)
 
     def _submit_run(self, settings: SubmitSettings) -> SubmitRun:
-        return (PackRun if settings.pack else SubmitRun)(
+        return submit_run_for(
+            self.target,
             self.api,
             self.jobs.journal,
             settings,

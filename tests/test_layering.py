@@ -217,8 +217,6 @@ KNOWN_BACKEND_NAMES: dict[str, set[str]] = {
     # submit, run and open_jobs take ``vertex: VertexTarget | None`` (public API) and
     # pass it to ``_backends._sessions`` to build their Target; no branch on it.
     "_submit/__init__.py": {"VertexTarget", "vertex"},
-    # A pack's size limits are the backend's job limits: ``JobLimits.of(..., vertex=)``.
-    "_submit/_pack.py": {"vertex"},
     "_run.py": {"VertexTarget", "vertex"},
     "_jobs/__init__.py": {"VertexTarget", "vertex"},
     # The CLI's --project/--location/--bucket flags build a VertexTarget for the above.

@@ -59,8 +59,7 @@ from ._estimate import (
     estimate_items,
     would_submit,
 )
-from ._pack import PackRun
-from ._pipeline import SubmitRun
+from ._pack import submit_run_for
 
 _SCAN_THREADS = 4
 T = TypeVar("T")
@@ -115,7 +114,8 @@ async def submit(
                     else estimate_items(wanted)
                 )
                 return _report_without_api(items, view, settings, on_event, started, estimates)
-            run = (PackRun if settings.pack else SubmitRun)(
+            run = submit_run_for(
+                target,
                 api,
                 journal,
                 settings,

@@ -49,6 +49,7 @@ from google.genai import types
 
 from .._admission import Admission
 from .._backends import END_STATES, Backend, output_of, output_of_job
+from .._backends._target import Target
 from .._errors import ApiError, InputChangedError, NotFoundApiError
 from .._events import (
     Event,
@@ -333,7 +334,11 @@ class PackRun(SubmitRun):
         emit: EventHandler,
         stop: anyio.Event,
         admission: Admission | None = None,
+        *,
+        limits: JobLimits,
     ) -> None:
+        #: What one job may hold on this run's backend (its Target's rule).
+        self._job_limits = limits
         #: The packs of this run by every label an event about one may carry: its
         #: own, and its first member's (an unrecorded job's failure names that one).
         self._packs: dict[str, Pack] = {}
@@ -417,13 +422,8 @@ class PackRun(SubmitRun):
     def _limits(self) -> JobLimits:
         """What one job may hold on this backend; with a token quota, no pack larger
         than the quota (a member that fits alone never fails for its pack's size)."""
-        settings = self.settings
-        limits = JobLimits.of(
-            settings.max_bytes_per_job,
-            settings.max_requests_per_job,
-            vertex="backend" in self.api.line_fields(),  # only Vertex lines name one
-        )
-        quota = settings.enqueued_token_quota
+        limits = self._job_limits
+        quota = self.settings.enqueued_token_quota
         if quota is not None:
             limits = replace(limits, max_bytes=min(limits.max_bytes, quota * _BYTES_PER_TOKEN))
         return limits
@@ -531,3 +531,19 @@ _NUMBERED = (FileSubmitted, FileSkipped, FileFailed, FileDeferred)
 
 def _renumbered(event: _Numbered, path: str, n: int, total: int) -> _Numbered:
     return replace(event, path=path, n=n, total=total)
+
+
+def submit_run_for(
+    target: Target,
+    api: Backend,
+    journal: Journal,
+    settings: SubmitSettings,
+    emit: EventHandler,
+    stop: anyio.Event,
+    admission: Admission | None = None,
+) -> SubmitRun:
+    """The submit run ``settings`` ask for: packing (within ``target``'s job limits) or not."""
+    if not settings.pack:
+        return SubmitRun(api, journal, settings, emit, stop, admission)
+    limits = target.job_limits(settings.max_bytes_per_job, settings.max_requests_per_job)
+    return PackRun(api, journal, settings, emit, stop, admission, limits=limits)

@@ -90,6 +90,7 @@ def test_append_failure_names_the_journal(tmp_path: Path) -> None:
         journal.record([line("a.jsonl", "batches/a")])
 
 
+@pytest.mark.promise("bad-journal-lines-kept")
 def test_rewrite_keeps_unreadable_lines_byte_for_byte(tmp_path: Path) -> None:
     """Garbage in the middle stays as it was; a dead writer's fragment at the end becomes a
     line of its own (so the next append is not glued to it); no blank line appears."""
@@ -159,6 +160,7 @@ async def test_a_line_without_a_batch_does_not_record_the_file(
 # -- reading: torn tails, blank lines, problems -----------------------------------------
 
 
+@pytest.mark.promise("torn-journal-line-cut")
 def test_torn_tail_cut_after_several_lines_keeps_them_all(tmp_path: Path) -> None:
     """Only the unfinished last line goes; every whole line before it stays."""
     path = tmp_path / "job-info.jsonl"
@@ -172,6 +174,7 @@ def test_torn_tail_cut_after_several_lines_keeps_them_all(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.promise("torn-journal-line-cut")
 def test_torn_tail_longer_than_one_read_is_cut_too(tmp_path: Path) -> None:
     """A torn line of 200 KB (the tail is read backwards in 64 KiB steps) is cut whole."""
     path = tmp_path / "job-info.jsonl"

@@ -155,6 +155,7 @@ def test_a_counted_window_defers_before_any_upload(
     assert emulator.state()["requests"]["create"]["count"] == 4, "the window is still full"
 
 
+@pytest.mark.promise("window-waits")
 @_window(4, 2)
 def test_generic_refusal_at_the_window_waits_in_run(
     emulator: RunningEmulator, tmp_path: Path

@@ -168,6 +168,7 @@ def test_a_kill_mid_submit_and_a_rerun_make_each_pack_once(
     _assert_packed_once(emulator, tmp_path / "job-info.jsonl", list(made), packs=3)
 
 
+@pytest.mark.promise("retry-failed-only-unanswered")
 @FAST
 def test_a_failed_pack_is_sent_again_for_its_inputs_only(
     emulator: RunningEmulator, tmp_path: Path

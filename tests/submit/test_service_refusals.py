@@ -60,6 +60,7 @@ CASES = {
     ("emulator_config", "options", "bad", "reason"),
     [pytest.param(*case, id=name) for name, case in CASES.items()],
 )
+@pytest.mark.promise("failed-create-deletes-upload")
 @pytest.mark.parametrize("command", ["submit", "run"])
 def test_a_create_refused_for_its_content_fails_that_file_and_leaves_nothing(
     emulator: RunningEmulator,

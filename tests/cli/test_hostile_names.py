@@ -280,6 +280,7 @@ def test_run_counts_a_resubmission_as_submitted(emulator: RunningEmulator, tmp_p
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
 )
+@pytest.mark.promise("run-deletes-upload")
 def test_cleanup_skips_uploads_the_journal_records_as_deleted(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

@@ -214,6 +214,7 @@ def test_missing_and_unknown_keys_exit_1_with_error_lines(tmp_path: Path) -> Non
     assert "skipped q.jsonl" in skipped.stdout
 
 
+@pytest.mark.promise("changed-input-no-results")
 @FAST_JOBS
 def test_an_input_changed_after_submission_is_said_and_its_answers_kept(
     emulator: RunningEmulator, tmp_path: Path
@@ -244,6 +245,7 @@ def test_an_input_changed_after_submission_is_said_and_its_answers_kept(
     assert [r["key"] for r in rows(tmp_path / "results" / "q.jsonl")] == ["k0", "k1", "k2"]
 
 
+@pytest.mark.promise("changed-input-no-results")
 @FAST_JOBS
 def test_a_split_input_is_compared_part_by_part(emulator: RunningEmulator, tmp_path: Path) -> None:
     """An input submitted in parts matches what each part sent; its last line changed, it

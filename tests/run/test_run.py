@@ -51,6 +51,7 @@ def _result_files(folder: Path) -> list[Path]:
     return sorted(p for p in found if not p.name.endswith((".failed.jsonl", ".raw.jsonl")))
 
 
+@pytest.mark.promise("run-deletes-upload")
 @pytest.mark.promise("window-waits")
 @WINDOW_OF_8
 def test_run_takes_35_files_through_a_window_of_8(
@@ -369,6 +370,7 @@ def _outputs(emulator: RunningEmulator) -> list[str]:
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.6), id="fast")]
 )
+@pytest.mark.promise("changed-input-no-results")
 @pytest.mark.promise("run-exit-codes")
 def test_run_says_an_input_changed_since_it_was_submitted(
     emulator: RunningEmulator, tmp_path: Path

@@ -164,6 +164,7 @@ _GENERIC = (
         ),
     ],
 )
+@pytest.mark.promise("create-429-never-fails")
 def test_429s_on_create_are_capacity_unless_named_rate(
     error: ApiError, expected: Limit | None
 ) -> None:

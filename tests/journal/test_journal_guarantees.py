@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gembatch_async import JournalError, submit
-from gembatch_async._journal import Journal, encode_line
+from gembatch_async._journal import Journal, encode_line, input_sha256_of, keys_sha256
 
 from ..test_promises import traced_syscalls
 
@@ -327,3 +327,40 @@ def test_problems_name_the_journal(tmp_path: Path) -> None:
         encode_line(line("a.jsonl", "batches/a")).decode() + '[1]\n{"input_file": "x.js'
     )
     assert {p.journal for p in Journal(path).open().problems} == {str(path)}
+
+
+def test_someone_elses_last_line_without_newline_is_kept_not_cut(tmp_path: Path) -> None:
+    """Only a fragment of one of our lines counts as torn: a hand-written last line (not
+    ``{"input_file"...``) without a newline is kept byte for byte and gets its newline."""
+    path = tmp_path / "job-info.jsonl"
+    ours = encode_line(line("a.jsonl", "batches/a"))
+    path.write_bytes(ours + b"note: resubmit b on monday")
+    view = Journal(path).open()
+    assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [
+        (2, "last line had no newline; added one"),
+        (2, "not valid JSON"),
+    ]
+    assert path.read_bytes() == ours + b"note: resubmit b on monday\n"
+
+
+def test_the_whole_inputs_sha256_a_line_records() -> None:
+    """What the hard-link look-up indexes a line under: a whole input's line its
+    ``sha256``; a part's line the whole input's ``input_sha256``, never the part's own
+    (an older part line without it: nothing); a non-string: nothing."""
+    assert input_sha256_of({"input_file": "a", "sha256": "W"}) == "W"
+    part = {"input_file": "a", "sha256": "P", "part": 1, "parts": 2}
+    assert input_sha256_of({**part, "input_sha256": "W"}) == "W"
+    assert input_sha256_of(part) is None
+    assert input_sha256_of({"input_file": "a", "sha256": 7}) is None
+
+
+def test_keys_sha256_is_the_recorded_definition() -> None:
+    """``carries[].keys_sha256`` is compared with what earlier runs wrote, so its definition
+    is fixed: the sha256 of the sorted keys as a compact JSON array in UTF-8 (lone
+    surrogates of non-UTF-8 keys passed through), whatever order the keys come in."""
+    keys = ["q2", "q10", "\u00e9", '"', "\udce9"]
+    # sha256 of b'["\\"","q10","q2","\xc3\xa9","\xed\xb3\xa9"]'
+    expected = "f154bc4e3975b2075a9c03e2824bda554fb78f159f9e9347ef6ea583976c009d"
+    assert keys_sha256(keys) == expected
+    assert keys_sha256(reversed(keys)) == expected
+    assert keys_sha256([]) == "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -387,6 +388,24 @@ async def test_retry_failed_trusts_a_recorded_end_state(
     _, summary = await run_submit(emulator, paths, journal, retry_failed=True)
     assert (summary.submitted, summary.failed) == (1, 0)
     assert read_journal(journal)[-1]["batch"]["name"] != ended["batch"]["name"]
+
+
+@pytest.mark.asyncio
+async def test_retry_failed_does_not_ask_again_about_a_recorded_end_state(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """An end state is final, so a recorded one is not looked up again: here the service
+    would still say PENDING, and the file is submitted again all the same. (The test above
+    cannot tell: a deleted batch is submitted again after asking, too.)"""
+    paths = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths, journal)
+    (recorded,) = read_journal(journal)
+    recorded["batch"]["state"] = "JOB_STATE_FAILED"  # as `status` writes it back
+    journal.write_text(json.dumps(recorded) + "\n")
+    _, summary = await run_submit(emulator, paths, journal, retry_failed=True)
+    assert (summary.submitted, summary.failed) == (1, 0)
+    assert read_journal(journal)[-1]["batch"]["name"] != recorded["batch"]["name"]
 
 
 # -- "the existing upload is reused when its sha256 matches and it is not about to expire" -

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from gembatch_async import JournalError, submit
-from gembatch_async._journal import Journal, encode_line, input_sha256_of, keys_sha256
+from gembatch_async._journal import (
+    Journal,
+    encode_line,
+    input_sha256_of,
+    is_round_line,
+    keys_sha256,
+    unit_sha256_of,
+)
 
 from ..test_promises import traced_syscalls
 
@@ -364,3 +371,16 @@ def test_keys_sha256_is_the_recorded_definition() -> None:
     assert keys_sha256(keys) == expected
     assert keys_sha256(reversed(keys)) == expected
     assert keys_sha256([]) == "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
+
+
+def test_the_sha256_a_lines_job_was_made_for() -> None:
+    """What "changed since it was submitted" compares the input with: a whole input's or a
+    part's line its own ``sha256``; a round's line (``round``) the whole input's
+    ``input_sha256``, its own being the generated file's. A packed job's line carries its
+    inputs too but is no round: its own ``sha256`` is its input's."""
+    whole = {"input_file": "a", "sha256": "W"}
+    part = {**whole, "sha256": "P", "part": 1, "parts": 2, "input_sha256": "W"}
+    packed = {**whole, "carries": [{"input": "a", "sha256": "W"}], "pack": {"index": 0}}
+    round_ = {**whole, "sha256": "R", "input_sha256": "W", "round": 1, "carries": []}
+    assert [unit_sha256_of(x) for x in (whole, part, packed, round_)] == ["W", "P", "W", "W"]
+    assert [is_round_line(x) for x in (whole, part, packed, round_)] == [False] * 3 + [True]

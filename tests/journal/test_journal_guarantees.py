@@ -239,13 +239,15 @@ def test_lines_that_are_not_job_lines_say_why(tmp_path: Path) -> None:
     """Each unreadable line is reported with its number and the reason."""
     path = tmp_path / "job-info.jsonl"
     first = encode_line(line("a.jsonl", "batches/a")).decode()
-    path.write_text(first + '[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n')
+    nul = '{"input_file": "a\\u0000.jsonl", "batch": {"name": "batches/n"}}\n'
+    path.write_text(first + '[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n' + nul)
     view = Journal(path).open()
     assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [
         (2, "not a JSON object; line skipped"),
         (3, 'no "input_file"; line skipped'),
         (4, 'no "input_file"; line skipped'),
         (5, "not valid JSON"),
+        (6, '"input_file" holds a NUL character; line skipped'),
     ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -181,6 +182,7 @@ def _syscalls_on(trace: str, path: Path) -> list[tuple[int, str, str]]:
     return found
 
 
+@pytest.mark.promise("journal-synced")
 @pytest.mark.asyncio
 async def test_journal_line_is_synced_before_its_event(
     emulator: RunningEmulator, tmp_path: Path
@@ -243,6 +245,7 @@ async def test_journal_line_is_synced_before_its_event(
 # -- "retries ... that honour Retry-After, capped" ----------------------------------------
 
 
+@pytest.mark.promise("retry-after-capped")
 def test_retry_after_from_the_server_is_capped() -> None:
     """The storage-quota 429 asks for int64-max seconds: the wait is the cap, not that."""
     quota = _ServerDelay(float(INT64_MAX))
@@ -259,6 +262,7 @@ class _ServerDelay(Exception):
         self.retry_after = retry_after
 
 
+@pytest.mark.promise("retry-after-capped")
 @pytest.mark.asyncio
 async def test_retrying_waits_at_most_the_cap(emulator: RunningEmulator, tmp_path: Path) -> None:
     """The emulator's 429s carry Retry-After: 1; with a 0.05 s cap every wait is 0.05 s."""
@@ -277,6 +281,7 @@ async def test_retrying_waits_at_most_the_cap(emulator: RunningEmulator, tmp_pat
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=50), id="latency")]
 )
+@pytest.mark.promise("numbered-in-completion-order")
 async def test_n_counts_completions_in_order(emulator: RunningEmulator, tmp_path: Path) -> None:
     """Files that finish out of input order are still numbered 1..N as they finish.
 
@@ -296,6 +301,7 @@ async def test_n_counts_completions_in_order(emulator: RunningEmulator, tmp_path
 # -- "--dry-run: run every pre-flight check (including the model check)" ------------------
 
 
+@pytest.mark.promise("dry-run-writes-nothing")
 @pytest.mark.asyncio
 async def test_dry_run_checks_the_model_and_sends_nothing_else(
     emulator: RunningEmulator, tmp_path: Path
@@ -323,6 +329,7 @@ async def test_dry_run_checks_the_model_and_sends_nothing_else(
 # -- "a run whose files are all recorded sends nothing" -----------------------------------
 
 
+@pytest.mark.promise("recorded-skipped")
 @pytest.mark.asyncio
 async def test_run_with_everything_recorded_sends_nothing(
     emulator: RunningEmulator, tmp_path: Path
@@ -383,6 +390,24 @@ async def test_retry_failed_trusts_a_recorded_end_state(
     assert read_journal(journal)[-1]["batch"]["name"] != ended["batch"]["name"]
 
 
+@pytest.mark.asyncio
+async def test_retry_failed_does_not_ask_again_about_a_recorded_end_state(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """An end state is final, so a recorded one is not looked up again: here the service
+    would still say PENDING, and the file is submitted again all the same. (The test above
+    cannot tell: a deleted batch is submitted again after asking, too.)"""
+    paths = make_inputs(tmp_path / "in", 1)
+    journal = tmp_path / "j.jsonl"
+    await run_submit(emulator, paths, journal)
+    (recorded,) = read_journal(journal)
+    recorded["batch"]["state"] = "JOB_STATE_FAILED"  # as `status` writes it back
+    journal.write_text(json.dumps(recorded) + "\n")
+    _, summary = await run_submit(emulator, paths, journal, retry_failed=True)
+    assert (summary.submitted, summary.failed) == (1, 0)
+    assert read_journal(journal)[-1]["batch"]["name"] != recorded["batch"]["name"]
+
+
 # -- "the existing upload is reused when its sha256 matches and it is not about to expire" -
 
 
@@ -394,6 +419,7 @@ async def _earlier_upload(emulator: RunningEmulator, path: Path, journal: Path) 
     return str(line["uploaded_file_name"])
 
 
+@pytest.mark.promise("upload-reused-when-intact")
 @pytest.mark.asyncio
 async def test_earlier_upload_with_other_bytes_is_replaced(
     emulator: RunningEmulator, tmp_path: Path
@@ -419,6 +445,7 @@ async def test_earlier_upload_with_other_bytes_is_replaced(
     assert_converged(emulator.state(), read_journal(journal), [str(path)])
 
 
+@pytest.mark.promise("upload-reused-when-intact")
 @pytest.mark.asyncio
 async def test_earlier_upload_about_to_expire_is_replaced(
     emulator: RunningEmulator, tmp_path: Path
@@ -461,6 +488,7 @@ async def test_expiring_upload_is_kept_while_its_batch_exists(
 # -- "Setting the stop event starts no new file" ------------------------------------------
 
 
+@pytest.mark.promise("stop-event")
 @pytest.mark.asyncio
 async def test_stop_event_starts_no_new_file(emulator: RunningEmulator, tmp_path: Path) -> None:
     """stop set at the first completion, at concurrency 1: only the file then in flight
@@ -511,6 +539,7 @@ async def test_uploads_carry_the_default_mime_type(
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
 )
+@pytest.mark.promise("cleanup-only-recorded")
 async def test_cleanup_carries_on_past_a_refused_delete(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -565,6 +594,7 @@ async def test_journal_line_has_the_documented_fields(
     assert done.batch_name == line["batch"]["name"]
 
 
+@pytest.mark.promise("recorded-skipped")
 @pytest.mark.asyncio
 async def test_skip_among_new_files_names_the_batch_and_flags_changes(
     emulator: RunningEmulator, tmp_path: Path
@@ -586,6 +616,7 @@ async def test_skip_among_new_files_names_the_batch_and_flags_changes(
     ]
 
 
+@pytest.mark.promise("upload-reused-when-intact")
 @pytest.mark.asyncio
 async def test_intact_earlier_upload_is_reused_for_a_new_batch(
     emulator: RunningEmulator, tmp_path: Path
@@ -612,6 +643,7 @@ async def test_intact_earlier_upload_is_reused_for_a_new_batch(
 # -- "cancelling the caller's scope cleans up like Ctrl-C" --------------------------------
 
 
+@pytest.mark.promise("cleanup-shielded")
 @pytest.mark.asyncio
 async def test_cancelled_run_still_records_a_batch_whose_create_was_lost(
     emulator: RunningEmulator, tmp_path: Path
@@ -638,6 +670,7 @@ async def test_cancelled_run_still_records_a_batch_whose_create_was_lost(
     assert_converged(state, [line], [str(path)])
 
 
+@pytest.mark.promise("cleanup-shielded")
 @pytest.mark.asyncio
 async def test_cleanup_that_takes_too_long_is_cut_and_reported(
     emulator: RunningEmulator, tmp_path: Path
@@ -661,6 +694,7 @@ async def test_cleanup_that_takes_too_long_is_cut_and_reported(
     assert failed.left_behind == upload
 
 
+@pytest.mark.promise("stop-event")
 @pytest.mark.asyncio
 async def test_stop_gives_in_flight_files_cleanup_seconds_then_cuts_them(
     emulator: RunningEmulator, tmp_path: Path
@@ -783,6 +817,7 @@ async def test_an_input_that_vanishes_mid_run_fails_alone(
     assert {f["name"] for f in state["files"]} == {b["inputFile"] for b in state["batches"]}
 
 
+@pytest.mark.promise("failed-create-deletes-upload")
 @pytest.mark.asyncio
 async def test_upload_stored_but_unanswered_then_refused_is_deleted(
     emulator: RunningEmulator, tmp_path: Path
@@ -891,6 +926,7 @@ async def test_refused_upload_fails_with_its_reason_and_leaves_nothing(
     assert emulator.state()["files"] == []
 
 
+@pytest.mark.promise("lookup-before-retry")
 @pytest.mark.asyncio
 async def test_lost_create_that_cannot_be_looked_up_says_so_and_names_the_upload(
     emulator: RunningEmulator, tmp_path: Path
@@ -907,6 +943,7 @@ async def test_lost_create_that_cannot_be_looked_up_says_so_and_names_the_upload
     assert failed.left_behind == emulator.state()["files"][0]["name"]
 
 
+@pytest.mark.promise("cleanup-shielded")
 @pytest.mark.asyncio
 async def test_create_in_flight_when_cancelled_is_waited_for_and_recorded(
     emulator: RunningEmulator, tmp_path: Path

@@ -44,6 +44,7 @@ def uploads(emulator: RunningEmulator) -> list[dict[str, Any]]:
 
 
 # -- identity: one file, one batch ---------------------------------------------------------
+@pytest.mark.promise("one-file-one-input")
 def test_every_spelling_of_one_file_is_one_batch(emulator: RunningEmulator, tmp_path: Path) -> None:
     """./a, sub/../a, the absolute path, a symlink, and another working directory: one batch."""
     project = tmp_path / "project"
@@ -70,6 +71,7 @@ def test_every_spelling_of_one_file_is_one_batch(emulator: RunningEmulator, tmp_
     assert line["input_identity"] == "a.jsonl"
 
 
+@pytest.mark.promise("one-file-one-input")
 def test_two_spellings_in_one_run_are_one_file(emulator: RunningEmulator, tmp_path: Path) -> None:
     """Naming one file twice in one command submits it once."""
     write_jsonl(tmp_path / "a.jsonl", 3)
@@ -84,6 +86,7 @@ def test_two_spellings_in_one_run_are_one_file(emulator: RunningEmulator, tmp_pa
     assert len(live_batches(emulator)) == 1
 
 
+@pytest.mark.promise("other-journal-never-adopts")
 def test_another_journal_never_adopts_our_batch(emulator: RunningEmulator, tmp_path: Path) -> None:
     """Two project folders, same relative path and content, one API project: two batches.
 
@@ -108,6 +111,7 @@ def test_another_journal_never_adopts_our_batch(emulator: RunningEmulator, tmp_p
     assert mine["journal_id"] != theirs["journal_id"]
 
 
+@pytest.mark.promise("other-journal-never-adopts")
 def test_scope_id_survives_a_lost_lock_file(emulator: RunningEmulator, tmp_path: Path) -> None:
     """The scope id is kept in the lock file and in every line: deleting the lock keeps it."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -133,6 +137,7 @@ def _mode(path: Path) -> int:
 REQUEST_LINE = '{"key": "k0", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}'
 
 
+@pytest.mark.promise("journal-handled-with-care")
 def test_a_request_file_as_journal_is_refused_untouched(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -159,6 +164,7 @@ def test_a_request_file_as_journal_is_refused_untouched(
     assert emulator.state()["files"] == []
 
 
+@pytest.mark.promise("dry-run-writes-nothing")
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     """--dry-run against the built-in emulator leaves the folder exactly as it was."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -170,6 +176,7 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
 
 
+@pytest.mark.promise("dry-run-writes-nothing")
 def test_dry_run_leaves_a_torn_journal_alone(emulator: RunningEmulator, tmp_path: Path) -> None:
     """A dry run reports a torn last line but does not repair (write) it."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -185,6 +192,7 @@ def test_dry_run_leaves_a_torn_journal_alone(emulator: RunningEmulator, tmp_path
     assert journal.read_bytes() == before
 
 
+@pytest.mark.promise("journal-handled-with-care")
 def test_rewrite_keeps_mode_and_owner(emulator: RunningEmulator, tmp_path: Path) -> None:
     """status rewrites the journal: its permission bits and owner stay as they were."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -204,6 +212,7 @@ def test_rewrite_keeps_mode_and_owner(emulator: RunningEmulator, tmp_path: Path)
     assert (os.stat(journal).st_uid, os.stat(journal).st_gid) == owner
 
 
+@pytest.mark.promise("journal-handled-with-care")
 def test_symlinked_journal_stays_a_symlink(emulator: RunningEmulator, tmp_path: Path) -> None:
     """A journal reached through a symlink is rewritten in place of its target."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -216,6 +225,7 @@ def test_symlinked_journal_stays_a_symlink(emulator: RunningEmulator, tmp_path: 
     assert len(read_journal(tmp_path / "store" / "real.jsonl")) == 1
 
 
+@pytest.mark.promise("journal-handled-with-care")
 def test_non_regular_journals_are_refused(emulator: RunningEmulator, tmp_path: Path) -> None:
     """/dev/null or a folder as --job-info: exit 2 with one clear line."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -257,6 +267,7 @@ def test_older_line_format_is_read(emulator: RunningEmulator, tmp_path: Path) ->
     assert len(live_batches(emulator)) == 1
 
 
+@pytest.mark.promise("bad-journal-lines-kept")
 def test_wrong_shape_lines_are_reported_and_kept(emulator: RunningEmulator, tmp_path: Path) -> None:
     """Valid JSON of the wrong shape: reported once with its number, kept, no crash anywhere."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -346,6 +357,7 @@ def test_non_ascii_file_names_submit(
         ),
     ],
 )
+@pytest.mark.promise("bad-input-uploads-nothing")
 def test_not_quite_json_is_refused(
     emulator: RunningEmulator, tmp_path: Path, text: str, expected: str
 ) -> None:
@@ -449,6 +461,7 @@ def fuzz_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
         ),
     ],
 )
+@pytest.mark.promise("one-line-no-traceback")
 def test_option_fuzz_is_one_clear_line(
     fuzz_folder: tuple[Path, dict[str, str]], tmp_path: Path, args: list[str], code: int
 ) -> None:
@@ -472,6 +485,7 @@ def test_option_fuzz_is_one_clear_line(
         pytest.param("secretpart valuepart", id="space"),
     ],
 )
+@pytest.mark.promise("key-never-shown")
 def test_unsendable_api_key_is_refused_without_showing_it(
     emulator: RunningEmulator, tmp_path: Path, key: str
 ) -> None:
@@ -492,6 +506,7 @@ def test_unsendable_api_key_is_refused_without_showing_it(
     assert emulator.state()["files"] == []
 
 
+@pytest.mark.promise("unrecorded-batches-named")
 def test_journal_append_failure_names_every_unrecorded_batch(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -532,6 +547,7 @@ def test_journal_append_failure_names_every_unrecorded_batch(
     assert len(emulator.state()["batches"]) == 3, "and creates only the missing ones"
 
 
+@pytest.mark.promise("submit-stop-bound")
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
 def test_first_stop_signal_ends_within_the_stated_bound(
     emulator: RunningEmulator, tmp_path: Path, signal_number: int

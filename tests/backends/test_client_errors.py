@@ -113,6 +113,7 @@ def test_transport_errors_are_retryable(error: BaseException, expected: type[Api
     assert type(translated(error)) is expected
 
 
+@pytest.mark.promise("key-never-shown")
 def test_secret_is_redacted_from_messages() -> None:
     """A message that somehow carries the key is shown without it."""
     error = translated(api_error(400, "INVALID_ARGUMENT", f"bad key {SECRET}"))

@@ -110,6 +110,7 @@ async def test_ambiguous_errors_are_retried_too() -> None:
     assert call.calls == 2
 
 
+@pytest.mark.promise("retry-after-capped")
 @pytest.mark.asyncio
 async def test_server_delay_is_used_and_capped() -> None:
     """Retry-After replaces the exponential wait, up to retry_after_cap (later attempts too)."""

@@ -42,6 +42,7 @@ def test_version_and_help(tmp_path: Path) -> None:
     assert usage.stdout.startswith("usage: gembatch-async")
 
 
+@pytest.mark.promise("journal-synced", "submit-exit-codes")
 def test_submit_prints_progress_and_summary(emulator: RunningEmulator, tmp_path: Path) -> None:
     """[n/total] lines for each file, a summary, exit 0, and a journal equal to the server."""
     paths = make_inputs(tmp_path, 6)
@@ -98,6 +99,7 @@ def test_json_output(emulator: RunningEmulator, tmp_path: Path) -> None:
     assert events[-1]["submitted"] == 3
 
 
+@pytest.mark.promise("failed-create-deletes-upload", "submit-exit-codes")
 def test_failed_file_exits_1(emulator: RunningEmulator, tmp_path: Path) -> None:
     """A 400 on create: error line, upload deleted, exit 1."""
     emulator.set_faults("create:1:400")
@@ -137,6 +139,7 @@ def test_failed_file_exits_1(emulator: RunningEmulator, tmp_path: Path) -> None:
         ),
     ],
 )
+@pytest.mark.promise("bad-input-uploads-nothing", "submit-exit-codes")
 def test_preflight_errors_send_nothing(
     emulator: RunningEmulator, tmp_path: Path, setup: object, expected: str
 ) -> None:
@@ -154,6 +157,7 @@ def test_preflight_errors_send_nothing(
     )
 
 
+@pytest.mark.promise("bad-input-uploads-nothing")
 def test_every_problem_reported_at_once(emulator: RunningEmulator, tmp_path: Path) -> None:
     """Problems in several files are all listed, with file and line."""
     (tmp_path / "a.jsonl").write_text('{"request": {}}\n[1]\n')
@@ -203,6 +207,7 @@ def test_model_from_environment(emulator: RunningEmulator, tmp_path: Path) -> No
     assert emulator.state()["batches"][0]["model"] == "models/gemini-3.5-flash"
 
 
+@pytest.mark.promise("dry-run-writes-nothing")
 def test_dry_run_sends_no_upload(emulator: RunningEmulator, tmp_path: Path) -> None:
     """--dry-run checks and lists, uploads nothing."""
     paths = make_inputs(tmp_path, 2, lines=5)
@@ -223,6 +228,7 @@ def test_dry_run_sends_no_upload(emulator: RunningEmulator, tmp_path: Path) -> N
         )
     ],
 )
+@pytest.mark.promise("key-never-shown")
 def test_api_key_never_printed(emulator: RunningEmulator, tmp_path: Path) -> None:
     """The API key appears nowhere: stdout, stderr, journal, even with errors."""
     paths = make_inputs(tmp_path, 5)

@@ -41,6 +41,7 @@ def _placed(args: list[str]) -> list[str]:
     return ["submit", *args, "a.jsonl"]
 
 
+@pytest.mark.promise("one-line-no-traceback")
 @pytest.mark.parametrize("args", BAD_NAMES)
 def test_a_bad_name_is_a_usage_error(tmp_path: Path, args: list[str]) -> None:
     """A model, project, location, bucket or MIME type that is not a name of its kind:
@@ -109,6 +110,7 @@ def test_the_library_refuses_the_same_names(make: object) -> None:
         make()  # type: ignore[operator]
 
 
+@pytest.mark.promise("key-never-shown")
 @pytest.mark.parametrize("key", ["secret\nkey", "sécret-key"], ids=["newline", "latin1"])
 def test_an_unsendable_key_with_many_jobs_is_one_clear_line(
     emulator: RunningEmulator, tmp_path: Path, key: str
@@ -130,6 +132,7 @@ def test_an_unsendable_key_with_many_jobs_is_one_clear_line(
         assert "secret" not in result.stderr + result.stdout
 
 
+@pytest.mark.promise("one-line-no-traceback")
 def test_errors_of_several_jobs_are_each_one_clear_line(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -208,6 +211,7 @@ NEWLINE = "new\nline.jsonl"
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
 )
+@pytest.mark.promise("names-never-forge-lines")
 def test_names_not_utf8_or_with_a_newline_go_all_the_way(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -240,6 +244,7 @@ def test_names_not_utf8_or_with_a_newline_go_all_the_way(
     assert [b["displayName"] for b in emulator.state()["batches"] if "caf" in b["displayName"]]
 
 
+@pytest.mark.promise("names-never-forge-lines")
 def test_a_name_with_a_newline_cannot_forge_an_output_line(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -275,6 +280,7 @@ def test_run_counts_a_resubmission_as_submitted(emulator: RunningEmulator, tmp_p
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
 )
+@pytest.mark.promise("run-deletes-upload")
 def test_cleanup_skips_uploads_the_journal_records_as_deleted(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

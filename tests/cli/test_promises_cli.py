@@ -50,6 +50,7 @@ def names_of(paths: list[Path]) -> list[str]:
         )
     ],
 )
+@pytest.mark.promise("submit-stop-bound")
 def test_sigterm_stops_like_ctrl_c_within_the_stated_bound(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -98,6 +99,7 @@ def test_sigterm_stops_like_ctrl_c_within_the_stated_bound(
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, latency_ms=50), id="latency")]
 )
+@pytest.mark.promise("numbered-in-completion-order")
 def test_progress_is_numbered_in_the_order_printed(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -135,6 +137,7 @@ def test_dry_run_checks_the_model(emulator: RunningEmulator, tmp_path: Path) -> 
 # -- "a run whose files are all recorded sends nothing" -----------------------------------
 
 
+@pytest.mark.promise("recorded-skipped")
 def test_rerun_of_recorded_files_sends_no_request(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -152,6 +155,7 @@ def test_rerun_of_recorded_files_sends_no_request(
 # -- "Retries and warnings go to stderr" ---------------------------------------------------
 
 
+@pytest.mark.promise("retries-on-stderr")
 def test_retries_and_warnings_go_to_stderr(emulator: RunningEmulator, tmp_path: Path) -> None:
     """stdout holds only progress and the summary; retries and warnings are on stderr."""
     write_jsonl(tmp_path / "a.jsonl", 2)
@@ -177,6 +181,7 @@ def test_retries_and_warnings_go_to_stderr(emulator: RunningEmulator, tmp_path: 
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5), id="fast")]
 )
+@pytest.mark.promise("cleanup-only-recorded")
 def test_cleanup_reports_a_refused_delete_and_goes_on(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -222,6 +227,7 @@ def test_mime_type_default_and_option(emulator: RunningEmulator, tmp_path: Path)
 # -- "--retry-max-delay: longest single wait (server-requested delays included)" ----------
 
 
+@pytest.mark.promise("retry-after-capped")
 def test_retry_max_delay_caps_what_the_server_asks(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -333,6 +339,7 @@ def _peak_rss_kib(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int,
     return process.returncode, usage.ru_maxrss
 
 
+@pytest.mark.promise("memory-flat")
 @pytest.mark.slow
 def test_cli_memory_does_not_grow_with_input_size(
     emulator: RunningEmulator, tmp_path: Path

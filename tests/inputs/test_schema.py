@@ -229,6 +229,7 @@ def test_examples_pass() -> None:
         assert item is not None
 
 
+@pytest.mark.promise("bad-input-uploads-nothing")
 def test_cli_reports_every_problem_and_sends_nothing(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

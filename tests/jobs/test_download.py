@@ -85,6 +85,7 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*.gembatch-tmp"))
 
 
+@pytest.mark.promise("results-in-input-order")
 @FAST_JOBS
 def test_results_in_input_order_for_keys_that_do_not_sort(
     emulator: RunningEmulator, tmp_path: Path
@@ -156,6 +157,7 @@ def test_a_collision_is_refused_and_nothing_is_overwritten(
     assert "Traceback" not in result.stderr + onto_inputs.stderr
 
 
+@pytest.mark.promise("failed-lines-byte-for-byte")
 @WITH_ERRORS
 def test_failed_requests_are_written_ready_to_submit_again(
     emulator: RunningEmulator, tmp_path: Path
@@ -185,6 +187,7 @@ def test_failed_requests_are_written_ready_to_submit_again(
     assert [b["requestCount"] for b in resubmitted] == [len(erring)]
 
 
+@pytest.mark.promise("download-exit-codes")
 def test_missing_and_unknown_keys_exit_1_with_error_lines(tmp_path: Path) -> None:
     """An input request never answered and an answer for no request (the output rewritten
     on the emulator's disk): both said, exit 1, and said again by a later download."""
@@ -211,6 +214,7 @@ def test_missing_and_unknown_keys_exit_1_with_error_lines(tmp_path: Path) -> Non
     assert "skipped q.jsonl" in skipped.stdout
 
 
+@pytest.mark.promise("changed-input-no-results")
 @FAST_JOBS
 def test_an_input_changed_after_submission_is_said_and_its_answers_kept(
     emulator: RunningEmulator, tmp_path: Path
@@ -241,6 +245,7 @@ def test_an_input_changed_after_submission_is_said_and_its_answers_kept(
     assert [r["key"] for r in rows(tmp_path / "results" / "q.jsonl")] == ["k0", "k1", "k2"]
 
 
+@pytest.mark.promise("changed-input-no-results")
 @FAST_JOBS
 def test_a_split_input_is_compared_part_by_part(emulator: RunningEmulator, tmp_path: Path) -> None:
     """An input submitted in parts matches what each part sent; its last line changed, it
@@ -309,6 +314,7 @@ def test_malformed_output_is_reported_by_line_and_nothing_is_written(tmp_path: P
     assert "Traceback" not in result.stderr + kept.stderr
 
 
+@pytest.mark.promise("results-only-complete")
 @pytest.mark.asyncio
 @FAST_JOBS
 async def test_a_cut_connection_leaves_nothing_that_looks_done(
@@ -342,6 +348,7 @@ def _small_files_only() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
 
+@pytest.mark.promise("results-only-complete")
 @FAST_JOBS
 def test_a_full_disk_leaves_nothing_that_looks_done(
     emulator: RunningEmulator, tmp_path: Path
@@ -397,6 +404,7 @@ def kill_while_writing_results(emulator: RunningEmulator, folder: Path) -> None:
     raise AssertionError("the download always finished before it could be killed")
 
 
+@pytest.mark.promise("results-only-complete")
 @FAST_JOBS
 def test_a_killed_download_is_not_skipped_later(emulator: RunningEmulator, tmp_path: Path) -> None:
     """SIGKILL while the results are written: no results file; the next download writes
@@ -414,6 +422,7 @@ def test_a_killed_download_is_not_skipped_later(emulator: RunningEmulator, tmp_p
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.promise("results-only-complete")
 @pytest.mark.asyncio
 @FAST_JOBS
 async def test_a_cancelled_download_leaves_no_temporaries(
@@ -478,6 +487,7 @@ def test_results_of_an_earlier_job_are_replaced(emulator: RunningEmulator, tmp_p
         pytest.param(["download", "nowhere.jsonl"], id="not-recorded"),
     ],
 )
+@pytest.mark.promise("download-exit-codes")
 def test_download_usage_errors_are_one_line(
     emulator: RunningEmulator, tmp_path: Path, args: list[str]
 ) -> None:
@@ -527,6 +537,7 @@ def test_hostile_output_is_reported_by_line_and_the_other_files_go_on(tmp_path: 
     assert "unexpected" not in result.stdout + result.stderr
 
 
+@pytest.mark.promise("numeric-keys-never-guessed")
 def test_keys_the_service_wrote_as_numbers_are_matched_only_when_unambiguous(
     tmp_path: Path,
 ) -> None:

@@ -69,6 +69,7 @@ def test_watch_until_done(emulator: RunningEmulator, tmp_path: Path) -> None:
     assert [p["state"] for p in printed][-2:] == ["JOB_STATE_SUCCEEDED"] * 2
 
 
+@pytest.mark.promise("download-exit-codes")
 @FAST_JOBS
 def test_download_writes_results_beside_each_input(
     emulator: RunningEmulator, tmp_path: Path
@@ -114,6 +115,7 @@ def test_cancel_ends_unfinished_jobs(emulator: RunningEmulator, tmp_path: Path) 
     assert recorded[names[1]]["state"] == "JOB_STATE_PENDING"  # as submit recorded it
 
 
+@pytest.mark.promise("cleanup-only-recorded")
 @FAST_JOBS
 def test_cleanup_touches_only_our_ended_jobs(emulator: RunningEmulator, tmp_path: Path) -> None:
     """cleanup deletes uploads (and outputs) of ended recorded jobs, nothing else."""

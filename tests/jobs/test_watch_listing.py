@@ -48,6 +48,7 @@ async def _submitted(tmp_path: Path, count: int, target: dict[str, Any]) -> Path
     return journal
 
 
+@pytest.mark.promise("listing-pages")
 @LONG_JOBS
 @pytest.mark.asyncio
 async def test_a_poll_of_many_unfinished_jobs_costs_listing_pages(
@@ -93,6 +94,7 @@ async def test_listing_pages_read_each_job_as_get_does(service: Service, tmp_pat
             assert (listed[name].stats, listed[name].error) == (got.stats, got.error)
 
 
+@pytest.mark.promise("listing-pages")
 @LONG_JOBS
 @pytest.mark.asyncio
 async def test_a_job_missing_from_the_listing_is_read_with_a_get(
@@ -118,6 +120,7 @@ async def test_a_job_missing_from_the_listing_is_read_with_a_get(
     assert listing.stats.gets == 2
 
 
+@pytest.mark.promise("listing-pages")
 @FAST_JOBS
 @pytest.mark.asyncio
 async def test_run_collects_every_result_from_listing_polls(

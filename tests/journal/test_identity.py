@@ -34,6 +34,7 @@ def warnings(stderr: str) -> list[str]:
 
 
 # -- item 1: a hard link is the same file ---------------------------------------------------
+@pytest.mark.promise("one-file-one-input")
 def test_hard_links_named_together_are_one_input(emulator: RunningEmulator, tmp_path: Path) -> None:
     """`ln a.jsonl b.jsonl; submit a.jsonl b.jsonl`: one file (device and inode), one batch."""
     write_jsonl(tmp_path / "a.jsonl", 3)
@@ -44,6 +45,7 @@ def test_hard_links_named_together_are_one_input(emulator: RunningEmulator, tmp_
     assert len(batches(emulator)) == 1
 
 
+@pytest.mark.promise("one-file-one-input")
 def test_a_hard_link_made_after_submission_is_the_recorded_input(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -143,6 +145,7 @@ def test_a_new_split_of_an_unchanged_input_follows_the_recorded_jobs(
 
 
 # -- item 7: a journal line never steers a read or write ------------------------------------
+@pytest.mark.promise("journal-never-steers")
 @FAST
 def test_journal_lines_never_steer_reads_or_writes_outside_the_project(
     emulator: RunningEmulator, tmp_path: Path
@@ -184,6 +187,7 @@ def test_journal_lines_never_steer_reads_or_writes_outside_the_project(
     assert (victim / "secret.jsonl").read_text() == "private text\n"
 
 
+@pytest.mark.promise("journal-never-steers")
 @FAST
 def test_an_input_outside_the_journal_folder_is_downloaded_when_named(
     emulator: RunningEmulator, tmp_path: Path

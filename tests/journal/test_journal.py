@@ -35,6 +35,7 @@ def test_reads_original_gembatch_format(tmp_path: Path) -> None:
     assert view.problems == []
 
 
+@pytest.mark.promise("torn-journal-line-cut")
 def test_torn_last_line_is_repaired_and_reported_once(tmp_path: Path) -> None:
     """A crash mid-append leaves half a line: it is cut, reported once, and appends go on."""
     path = tmp_path / "job-info.jsonl"
@@ -59,6 +60,7 @@ def test_whole_last_line_without_newline_is_kept(tmp_path: Path) -> None:
     assert path.read_text().endswith("}\n")
 
 
+@pytest.mark.promise("bad-journal-lines-kept")
 def test_garbage_in_the_middle_is_reported_and_kept(tmp_path: Path) -> None:
     """A bad line elsewhere is reported with its number, skipped, and survives a rewrite."""
     path = tmp_path / "job-info.jsonl"
@@ -94,6 +96,7 @@ def _append_many(path: str, worker: int, count: int) -> None:
     journal.close()
 
 
+@pytest.mark.promise("several-processes")
 def test_concurrent_processes_lose_no_line(tmp_path: Path) -> None:
     """Four processes appending at once: every line arrives whole."""
     path = tmp_path / "job-info.jsonl"
@@ -147,6 +150,7 @@ time.sleep(60)  # killed meanwhile
 """
 
 
+@pytest.mark.promise("several-processes")
 @pytest.mark.parametrize("end", ["exit", "sigkill"])
 def test_claim_is_freed_when_its_process_ends(tmp_path: Path, end: str) -> None:
     """A process that takes a claim and exits, or is killed, without releasing it: the claim

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from gembatch_async import JournalError, submit
-from gembatch_async._journal import Journal, encode_line
+from gembatch_async._journal import (
+    Journal,
+    encode_line,
+    input_sha256_of,
+    is_round_line,
+    keys_sha256,
+    unit_sha256_of,
+)
 
 from ..test_promises import traced_syscalls
 
@@ -90,6 +97,7 @@ def test_append_failure_names_the_journal(tmp_path: Path) -> None:
         journal.record([line("a.jsonl", "batches/a")])
 
 
+@pytest.mark.promise("bad-journal-lines-kept")
 def test_rewrite_keeps_unreadable_lines_byte_for_byte(tmp_path: Path) -> None:
     """Garbage in the middle stays as it was; a dead writer's fragment at the end becomes a
     line of its own (so the next append is not glued to it); no blank line appears."""
@@ -159,6 +167,7 @@ async def test_a_line_without_a_batch_does_not_record_the_file(
 # -- reading: torn tails, blank lines, problems -----------------------------------------
 
 
+@pytest.mark.promise("torn-journal-line-cut")
 def test_torn_tail_cut_after_several_lines_keeps_them_all(tmp_path: Path) -> None:
     """Only the unfinished last line goes; every whole line before it stays."""
     path = tmp_path / "job-info.jsonl"
@@ -172,6 +181,7 @@ def test_torn_tail_cut_after_several_lines_keeps_them_all(tmp_path: Path) -> Non
     ]
 
 
+@pytest.mark.promise("torn-journal-line-cut")
 def test_torn_tail_longer_than_one_read_is_cut_too(tmp_path: Path) -> None:
     """A torn line of 200 KB (the tail is read backwards in 64 KiB steps) is cut whole."""
     path = tmp_path / "job-info.jsonl"
@@ -229,13 +239,15 @@ def test_lines_that_are_not_job_lines_say_why(tmp_path: Path) -> None:
     """Each unreadable line is reported with its number and the reason."""
     path = tmp_path / "job-info.jsonl"
     first = encode_line(line("a.jsonl", "batches/a")).decode()
-    path.write_text(first + '[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n')
+    nul = '{"input_file": "a\\u0000.jsonl", "batch": {"name": "batches/n"}}\n'
+    path.write_text(first + '[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n' + nul)
     view = Journal(path).open()
     assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [
         (2, "not a JSON object; line skipped"),
         (3, 'no "input_file"; line skipped'),
         (4, 'no "input_file"; line skipped'),
         (5, "not valid JSON"),
+        (6, '"input_file" holds a NUL character; line skipped'),
     ]
 
 
@@ -324,3 +336,53 @@ def test_problems_name_the_journal(tmp_path: Path) -> None:
         encode_line(line("a.jsonl", "batches/a")).decode() + '[1]\n{"input_file": "x.js'
     )
     assert {p.journal for p in Journal(path).open().problems} == {str(path)}
+
+
+def test_someone_elses_last_line_without_newline_is_kept_not_cut(tmp_path: Path) -> None:
+    """Only a fragment of one of our lines counts as torn: a hand-written last line (not
+    ``{"input_file"...``) without a newline is kept byte for byte and gets its newline."""
+    path = tmp_path / "job-info.jsonl"
+    ours = encode_line(line("a.jsonl", "batches/a"))
+    path.write_bytes(ours + b"note: resubmit b on monday")
+    view = Journal(path).open()
+    assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [
+        (2, "last line had no newline; added one"),
+        (2, "not valid JSON"),
+    ]
+    assert path.read_bytes() == ours + b"note: resubmit b on monday\n"
+
+
+def test_the_whole_inputs_sha256_a_line_records() -> None:
+    """What the hard-link look-up indexes a line under: a whole input's line its
+    ``sha256``; a part's line the whole input's ``input_sha256``, never the part's own
+    (an older part line without it: nothing); a non-string: nothing."""
+    assert input_sha256_of({"input_file": "a", "sha256": "W"}) == "W"
+    part = {"input_file": "a", "sha256": "P", "part": 1, "parts": 2}
+    assert input_sha256_of({**part, "input_sha256": "W"}) == "W"
+    assert input_sha256_of(part) is None
+    assert input_sha256_of({"input_file": "a", "sha256": 7}) is None
+
+
+def test_keys_sha256_is_the_recorded_definition() -> None:
+    """``carries[].keys_sha256`` is compared with what earlier runs wrote, so its definition
+    is fixed: the sha256 of the sorted keys as a compact JSON array in UTF-8 (lone
+    surrogates of non-UTF-8 keys passed through), whatever order the keys come in."""
+    keys = ["q2", "q10", "\u00e9", '"', "\udce9"]
+    # sha256 of b'["\\"","q10","q2","\xc3\xa9","\xed\xb3\xa9"]'
+    expected = "f154bc4e3975b2075a9c03e2824bda554fb78f159f9e9347ef6ea583976c009d"
+    assert keys_sha256(keys) == expected
+    assert keys_sha256(reversed(keys)) == expected
+    assert keys_sha256([]) == "4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945"
+
+
+def test_the_sha256_a_lines_job_was_made_for() -> None:
+    """What "changed since it was submitted" compares the input with: a whole input's or a
+    part's line its own ``sha256``; a round's line (``round``) the whole input's
+    ``input_sha256``, its own being the generated file's. A packed job's line carries its
+    inputs too but is no round: its own ``sha256`` is its input's."""
+    whole = {"input_file": "a", "sha256": "W"}
+    part = {**whole, "sha256": "P", "part": 1, "parts": 2, "input_sha256": "W"}
+    packed = {**whole, "carries": [{"input": "a", "sha256": "W"}], "pack": {"index": 0}}
+    round_ = {**whole, "sha256": "R", "input_sha256": "W", "round": 1, "carries": []}
+    assert [unit_sha256_of(x) for x in (whole, part, packed, round_)] == ["W", "P", "W", "W"]
+    assert [is_round_line(x) for x in (whole, part, packed, round_)] == [False] * 3 + [True]

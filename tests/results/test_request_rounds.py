@@ -67,6 +67,7 @@ def rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.promise("retry-failed-only-unanswered")
 def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers(
     tmp_path: Path,
 ) -> None:
@@ -147,6 +148,7 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
     "emulator_config",
     [pytest.param(EmulatorConfig(port=0, processing_seconds=0.6), id="fast")],
 )
+@pytest.mark.promise("retry-failed-only-unanswered")
 def test_an_input_with_every_answer_is_not_sent_again(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -198,6 +200,7 @@ def _vertex_state(service: Service, name: str) -> str:
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=12), id="slow")]
 )
+@pytest.mark.promise("retry-failed-only-unanswered")
 @pytest.mark.parametrize("service", ["vertex"], indirect=True)
 def test_a_vertex_job_cancelled_half_way_is_resumed_without_its_completed_rows(
     service: Service, tmp_path: Path
@@ -284,6 +287,7 @@ def test_sigkill_between_a_rounds_create_and_its_journal_line_converges(tmp_path
     assert created["inputFile"] == round_line["uploaded_file_name"]
 
 
+@pytest.mark.promise("several-processes")
 def test_two_processes_make_one_round(tmp_path: Path) -> None:
     """Two submit --retry-failed at once on one input: one round job between them (the
     input's claim, then the journal re-read), one line for it."""

@@ -56,6 +56,7 @@ def temporaries(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".gembatch-tmp")]
 
 
+@pytest.mark.promise("results-in-input-order")
 @pytest.mark.parametrize("name", REAL)
 def test_real_outputs_in_another_order_come_back_in_input_order(tmp_path: Path, name: str) -> None:
     """Each result line is the service's own line for that request, in input order."""
@@ -70,6 +71,7 @@ def test_real_outputs_in_another_order_come_back_in_input_order(tmp_path: Path, 
     assert failed is None
 
 
+@pytest.mark.promise("results-in-input-order")
 def test_keys_that_do_not_sort_into_input_order_across_spilled_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,6 +171,7 @@ def test_malformed_output_lines_are_reported_with_their_numbers(tmp_path: Path) 
     assert sorted(p.name for p in results.iterdir()) == []
 
 
+@pytest.mark.promise("failed-lines-byte-for-byte")
 def test_failed_lines_are_the_input_lines_byte_for_byte(tmp_path: Path) -> None:
     """Odd spacing, escapes and a last line without newline survive into .failed.jsonl."""
     inputs = [
@@ -264,6 +267,7 @@ def request_line(key: str) -> bytes:
     return json.dumps({"key": key, "request": {"contents": []}}).encode() + b"\n"
 
 
+@pytest.mark.promise("numeric-keys-never-guessed")
 def test_a_key_turned_into_a_number_is_matched_only_when_one_request_reads_as_it(
     tmp_path: Path,
 ) -> None:

@@ -65,6 +65,7 @@ def test_usage_of_the_real_outputs_is_their_sum() -> None:
         )
 
 
+@pytest.mark.promise("costs-unknown")
 def test_embedding_answers_count_their_token_count_or_are_without_usage() -> None:
     """An embedding answer's tokenCount (the SDK's SingleEmbedContentResponse) is its
     prompt; one without it is counted as an answer without usage (priced unknown)."""

@@ -51,6 +51,8 @@ def _result_files(folder: Path) -> list[Path]:
     return sorted(p for p in found if not p.name.endswith((".failed.jsonl", ".raw.jsonl")))
 
 
+@pytest.mark.promise("run-deletes-upload")
+@pytest.mark.promise("window-waits")
 @WINDOW_OF_8
 def test_run_takes_35_files_through_a_window_of_8(
     emulator: RunningEmulator, tmp_path: Path
@@ -75,6 +77,7 @@ def test_run_takes_35_files_through_a_window_of_8(
     )
 
 
+@pytest.mark.promise("run-kill-converges")
 @WINDOW_OF_8
 def test_sigkilled_run_rerun_converges(service: Service, tmp_path: Path) -> None:
     """run is SIGKILLed mid-way (twice); the same command again finishes the job exactly once."""
@@ -113,6 +116,7 @@ def test_sigkilled_run_rerun_converges(service: Service, tmp_path: Path) -> None
     "emulator_config",
     [EmulatorConfig(port=0, processing_seconds=0.6, answer_invalid_lines=True)],
 )
+@pytest.mark.promise("results-in-input-order")
 def test_run_writes_results_in_input_order_with_failed_requests_apart(
     service: Service, tmp_path: Path
 ) -> None:
@@ -145,6 +149,7 @@ def test_run_writes_results_in_input_order_with_failed_requests_apart(
     assert "5 answered" in status.stdout or "5/6" in status.stdout, status.stdout
 
 
+@pytest.mark.promise("run-exit-codes")
 def test_first_ctrl_c_stops_run(emulator: RunningEmulator, tmp_path: Path) -> None:
     """SIGINT: run stops starting files, settles, records what exists, exits 130."""
     names = [p.name for p in make_inputs(tmp_path, 4, lines=2)]
@@ -177,6 +182,7 @@ def test_first_ctrl_c_stops_run(emulator: RunningEmulator, tmp_path: Path) -> No
         )
     ],
 )
+@pytest.mark.promise("window-waits")
 def test_run_waits_at_the_token_quota_and_submit_defers(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -205,6 +211,7 @@ def test_run_waits_at_the_token_quota_and_submit_defers(
         )
     ],
 )
+@pytest.mark.promise("run-exit-codes")
 def test_expired_jobs_are_resubmitted_once_then_reported(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -363,6 +370,8 @@ def _outputs(emulator: RunningEmulator) -> list[str]:
 @pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=0.6), id="fast")]
 )
+@pytest.mark.promise("changed-input-no-results")
+@pytest.mark.promise("run-exit-codes")
 def test_run_says_an_input_changed_since_it_was_submitted(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

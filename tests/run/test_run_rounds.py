@@ -26,6 +26,7 @@ SHARE, SEED = 0.3, 5
         )
     ],
 )
+@pytest.mark.promise("retry-failed-only-unanswered")
 def test_run_retry_failed_sends_the_failed_requests_once_more_and_merges_them(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ STALL = 40.0
         pytest.param("submit", "get", id="submit-model-check"),
     ],
 )
+@pytest.mark.promise("run-stop-bound")
 def test_stop_is_bounded_whatever_the_server_stalls(
     emulator: RunningEmulator, tmp_path: Path, command: str, endpoint: str
 ) -> None:

@@ -33,6 +33,7 @@ def _failed_in(results: Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.promise("run-exit-codes")
 @ERRORS
 def test_run_names_the_failed_requests_and_how_to_send_them_again(
     emulator: RunningEmulator, tmp_path: Path
@@ -58,6 +59,7 @@ def test_run_names_the_failed_requests_and_how_to_send_them_again(
     )
 
 
+@pytest.mark.promise("run-complete-flag")
 @ERRORS
 def test_run_json_summary_says_whether_every_request_has_a_response(
     emulator: RunningEmulator, tmp_path: Path
@@ -82,6 +84,7 @@ def test_run_json_summary_says_whether_every_request_has_a_response(
     assert {e["failed_path"] for e in saved} == set(failed)
 
 
+@pytest.mark.promise("run-complete-flag")
 def test_run_json_summary_is_complete_when_every_request_has_a_response(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

@@ -75,6 +75,7 @@ def test_a_delivery_downloads_without_waiting_for_the_long_poll(tmp_path: Path) 
         assert _outcomes(emulator) == [200] * INPUTS, "each job's end delivered and taken"
 
 
+@pytest.mark.promise("webhook-only-a-hint")
 def test_a_lost_webhook_is_caught_by_the_fallback_poll(tmp_path: Path) -> None:
     with _emulator("lost") as emulator:
         result, _, names = _run(emulator, tmp_path, interval=1.5)
@@ -83,6 +84,7 @@ def test_a_lost_webhook_is_caught_by_the_fallback_poll(tmp_path: Path) -> None:
         assert _outcomes(emulator) == ["lost"] * INPUTS
 
 
+@pytest.mark.promise("webhook-only-a-hint")
 def test_a_duplicate_delivery_is_harmless(tmp_path: Path) -> None:
     with _emulator("duplicate") as emulator:
         result, elapsed, names = _run(emulator, tmp_path, interval=600)
@@ -95,6 +97,7 @@ def test_a_duplicate_delivery_is_harmless(tmp_path: Path) -> None:
         assert not any(" already in " in line for line in saved)
 
 
+@pytest.mark.promise("webhook-only-a-hint")
 def test_a_badly_signed_delivery_is_refused_and_polling_still_finishes(tmp_path: Path) -> None:
     """401 to every forged delivery (the emulator retries them); the fallback poll,
     not the forgery, brings the results."""

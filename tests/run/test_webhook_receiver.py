@@ -94,6 +94,7 @@ def test_a_signed_delivery_names_its_journal_job() -> None:
     "forge",
     ["tampered body", "wrong secret", "stale", "no signature", "garbage signature"],
 )
+@pytest.mark.promise("webhook-only-a-hint")
 def test_a_delivery_that_does_not_verify_is_refused_and_changes_nothing(forge: str) -> None:
     body = _event()
     headers = _hmac_headers(body, "msg_1")

@@ -25,6 +25,7 @@ def _uploads(emulator: RunningEmulator) -> list[dict[str, Any]]:
     return [f for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
 
 
+@pytest.mark.promise("submit-exit-codes")
 @WINDOW_OF_5
 def test_submit_into_a_full_window_defers_the_rest(
     emulator: RunningEmulator, tmp_path: Path
@@ -163,6 +164,7 @@ _GENERIC = (
         ),
     ],
 )
+@pytest.mark.promise("create-429-never-fails")
 def test_429s_on_create_are_capacity_unless_named_rate(
     error: ApiError, expected: Limit | None
 ) -> None:

@@ -155,6 +155,7 @@ def test_a_counted_window_defers_before_any_upload(
     assert emulator.state()["requests"]["create"]["count"] == 4, "the window is still full"
 
 
+@pytest.mark.promise("window-waits")
 @_window(4, 2)
 def test_generic_refusal_at_the_window_waits_in_run(
     emulator: RunningEmulator, tmp_path: Path
@@ -175,6 +176,7 @@ def test_generic_refusal_at_the_window_waits_in_run(
     "emulator_config",
     [pytest.param(EmulatorConfig(port=0, processing_seconds=0.5, fault_seed=5), id="storm")],
 )
+@pytest.mark.promise("create-429-never-fails")
 def test_a_storm_of_generic_429s_on_create_ends_with_every_result(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -289,6 +291,7 @@ def test_run_counts_the_window_and_never_sends_a_create_that_cannot_fit(
     assert _uploads(emulator) == []
 
 
+@pytest.mark.promise("create-429-never-fails")
 def test_a_create_rate_limited_past_its_retries_is_deferred_not_failed(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

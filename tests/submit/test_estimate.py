@@ -84,6 +84,7 @@ def test_dry_run_prints_the_estimated_cost(
     assert not (tmp_path / "job-info.jsonl").exists()
 
 
+@pytest.mark.promise("costs-unknown")
 @NEEDS_PRICES
 @WITH_UNKNOWN_MODEL
 def test_an_unknown_model_costs_unknown_not_zero(emulator: RunningEmulator, tmp_path: Path) -> None:

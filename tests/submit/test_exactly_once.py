@@ -84,6 +84,7 @@ async def submit_until_done(
     return summaries
 
 
+@pytest.mark.promise("kill-converges")
 @pytest.mark.asyncio
 @pytest.mark.slow
 @pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, max_unfinished_batches=10_000)])
@@ -104,6 +105,7 @@ async def test_chaos_converges_to_exactly_once(service: Service, tmp_path: Path,
     service.assert_converged(read_journal(journal), [str(p) for p in paths])
 
 
+@pytest.mark.promise("lookup-before-retry")
 @pytest.mark.asyncio
 async def test_lost_create_is_adopted_not_repeated(service: Service, tmp_path: Path) -> None:
     """Every create's response is lost once: each batch is found by lookup, none doubled."""
@@ -125,6 +127,7 @@ async def test_lost_create_is_adopted_not_repeated(service: Service, tmp_path: P
     service.assert_converged(read_journal(journal), [str(p) for p in paths])
 
 
+@pytest.mark.promise("common-path-sends-nothing-else")
 @pytest.mark.asyncio
 async def test_common_path_sends_only_upload_and_create(
     emulator: RunningEmulator, tmp_path: Path
@@ -141,6 +144,7 @@ async def test_common_path_sends_only_upload_and_create(
     assert request_total(emulator.state()) == 2 * 10 + 10 + 1 + 1
 
 
+@pytest.mark.promise("upload-reused-when-intact")
 @pytest.mark.asyncio
 async def test_upload_left_by_a_crash_is_reused(service: Service, tmp_path: Path) -> None:
     """An upload of the same content under our name is reused, not uploaded again."""
@@ -210,6 +214,7 @@ def _start_cli(
         )
     ],
 )
+@pytest.mark.promise("kill-converges")
 def test_sigkill_anywhere_then_rerun_converges(service: Service, tmp_path: Path) -> None:
     """SIGKILL the CLI at random moments, then rerun: exactly one batch per file, no orphans."""
     rng = random.Random(int(os.environ.get("GEMBATCH_KILL_SEED", "1234")))
@@ -243,6 +248,7 @@ def test_sigkill_anywhere_then_rerun_converges(service: Service, tmp_path: Path)
         )
     ],
 )
+@pytest.mark.promise("several-processes")
 def test_two_processes_overlapping_files(service: Service, tmp_path: Path) -> None:
     """Two CLI runs at once over overlapping files: one batch per file, no lost line."""
     names = [p.name for p in make_inputs(tmp_path, 24)]
@@ -263,6 +269,7 @@ def test_two_processes_overlapping_files(service: Service, tmp_path: Path) -> No
         )
     ],
 )
+@pytest.mark.promise("submit-exit-codes", "submit-stop-bound")
 def test_first_ctrl_c_settles_in_flight_and_exits_130(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -293,6 +300,7 @@ def test_first_ctrl_c_settles_in_flight_and_exits_130(
         )
     ],
 )
+@pytest.mark.promise("kill-converges")
 def test_second_ctrl_c_exits_at_once_and_rerun_settles(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -341,6 +349,7 @@ def _staged_sha256(service: Service, name: str) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.promise("upload-reused-when-intact")
 def test_upload_left_by_a_killed_run_is_reused_only_with_the_inputs_sha256(
     service: Service, tmp_path: Path
 ) -> None:

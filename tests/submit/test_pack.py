@@ -71,6 +71,7 @@ def _assert_packed_once(
     assert not stray, f"uploads no job uses: {stray}"
 
 
+@pytest.mark.promise("pack-results-per-input")
 @FAST
 def test_results_split_back_to_each_input_in_its_order(
     emulator: RunningEmulator, tmp_path: Path
@@ -102,6 +103,7 @@ def test_results_split_back_to_each_input_in_its_order(
         assert any(name in row and batch in row for row in status.stdout.splitlines()), name
 
 
+@pytest.mark.promise("pack-exactly-once")
 @FAST
 def test_a_rerun_submits_nothing_and_notices_a_changed_member(
     emulator: RunningEmulator, tmp_path: Path
@@ -144,6 +146,7 @@ def test_a_rerun_submits_nothing_and_notices_a_changed_member(
         ),
     ],
 )
+@pytest.mark.promise("pack-exactly-once")
 def test_a_kill_mid_submit_and_a_rerun_make_each_pack_once(
     emulator: RunningEmulator, tmp_path: Path, kill_after: str
 ) -> None:
@@ -168,6 +171,7 @@ def test_a_kill_mid_submit_and_a_rerun_make_each_pack_once(
     _assert_packed_once(emulator, tmp_path / "job-info.jsonl", list(made), packs=3)
 
 
+@pytest.mark.promise("retry-failed-only-unanswered")
 @FAST
 def test_a_failed_pack_is_sent_again_for_its_inputs_only(
     emulator: RunningEmulator, tmp_path: Path
@@ -232,6 +236,7 @@ def test_the_token_count_of_a_packed_job_is_the_whole_pack(
     assert lines[0]["pack"]["size_bytes"] > sum(x["size_bytes"] for x in lines) / 2
 
 
+@pytest.mark.promise("pack-results-per-input")
 @FAST
 def test_download_splits_a_packed_output_with_one_download(
     emulator: RunningEmulator, tmp_path: Path

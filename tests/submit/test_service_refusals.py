@@ -60,6 +60,7 @@ CASES = {
     ("emulator_config", "options", "bad", "reason"),
     [pytest.param(*case, id=name) for name, case in CASES.items()],
 )
+@pytest.mark.promise("failed-create-deletes-upload")
 @pytest.mark.parametrize("command", ["submit", "run"])
 def test_a_create_refused_for_its_content_fails_that_file_and_leaves_nothing(
     emulator: RunningEmulator,
@@ -110,6 +111,7 @@ async def test_a_create_refusal_naming_lines_is_one_line(emulator: RunningEmulat
     assert "; Error on line 2: invalid JSON" in message
 
 
+@pytest.mark.promise("output-files-kept-reported")
 @pytest.mark.asyncio
 @pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, processing_seconds=1.0)])
 async def test_cleanup_reports_output_files_kept_by_the_service(

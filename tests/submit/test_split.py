@@ -39,6 +39,7 @@ def _batches_by_part(emulator: RunningEmulator) -> dict[str, int]:
     return found
 
 
+@pytest.mark.promise("split-parts-one-input")
 @FAST
 def test_a_100_request_input_goes_as_3_parts_and_comes_back_as_one(
     emulator: RunningEmulator, tmp_path: Path
@@ -90,6 +91,7 @@ def test_download_merges_the_parts(emulator: RunningEmulator, tmp_path: Path) ->
     "emulator_config",
     [pytest.param(EmulatorConfig(port=0, processing_seconds=60, latency_ms=150), id="slow")],
 )
+@pytest.mark.promise("split-parts-one-input")
 def test_a_kill_between_parts_and_a_rerun_submit_no_part_twice(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -119,6 +121,7 @@ def test_a_kill_between_parts_and_a_rerun_submit_no_part_twice(
     assert len(uploads) == 3, "one upload per part, none orphaned"
 
 
+@pytest.mark.promise("split-parts-one-input")
 @FAST
 def test_a_new_split_never_submits_a_recorded_file_again(
     emulator: RunningEmulator, tmp_path: Path

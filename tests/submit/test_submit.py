@@ -79,6 +79,7 @@ async def test_concurrency_limit_holds(emulator: RunningEmulator, tmp_path: Path
     assert 1 < requests["create"]["maxInFlight"] <= 3
 
 
+@pytest.mark.promise("recorded-skipped")
 async def test_rerun_skips_reports_changes_and_force(service: Service, tmp_path: Path) -> None:
     """A rerun skips everything; changed content is flagged; --force submits again."""
     emulator = service.emulator
@@ -99,6 +100,7 @@ async def test_rerun_skips_reports_changes_and_force(service: Service, tmp_path:
     assert service.creates() == creates + 1
 
 
+@pytest.mark.promise("one-file-one-input")
 async def test_same_path_twice_submitted_once(emulator: RunningEmulator, tmp_path: Path) -> None:
     """The same file named twice (and via ./) is one submission."""
     (path,) = make_inputs(tmp_path / "in", 1)
@@ -120,6 +122,7 @@ async def test_transient_faults_still_submit_everything(service: Service, tmp_pa
     service.assert_converged(read_journal(journal), [str(p) for p in paths])
 
 
+@pytest.mark.promise("failed-create-deletes-upload")
 async def test_permanent_create_error_deletes_upload(service: Service, tmp_path: Path) -> None:
     """A 400 on create fails the file, is not retried, and its upload is deleted."""
     service.set_faults("create:1.0:400")
@@ -135,6 +138,7 @@ async def test_permanent_create_error_deletes_upload(service: Service, tmp_path:
     assert read_journal(journal) == []
 
 
+@pytest.mark.promise("cleanup-shielded")
 async def test_cancelling_the_call_leaves_no_orphan(service: Service, tmp_path: Path) -> None:
     """Cancelling mid-run: every upload left on the server belongs to a recorded batch."""
     paths = make_inputs(tmp_path / "in", 30)
@@ -181,6 +185,7 @@ async def test_models_prefix_accepted(emulator: RunningEmulator, tmp_path: Path)
     assert emulator.state()["batches"][0]["model"] == "models/gemini-3.5-flash"
 
 
+@pytest.mark.promise("cleanup-shielded")
 async def test_cleanup_that_fails_names_what_is_left(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
@@ -229,6 +234,7 @@ async def test_failing_event_handler_does_not_hang_or_lose_records(
     assert recorded == {b["name"] for b in emulator.state()["batches"]}
 
 
+@pytest.mark.promise("no-hidden-resends")
 async def test_caller_client_with_sdk_retries_is_refused(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

@@ -203,6 +203,10 @@ class RunningEmulator:
         """POST /_emulator/unlist: ``batches.list`` leaves the batch out (GET still finds it)."""
         self._admin("unlist", {"name": name})
 
+    def advance_clock(self, seconds: float) -> None:
+        """POST /_emulator/advance-clock: every job and upload is ``seconds`` older now."""
+        self._admin("advance-clock", {"seconds": seconds})
+
 
 def _bind(host: str, port: int) -> socket.socket:
     """Bind ourselves, so a busy port raises OSError here instead of uvicorn's sys.exit."""
@@ -232,7 +236,8 @@ async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulato
     """Serve the emulator in the current event loop until the `async with` block ends."""
     store = Store(config.state_dir, config.processing_seconds, config.expire_after_seconds)
     try:
-        app = EmulatorApp(config, store, [VertexRoutes(config, store.root, store.persistent)])
+        vertex = VertexRoutes(config, store.root, store.persistent, store.clock)
+        app = EmulatorApp(config, store, [vertex])
         sock = _bind(config.host, config.port)
         uv_config = uvicorn.Config(
             app.asgi,

@@ -43,7 +43,6 @@ import logging
 import os
 import pathlib
 import re
-import time
 from typing import Any
 
 import anyio
@@ -61,6 +60,7 @@ from gembatch_async.emulator._app import (
     _page_body,
     rfc3339,
 )
+from gembatch_async.emulator._clock import Clock
 from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._errors import ApiError
 from gembatch_async.emulator._gcs import (
@@ -126,8 +126,16 @@ class VertexRoutes:
 
     state_key = "batchPredictionJobs"
 
-    def __init__(self, config: EmulatorConfig, root: pathlib.Path, persistent: bool) -> None:
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        root: pathlib.Path,
+        persistent: bool,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
+        #: The Gemini routes' clock (the store's), so advancing it ages both kinds of job.
+        self.clock = Clock() if clock is None else clock
         self.book = JobBook(root, persistent)
         self.timing = Timing(
             config.processing_seconds, config.max_unfinished_batches, config.expire_after_seconds
@@ -156,14 +164,14 @@ class VertexRoutes:
 
     async def refresh(self) -> None:
         """Start queued jobs whose slot opened, and write the outputs of finished jobs."""
-        if schedule(self.book.jobs.values(), self.timing, time.time()):
+        if schedule(self.book.jobs.values(), self.timing, self.clock.now()):
             self.book.save()
         for job in list(self.book.jobs.values()):
             if self._phase(job).needs_output:
                 await self._write_output(job)
 
     def _phase(self, job: VertexJob) -> Phase:
-        return phase_of(job, self.timing, time.time())
+        return phase_of(job, self.timing, self.clock.now())
 
     async def _write_output(self, job: VertexJob) -> None:
         """predictions.jsonl into the job's output directory, once (then it may end)."""
@@ -223,11 +231,11 @@ class VertexRoutes:
             model=f"publishers/google/models/{spec.model}",
             input_uris=spec.input_uris,
             output_prefix=spec.output_prefix,
-            create_time=time.time(),
+            create_time=self.clock.now(),
             labels=spec.labels,
         )
         await self._read_input(job, storage)
-        job.create_time = time.time()  # after the input was read
+        job.create_time = self.clock.now()  # after the input was read
         self.book.add(job)
         await self.refresh()
         return _json(self._job_json(job))
@@ -313,7 +321,7 @@ class VertexRoutes:
                 "FAILED_PRECONDITION",
             )
         if state != CANCELLING:  # a second cancel changes nothing
-            job.cancel_time = time.time()
+            job.cancel_time = self.clock.now()
             self.book.save()
         return _json({})
 
@@ -329,7 +337,7 @@ class VertexRoutes:
                 "FAILED_PRECONDITION",
             )
         self.book.remove(job)
-        now = rfc3339(time.time())
+        now = rfc3339(self.clock.now())
         return _json(
             {
                 "name": f"projects/{project_number(job.project)}/locations/{job.location}"

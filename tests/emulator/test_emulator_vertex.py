@@ -680,13 +680,6 @@ def test_fifteen_levels_and_numbers_of_both_kinds_import(
     assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
 
 
-def _wait_for_state(client: genai.Client, name: str, state: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while (got := client.batches.get(name=name).state) is None or got.name != state:
-        assert time.monotonic() < deadline, f"still {got}"
-        time.sleep(0.05)
-
-
 def _rows_written(gcs: RunningStorageEmulator, job: types.BatchJob) -> list[dict[str, Any]]:
     assert job.output_info is not None
     assert job.output_info.gcs_output_directory
@@ -703,9 +696,11 @@ def test_a_job_cancelled_while_running_keeps_its_completed_rows_and_says_cancell
         client = vertex_client(emu)
         lines = [request_line(f"k{i}", "q") for i in range(20)]
         job = create(client, put_input(storage_emulator, "in/mid.jsonl", lines), "mid")
-        _wait_for_state(client, str(job.name), "JOB_STATE_RUNNING")
-        time.sleep(0.6)
+        # RUNNING from 1 s to 3 s: the emulator's clock moves 30% into it (no waiting).
+        emu.advance_clock(1.6)
+        assert client.batches.get(name=str(job.name)).state == types.JobState.JOB_STATE_RUNNING
         client.batches.cancel(name=str(job.name))
+        emu.advance_clock(1.0)  # CANCELLING lasts the job's PENDING time
         assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_CANCELLED"
         done = client.batches.get(name=str(job.name))
         assert done.error is not None
@@ -728,6 +723,7 @@ def test_a_job_expired_while_running_keeps_its_completed_rows(
         client = vertex_client(emu)
         lines = [request_line(f"k{i}", "q") for i in range(10)]
         job = create(client, put_input(storage_emulator, "in/exp.jsonl", lines), "exp")
+        emu.advance_clock(2.2)  # to its expiry, without waiting for it
         assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_EXPIRED"
         done = client.batches.get(name=str(job.name))
         rows = _rows_written(storage_emulator, done)

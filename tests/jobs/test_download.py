@@ -29,6 +29,7 @@ from ..helpers import (
     FAST_RETRY,
     TEST_API_KEY,
     cli_env,
+    finish_jobs,
     read_journal,
     run_cli,
     wait_until,
@@ -52,14 +53,7 @@ def submit(emulator: RunningEmulator, folder: Path, *names: str) -> None:
     """Submit, then wait until every batch has succeeded."""
     result = run_cli(["submit", *names], cwd=folder, env=cli_env(emulator))
     assert result.returncode == 0, result.stderr
-    finish_jobs(emulator)
-
-
-def finish_jobs(emulator: RunningEmulator) -> None:
-    """Every job succeeds now: the emulator's clock moves past their processing time
-    (instead of waiting it out)."""
-    emulator.advance_clock(FAST.processing_seconds)
-    assert all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
+    finish_jobs(emulator, FAST.processing_seconds)
 
 
 def write_requests(path: Path, keys: list[str | None]) -> list[bytes]:
@@ -248,7 +242,7 @@ def test_a_split_input_is_compared_part_by_part(emulator: RunningEmulator, tmp_p
         ["submit", "--max-requests-per-job", "2", "q.jsonl"], cwd=tmp_path, env=cli_env(emulator)
     )
     assert split.returncode == 0, split.stderr
-    finish_jobs(emulator)
+    finish_jobs(emulator, FAST.processing_seconds)
     assert len(emulator.state()["batches"]) == 3
     whole = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert whole.returncode == 0, whole.stdout
@@ -463,7 +457,7 @@ def test_results_of_an_earlier_job_are_replaced(emulator: RunningEmulator, tmp_p
     write_jsonl(tmp_path / "q.jsonl", 3)
     again = run_cli(["submit", "--force", "q.jsonl"], cwd=tmp_path, env=cli_env(emulator))
     assert again.returncode == 0, again.stderr
-    finish_jobs(emulator)
+    finish_jobs(emulator, FAST.processing_seconds)
     result = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 0, result.stdout
     assert "downloaded q.jsonl" in result.stdout

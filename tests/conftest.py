@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from collections.abc import Iterator
 
+import certifi
 import pytest
 
 from gembatch_async.emulator import (
@@ -23,12 +25,32 @@ TEST_API_KEY = "test-key-7d1c0a5e"
 TEST_BUCKET = "gembatch-test"
 
 
+@pytest.fixture(scope="session")
+def _one_certificate(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A trust store of one CA certificate (the first of certifi's bundle)."""
+    bundle = pathlib.Path(certifi.where()).read_text(encoding="ascii")
+    end = "-----END CERTIFICATE-----\n"
+    path = tmp_path_factory.mktemp("tls") / "one-ca.pem"
+    path.write_text(bundle[: bundle.index(end) + len(end)], encoding="ascii")
+    return path
+
+
 @pytest.fixture(autouse=True)
-def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's real credentials or endpoints."""
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch, _one_certificate: pathlib.Path) -> None:
+    """No test sees the developer's real credentials or endpoints.
+
+    Every google-genai Client builds three TLS contexts (httpx, aiohttp, websockets),
+    each loading a CA bundle of ~150 certificates: 0.14 CPU s per client, thousands of
+    clients in the suite (each in-process CLI call makes its own). The SDK takes the
+    bundle from $SSL_CERT_FILE (google/genai/_api_client.py, _ensure_httpx_ssl_ctx and
+    its aiohttp and websocket twins); the tests speak plain HTTP to 127.0.0.1 only, so
+    a one-certificate store (5 ms per client) changes nothing they check. CLI
+    subprocesses inherit it through cli_env."""
     for name in list(os.environ):
         if name.startswith(("GOOGLE_", "GEMINI_", "GEMBATCH_", "STORAGE_EMULATOR_HOST")):
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(_one_certificate))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ from .helpers import (
     TEST_API_KEY,
     assert_converged,
     creates_reached,
+    finish_jobs,
     make_inputs,
     read_journal,
     request_total,
@@ -547,10 +548,7 @@ async def test_cleanup_carries_on_past_a_refused_delete(
     paths = make_inputs(tmp_path / "in", 4)
     journal = tmp_path / "j.jsonl"
     await run_submit(emulator, paths, journal)
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]),
-        timeout=20,
-    )
+    finish_jobs(emulator, 0.5)
     refused = read_journal(journal)[1]["uploaded_file_name"]
     emulator.refuse_delete(refused)
     async with open_jobs(journal, api_key=TEST_API_KEY, base_url=emulator.base_url) as jobs:

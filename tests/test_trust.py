@@ -26,6 +26,7 @@ from .helpers import (
     assert_converged,
     cli_env,
     creates_reached,
+    finish_jobs,
     read_journal,
     run_cli,
     wait_until,
@@ -423,9 +424,7 @@ def fuzz_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     with EmulatorThread(EmulatorConfig(port=0, processing_seconds=0.2)) as emulator:
         env = cli_env(emulator)
         assert run_cli(["submit", "a.jsonl"], cwd=folder, env=env).returncode == 0
-        wait_until(
-            lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
-        )
+        finish_jobs(emulator, 0.2)
         (folder / "sub" / "j.jsonl").write_text("")
         yield folder, env
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from typing import Any
 
 import anyio
@@ -254,7 +253,7 @@ class GeminiRoutes:
         span = self.store.processing_seconds - start
         if span <= 0:
             return 1.0
-        return min(1.0, max(0.0, (time.time() - batch.create_time - start) / span))
+        return min(1.0, max(0.0, (self.store.clock.now() - batch.create_time - start) / span))
 
     def _transition_times(self, batch: BatchRecord, state: str) -> tuple[float, float | None]:
         """(updateTime, endTime) for the current state."""
@@ -590,7 +589,7 @@ class GeminiRoutes:
             display_name=str(display_name) if display_name else None,
             input_file=None,
             inline_requests=None,
-            create_time=_now(),
+            create_time=self.store.clock.now(),
             request_count=0,
             malformed_count=0,
             kind=kind,
@@ -600,7 +599,7 @@ class GeminiRoutes:
             await self._attach_input_file(batch, str(file_name))
         else:
             _attach_inline_requests(batch, input_config)
-        batch.create_time = _now()  # after any slow input scan
+        batch.create_time = self.store.clock.now()  # after any slow input scan
         # The limit check and the insert are one synchronous step (no await between).
         self.store.admit_batch(
             batch, self.config.max_unfinished_batches, self.config.enqueued_token_quota
@@ -662,7 +661,7 @@ class GeminiRoutes:
                 f"Batch {batch.name} is already in terminal state {state} and cannot be cancelled.",
                 "FAILED_PRECONDITION",
             )
-        batch.cancel_time = _now()
+        batch.cancel_time = self.store.clock.now()
         self.store.save()
         return _json({})
 
@@ -677,11 +676,6 @@ class GeminiRoutes:
 def _pick(obj: dict[str, Any], snake: str, camel: str) -> Any:
     """A field in either spelling (the SDK sends a mix of snake_case and camelCase)."""
     return obj[snake] if snake in obj else obj.get(camel)
-
-
-def _now() -> float:
-    """Wall-clock seconds (batch progress is timed from this, so it survives restarts)."""
-    return time.time()
 
 
 def _ver_of(request: Request) -> str:

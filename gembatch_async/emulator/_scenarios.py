@@ -13,21 +13,31 @@
 - ``unlist`` ``{"name": "batches/ID"}``: ``batches.list`` leaves that batch out
   (GET still finds it), as an eventually consistent listing that has not caught
   up with a new job, or a job on a page a client did not read, would.
+- ``advance-clock`` ``{"seconds": S}``: the emulator's clock (see _clock) moves S
+  seconds forward, so every job and upload is S seconds older at once: a test makes a
+  job finish or expire without waiting for it. Answers the clock's new offset.
 
-``POST /_emulator/reset`` forgets the last three.
+``POST /_emulator/reset`` forgets refuse-delete, stall and unlist (the clock stays
+where it is: time does not go back).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 from gembatch_async.emulator._errors import ApiError
 from gembatch_async.emulator._faults import ENDPOINTS
 from gembatch_async.emulator._store import Store
 
-SCENARIO_ACTIONS = ("end-batch", "expire-file", "refuse-delete", "stall", "unlist")
+SCENARIO_ACTIONS = (
+    "end-batch",
+    "expire-file",
+    "refuse-delete",
+    "stall",
+    "unlist",
+    "advance-clock",
+)
 END_STATES = ("BATCH_STATE_FAILED", "BATCH_STATE_EXPIRED")
 
 
@@ -58,6 +68,8 @@ class Scenarios:
             name = store.get_batch(_text(body, "name").removeprefix("batches/")).name
             self.unlisted.add(name)
             return {"unlisted": name}
+        if action == "advance-clock":
+            return _advance_clock(store, _number(body, "seconds"))
         raise ApiError(404, f"Unknown scenario {action!r}.")
 
     def clear(self) -> None:
@@ -89,16 +101,24 @@ def _end_batch(store: Store, name: str, state: str) -> dict[str, Any]:
         raise ApiError(400, f"state must be one of {', '.join(END_STATES)}")
     batch = store.get_batch(name.removeprefix("batches/"))
     batch.end_state = state
-    batch.end_time = time.time()
+    batch.end_time = store.clock.now()
     store.save()
     return {"name": batch.name, "state": state}
 
 
 def _expire_file(store: Store, name: str, seconds: float, lifetime: float) -> dict[str, Any]:
     record = store.get_file(name.removeprefix("files/"))
-    record.create_time = time.time() + seconds - lifetime
+    record.create_time = store.clock.now() + seconds - lifetime
     store.save()
     return {"name": record.name, "expiresInSeconds": seconds}
+
+
+def _advance_clock(store: Store, seconds: float) -> dict[str, Any]:
+    try:
+        offset = store.clock.advance(seconds)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return {"advancedSeconds": seconds, "offsetSeconds": offset}
 
 
 def _text(body: dict[str, Any], key: str) -> str:

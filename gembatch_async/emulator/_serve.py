@@ -206,6 +206,10 @@ class RunningEmulator:
         """POST /_emulator/unlist: ``batches.list`` leaves the batch out (GET still finds it)."""
         self._admin("unlist", {"name": name})
 
+    def advance_clock(self, seconds: float) -> None:
+        """POST /_emulator/advance-clock: every job and upload is ``seconds`` older now."""
+        self._admin("advance-clock", {"seconds": seconds})
+
 
 def _bind(host: str, port: int) -> socket.socket:
     """Bind ourselves, so a busy port raises OSError here instead of uvicorn's sys.exit."""
@@ -237,7 +241,7 @@ async def serve_emulator(config: EmulatorConfig) -> AsyncIterator[RunningEmulato
     try:
         scenarios, webhooks = Scenarios(), WebhookSender(config.webhook_faults)
         gemini = GeminiRoutes(config, store, scenarios, webhooks)
-        vertex = VertexRoutes(config, store.root, store.persistent)
+        vertex = VertexRoutes(config, store.root, store.persistent, store.clock)
         app = EmulatorApp(config, store, [gemini, vertex], scenarios, webhooks)
         sock = _bind(config.host, config.port)
         uv_config = uvicorn.Config(

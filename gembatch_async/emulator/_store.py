@@ -17,11 +17,11 @@ import secrets
 import shutil
 import string
 import tempfile
-import time
 from collections.abc import Iterator
 from typing import IO, Any
 
 from gembatch_async._schema import GENERATE
+from gembatch_async.emulator._clock import Clock
 from gembatch_async.emulator._errors import ApiError, generic_quota_error
 from gembatch_async.emulator._numeric_keys import numerified
 from gembatch_async.emulator._request_errors import RequestErrors, draw_of
@@ -136,7 +136,10 @@ class Store:
         state_dir: pathlib.Path | None,
         processing_seconds: float,
         expire_after_seconds: float | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        #: Every record's times and every state derived from them follow this clock.
+        self.clock = Clock() if clock is None else clock
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
             # Memory mode still streams blobs to disk so big uploads never sit in RAM.
@@ -235,7 +238,7 @@ class Store:
     def expire_files(self, now: float | None = None) -> None:
         """Delete the uploads past their 48 h, as the service does. Output files are
         kept: how long the service keeps them is not documented (docs/fidelity.md)."""
-        limit = (time.time() if now is None else now) - FILE_LIFETIME_SECONDS
+        limit = (self.clock.now() if now is None else now) - FILE_LIFETIME_SECONDS
         expired = [
             f.file_id
             for f in self.files.values()
@@ -292,7 +295,7 @@ class Store:
             mime_type=session.mime_type,
             size_bytes=session.received,
             sha256_hash=sha256_wire(session.hasher.hexdigest()),
-            create_time=time.time(),
+            create_time=self.clock.now(),
             source="UPLOADED",
         )
         self.files[record.file_id] = record
@@ -319,7 +322,7 @@ class Store:
             return batch.end_state
         if batch.cancel_time is not None:
             return "BATCH_STATE_CANCELLED"
-        elapsed = (time.time() if now is None else now) - batch.create_time
+        elapsed = (self.clock.now() if now is None else now) - batch.create_time
         if self.expires_first and elapsed >= (self.expire_after_seconds or 0):
             return "BATCH_STATE_EXPIRED"
         if elapsed >= self.processing_seconds:

@@ -43,7 +43,6 @@ import logging
 import os
 import pathlib
 import re
-import time
 from typing import Any
 
 import anyio
@@ -54,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from gembatch_async._schema import GENERATE
 from gembatch_async._vertex_import import TableImport
 from gembatch_async.emulator._app import ExtraRoute
+from gembatch_async.emulator._clock import Clock
 from gembatch_async.emulator._config import EmulatorConfig
 from gembatch_async.emulator._errors import ApiError
 from gembatch_async.emulator._gcs import (
@@ -121,8 +121,16 @@ class _CreateSpec:
 class VertexRoutes:
     """The Vertex AI batch prediction service: a RouteExtension of the emulator app."""
 
-    def __init__(self, config: EmulatorConfig, root: pathlib.Path, persistent: bool) -> None:
+    def __init__(
+        self,
+        config: EmulatorConfig,
+        root: pathlib.Path,
+        persistent: bool,
+        clock: Clock | None = None,
+    ) -> None:
         self.config = config
+        #: The Gemini routes' clock (the store's), so advancing it ages both kinds of job.
+        self.clock = Clock() if clock is None else clock
         self.book = JobBook(root, persistent)
         self.timing = Timing(
             config.processing_seconds, config.max_unfinished_batches, config.expire_after_seconds
@@ -151,14 +159,14 @@ class VertexRoutes:
 
     async def refresh(self) -> None:
         """Start queued jobs whose slot opened, and write the outputs of finished jobs."""
-        if schedule(self.book.jobs.values(), self.timing, time.time()):
+        if schedule(self.book.jobs.values(), self.timing, self.clock.now()):
             self.book.save()
         for job in list(self.book.jobs.values()):
             if self._phase(job).needs_output:
                 await self._write_output(job)
 
     def _phase(self, job: VertexJob) -> Phase:
-        return phase_of(job, self.timing, time.time())
+        return phase_of(job, self.timing, self.clock.now())
 
     async def _write_output(self, job: VertexJob) -> None:
         """predictions.jsonl into the job's output directory, once (then it may end)."""
@@ -220,11 +228,11 @@ class VertexRoutes:
             model=f"publishers/google/models/{spec.model}",
             input_uris=spec.input_uris,
             output_prefix=spec.output_prefix,
-            create_time=time.time(),
+            create_time=self.clock.now(),
             labels=spec.labels,
         )
         await self._read_input(job, storage)
-        job.create_time = time.time()  # after the input was read
+        job.create_time = self.clock.now()  # after the input was read
         self.book.add(job)
         await self.refresh()
         return _json(self._job_json(job))
@@ -326,7 +334,7 @@ class VertexRoutes:
                 "FAILED_PRECONDITION",
             )
         if state != CANCELLING:  # a second cancel changes nothing
-            job.cancel_time = time.time()
+            job.cancel_time = self.clock.now()
             self.book.save()
         return _json({})
 
@@ -342,7 +350,7 @@ class VertexRoutes:
                 "FAILED_PRECONDITION",
             )
         self.book.remove(job)
-        now = rfc3339(time.time())
+        now = rfc3339(self.clock.now())
         return _json(
             {
                 "name": f"projects/{project_number(job.project)}/locations/{job.location}"

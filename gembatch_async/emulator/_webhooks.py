@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import time
 import urllib.error
@@ -99,13 +100,23 @@ class WebhookSender:
 
     def __init__(self, faults: str = "") -> None:
         self.faults = parse_webhook_faults(faults)
-        self._key = _Key()
-        #: Signs the bad-signature fault: a key the JWKS does not hold, same kid.
-        self._stranger = _Key()
-        self._stranger.kid = self._key.kid
         self._pending: dict[str, _Pending] = {}
         #: Every delivery attempt's outcome, for tests: (batch, uri, status or error).
         self.log: list[dict[str, Any]] = []
+
+    # The keys are made when first needed: an RSA key takes ~0.1 CPU s, and most
+    # emulators (every test's) never sign a webhook nor serve the key set.
+    @functools.cached_property
+    def _key(self) -> _Key:
+        """Signs every delivery; the JWKS holds its public half."""
+        return _Key()
+
+    @functools.cached_property
+    def _stranger(self) -> _Key:
+        """Signs the bad-signature fault: a key the JWKS does not hold, same kid."""
+        stranger = _Key()
+        stranger.kid = self._key.kid
+        return stranger
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self._key.jwk]}

@@ -20,7 +20,14 @@ import gembatch_async
 from gembatch_async import GembatchError, SubmitSettings, UsageError, VertexTarget
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from ..helpers import FAST_RETRY, TEST_API_KEY, cli_env, run_cli, wait_until, write_jsonl
+from ..helpers import (
+    FAST_RETRY,
+    TEST_API_KEY,
+    cli_env,
+    finish_jobs,
+    run_cli,
+    write_jsonl,
+)
 
 BAD_NAMES = [
     pytest.param(["-m", "models/../../x"], id="model-dotdot"),
@@ -296,9 +303,7 @@ def test_cleanup_skips_uploads_the_journal_records_as_deleted(
     (upload,) = [f["name"] for f in emulator.state()["files"] if f["source"] == "UPLOADED"]
     client = genai.Client(api_key="k", http_options=types.HttpOptions(base_url=emulator.base_url))
     client.files.delete(name=upload)
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
-    )
+    finish_jobs(emulator, 0.5)
     first = run_cli(["cleanup"], cwd=tmp_path, env=env)
     assert first.stdout.count("already gone") == 1, first.stdout
     deletes = emulator.state()["requests"]["delete"]["count"]

@@ -22,6 +22,7 @@ from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 from ..helpers import (
     cli_env,
     creates_reached,
+    finish_jobs,
     make_inputs,
     read_journal,
     request_total,
@@ -189,10 +190,7 @@ def test_cleanup_reports_a_refused_delete_and_goes_on(
     names = names_of(make_inputs(tmp_path, 3))
     env = cli_env(emulator)
     assert run_cli(["submit", *names], cwd=tmp_path, env=env).returncode == 0
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]),
-        timeout=20,
-    )
+    finish_jobs(emulator, 0.5)
     refused = read_journal(tmp_path / "job-info.jsonl")[0]["uploaded_file_name"]
     emulator.refuse_delete(refused)
     result = run_cli(["cleanup"], cwd=tmp_path, env=env)

@@ -99,7 +99,7 @@ def test_batch_stats_on_the_wire(emulator: RunningEmulator) -> None:
     assert "done" not in raw
     assert meta["batchStats"] == {"requestCount": "4", "pendingRequestCount": "4"}
     assert meta["inputConfig"] == {"fileName": source}
-    wait_state(client, job.name, "JOB_STATE_SUCCEEDED")  # the 0.5 s job ends
+    wait_state(client, emulator, job.name, "JOB_STATE_SUCCEEDED")  # the 0.5 s job ends
     raw = raw_get(emulator, f"/v1beta/{job.name}", **{"x-goog-api-key": API_KEY}).json()
     assert raw["done"] is True
     assert raw["response"]["responsesFile"].startswith("files/batch-")
@@ -144,7 +144,7 @@ def test_inline_batch(emulator: RunningEmulator) -> None:
     client = sync_client(emulator)
     job = client.batches.create(model=MODEL, src=inline_src(3), config={"display_name": "inline"})
     assert job.name is not None
-    done = wait_state(client, job.name, "JOB_STATE_SUCCEEDED")
+    done = wait_state(client, emulator, job.name, "JOB_STATE_SUCCEEDED")
     assert done.dest is not None
     assert done.dest.inlined_responses is not None
     items = done.dest.inlined_responses

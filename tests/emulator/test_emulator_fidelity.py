@@ -168,7 +168,7 @@ def test_embedding_batch_from_file(emulator: RunningEmulator) -> None:
     assert job.state == types.JobState.JOB_STATE_PENDING
     assert job.model == f"models/{EMBED_MODEL}"
     assert job.display_name == "emb"
-    done = wait_state(client, job.name, "JOB_STATE_SUCCEEDED")
+    done = wait_state(client, emulator, job.name, "JOB_STATE_SUCCEEDED")
     rows = output_lines(client, done)
     assert sorted(rows) == ["doc-1", "doc-2", "doc-3"]
     sizes = {key: len(row["response"]["embedding"]["values"]) for key, row in rows.items()}
@@ -243,7 +243,7 @@ def test_unknown_fields_get_per_request_errors(emulator: RunningEmulator) -> Non
     ]
     job = client.batches.create(model=MODEL, src=upload(client, lines))
     assert job.name is not None
-    rows = output_lines(client, wait_state(client, job.name, "JOB_STATE_SUCCEEDED"))
+    rows = output_lines(client, wait_state(client, emulator, job.name, "JOB_STATE_SUCCEEDED"))
     assert {k for k, row in rows.items() if "response" in row} == {"camel", "snake", "nested-ok"}
     unknown = 'Invalid JSON payload received. Unknown name "{}"{}: Cannot find field.'
     expected = {

@@ -89,7 +89,7 @@ def test_output_files_answer_400_to_get_and_delete_but_download(
     client = sync_client(emulator)
     job = client.batches.create(model=MODEL, src=_upload(client, jsonl_lines(2)))
     assert job.name is not None
-    done = wait_state(client, job.name, "JOB_STATE_SUCCEEDED")
+    done = wait_state(client, emulator, job.name, "JOB_STATE_SUCCEEDED")
     output = done.dest.file_name
     assert output == f"files/batch-{job.name.removeprefix('batches/')}"
     assert len(output.removeprefix("files/")) == 42
@@ -221,7 +221,7 @@ def test_the_kinder_answers_are_emulator_options(tmp_path: Path) -> None:
             model=MODEL, src=_upload(client, _line("ok") + _line("bad", temprature=1))
         )
         assert job.name is not None
-        done = wait_state(client, job.name, "JOB_STATE_SUCCEEDED")
+        done = wait_state(client, emu, job.name, "JOB_STATE_SUCCEEDED")
         rows = [json.loads(x) for x in client.files.download(file=done.dest.file_name).splitlines()]
         assert {row["key"]: "error" in row for row in rows} == {"ok": False, "bad": True}
         schema = {"responseSchema": {"type": "STRING"}}

@@ -57,7 +57,7 @@ def test_state_dir_survives_restart(tmp_path: pathlib.Path) -> None:
         assert again.sha256_hash == uploaded.sha256_hash
         assert again.create_time == uploaded.create_time
         assert state_file(emu, "files/keep-me") == before
-        done = wait_state(client, job.name, "JOB_STATE_SUCCEEDED")
+        done = wait_state(client, emu, job.name, "JOB_STATE_SUCCEEDED")
         assert done.create_time == job.create_time
         assert done.dest is not None
         assert done.dest.file_name is not None

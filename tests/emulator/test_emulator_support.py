@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 from typing import Any
 
 from google import genai
@@ -78,16 +77,17 @@ def raw_get(emu: RunningEmulator, path: str, **headers: str) -> Any:
         return response
 
 
-def wait_state(client: genai.Client, name: str, wanted: str, timeout: float = 15.0) -> Any:
-    """Poll batches.get until the job reaches `wanted` (a JobState name)."""
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_state(
+    client: genai.Client, emu: RunningEmulator, name: str, wanted: str, step: float = 0.1
+) -> Any:
+    """Read the job until it reaches `wanted` (a JobState name); between reads the
+    emulator's clock moves ``step`` seconds forward instead of the test sleeping."""
+    for _ in range(int(120 / step)):
         job = client.batches.get(name=name)
         if job.state is not None and job.state.name == wanted:
             return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name} stuck in {job.state}")
-        time.sleep(0.1)
+        emu.advance_clock(step)
+    raise AssertionError(f"{name} stuck in {job.state} after 120 s of emulator time")
 
 
 def state_file(emu: RunningEmulator, name: str) -> dict[str, Any]:

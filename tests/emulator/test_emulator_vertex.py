@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,18 +96,22 @@ def create(
     return job
 
 
-def states_until_end(client: genai.Client, name: str, timeout: float = 20) -> list[str]:
-    """Poll until the job ends; the distinct states seen, in order."""
+def states_until_end(
+    client: genai.Client, emu: RunningEmulator, name: str, step: float = 0.1
+) -> list[str]:
+    """The distinct states a job goes through until it ends, in order. Between reads the
+    emulator's clock moves ``step`` seconds (shorter than any phase these tests give a
+    job), so every state is seen and nothing waits in real time."""
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while not seen or seen[-1] not in ENDED:
-        assert time.monotonic() < deadline, f"job still {seen[-1:]} after {timeout} s"
+    for _ in range(int(120 / step)):
         state = client.batches.get(name=name).state
         assert state is not None
         if not seen or seen[-1] != state.name:
             seen.append(state.name)
-        time.sleep(0.05)
-    return seen
+        if seen[-1] in ENDED:
+            return seen
+        emu.advance_clock(step)
+    raise AssertionError(f"job still {seen[-1:]} after 120 s of emulator time")
 
 
 def read_predictions(gcs: RunningStorageEmulator, directory: str) -> list[dict[str, Any]]:
@@ -157,7 +160,7 @@ def test_create_runs_to_success_with_one_output_line_per_request(
     assert job.src.gcs_uri == [src]
     assert job.name is not None
     assert job.name.split("/")[-1].isdigit()
-    assert states_until_end(client, job.name) == [
+    assert states_until_end(client, vertex_emulator, job.name) == [
         "JOB_STATE_PENDING",
         "JOB_STATE_RUNNING",
         "JOB_STATE_SUCCEEDED",
@@ -214,7 +217,10 @@ def test_partially_succeeded_keeps_each_failed_request_with_its_status(
     ]
     client = vertex_client(vertex_emulator)
     job = create(client, put_input(storage_emulator, "in/mixed.jsonl", lines), "mixed")
-    assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_PARTIALLY_SUCCEEDED"
+    assert (
+        states_until_end(client, vertex_emulator, str(job.name))[-1]
+        == "JOB_STATE_PARTIALLY_SUCCEEDED"
+    )
     done = client.batches.get(name=str(job.name))
     assert done.completion_stats is not None
     assert (done.completion_stats.successful_count, done.completion_stats.failed_count) == (2, 1)
@@ -239,7 +245,7 @@ def test_all_requests_failing_fails_the_job_with_its_outputs(
     lines = [request_line("bad", "x", generationConfig={"temprature": 1})]
     client = vertex_client(vertex_emulator)
     job = create(client, put_input(storage_emulator, "in/bad.jsonl", lines), "allbad")
-    assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_FAILED"
+    assert states_until_end(client, vertex_emulator, str(job.name))[-1] == "JOB_STATE_FAILED"
     done = client.batches.get(name=str(job.name))
     assert done.error is not None
     assert done.error.code == 3
@@ -257,7 +263,10 @@ def test_missing_input_object_fails_the_job_not_the_create(
     code 3 naming the object (as Vertex reports a failed data import)."""
     client = vertex_client(vertex_emulator)
     job = create(client, f"gs://{TEST_BUCKET}/in/nothing-here.jsonl", "missing")
-    assert states_until_end(client, str(job.name)) == ["JOB_STATE_PENDING", "JOB_STATE_FAILED"]
+    assert states_until_end(client, vertex_emulator, str(job.name)) == [
+        "JOB_STATE_PENDING",
+        "JOB_STATE_FAILED",
+    ]
     done = client.batches.get(name=str(job.name))
     assert done.error is not None
     assert done.error.code == 3
@@ -274,7 +283,7 @@ def test_expired_when_not_done_in_time(storage_emulator: RunningStorageEmulator)
         client = vertex_client(emu)
         src = put_input(storage_emulator, "in/slow.jsonl", [request_line("a", "b")] * 1)
         job = create(client, src, "slow")
-        assert states_until_end(client, str(job.name)) == [
+        assert states_until_end(client, emu, str(job.name)) == [
             "JOB_STATE_PENDING",
             "JOB_STATE_EXPIRED",
         ]
@@ -293,7 +302,7 @@ def test_jobs_past_the_slots_wait_queued(storage_emulator: RunningStorageEmulato
         first = create(client, src, "first")
         second = create(client, src, "second")
         assert second.state == types.JobState.JOB_STATE_QUEUED
-        assert states_until_end(client, str(second.name)) == [
+        assert states_until_end(client, emu, str(second.name)) == [
             "JOB_STATE_QUEUED",
             "JOB_STATE_PENDING",
             "JOB_STATE_RUNNING",
@@ -319,7 +328,7 @@ def test_cancel_goes_cancelling_then_cancelled(storage_emulator: RunningStorageE
             client, put_input(storage_emulator, "in/c.jsonl", [request_line("a", "b")]), "c"
         )
         client.batches.cancel(name=str(job.name))
-        assert states_until_end(client, str(job.name)) == [
+        assert states_until_end(client, emu, str(job.name)) == [
             "JOB_STATE_CANCELLING",
             "JOB_STATE_CANCELLED",
         ]
@@ -341,7 +350,7 @@ def test_delete_only_ended_jobs_and_keep_their_outputs(
     with pytest.raises(errors.ClientError) as refused:
         client.batches.delete(name=str(job.name))
     assert refused.value.code == 400
-    states_until_end(client, str(job.name))
+    states_until_end(client, vertex_emulator, str(job.name))
     deleted = client.batches.delete(name=str(job.name))
     assert deleted.done is True
     with pytest.raises(errors.ClientError) as gone:
@@ -535,7 +544,7 @@ def test_jobs_survive_a_restart_with_a_state_dir(
         job = create(vertex_client(emu), src, "restart")
     with vertex_emulator_with(storage_emulator, state_dir=tmp_path) as emu:
         client = vertex_client(emu)
-        assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
+        assert states_until_end(client, emu, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
 
 
 # ----- the Cloud Storage emulator and google-cloud-storage -------------------------------------
@@ -656,7 +665,7 @@ def test_a_line_the_table_import_refuses_fails_the_whole_job(
     ]
     client = vertex_client(vertex_emulator)
     job = create(client, put_input(storage_emulator, "in/imp.jsonl", lines), "imp")
-    assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_FAILED"
+    assert states_until_end(client, vertex_emulator, str(job.name))[-1] == "JOB_STATE_FAILED"
     done = client.batches.get(name=str(job.name))
     assert done.error is not None
     assert done.error.code == 3
@@ -677,14 +686,7 @@ def test_fifteen_levels_and_numbers_of_both_kinds_import(
     ]
     client = vertex_client(vertex_emulator)
     job = create(client, put_input(storage_emulator, "in/fine.jsonl", lines), "fine")
-    assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
-
-
-def _wait_for_state(client: genai.Client, name: str, state: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while (got := client.batches.get(name=name).state) is None or got.name != state:
-        assert time.monotonic() < deadline, f"still {got}"
-        time.sleep(0.05)
+    assert states_until_end(client, vertex_emulator, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
 
 
 def _rows_written(gcs: RunningStorageEmulator, job: types.BatchJob) -> list[dict[str, Any]]:
@@ -703,10 +705,12 @@ def test_a_job_cancelled_while_running_keeps_its_completed_rows_and_says_cancell
         client = vertex_client(emu)
         lines = [request_line(f"k{i}", "q") for i in range(20)]
         job = create(client, put_input(storage_emulator, "in/mid.jsonl", lines), "mid")
-        _wait_for_state(client, str(job.name), "JOB_STATE_RUNNING")
-        time.sleep(0.6)
+        # RUNNING from 1 s to 3 s: the emulator's clock moves 30% into it (no waiting).
+        emu.advance_clock(1.6)
+        assert client.batches.get(name=str(job.name)).state == types.JobState.JOB_STATE_RUNNING
         client.batches.cancel(name=str(job.name))
-        assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_CANCELLED"
+        emu.advance_clock(1.0)  # CANCELLING lasts the job's PENDING time
+        assert states_until_end(client, emu, str(job.name))[-1] == "JOB_STATE_CANCELLED"
         done = client.batches.get(name=str(job.name))
         assert done.error is not None
         assert done.error.code == 1
@@ -728,7 +732,8 @@ def test_a_job_expired_while_running_keeps_its_completed_rows(
         client = vertex_client(emu)
         lines = [request_line(f"k{i}", "q") for i in range(10)]
         job = create(client, put_input(storage_emulator, "in/exp.jsonl", lines), "exp")
-        assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_EXPIRED"
+        emu.advance_clock(2.2)  # to its expiry, without waiting for it
+        assert states_until_end(client, emu, str(job.name))[-1] == "JOB_STATE_EXPIRED"
         done = client.batches.get(name=str(job.name))
         rows = _rows_written(storage_emulator, done)
         assert len({row["key"] for row in rows}) == len(rows)
@@ -743,7 +748,7 @@ def test_output_in_shards(storage_emulator: RunningStorageEmulator) -> None:
         client = vertex_client(emu)
         lines = [request_line(f"k{i}", "q") for i in range(7)]
         job = create(client, put_input(storage_emulator, "in/sh.jsonl", lines), "sh")
-        assert states_until_end(client, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
+        assert states_until_end(client, emu, str(job.name))[-1] == "JOB_STATE_SUCCEEDED"
         done = client.batches.get(name=str(job.name))
         assert done.output_info is not None
         folder = str(done.output_info.gcs_output_directory).removeprefix(f"gs://{TEST_BUCKET}/")

@@ -16,6 +16,7 @@ from google import genai
 from google.genai import types
 
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
+from gembatch_async.emulator._webhooks import WebhookSender
 
 from ..helpers import TEST_API_KEY, wait_until, write_jsonl
 
@@ -139,3 +140,13 @@ def test_a_cancelled_job_is_not_announced(recorder: _Recorder, tmp_path: Path) -
         client.batches.cancel(name=name)
         time.sleep(1.3)
         assert recorder.posts == []
+
+
+def test_the_signing_keys_are_made_when_first_needed() -> None:
+    """An RSA key costs ~0.1 CPU s and most emulators never sign: a new sender has no key,
+    the key set makes one (the same one every time), the stranger waits for its fault."""
+    sender = WebhookSender()
+    assert "_key" not in vars(sender)
+    first = sender.jwks()
+    assert sender.jwks() == first
+    assert "_stranger" not in vars(sender)

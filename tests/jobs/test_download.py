@@ -13,7 +13,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ..helpers import (
     FAST_RETRY,
     TEST_API_KEY,
     cli_env,
+    finish_jobs,
     read_journal,
     run_cli,
     wait_until,
@@ -53,15 +53,7 @@ def submit(emulator: RunningEmulator, folder: Path, *names: str) -> None:
     """Submit, then wait until every batch has succeeded."""
     result = run_cli(["submit", *names], cwd=folder, env=cli_env(emulator))
     assert result.returncode == 0, result.stderr
-    wait_until_done(emulator)
-
-
-def wait_until_done(emulator: RunningEmulator) -> None:
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]),
-        timeout=20,
-        poll=0.1,
-    )
+    finish_jobs(emulator, FAST.processing_seconds)
 
 
 def write_requests(path: Path, keys: list[str | None]) -> list[bytes]:
@@ -255,7 +247,7 @@ def test_a_split_input_is_compared_part_by_part(emulator: RunningEmulator, tmp_p
         ["submit", "--max-requests-per-job", "2", "q.jsonl"], cwd=tmp_path, env=cli_env(emulator)
     )
     assert split.returncode == 0, split.stderr
-    wait_until_done(emulator)
+    finish_jobs(emulator, FAST.processing_seconds)
     assert len(emulator.state()["batches"]) == 3
     whole = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert whole.returncode == 0, whole.stdout
@@ -469,11 +461,12 @@ def test_results_of_an_earlier_job_are_replaced(emulator: RunningEmulator, tmp_p
     write_jsonl(tmp_path / "q.jsonl", 2)
     submit(emulator, tmp_path, "q.jsonl")
     assert run_cli(["download"], cwd=tmp_path, env=cli_env(emulator)).returncode == 0
-    time.sleep(1.1)  # file times have a resolution; the new job is clearly younger
+    # File times have a resolution: the new job is clearly younger than the results.
+    emulator.advance_clock(1.1)
     write_jsonl(tmp_path / "q.jsonl", 3)
     again = run_cli(["submit", "--force", "q.jsonl"], cwd=tmp_path, env=cli_env(emulator))
     assert again.returncode == 0, again.stderr
-    wait_until_done(emulator)
+    finish_jobs(emulator, FAST.processing_seconds)
     result = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 0, result.stdout
     assert "downloaded q.jsonl" in result.stdout

@@ -12,7 +12,7 @@ from google.genai import types
 
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from ..helpers import TEST_API_KEY, cli_env, make_inputs, read_journal, run_cli, wait_until
+from ..helpers import TEST_API_KEY, cli_env, finish_jobs, make_inputs, read_journal, run_cli
 
 FAST_JOBS = pytest.mark.parametrize(
     "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=1.0), id="fast")]
@@ -26,19 +26,11 @@ def submitted(emulator: RunningEmulator, folder: Path, count: int = 3) -> list[s
     return names
 
 
-def wait_until_done(emulator: RunningEmulator) -> None:
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]),
-        timeout=20,
-        poll=0.1,
-    )
-
-
 @FAST_JOBS
 def test_status_refreshes_and_records_state(emulator: RunningEmulator, tmp_path: Path) -> None:
     """status shows each job's state and writes it back to the journal."""
     names = submitted(emulator, tmp_path)
-    wait_until_done(emulator)
+    finish_jobs(emulator, 1.0)
     result = run_cli(["status"], cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("SUCCEEDED") == 3
@@ -77,7 +69,7 @@ def test_download_writes_results_beside_each_input(
     """download writes results/NAME beside each input, one line per request in input
     order, and skips them the next time."""
     names = submitted(emulator, tmp_path)
-    wait_until_done(emulator)
+    finish_jobs(emulator, 1.0)
     result = run_cli(["download"], cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("downloaded in-") == 3
@@ -124,7 +116,7 @@ def test_cleanup_touches_only_our_ended_jobs(emulator: RunningEmulator, tmp_path
         api_key=TEST_API_KEY, http_options=types.HttpOptions(base_url=emulator.base_url)
     )
     foreign = client.files.upload(file=io.BytesIO(b"{}\n"), config={"mime_type": "text/plain"})
-    wait_until_done(emulator)
+    finish_jobs(emulator, 1.0)
     dry = run_cli(["cleanup", "--dry-run"], cwd=tmp_path, env=cli_env(emulator))
     assert dry.stdout.count("would delete") == 2
     assert len(emulator.state()["files"]) == 5

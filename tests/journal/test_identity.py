@@ -12,7 +12,7 @@ import pytest
 
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from ..helpers import cli_env, read_journal, run_cli, wait_until, write_jsonl
+from ..helpers import cli_env, finish_jobs, read_journal, run_cli, write_jsonl
 
 FAST = pytest.mark.parametrize(
     "emulator_config",
@@ -23,10 +23,6 @@ RUN = ["run", "--interval", "0.2", "--retry-max-delay", "0.05"]
 
 def batches(emulator: RunningEmulator) -> list[dict[str, Any]]:
     return list(emulator.state()["batches"])
-
-
-def all_succeeded(emulator: RunningEmulator) -> bool:
-    return all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in batches(emulator))
 
 
 def warnings(stderr: str) -> list[str]:
@@ -81,7 +77,7 @@ def test_journal_moved_into_a_subfolder_behind_a_symlink_keeps_its_inputs(
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-1].startswith("submitted 0, skipped 1"), again.stdout
     assert len(batches(emulator)) == 1
-    wait_until(lambda: all_succeeded(emulator))
+    finish_jobs(emulator, 0.3)
     done = run_cli(["download"], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "results" / "a.jsonl").exists()
@@ -160,7 +156,7 @@ def test_journal_lines_never_steer_reads_or_writes_outside_the_project(
     write_jsonl(project / "a.jsonl", 2)
     env = cli_env(emulator)
     assert run_cli(["submit", "a.jsonl"], cwd=project, env=env).returncode == 0
-    wait_until(lambda: all_succeeded(emulator))
+    finish_jobs(emulator, 0.3)
     journal = project / "job-info.jsonl"
     (line,) = read_journal(journal)
     hostile = [
@@ -200,7 +196,7 @@ def test_an_input_outside_the_journal_folder_is_downloaded_when_named(
     journal = ["--job-info", "sub/j.jsonl"]
     assert run_cli([*journal, "submit", "a.jsonl"], cwd=tmp_path, env=env).returncode == 0
     assert read_journal(tmp_path / "sub" / "j.jsonl")[0]["input_identity"] == "../a.jsonl"
-    wait_until(lambda: all_succeeded(emulator))
+    finish_jobs(emulator, 0.3)
     bare = run_cli([*journal, "download"], cwd=tmp_path, env=env)
     assert bare.returncode == 1, bare.stdout + bare.stderr
     assert "name the file" in bare.stdout

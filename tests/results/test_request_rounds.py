@@ -23,7 +23,7 @@ from google.genai import types
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread, RunningEmulator
 from gembatch_async.emulator._request_errors import RequestErrors
 
-from ..helpers import cli_env, read_journal, run_cli, wait_until
+from ..helpers import cli_env, finish_jobs, read_journal, run_cli, wait_until
 from ..services import LOCATION, PROJECT, Service, _gcs
 
 SEED = 11
@@ -91,7 +91,7 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
         env = cli_env(emulator)
         first = run_cli(["submit", "q.jsonl"], cwd=work, env=env)
         assert first.returncode == 0, first.stderr
-        wait_until(lambda: all_ended(emulator))
+        finish_jobs(emulator, 0.6)
         (job1,) = batches(emulator)
         failed1 = failing(keys, errors_draw(job1))
         assert 3 < len(failed1) < 30
@@ -107,7 +107,7 @@ def test_retry_failed_sends_exactly_the_failed_requests_and_merges_their_answers
         assert round_line["round"] == 1
         assert round_line["carries"][0]["requests"] == len(failed1)
         assert round_line["completes"][0]["batch"] == job1["name"]
-        wait_until(lambda: all_ended(emulator))
+        finish_jobs(emulator, 0.6)
 
         # The rounds are used up: nothing is sent again, however often it is asked.
         third = run_cli(["submit", "--retry-failed", "q.jsonl"], cwd=work, env=env)
@@ -156,7 +156,7 @@ def test_an_input_with_every_answer_is_not_sent_again(
     write_requests(tmp_path / "q.jsonl", [f"k{i}" for i in range(5)])
     env = cli_env(emulator)
     assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
-    wait_until(lambda: all_ended(emulator))
+    finish_jobs(emulator, 0.6)
     again = run_cli(["submit", "--retry-failed", "q.jsonl"], cwd=tmp_path, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(batches(emulator)) == 1
@@ -213,12 +213,13 @@ def test_a_vertex_job_cancelled_half_way_is_resumed_without_its_completed_rows(
     env = service.env()
     assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
     (job,) = service.jobs()
-    # RUNNING from 4 s to 12 s after it starts: cancel early in it, leaving room for a
-    # loaded machine (a cancel after the end finds the job SUCCEEDED).
+    # RUNNING from 4 s to 12 s after it starts: the emulator's clock moves a quarter of
+    # the way into it (no waiting, and no race with a loaded machine), then it is cancelled.
     client = _vertex_client(service)
-    wait_until(lambda: _vertex_state(service, job["name"]) == "JOB_STATE_RUNNING")
-    time.sleep(1.5)
+    service.emulator.advance_clock(6)
+    assert _vertex_state(service, job["name"]) == "JOB_STATE_RUNNING"
     client.batches.cancel(name=job["name"])
+    service.emulator.advance_clock(4)  # CANCELLING lasts the job's PENDING time, 4 s
     # A cancelled Vertex job writes its completed rows when it is next asked about.
     wait_until(
         lambda: client.batches.get(name=job["name"]).state == "JOB_STATE_CANCELLED", poll=0.2
@@ -234,6 +235,7 @@ def test_a_vertex_job_cancelled_half_way_is_resumed_without_its_completed_rows(
     (resumed,) = [j for j in jobs if j["name"] != job["name"]]
     expected = b"".join(line for key, line in zip(keys, lines, strict=True) if key not in completed)
     assert _object_bytes(service, resumed["input"]) == expected
+    service.emulator.advance_clock(12)  # the resumed job's whole processing time
     result = run_cli(["run", "--interval", "0.3", "q.jsonl"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(service.jobs()) == 2
@@ -254,7 +256,7 @@ def test_sigkill_between_a_rounds_create_and_its_journal_line_converges(tmp_path
     with EmulatorThread(config) as emulator:
         env = cli_env(emulator)
         assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
-        wait_until(lambda: all_ended(emulator))
+        finish_jobs(emulator, 0.6)
         # Every listing takes 6 s: the one that counts the job window first, then the
         # look-up after the lost create, in which window the kill lands.
         emulator.set_faults("create:1:lost,list:1:slow=6")
@@ -298,7 +300,7 @@ def test_two_processes_make_one_round(tmp_path: Path) -> None:
     with EmulatorThread(config) as emulator:
         env = cli_env(emulator)
         assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
-        wait_until(lambda: all_ended(emulator))
+        finish_jobs(emulator, 0.6)
         command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", "q.jsonl"]
         both = [
             subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)

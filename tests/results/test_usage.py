@@ -17,7 +17,7 @@ from gembatch_async import TokenUsage, price_tokens
 from gembatch_async._results._usage import UsageTally
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from ..helpers import cli_env, run_cli, wait_until, write_jsonl
+from ..helpers import cli_env, finish_jobs, run_cli, write_jsonl
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "real-gemini-batch"
 #: Some requests fail (error lines carry no usage); gemini-2.5-flash thinks.
@@ -91,11 +91,7 @@ def test_download_reports_the_sum_of_the_answers_usage(
     env = cli_env(emulator)
     submitted = run_cli(["submit", "-m", "gemini-2.5-flash", *names], cwd=tmp_path, env=env)
     assert submitted.returncode == 0, submitted.stderr
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"]),
-        timeout=20,
-        poll=0.1,
-    )
+    finish_jobs(emulator, 1.0)
     done = run_cli(["download", "--json", "--keep-raw"], cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in done.stdout.splitlines()]

@@ -15,7 +15,7 @@ from google.genai import types
 from gembatch_async._admission import estimated_tokens, load_of
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from ..helpers import cli_env, read_journal, run_cli, wait_until
+from ..helpers import cli_env, finish_jobs, read_journal, run_cli, wait_until
 
 FAST = pytest.mark.parametrize(
     "emulator_config",
@@ -246,9 +246,7 @@ def test_download_splits_a_packed_output_with_one_download(
     made = _inputs(tmp_path, 5)
     env = cli_env(emulator)
     assert run_cli(["submit", "--pack", *made], cwd=tmp_path, env=env).returncode == 0
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
-    )
+    finish_jobs(emulator, 0.5)
     result = run_cli(["download"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     for name, keys in made.items():

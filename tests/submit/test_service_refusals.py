@@ -15,7 +15,14 @@ from google.genai import types
 from gembatch_async import PermanentApiError, cleanup_files, open_jobs
 from gembatch_async._backends._genai import GeminiApi
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
-from tests.helpers import FAST_RETRY, TEST_API_KEY, cli_env, read_journal, run_cli, wait_until
+from tests.helpers import (
+    FAST_RETRY,
+    TEST_API_KEY,
+    cli_env,
+    finish_jobs,
+    read_journal,
+    run_cli,
+)
 
 #: The service refuses a field its schema has (python-genai#1150: responseSchema in an
 #: input file, 400 "Request contains an invalid argument."); pre-flight cannot know.
@@ -123,9 +130,7 @@ async def test_cleanup_reports_output_files_kept_by_the_service(
     _write(tmp_path / "a.jsonl", OK)
     result = run_cli(["submit", "a.jsonl"], cwd=tmp_path, env=cli_env(emulator))
     assert result.returncode == 0, result.stderr
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
-    )
+    finish_jobs(emulator, 1.0)
     journal = tmp_path / "job-info.jsonl"
     for _ in range(2):
         async with open_jobs(journal, client=_client(emulator), retry=FAST_RETRY) as jobs:

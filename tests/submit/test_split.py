@@ -12,7 +12,7 @@ import pytest
 
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
-from ..helpers import cli_env, creates_reached, read_journal, run_cli, wait_until
+from ..helpers import cli_env, creates_reached, finish_jobs, read_journal, run_cli, wait_until
 
 FAST = pytest.mark.parametrize(
     "emulator_config",
@@ -78,9 +78,7 @@ def test_download_merges_the_parts(emulator: RunningEmulator, tmp_path: Path) ->
         ).returncode
         == 0
     )
-    wait_until(
-        lambda: all(b["state"] == "BATCH_STATE_SUCCEEDED" for b in emulator.state()["batches"])
-    )
+    finish_jobs(emulator, 0.5)
     result = run_cli(["download"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [json.loads(x) for x in (tmp_path / "results" / "big.jsonl").read_text().splitlines()]

@@ -10,10 +10,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from google.genai import types
 
+from gembatch_async._submit._twins import keeper, twins_to_cancel
 from gembatch_async.emulator import EmulatorConfig
 
 from ..helpers import creates_reached, make_inputs, read_journal, run_cli, wait_until
@@ -67,3 +70,26 @@ def test_a_plain_submit_is_not_marked_for_twins(service: Service, tmp_path: Path
     result = run_cli(["submit", *names], cwd=tmp_path, env=service.env())
     assert result.returncode == 0, result.stderr
     assert all("look_for_twins" not in line for line in read_journal(tmp_path / "job-info.jsonl"))
+
+
+def _job(name: str, state: str, second: int) -> types.BatchJob:
+    return types.BatchJob(
+        name=name,
+        display_name="a.jsonl [gba-0123456789abcdef]",
+        state=types.JobState(state),
+        create_time=datetime(2026, 12, 3, 12, 0, second, tzinfo=timezone.utc),
+    )
+
+
+def test_the_kept_job_is_the_recorded_one_else_the_oldest_live() -> None:
+    """Which twin stays: the journal's job when it is among them (even if newer), else the
+    oldest that has not ended; ended twins cost nothing more and are left alone."""
+    old_ended = _job("batches/a", "JOB_STATE_CANCELLED", 1)
+    older = _job("batches/b", "JOB_STATE_PENDING", 2)
+    newer = _job("projects/7/locations/l/batchPredictionJobs/c", "JOB_STATE_RUNNING", 3)
+    jobs = [newer, old_ended, older]
+    assert keeper(jobs) is older
+    assert keeper(jobs, recorded="projects/my-project/locations/l/batchPredictionJobs/c") is newer
+    assert twins_to_cancel(jobs, older) == [newer]
+    assert twins_to_cancel(jobs, newer) == [older]
+    assert keeper([old_ended]) is old_ended

@@ -45,6 +45,7 @@ from ._events import (
     Retrying,
     RunSummary,
     SubmitSummary,
+    TwinFound,
     WaitingForCapacity,
     WouldSubmit,
 )
@@ -152,6 +153,7 @@ __all__ = [
     "TokenCounts",
     "TokenUsage",
     "TransientApiError",
+    "TwinFound",
     "UnansweredApiError",
     "UsageError",
     "VertexTarget",

@@ -169,6 +169,20 @@ class CleanupFailed:
 
 
 @dataclass(frozen=True)
+class TwinFound:
+    """A second job for one submission (a create whose answer was lost, landed late):
+    it is cancelled so the input is paid for once; ``kept`` is the job the journal
+    records. ``reason`` says why the cancel failed, when it did."""
+
+    path: str
+    kept: str
+    twin: str
+    cancelled: bool
+    reason: str = ""
+    kind: Literal["twin_found"] = field(default="twin_found", init=False)
+
+
+@dataclass(frozen=True)
 class JournalProblem:
     """A line of the journal could not be read (and what was done about it)."""
 
@@ -204,6 +218,7 @@ Event: TypeAlias = Union[  # noqa: UP007 (a runtime alias must work on Python 3.
     WaitingForCapacity,
     Retrying,
     CleanupFailed,
+    TwinFound,
     JournalProblem,
     WouldSubmit,
     JobChanged,

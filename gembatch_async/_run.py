@@ -58,6 +58,7 @@ from ._jobs import (
 )
 from ._jobs._listing import JobListing
 from ._jobs._pace import Pace
+from ._journal import JobLine
 from ._prices import Cost, total_cost
 from ._results import ResultFile
 from ._results._once import downloads_once
@@ -68,6 +69,7 @@ from ._settings import DEFAULT_JOB_INFO, SubmitSettings, checked_path
 from ._submit import admission_for, check_model, prepared
 from ._submit._pack import submit_run_for
 from ._submit._pipeline import RETRYABLE_END_STATES, SubmitRun
+from ._submit._twins import cancel_recorded_twins
 from ._webhooks import Nudges, WebhookSettings, receiving
 
 
@@ -402,6 +404,8 @@ class _Runner:
         ]
         if not tracked:
             return False
+        if only is None:
+            await self._cancel_late_twins([line for _, line in tracked])
         statuses = await refresh_lines(self.jobs, [line for _, line in tracked], self.listing)
         changes: list[bool] = []
         # Inputs are settled side by side (a packed job ends for all its inputs at once:
@@ -420,6 +424,19 @@ class _Runner:
             with anyio.CancelScope(shield=True):  # what is on disk gets its record
                 await record_results(self.jobs, collected)
         return any(changes)
+
+    async def _cancel_late_twins(self, lines: list[JobLine]) -> None:
+        """A job created after a look-up may get a twin from a lost create that lands
+        late (``_submit/_twins``): look for it while the job is unfinished (the listing of
+        every job is the submit side's call)."""
+        api = self.api
+
+        async def cancel(name: str) -> None:
+            await self.jobs.call(lambda: api.cancel_batch(name))
+
+        await cancel_recorded_twins(
+            lines, lambda: self.jobs.call(api.list_batches), cancel, self.emit
+        )
 
     async def _settle_input(
         self, entry: _Input, status: JobStatus, tg: anyio.abc.TaskGroup, changes: list[bool]

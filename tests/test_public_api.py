@@ -12,6 +12,7 @@ EXPECTED = {
     "CapacityApiError",
     "ApiError",
     "CleanupFailed",
+    "TwinFound",
     "Event",
     "EventHandler",
     "FileDeferred",

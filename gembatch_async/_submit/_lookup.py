@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from google.genai import types
 
-from .._identity import token_of
+from ._twins import by_token, keeper
 
 ListBatches = Callable[[], Awaitable[list[types.BatchJob]]]
 
@@ -25,7 +25,7 @@ class BatchIndex:
 
     def __init__(self, list_batches: ListBatches) -> None:
         self._list_batches = list_batches
-        self._by_token: dict[str, types.BatchJob] = {}
+        self._by_token: dict[str, list[types.BatchJob]] = {}
         self._started = 0  # listings started so far
         self._finished = 0  # the newest listing that has completed
         self._in_flight: anyio.Event | None = None
@@ -33,15 +33,28 @@ class BatchIndex:
         self.listings = 0
 
     async def find(self, token: str) -> types.BatchJob | None:
-        """The newest batch whose display name carries ``token``, or None.
+        """The batch to keep (``_twins.keeper``) of those whose display name carries
+        ``token``, or None.
 
         None only after a listing that started after this call found nothing: a
         batch created just before the question is never missed for an old answer.
         """
+        found = await self._all(token, fresh=False)
+        return keeper(found) if found else None
+
+    async def known(self, token: str) -> list[types.BatchJob]:
+        """Every batch carrying ``token`` in the newest listing (no new request)."""
+        return list(self._by_token.get(token, []))
+
+    async def find_all(self, token: str) -> list[types.BatchJob]:
+        """Every batch carrying ``token``, from a listing that started after this call."""
+        return await self._all(token, fresh=True)
+
+    async def _all(self, token: str, *, fresh: bool) -> list[types.BatchJob]:
         needed = self._started + 1
         while True:
-            found = self._by_token.get(token)
-            if found is not None or self._finished >= needed:
+            found = self._by_token.get(token, [])
+            if (found and not fresh) or self._finished >= needed:
                 return found
             if self._in_flight is None:
                 await self._refresh()
@@ -55,18 +68,8 @@ class BatchIndex:
         try:
             batches = await self._list_batches()
             self.listings += 1
-            self._by_token = _newest_by_token(batches)
+            self._by_token = by_token(batches)
             self._finished = max(self._finished, number)
         finally:
             self._in_flight = None
             done.set()
-
-
-def _newest_by_token(batches: list[types.BatchJob]) -> dict[str, types.BatchJob]:
-    found: dict[str, types.BatchJob] = {}
-    oldest_first = sorted(batches, key=lambda b: b.create_time.timestamp() if b.create_time else 0)
-    for batch in oldest_first:
-        token = token_of(batch.display_name)
-        if token is not None:
-            found[token] = batch
-    return found

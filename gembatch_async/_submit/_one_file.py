@@ -43,6 +43,7 @@ from .._retry import OnRetry, call_with_retries, describe
 from .._settings import SubmitSettings
 from .._webhooks import dynamic_webhook
 from ._lookup import BatchIndex
+from ._twins import LOOK_FOR_TWINS, cancel_twins
 from ._writer import Completion, deferred, deliver, failed
 
 T = TypeVar("T")
@@ -88,6 +89,9 @@ class _Progress:
     #: A create was sent and we stopped waiting for its answer: the batch may
     #: still appear, reading our upload, so the upload must stay.
     create_unanswered: bool = False
+    #: The batch was looked up (an earlier attempt may have created it): a create of
+    #: that attempt may still land late, beside the one we keep (see ``_twins``).
+    looked_up: bool = False
 
 
 #: The bytes to upload for an input, checked against what pre-flight read.
@@ -138,7 +142,12 @@ class FileSubmitter:
         try:
             await self._upload_or_reuse(sub, progress)
             batch, adopted = await self._create_or_adopt(sub, progress)
-            return self._submitted(sub, batch, adopted)
+            if progress.looked_up:
+                await self._cancel_twins(sub, batch, fresh=not adopted)
+            completion = self._submitted(sub, batch, adopted)
+            if progress.looked_up and completion.line is not None:
+                completion.line[LOOK_FOR_TWINS] = True  # run looks again while it watches
+            return completion
         except anyio.get_cancelled_exc_class():
             await deliver(send, await self._settle_in_time(sub, progress, "cancelled"))
             raise
@@ -246,6 +255,7 @@ class FileSubmitter:
         self, sub: Submission, progress: _Progress
     ) -> tuple[types.BatchJob, bool]:
         if progress.batch_unknown:  # an earlier attempt or run may have created it
+            progress.looked_up = True
             found = await self._find_batch(sub)
             if found is not None:
                 return found, True
@@ -283,6 +293,21 @@ class FileSubmitter:
     async def _find_batch(self, sub: Submission) -> types.BatchJob | None:
         """The batch an earlier attempt created for this submission, if any."""
         return await self.batches.find(sub.token)
+
+    async def _cancel_twins(self, sub: Submission, kept: types.BatchJob, fresh: bool) -> None:
+        """Cancel the other jobs carrying this submission's token. After our own create
+        the listing is a new one (a lost create may have landed while ours ran); after
+        adopting, the look-up's own listing shows them. A listing that fails is no
+        failure of the file: the batch stands, and run looks again while it watches."""
+        try:
+            found = await (self.batches.find_all if fresh else self.batches.known)(sub.token)
+        except ApiError:
+            return
+
+        async def cancel(name: str) -> None:
+            await self.with_retries("cancel", sub.item.label, lambda: self.api.cancel_batch(name))
+
+        await cancel_twins(sub.item.label, found, kept, cancel, self.emit)
 
     # -- failure -------------------------------------------------------------
     async def _settle(self, sub: Submission, progress: _Progress, reason: str) -> Completion:

@@ -30,6 +30,7 @@ from .._events import (
     JournalProblem,
     ResultsSaved,
     Retrying,
+    TwinFound,
     WaitingForCapacity,
 )
 from .._names import display_path
@@ -115,7 +116,7 @@ class LiveView:
         elif isinstance(event, JobEnded):
             state = "waiting" if event.resubmitted else "failed"
             self._set(event.path, state, event.reason)
-        elif isinstance(event, (Retrying, CleanupFailed, JournalProblem)):
+        elif isinstance(event, (Retrying, CleanupFailed, JournalProblem, TwinFound)):
             self.log = [*self.log[-(MAX_WARNINGS - 1) :], (time.monotonic(), _log_line(event))]
 
     def _set(self, path: str, state: str, note: str = "") -> _Row:
@@ -184,9 +185,12 @@ def _age(seconds: float) -> str:
     return f"{minutes}m{int(seconds % 60):02d}s"
 
 
-def _log_line(event: Retrying | CleanupFailed | JournalProblem) -> str:
+def _log_line(event: Retrying | CleanupFailed | JournalProblem | TwinFound) -> str:
     if isinstance(event, Retrying):
         return f"retrying {event.step} of {display_path(event.path)}: {event.reason}"
     if isinstance(event, CleanupFailed):
         return f"could not delete {display_path(event.file_name)}: {event.reason}"
+    if isinstance(event, TwinFound):
+        done = "cancelled" if event.cancelled else "could not cancel"
+        return f"{done} {event.twin}, a second job for {display_path(event.path)}"
     return f"{display_path(event.journal)}:{event.line}: {event.message}"

@@ -23,6 +23,7 @@ from .._events import (
     Retrying,
     RunSummary,
     SubmitSummary,
+    TwinFound,
     WaitingForCapacity,
     WouldSubmit,
     event_to_dict,
@@ -98,6 +99,13 @@ def render_text(event: Event) -> tuple[str, bool]:
     if isinstance(event, CleanupFailed):
         return (
             f"warning: could not delete {_shown(event.file_name)} for {_shown(event.path)}: {event.reason}",
+            True,
+        )
+    if isinstance(event, TwinFound):
+        done = "cancelled" if event.cancelled else f"could not cancel ({event.reason})"
+        return (
+            f"warning: {done} {_shown(event.twin)}, a second job for {_shown(event.path)} "
+            f"(a create whose answer was lost landed late); kept {_shown(event.kept)}",
             True,
         )
     if isinstance(event, JournalProblem):

@@ -131,6 +131,12 @@ def creates_reached(emulator: RunningEmulator, count: int) -> Callable[[], bool]
     return lambda: emulator.state()["requests"]["create"]["count"] >= count
 
 
+def quiet(emulator: RunningEmulator) -> Callable[[], bool]:
+    """A condition: no API request is still being answered (a killed client's create
+    has landed, or failed, on the emulator)."""
+    return lambda: all(int(v["inFlight"]) == 0 for v in emulator.state()["requests"].values())
+
+
 def request_total(state: dict[str, Any]) -> int:
     return sum(int(v["count"]) for v in state["requests"].values())
 

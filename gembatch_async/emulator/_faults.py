@@ -136,9 +136,10 @@ class RequestLog:
             counter.in_flight -= 1
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        """`{"upload": {"count": n, "maxInFlight": m}, ...}` for /_emulator/state."""
+        """`{"upload": {"count": n, "maxInFlight": m, "inFlight": k}, ...}` for
+        /_emulator/state (``inFlight``: still being answered, e.g. a killed client's)."""
         return {
-            name: {"count": c.count, "maxInFlight": c.max_in_flight}
+            name: {"count": c.count, "maxInFlight": c.max_in_flight, "inFlight": c.in_flight}
             for name, c in self._counters.items()
         }
 

@@ -217,8 +217,8 @@ async def test_latency_overlaps_and_counts(emulator: RunningEmulator) -> None:
     assert len(results) == 5
     assert 0.3 <= elapsed < 1.2
     requests = emulator.state()["requests"]
-    assert requests["get"] == {"count": 5, "maxInFlight": 5}
-    assert requests["create"] == {"count": 0, "maxInFlight": 0}
+    assert requests["get"] == {"count": 5, "maxInFlight": 5, "inFlight": 0}
+    assert requests["create"] == {"count": 0, "maxInFlight": 0, "inFlight": 0}
 
 
 def test_counts_include_failures_and_reset(emulator: RunningEmulator) -> None:
@@ -235,4 +235,4 @@ def test_counts_include_failures_and_reset(emulator: RunningEmulator) -> None:
     emulator.reset()
     state = emulator.state()
     assert state["files"] == []
-    assert all(v == {"count": 0, "maxInFlight": 0} for v in state["requests"].values())
+    assert all(v == {"count": 0, "maxInFlight": 0, "inFlight": 0} for v in state["requests"].values())

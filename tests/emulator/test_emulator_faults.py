@@ -235,4 +235,6 @@ def test_counts_include_failures_and_reset(emulator: RunningEmulator) -> None:
     emulator.reset()
     state = emulator.state()
     assert state["files"] == []
-    assert all(v == {"count": 0, "maxInFlight": 0, "inFlight": 0} for v in state["requests"].values())
+    assert all(
+        v == {"count": 0, "maxInFlight": 0, "inFlight": 0} for v in state["requests"].values()
+    )

@@ -561,12 +561,14 @@ class _Runner:
 
     def _rounds_if_used_up(self, entry: _Input) -> int | None:
         """The rounds the input has had, when they are all it may have under this
-        ``--resubmits`` (``_submit._resubmit`` sends nothing more); else None. A split
-        input's parts go whole, not in rounds."""
-        if entry.item.part is not None:
-            return None
-        line = self.jobs.journal.refresh().latest.get(entry.item.key)
-        done = round_of(line) if line is not None else 0
+        ``--resubmits`` (``_submit._resubmit`` sends nothing more); else None.
+
+        A split input's parts each have their rounds: it counts as used up by its part
+        with the most. A run with --retry-failed gives every part with failed requests
+        its rounds, so a part with fewer had none to send."""
+        latest = self.jobs.journal.refresh().latest
+        keys = [s.item.key for s in self._siblings(entry)] if entry.item.part else [entry.item.key]
+        done = max((round_of(latest[k]) for k in keys if k in latest), default=0)
         return done if done >= self.settings.resubmits else None
 
     def _count(self, result: ResultFile, cost: Cost | None, used_up: int | None) -> None:

@@ -80,6 +80,8 @@ def test_run_sends_each_parts_failed_requests_once_more_and_merges_them(
     assert [row["key"] for row in got] == keys
     assert {row["key"] for row in got if "error" in row} == still
     assert f"40 requests: {40 - len(still)} answered, {len(still)} failed" in result.stdout
+    if still:  # the parts used up their rounds: the hint names the --resubmits to go on
+        assert "--retry-failed --resubmits 2" in result.stdout + result.stderr
     uploads = [f["name"] for f in state["files"] if f["source"] == "UPLOADED"]
     assert uploads == [], "every job's upload is deleted once the results are in"
     again = run_cli([*RUN, *split, "q.jsonl"], cwd=tmp_path, env=env)

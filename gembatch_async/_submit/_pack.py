@@ -64,15 +64,9 @@ from .._inputs import InputFile, JobLimits, open_as_checked
 from .._journal import JobLine, Journal, JournalView, batch_name_of, batch_state_of, keys_sha256
 from .._names import display_path
 from .._settings import SubmitSettings
-from ._pipeline import (
-    RETRYABLE_END_STATES,
-    Submission,
-    SubmitRun,
-    Tally,
-    _Completion,
-    _deliver,
-    _failed,
-)
+from ._one_file import Submission
+from ._pipeline import RETRYABLE_END_STATES, SubmitRun
+from ._writer import Completion, Tally, deliver, failed
 
 #: Ends each member's key prefix: the number before the first ``~`` names the member.
 PREFIX_END = "~"
@@ -457,9 +451,7 @@ class PackRun(SubmitRun):
             return False
         return await super()._should_resubmit(latest)
 
-    async def _submit_file(
-        self, item: InputFile, send: MemoryObjectSendStream[_Completion]
-    ) -> None:
+    async def _submit_file(self, item: InputFile, send: MemoryObjectSendStream[Completion]) -> None:
         if not isinstance(item, Pack):
             await super()._submit_file(item, send)
             return
@@ -468,11 +460,11 @@ class PackRun(SubmitRun):
                 await claims.enter_async_context(self.journal.claim(identity))
             completion = await self._decide_and_submit_pack(item, send)
             if completion is not None:
-                await _deliver(send, completion)
+                await deliver(send, completion)
 
     async def _decide_and_submit_pack(
-        self, pack: Pack, send: MemoryObjectSendStream[_Completion]
-    ) -> _Completion | None:
+        self, pack: Pack, send: MemoryObjectSendStream[Completion]
+    ) -> Completion | None:
         view = self.journal.refresh()
         async with self.limiter:
             if self.stop.is_set() or self.halted:
@@ -483,14 +475,14 @@ class PackRun(SubmitRun):
                     f"{display_path(taken[0].item.path)} was submitted by another run meanwhile; "
                     "nothing was sent: run the command again"
                 )
-                return _failed(pack, reason, None)
+                return failed(pack, reason, None)
             generation = max(view.history.get(m.item.key, 0) for m in pack.members)
             return await self._submit_when_admitted(self._submission(pack, generation), send)
 
     def _source(self, item: InputFile) -> contextlib.AbstractAsyncContextManager[str]:
         return packed_source(item) if isinstance(item, Pack) else super()._source(item)
 
-    def _submitted(self, sub: Submission, batch: types.BatchJob, adopted: bool) -> _Completion:
+    def _submitted(self, sub: Submission, batch: types.BatchJob, adopted: bool) -> Completion:
         completion = super()._submitted(sub, batch, adopted)
         pack = sub.item
         if not isinstance(pack, Pack) or completion.line is None:

@@ -41,20 +41,6 @@ T = TypeVar("T")
 RETRYABLE_END_STATES = frozenset({"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"})
 _WRITER_BUFFER = 64
 
-# The names the packed run (``_pack``) builds on, under the names it knows them by.
-_Completion = Completion
-_deliver = deliver
-_failed = failed
-__all__ = [
-    "RETRYABLE_END_STATES",
-    "Submission",
-    "SubmitRun",
-    "Tally",
-    "_Completion",
-    "_deliver",
-    "_failed",
-]
-
 
 class SubmitRun:
     """One submit run: its settings, client, journal and counters."""

@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import anyio
-from google.genai import types
 
+from ._backends import Job
 from ._errors import ApiError
 from ._errors import Limit as Limit  # re-exported: the gate speaks in limits
 from ._settings import UPLOAD_LIFETIME_S
@@ -51,9 +51,7 @@ class Load:
 Recount = Callable[[], Awaitable[Load]]
 
 
-def load_of(
-    batches: Iterable[types.BatchJob], lines: Iterable[Mapping[str, Any]], model: str
-) -> Load:
+def load_of(batches: Iterable[Job], lines: Iterable[Mapping[str, Any]], model: str) -> Load:
     """The load a listing shows. A job in a state the SDK does not know counts as
     unfinished (``done`` is False for it): counting one too many only waits."""
     unfinished = frozenset(b.name for b in batches if b.name and not b.done)

@@ -23,11 +23,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import anyio
-from google import genai
 
 from ._admission import Admission, Limit
 from ._backends import END_STATES, RESULT_STATES, Backend, VertexTarget
-from ._backends._sessions import chosen_target, open_target
+from ._backends._sessions import GenaiClient, chosen_target, open_target
 from ._backends._target import Target
 from ._errors import ApiError, UsageError
 from ._events import (
@@ -129,7 +128,7 @@ async def run(
     out_dir: str | os.PathLike[str] | None = None,
     interval: float = 30.0,
     resubmits: int = 1,
-    client: genai.Client | None = None,
+    client: GenaiClient | None = None,
     api_key: str | None = None,
     base_url: str | None = None,
     on_event: EventHandler = ignore_events,

@@ -1,9 +1,11 @@
 """The backend seam: what submit, run and the job commands need of a batch service.
 
-Two implementations: the Gemini Developer API (``_client.GeminiApi``: Files API
-uploads, ``batches/ID`` jobs) and Vertex AI batch prediction (``_vertex.VertexApi``:
+Two implementations: the Gemini Developer API (``_genai.GeminiApi``: Files API
+uploads, ``batches/ID`` jobs) and Vertex AI batch prediction (``vertex.VertexApi``:
 Cloud Storage objects, ``projects/P/locations/L/batchPredictionJobs/ID`` jobs). The
-pipeline, journal, admission and results code only ever see :class:`Backend`.
+pipeline, journal, admission and results code only ever see :class:`Backend`, and
+what it answers is a record of ours (``_records``: :class:`Job`, :class:`Model`,
+:class:`RemoteFile`, :class:`BatchDetail`), never an SDK object.
 
 A job command works on a journal that may hold both kinds of line: :class:`Routed`
 sends each call to the backend its name belongs to, opening it on first use.
@@ -13,22 +15,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .._errors import UsageError
 from .._schema import GENERATE
 from ._gemini_target import GeminiTarget as GeminiTarget
+from ._records import BatchDetail as BatchDetail
+from ._records import BatchPage as BatchPage
+from ._records import Job as Job
+from ._records import Model as Model
+from ._records import RemoteFile as RemoteFile
 from ._target import BACKENDS as BACKENDS
 from ._target import DEFAULT_BACKEND as DEFAULT_BACKEND
 from ._target import GEMINI as GEMINI
 from ._target import VERTEX as VERTEX
 from ._target import Target as Target
 from ._vertex_target import VertexTarget as VertexTarget
-
-if TYPE_CHECKING:  # the SDK loads with the first call, not with `gembatch-async --version`
-    from google.genai import types
-
-    from ._genai import BatchDetail, BatchPage, RemoteFile
 
 BACKEND_ENV = "GEMBATCH_BACKEND"
 #: Job states whose results can be downloaded: a partly succeeded Vertex job wrote
@@ -40,7 +42,8 @@ END_STATES = RESULT_STATES | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_ST
 
 class JobsApi(Protocol):
     """What the job commands (status, watch, download, cancel, cleanup) need of a
-    service: a recorded job's state and output, each call raising ApiError."""
+    service: a recorded job's state and output (:class:`BatchDetail`, :class:`BatchPage`),
+    each call raising ApiError."""
 
     async def delete_file(self, name: str) -> bool:
         """Delete a staged input (or a job's output); False when it was already gone."""
@@ -64,7 +67,8 @@ class JobsApi(Protocol):
 
 class SubmitApi(Protocol):
     """What submit needs of a service: where inputs go and what a job may hold, then
-    upload -> create, and finding what an earlier attempt created."""
+    upload -> create, and finding what an earlier attempt created; files, jobs and
+    models answered as :class:`RemoteFile`, :class:`Job` and :class:`Model`."""
 
     def upload_name(self, upload_id: str) -> str:
         """Where the input of ``upload_id`` is staged (a Files API name, a gs:// URI)."""
@@ -74,7 +78,9 @@ class SubmitApi(Protocol):
         """What a journal line records of this backend, so job commands can reopen it."""
         ...
 
-    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool: ...
+    def model_supports(self, model: Model, kind: str = GENERATE) -> bool:
+        """Whether ``model`` (as get_model read it) can run batch requests of ``kind``."""
+        ...
 
     def storage_quota(self, configured: int) -> int:
         """The bytes staged inputs may hold at once (the Files API's quota; a bucket has none)."""
@@ -104,15 +110,15 @@ class SubmitApi(Protocol):
         display_name: str,
         kind: str = GENERATE,
         webhook: dict[str, Any] | None = None,
-    ) -> types.BatchJob: ...
+    ) -> Job: ...
 
-    async def get_batch(self, name: str) -> types.BatchJob: ...
+    async def get_batch(self, name: str) -> Job: ...
 
-    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
+    async def list_batches(self, page_size: int = 100) -> list[Job]:
         """Every job an ambiguous create may have made (our display names among them)."""
         ...
 
-    async def get_model(self, model: str) -> types.Model: ...
+    async def get_model(self, model: str) -> Model: ...
 
     async def count_tokens(self, model: str, contents: list[Any]) -> int:
         """models.countTokens of a request's contents (``--count-tokens``)."""
@@ -120,7 +126,8 @@ class SubmitApi(Protocol):
 
 
 class Backend(SubmitApi, JobsApi, Protocol):
-    """The calls gembatch-async makes, each returning plain data or raising ApiError:
+    """The calls gembatch-async makes, each returning plain data (the records of
+    ``_records``, which import no SDK) or raising ApiError:
     what submit needs (:class:`SubmitApi`) and what the job commands need
     (:class:`JobsApi`). Both services implement it whole."""
 
@@ -149,7 +156,7 @@ def is_upload_name(name: str) -> bool:
 
 
 def output_of(batch: Mapping[str, Any]) -> str | None:
-    """A job's output, from its recorded (``batch_to_dict``) form: a Files API file, or
+    """A job's output, from its recorded (``Job.recorded``) form: a Files API file, or
     the Cloud Storage directory Vertex wrote (``output_info``)."""
     dest = batch.get("dest")
     name = dest.get("file_name") if isinstance(dest, Mapping) else None
@@ -158,13 +165,6 @@ def output_of(batch: Mapping[str, Any]) -> str | None:
     info = batch.get("output_info")
     directory = info.get("gcs_output_directory") if isinstance(info, Mapping) else None
     return as_folder(directory)
-
-
-def output_of_job(batch: types.BatchJob) -> str | None:
-    if batch.dest is not None and batch.dest.file_name:
-        return batch.dest.file_name
-    info = getattr(batch, "output_info", None)
-    return as_folder(getattr(info, "gcs_output_directory", None))
 
 
 def as_folder(directory: object) -> str | None:

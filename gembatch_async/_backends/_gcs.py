@@ -37,7 +37,7 @@ from .._errors import (
     UsageError,
 )
 from .._strict_json import strict_json
-from ._genai import RemoteFile
+from ._records import RemoteFile
 
 T = TypeVar("T")
 _GS_URI = re.compile(r"gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?:/(?P<name>.*))?")

@@ -10,12 +10,12 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import re
 import urllib.parse
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,8 +41,12 @@ from .._events import BatchStats
 from .._schema import BATCH_METHODS, EMBED, GENERATE
 from .._settings import DEFAULT_REQUEST_TIMEOUT_S, api_key_from_env, refuse_unsendable_key
 from .._settings import redact as redact  # re-exported: its home was here
-from . import _sdk
+from . import _sdk, as_folder
 from ._quota import limit_of
+from ._records import BatchDetail as BatchDetail
+from ._records import BatchPage as BatchPage
+from ._records import Job, Model
+from ._records import RemoteFile as RemoteFile
 
 # The SDK marks batches.create_embeddings "experimental" with a warning on every
 # call. Silence it for our calls only (module= matches the caller the warning
@@ -166,17 +170,6 @@ def translate_errors(
         raise _from_transport_error(exc, secret) from exc
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    """What we need to know about an uploaded file."""
-
-    name: str
-    sha256: str | None
-    size_bytes: int | None
-    state: str | None
-    expires_in_seconds: float | None
-
-
 def _hex_sha256(wire: str | None) -> str | None:
     """The file's sha256 as lowercase hex, or None when the encoding is not one we know.
 
@@ -207,6 +200,37 @@ def _remote_file(file: types.File) -> RemoteFile:
     )
 
 
+def job_of(batch: types.BatchJob) -> Job:
+    """The SDK's ``BatchJob`` as our record: the one place either backend reads one
+    (Vertex's too: google-genai answers for both services with this type)."""
+    message = batch.error.message if batch.error is not None else None
+    return Job(
+        name=batch.name or "",
+        display_name=batch.display_name,
+        state=batch.state.value if batch.state is not None else None,
+        done=batch.done,
+        create_time=batch.create_time,
+        update_time=batch.update_time,
+        model=batch.model,
+        output=_output_of(batch),
+        error=str(message) if message else None,
+        recorded=batch_to_dict(batch),
+    )
+
+
+def _output_of(batch: types.BatchJob) -> str | None:
+    """A Files API file (Gemini), else the folder Vertex wrote (``output_info``)."""
+    if batch.dest is not None and batch.dest.file_name:
+        return batch.dest.file_name
+    info = getattr(batch, "output_info", None)
+    return as_folder(getattr(info, "gcs_output_directory", None))
+
+
+def model_of(model: types.Model) -> Model:
+    """The SDK's ``Model`` as our record."""
+    return Model(name=model.name or "", supported_actions=tuple(model.supported_actions or ()))
+
+
 def batch_to_dict(batch: types.BatchJob) -> dict[str, Any]:
     """The batch as the original gembatch tool records it (datetimes as ISO 8601)."""
     data = batch.model_dump(mode="python", exclude_none=True)
@@ -225,23 +249,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
-class BatchDetail:
-    """A batch job with what the SDK's ``BatchJob`` drops: its counts and its error."""
-
-    job: types.BatchJob
-    stats: BatchStats | None
-    error: str | None
-
-
-@dataclass(frozen=True)
-class BatchPage:
-    """One page of the project's job listing, and the token of the next (None: the last)."""
-
-    details: list[BatchDetail]
-    next_token: str | None
-
-
 def _count(stats: dict[str, Any], key: str) -> int:
     try:
         return int(stats.get(key) or 0)  # int64 arrives as a JSON string
@@ -251,7 +258,7 @@ def _count(stats: dict[str, Any], key: str) -> int:
 
 def _batch_detail(raw: dict[str, Any]) -> BatchDetail:
     """Parse a raw batch operation as ``AsyncBatches.get`` does, keeping stats and error."""
-    job = _sdk.batch_job_from_raw(raw)
+    job = job_of(_sdk.batch_job_from_raw(raw))
     metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     assert isinstance(metadata, dict)
     counts = metadata.get("batchStats")
@@ -265,7 +272,9 @@ def _batch_detail(raw: dict[str, Any]) -> BatchDetail:
         )
     error = raw.get("error")
     message = error.get("message") if isinstance(error, dict) else None
-    return BatchDetail(job, stats, str(message) if message else None)
+    # The SDK's converter drops the error (python-genai#1323): the raw one is the job's.
+    text = str(message) if message else None
+    return BatchDetail(dataclasses.replace(job, error=text), stats, text)
 
 
 class GeminiApi:
@@ -309,7 +318,7 @@ class GeminiApi:
     def line_fields(self) -> dict[str, Any]:
         return {}  # lines without a backend are Gemini's (the original tool's too)
 
-    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
+    def model_supports(self, model: Model, kind: str = GENERATE) -> bool:
         return model_supports(model, kind)
 
     def storage_quota(self, configured: int) -> int:
@@ -348,7 +357,7 @@ class GeminiApi:
         display_name: str,
         kind: str = GENERATE,
         webhook: dict[str, Any] | None = None,
-    ) -> types.BatchJob:
+    ) -> Job:
         """Create the batch job for an uploaded file: batchGenerateContent for generate
         requests, asyncBatchEmbedContent (the SDK's create_embeddings) for embed ones.
         ``webhook`` asks for a dynamic webhook (``webhook_config``); the SDK's embeddings
@@ -356,18 +365,21 @@ class GeminiApi:
         with translate_errors(secret=self._secret, create=True), _unreadable_answer(self._secret):
             if kind == EMBED:
                 embed_config = types.CreateEmbeddingsBatchJobConfig(display_name=display_name)
-                return await self._client.aio.batches.create_embeddings(
+                created = await self._client.aio.batches.create_embeddings(
                     model=model, src={"file_name": src}, config=embed_config
                 )
+                return job_of(created)
             config = types.CreateBatchJobConfig(
                 display_name=display_name,
                 webhook_config=types.WebhookConfig(**webhook) if webhook else None,
             )
-            return await self._client.aio.batches.create(model=model, src=src, config=config)
+            return job_of(
+                await self._client.aio.batches.create(model=model, src=src, config=config)
+            )
 
-    async def get_batch(self, name: str) -> types.BatchJob:
+    async def get_batch(self, name: str) -> Job:
         with translate_errors(secret=self._secret):
-            return await self._client.aio.batches.get(name=name)
+            return job_of(await self._client.aio.batches.get(name=name))
 
     async def get_batch_detail(self, name: str) -> BatchDetail:
         """``batches.get`` plus what the SDK drops (python-genai#1323): batchStats and error.
@@ -395,8 +407,7 @@ class GeminiApi:
         """``batches.get`` through the public API only: the job, with its counts unknown
         and its error only if a release of the SDK keeps it (3.x drops both)."""
         job = await self.get_batch(name)
-        message = job.error.message if job.error is not None else None
-        return BatchDetail(job, None, str(message) if message else None)
+        return BatchDetail(job, None, job.error)
 
     async def cancel_batch(self, name: str) -> None:
         with translate_errors(secret=self._secret):
@@ -407,13 +418,13 @@ class GeminiApi:
         with translate_errors(missing_is_403=True, secret=self._secret):
             await self._client.aio.files.download(file=name, destination=destination)
 
-    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
+    async def list_batches(self, page_size: int = 100) -> list[Job]:
         """Every batch job of the project, paging explicitly (USERS.md P6)."""
-        found: list[types.BatchJob] = []
+        found: list[Job] = []
         with translate_errors(secret=self._secret):
             pager = await self._client.aio.batches.list(config={"page_size": page_size})
             async for batch in pager:
-                found.append(batch)
+                found.append(job_of(batch))
         return found
 
     async def list_batch_page(
@@ -443,9 +454,9 @@ class GeminiApi:
             details = [_batch_detail(op) for op in operations if isinstance(op, dict)]
             return BatchPage(details, token if isinstance(token, str) and token else None)
 
-    async def get_model(self, model: str) -> types.Model:
+    async def get_model(self, model: str) -> Model:
         with translate_errors(secret=self._secret):
-            return await self._client.aio.models.get(model=model)
+            return model_of(await self._client.aio.models.get(model=model))
 
     async def count_tokens(self, model: str, contents: list[Any]) -> int:
         with translate_errors(secret=self._secret):
@@ -480,10 +491,9 @@ def _key_of(client: genai.Client) -> str | None:
     return _sdk.api_key_of(client) or api_key_from_env()
 
 
-def model_supports(model: types.Model, kind: str = GENERATE) -> bool:
+def model_supports(model: Model, kind: str = GENERATE) -> bool:
     """Whether the model lists the batch method that requests of ``kind`` need."""
-    actions: Sequence[str] = model.supported_actions or []
-    return BATCH_METHODS[kind] in actions
+    return BATCH_METHODS[kind] in model.supported_actions
 
 
 EMULATOR_API_KEY = "gembatch-emulator"

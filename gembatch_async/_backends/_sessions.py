@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from google import genai
 
 from . import Backend, Opener, Routed, backend_of_line, routed
 from ._gemini_target import GeminiTarget
@@ -18,12 +20,13 @@ from ._target import GEMINI, VERTEX, Target
 from ._vertex_target import VertexTarget
 from .vertex import vertex_session
 
-if TYPE_CHECKING:
-    from google import genai
+#: The caller's google-genai client (the public API's ``client=``), named here so that
+#: nothing above the backends imports the SDK.
+GenaiClient = genai.Client
 
 
 def chosen_target(
-    client: genai.Client | None = None,
+    client: GenaiClient | None = None,
     *,
     api_key: str | None = None,
     base_url: str | None = None,
@@ -37,7 +40,7 @@ def chosen_target(
 
 
 def every_target(
-    client: genai.Client | None = None,
+    client: GenaiClient | None = None,
     *,
     api_key: str | None = None,
     base_url: str | None = None,

@@ -31,14 +31,8 @@ from .._schema import GENERATE
 from .._settings import DEFAULT_REQUEST_TIMEOUT_S
 from . import VERTEX, VertexTarget
 from ._gcs import Storage, parse_gs_uri
-from ._genai import (
-    NO_SDK_RETRIES,
-    BatchDetail,
-    BatchPage,
-    RemoteFile,
-    _unreadable_answer,
-    translate_errors,
-)
+from ._genai import NO_SDK_RETRIES, _unreadable_answer, job_of, model_of, translate_errors
+from ._records import BatchDetail, BatchPage, Job, Model, RemoteFile
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 DEFAULT_LOCATION = "us-central1"
@@ -92,7 +86,7 @@ class VertexApi:
             "bucket": self._target.bucket,
         }
 
-    def model_supports(self, model: types.Model, kind: str = GENERATE) -> bool:
+    def model_supports(self, model: Model, kind: str = GENERATE) -> bool:
         # Vertex batch prediction runs generateContent requests; the model resource
         # lists no supported actions to check.
         return kind == GENERATE
@@ -138,7 +132,7 @@ class VertexApi:
         display_name: str,
         kind: str = GENERATE,
         webhook: dict[str, Any] | None = None,
-    ) -> types.BatchJob:
+    ) -> Job:
         # webhook: the SDK refuses webhook_config for Vertex (batches._CreateBatchJobConfig
         # _to_vertex raises), so run refuses --webhook-url with this backend up front.
         if webhook is not None:
@@ -149,17 +143,19 @@ class VertexApi:
             display_name=display_name, dest=self._output_prefix(display_name)
         )
         with translate_errors(create=True), _unreadable_answer(None):
-            return await self._client.aio.batches.create(
-                model=vertex_model(model), src=src, config=config
+            return job_of(
+                await self._client.aio.batches.create(
+                    model=vertex_model(model), src=src, config=config
+                )
             )
 
-    async def get_batch(self, name: str) -> types.BatchJob:
-        with translate_errors():
-            return await self._client.aio.batches.get(name=name)
+    async def get_batch(self, name: str) -> Job:
+        return (await self.get_batch_detail(name)).job
 
     async def get_batch_detail(self, name: str) -> BatchDetail:
-        job = await self.get_batch(name)
-        return BatchDetail(job, stats_of(job), _error_message(job))
+        with translate_errors():
+            batch = await self._client.aio.batches.get(name=name)
+        return detail_of(batch)
 
     async def cancel_batch(self, name: str) -> None:
         with translate_errors():
@@ -175,20 +171,20 @@ class VertexApi:
         with translate_errors():
             pager = await self._client.aio.batches.list(config=config)
         token = pager.config.get("page_token")  # the pager keeps the next page's token here
-        details = [BatchDetail(job, stats_of(job), _error_message(job)) for job in pager.page]
+        details = [detail_of(job) for job in pager.page]
         return BatchPage(details, token if isinstance(token, str) and token else None)
 
-    async def list_batches(self, page_size: int = 100) -> list[types.BatchJob]:
-        found: list[types.BatchJob] = []
+    async def list_batches(self, page_size: int = 100) -> list[Job]:
+        found: list[Job] = []
         with translate_errors():
             pager = await self._client.aio.batches.list(config={"page_size": page_size})
             async for batch in pager:
-                found.append(batch)
+                found.append(job_of(batch))
         return found
 
-    async def get_model(self, model: str) -> types.Model:
+    async def get_model(self, model: str) -> Model:
         with translate_errors():
-            return await self._client.aio.models.get(model=vertex_model(model))
+            return model_of(await self._client.aio.models.get(model=vertex_model(model)))
 
     async def count_tokens(self, model: str, contents: list[Any]) -> int:
         with translate_errors():
@@ -196,6 +192,13 @@ class VertexApi:
                 model=vertex_model(model), contents=contents
             )
         return counted.total_tokens or 0
+
+
+def detail_of(batch: types.BatchJob) -> BatchDetail:
+    """A BatchPredictionJob as our record: Vertex's get and list answer it whole,
+    with its counts (``completion_stats``) and its error."""
+    job = job_of(batch)
+    return BatchDetail(job, stats_of(batch), job.error)
 
 
 def stats_of(job: types.BatchJob) -> BatchStats | None:
@@ -207,11 +210,6 @@ def stats_of(job: types.BatchJob) -> BatchStats | None:
     failed = int(stats.failed_count or 0)
     pending = int(stats.incomplete_count or 0)
     return BatchStats(succeeded + failed + pending, succeeded, failed, pending)
-
-
-def _error_message(job: types.BatchJob) -> str | None:
-    message = job.error.message if job.error is not None else None
-    return str(message) if message else None
 
 
 @contextlib.asynccontextmanager

@@ -19,19 +19,17 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from google import genai
 
 from .._backends import (
     END_STATES,
     RESULT_STATES,
+    BatchDetail,
     JobsApi,
     VertexTarget,
     is_upload_name,
     output_of,
-    output_of_job,
 )
-from .._backends._genai import BatchDetail, batch_to_dict
-from .._backends._sessions import every_target, jobs_session
+from .._backends._sessions import GenaiClient, every_target, jobs_session
 from .._errors import ApiError, PermanentApiError, UsageError
 from .._events import BatchStats, JournalProblem
 from .._identity import base_identity_of_line, input_location, outside_reason
@@ -206,7 +204,7 @@ def _named_identity(view: JournalView, path: str) -> str:
 async def open_jobs(
     job_info: str | os.PathLike[str] = DEFAULT_JOB_INFO,
     *,
-    client: genai.Client | None = None,
+    client: GenaiClient | None = None,
     api_key: str | None = None,
     base_url: str | None = None,
     retry: RetrySettings | None = None,
@@ -310,7 +308,7 @@ def _with_fresh_batches(fresh: dict[str, BatchDetail]) -> Callable[[JobLine], Jo
         detail = fresh.get(batch_name_of(line))
         if detail is None:
             return line
-        updated = {**line, "batch": batch_to_dict(detail.job), "status_checked_at": checked}
+        updated = {**line, "batch": detail.job.journal_form(), "status_checked_at": checked}
         if detail.stats is not None:
             updated["batch_stats"] = dataclasses.asdict(detail.stats)
         if detail.error is not None:
@@ -327,13 +325,13 @@ def _recorded_results(line: JobLine) -> ResultCounts | None:
 
 def _status_from_batch(line: JobLine, roots: Sequence[str], detail: BatchDetail) -> JobStatus:
     batch = detail.job
-    state = batch.state.value if batch.state is not None else "JOB_STATE_UNSPECIFIED"
+    state = batch.state if batch.state is not None else "JOB_STATE_UNSPECIFIED"
     age = (
         (datetime.now(timezone.utc) - batch.create_time).total_seconds()
         if batch.create_time
         else None
     )
-    output = output_of_job(batch)
+    output = batch.output
     return JobStatus(
         str(line["input_file"]),
         batch.name or "",

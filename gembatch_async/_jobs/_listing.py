@@ -31,8 +31,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .._backends import END_STATES, RESULT_STATES, JobsApi, backend_of_name, output_of_job
-from .._backends._genai import BatchDetail, BatchPage
+from .._backends import (
+    END_STATES,
+    RESULT_STATES,
+    BatchDetail,
+    BatchPage,
+    JobsApi,
+    backend_of_name,
+)
 from .._errors import ApiError
 
 T = TypeVar("T")
@@ -126,11 +132,11 @@ class JobListing:
 
 def listing_answers(detail: BatchDetail) -> bool:
     """Whether a listed job says all a poll needs, so no GET is needed for it."""
-    state = detail.job.state.value if detail.job.state is not None else ""
+    state = detail.job.state if detail.job.state is not None else ""
     if state in UNFINISHED_STATES:
         return True
     if state in RESULT_STATES:  # its results are fetched from the output it names
-        return output_of_job(detail.job) is not None
+        return detail.job.output is not None
     if state == "JOB_STATE_FAILED":  # the reason shown to the user is its error
         return detail.error is not None
     return state in END_STATES  # cancelled, expired; an unknown state is asked with a GET

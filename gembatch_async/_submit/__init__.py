@@ -18,14 +18,13 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
-from google import genai
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from .._admission import Admission, Load, bytes_held, load_of
 from .._backends import Backend, Target, VertexTarget
-from .._backends._sessions import chosen_target, open_target
+from .._backends._sessions import GenaiClient, chosen_target, open_target
 from .._errors import (
     ApiError,
     NotFoundApiError,
@@ -70,7 +69,7 @@ async def submit(
     *,
     settings: SubmitSettings | None = None,
     job_info: str | os.PathLike[str] = DEFAULT_JOB_INFO,
-    client: genai.Client | None = None,
+    client: GenaiClient | None = None,
     api_key: str | None = None,
     base_url: str | None = None,
     on_event: EventHandler = ignore_events,

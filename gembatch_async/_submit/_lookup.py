@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import anyio
-from google.genai import types
 
+from .._backends import Job
 from ._twins import by_token, keeper
 
-ListBatches = Callable[[], Awaitable[list[types.BatchJob]]]
+ListBatches = Callable[[], Awaitable[list[Job]]]
 
 
 class BatchIndex:
@@ -25,14 +25,14 @@ class BatchIndex:
 
     def __init__(self, list_batches: ListBatches) -> None:
         self._list_batches = list_batches
-        self._by_token: dict[str, list[types.BatchJob]] = {}
+        self._by_token: dict[str, list[Job]] = {}
         self._started = 0  # listings started so far
         self._finished = 0  # the newest listing that has completed
         self._in_flight: anyio.Event | None = None
         #: Listings made (each may be several page requests).
         self.listings = 0
 
-    async def find(self, token: str) -> types.BatchJob | None:
+    async def find(self, token: str) -> Job | None:
         """The batch to keep (``_twins.keeper``) of those whose display name carries
         ``token``, or None.
 
@@ -42,15 +42,15 @@ class BatchIndex:
         found = await self._all(token, fresh=False)
         return keeper(found) if found else None
 
-    async def known(self, token: str) -> list[types.BatchJob]:
+    async def known(self, token: str) -> list[Job]:
         """Every batch carrying ``token`` in the newest listing (no new request)."""
         return list(self._by_token.get(token, []))
 
-    async def find_all(self, token: str) -> list[types.BatchJob]:
+    async def find_all(self, token: str) -> list[Job]:
         """Every batch carrying ``token``, from a listing that started after this call."""
         return await self._all(token, fresh=True)
 
-    async def _all(self, token: str, *, fresh: bool) -> list[types.BatchJob]:
+    async def _all(self, token: str, *, fresh: bool) -> list[Job]:
         needed = self._started + 1
         while True:
             found = self._by_token.get(token, [])

@@ -16,11 +16,9 @@ from typing import TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from google.genai import types
 
 from .._admission import Admission
-from .._backends import Backend
-from .._backends._genai import batch_to_dict
+from .._backends import Backend, Job
 from .._backends._quota import limit_after_retries
 from .._errors import (
     AlreadyExistsApiError,
@@ -85,7 +83,7 @@ class _Progress:
     uploaded: str | None = None
     #: The batch, once a create answered (it may answer inside a shield while
     #: the run is being cancelled).
-    created: types.BatchJob | None = None
+    created: Job | None = None
     #: A create was sent and we stopped waiting for its answer: the batch may
     #: still appear, reading our upload, so the upload must stay.
     create_unanswered: bool = False
@@ -97,7 +95,7 @@ class _Progress:
 #: The bytes to upload for an input, checked against what pre-flight read.
 Source = Callable[[InputFile], AbstractAsyncContextManager[str]]
 #: The completion of a file whose batch exists: its journal line and event.
-Submitted = Callable[[Submission, types.BatchJob, bool], Completion]
+Submitted = Callable[[Submission, Job, bool], Completion]
 
 
 class FileSubmitter:
@@ -232,9 +230,7 @@ class FileSubmitter:
         raise TransientApiError("an earlier upload was stale; uploading again")
 
     # -- create --------------------------------------------------------------
-    async def _create_or_adopt(
-        self, sub: Submission, progress: _Progress
-    ) -> tuple[types.BatchJob, bool]:
+    async def _create_or_adopt(self, sub: Submission, progress: _Progress) -> tuple[Job, bool]:
         """Create the batch; while one may exist already, look it up before trying.
 
         A 429 on create is never the file's failure: one that outlasts the retries
@@ -251,9 +247,7 @@ class FileSubmitter:
                 str(exc), limit=limit, code=exc.code, status=exc.status, details=exc.details
             ) from exc
 
-    async def _create_once(
-        self, sub: Submission, progress: _Progress
-    ) -> tuple[types.BatchJob, bool]:
+    async def _create_once(self, sub: Submission, progress: _Progress) -> tuple[Job, bool]:
         if progress.batch_unknown:  # an earlier attempt or run may have created it
             progress.looked_up = True
             found = await self._find_batch(sub)
@@ -269,7 +263,7 @@ class FileSubmitter:
             raise
         return batch, False
 
-    async def _create_shielded(self, sub: Submission, progress: _Progress) -> types.BatchJob:
+    async def _create_shielded(self, sub: Submission, progress: _Progress) -> Job:
         """Once sent, a create is waited for even under cancellation: its answer is the
         only quick way to know whether the batch exists (a look-up right after may not
         see a create the server is still finishing). The wait is bounded: by
@@ -290,11 +284,11 @@ class FileSubmitter:
         progress.create_unanswered = True
         raise UnansweredApiError("the batch create got no answer in time; it may still happen")
 
-    async def _find_batch(self, sub: Submission) -> types.BatchJob | None:
+    async def _find_batch(self, sub: Submission) -> Job | None:
         """The batch an earlier attempt created for this submission, if any."""
         return await self.batches.find(sub.token)
 
-    async def _cancel_twins(self, sub: Submission, kept: types.BatchJob, fresh: bool) -> None:
+    async def _cancel_twins(self, sub: Submission, kept: Job, fresh: bool) -> None:
         """Cancel the other jobs carrying this submission's token. After our own create
         the listing is a new one (a lost create may have landed while ours ran); after
         adopting, the look-up's own listing shows them. A listing that fails is no
@@ -366,7 +360,7 @@ class FileSubmitter:
 
 def submitted_line(
     sub: Submission,
-    batch: types.BatchJob,
+    batch: Job,
     adopted: bool,
     *,
     journal_id: str | None,
@@ -389,7 +383,7 @@ def submitted_line(
         "submitted_at": datetime.now(timezone.utc).isoformat(),
         "display_name": sub.display_name,
         "adopted": adopted,
-        "batch": batch_to_dict(batch),
+        "batch": batch.journal_form(),
         **backend_fields,
     }
     name = batch.name or ""

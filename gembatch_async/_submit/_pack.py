@@ -45,10 +45,9 @@ from dataclasses import dataclass, replace
 import anyio
 import anyio.to_thread
 from anyio.streams.memory import MemoryObjectSendStream
-from google.genai import types
 
 from .._admission import Admission
-from .._backends import END_STATES, Backend, output_of, output_of_job
+from .._backends import END_STATES, Backend, Job, output_of
 from .._backends._target import Target
 from .._errors import ApiError, InputChangedError, NotFoundApiError
 from .._events import (
@@ -407,10 +406,10 @@ class PackRun(SubmitRun):
                 continue
             except ApiError:
                 continue  # the input goes alone, where the same question is asked again
-            self._states[name] = batch.state.value if batch.state is not None else ""
-            self._outputs[name] = output_of_job(batch)
+            self._states[name] = batch.state if batch.state is not None else ""
+            self._outputs[name] = batch.output
 
-    def _getter(self, name: str) -> Callable[[], Awaitable[types.BatchJob]]:
+    def _getter(self, name: str) -> Callable[[], Awaitable[Job]]:
         return lambda: self.api.get_batch(name)
 
     def _limits(self) -> JobLimits:
@@ -482,7 +481,7 @@ class PackRun(SubmitRun):
     def _source(self, item: InputFile) -> contextlib.AbstractAsyncContextManager[str]:
         return packed_source(item) if isinstance(item, Pack) else super()._source(item)
 
-    def _submitted(self, sub: Submission, batch: types.BatchJob, adopted: bool) -> Completion:
+    def _submitted(self, sub: Submission, batch: Job, adopted: bool) -> Completion:
         completion = super()._submitted(sub, batch, adopted)
         pack = sub.item
         if not isinstance(pack, Pack) or completion.line is None:

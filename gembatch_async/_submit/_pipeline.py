@@ -16,10 +16,9 @@ from typing import TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from google.genai import types
 
 from .._admission import Admission, Limit, estimated_tokens
-from .._backends import Backend
+from .._backends import Backend, Job
 from .._errors import ApiError, NotFoundApiError, single_error
 from .._events import Event, EventHandler, WaitingForCapacity
 from .._identity import submission_token, upload_id_for
@@ -247,7 +246,7 @@ class SubmitRun:
                 )
             except NotFoundApiError:
                 return True  # the batch is gone (deleted): nothing will run for this file
-            state = batch.state.value if batch.state is not None else ""
+            state = batch.state if batch.state is not None else ""
         return state in RETRYABLE_END_STATES
 
     # -- what PackRun varies -------------------------------------------------
@@ -255,7 +254,7 @@ class SubmitRun:
         """A path to the bytes to upload for ``item``, checked against what pre-flight read."""
         return open_as_checked(item)
 
-    def _submitted(self, sub: Submission, batch: types.BatchJob, adopted: bool) -> Completion:
+    def _submitted(self, sub: Submission, batch: Job, adopted: bool) -> Completion:
         return submitted_line(
             sub,
             batch,

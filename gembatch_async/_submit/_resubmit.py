@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from .._backends import END_STATES, Backend, output_of, output_of_job
+from .._backends import END_STATES, Backend, output_of
 from .._errors import NotFoundApiError
 from .._inputs import InputFile
 from .._journal import JobLine, batch_name_of, batch_state_of, unit_sha256_of
@@ -120,8 +120,8 @@ async def _ended_chain(
             batch = await call_with_retries(retry, lambda: api.get_batch(name))
         except NotFoundApiError:
             return None
-        state = batch.state.value if batch.state is not None else state
-        output = output_of_job(batch) or output
+        state = batch.state if batch.state is not None else state
+        output = batch.output or output
     if state not in END_STATES:
         return None
     upload = latest.get("uploaded_file_name")

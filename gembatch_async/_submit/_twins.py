@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
-from google.genai import types
-
-from .._backends import END_STATES
+from .._backends import END_STATES, Job
 from .._errors import ApiError
 from .._events import EventHandler, TwinFound
 from .._identity import token_of
@@ -40,16 +38,16 @@ def job_id(name: str | None) -> str:
     return (name or "").rsplit("/", 1)[-1]
 
 
-def _state(batch: types.BatchJob) -> str:
-    return batch.state.value if batch.state is not None else ""
+def _state(batch: Job) -> str:
+    return batch.state if batch.state is not None else ""
 
 
-def _age_order(batch: types.BatchJob) -> tuple[float, str]:
+def _age_order(batch: Job) -> tuple[float, str]:
     created = batch.create_time.timestamp() if batch.create_time else 0.0
     return created, job_id(batch.name)
 
 
-def keeper(batches: Sequence[types.BatchJob], recorded: str | None = None) -> types.BatchJob:
+def keeper(batches: Sequence[Job], recorded: str | None = None) -> Job:
     """The job to keep of ``batches`` (all carrying one token; not empty)."""
     if recorded is not None:
         for batch in batches:
@@ -59,9 +57,7 @@ def keeper(batches: Sequence[types.BatchJob], recorded: str | None = None) -> ty
     return min(live or batches, key=_age_order)
 
 
-def twins_to_cancel(
-    batches: Sequence[types.BatchJob], kept: types.BatchJob
-) -> list[types.BatchJob]:
+def twins_to_cancel(batches: Sequence[Job], kept: Job) -> list[Job]:
     """The jobs beside ``kept`` that may still run (an ended one costs nothing more)."""
     return [
         b for b in batches if job_id(b.name) != job_id(kept.name) and _state(b) not in END_STATES
@@ -70,8 +66,8 @@ def twins_to_cancel(
 
 async def cancel_twins(
     path: str,
-    batches: Sequence[types.BatchJob],
-    kept: types.BatchJob,
+    batches: Sequence[Job],
+    kept: Job,
     cancel: Callable[[str], Awaitable[None]],
     emit: EventHandler,
 ) -> list[str]:
@@ -95,7 +91,7 @@ async def cancel_twins(
 
 async def cancel_recorded_twins(
     lines: Sequence[JobLine],
-    list_batches: Callable[[], Awaitable[list[types.BatchJob]]],
+    list_batches: Callable[[], Awaitable[list[Job]]],
     cancel: Callable[[str], Awaitable[None]],
     emit: EventHandler,
 ) -> None:
@@ -117,9 +113,9 @@ async def cancel_recorded_twins(
             await cancel_twins(str(line.get("input_file", "")), found, kept, cancel, emit)
 
 
-def by_token(batches: Sequence[types.BatchJob]) -> dict[str, list[types.BatchJob]]:
+def by_token(batches: Sequence[Job]) -> dict[str, list[Job]]:
     """Our batches grouped by the token their display name carries."""
-    found: dict[str, list[types.BatchJob]] = {}
+    found: dict[str, list[Job]] = {}
     for batch in batches:
         token = token_of(batch.display_name)
         if token is not None:

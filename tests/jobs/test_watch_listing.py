@@ -13,7 +13,7 @@ import pytest
 from google.genai import types
 
 from gembatch_async import SubmitSettings, open_jobs, run, submit
-from gembatch_async._backends._genai import BatchDetail
+from gembatch_async._backends._genai import BatchDetail, job_of
 from gembatch_async._jobs import refresh_lines, watch_status
 from gembatch_async._jobs._listing import JobListing, listing_answers
 from gembatch_async._jobs._pace import Pace
@@ -90,7 +90,7 @@ async def test_listing_pages_read_each_job_as_get_does(service: Service, tmp_pat
         assert set(listed) == ours
         for name in ours:
             got = await jobs.api.get_batch_detail(name)
-            assert listed[name].job.model_dump() == got.job.model_dump()
+            assert listed[name].job == got.job
             assert (listed[name].stats, listed[name].error) == (got.stats, got.error)
 
 
@@ -250,4 +250,4 @@ def test_a_listed_job_needs_a_get_when_the_listing_lacks_what_a_poll_needs(
         state=types.JobState(state) if state else None,
         dest=types.BatchJobDestination(file_name=output) if output else None,
     )
-    assert listing_answers(BatchDetail(job, None, error)) is answers
+    assert listing_answers(BatchDetail(job_of(job), None, error)) is answers

@@ -13,6 +13,7 @@ import pytest
 from google.genai import types
 
 from gembatch_async._admission import estimated_tokens, load_of
+from gembatch_async._backends._genai import job_of
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from ..helpers import cli_env, finish_jobs, read_journal, run_cli, wait_until
@@ -230,7 +231,7 @@ def test_the_token_count_of_a_packed_job_is_the_whole_pack(
     assert run_cli(["submit", "--pack", *made], cwd=tmp_path, env=env).returncode == 0
     lines = read_journal(tmp_path / "job-info.jsonl")
     name = lines[0]["batch"]["name"]
-    listing = [types.BatchJob(name=name, state=types.JobState.JOB_STATE_PENDING)]
+    listing = [job_of(types.BatchJob(name=name, state=types.JobState.JOB_STATE_PENDING))]
     load = load_of(listing, lines, lines[0]["model"])
     assert load.tokens == {name: estimated_tokens(lines[0]["pack"]["size_bytes"])}
     assert lines[0]["pack"]["size_bytes"] > sum(x["size_bytes"] for x in lines) / 2

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from google.genai import types
 
+from gembatch_async._backends import Job
+from gembatch_async._backends._genai import job_of
 from gembatch_async._submit._twins import keeper, twins_to_cancel
 from gembatch_async.emulator import EmulatorConfig
 
@@ -72,12 +74,14 @@ def test_a_plain_submit_is_not_marked_for_twins(service: Service, tmp_path: Path
     assert all("look_for_twins" not in line for line in read_journal(tmp_path / "job-info.jsonl"))
 
 
-def _job(name: str, state: str, second: int) -> types.BatchJob:
-    return types.BatchJob(
-        name=name,
-        display_name="a.jsonl [gba-0123456789abcdef]",
-        state=types.JobState(state),
-        create_time=datetime(2026, 12, 3, 12, 0, second, tzinfo=timezone.utc),
+def _job(name: str, state: str, second: int) -> Job:
+    return job_of(
+        types.BatchJob(
+            name=name,
+            display_name="a.jsonl [gba-0123456789abcdef]",
+            state=types.JobState(state),
+            create_time=datetime(2026, 12, 3, 12, 0, second, tzinfo=timezone.utc),
+        )
     )
 
 

@@ -94,6 +94,50 @@ def test_pipeline_journal_admission_and_results_do_not_know_the_backend() -> Non
         assert not found, f"{name} imports {sorted(found)}"
 
 
+#: Where google-genai may be imported: the backends (which answer in records of ours,
+#: ``_backends/_records``) and the emulator, which is tested against the SDK's wire form.
+SDK_ROOMS = ("_backends/", "emulator/")
+
+
+def sdk_imports(path: pathlib.Path) -> set[str]:
+    """The google-genai modules a source file imports, anywhere in it (type-only too):
+    ``from google import genai`` counts as ``google.genai``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {m for m in found if m == "google.genai" or m.startswith("google.genai.")}
+
+
+def test_only_the_backends_import_the_sdk() -> None:
+    """Outside _backends/ (and the emulator) no module imports google.genai: jobs, models
+    and files reach the rest of the package as our records, and the caller's
+    ``genai.Client`` of the public API is named through ``_backends``."""
+    found = {
+        path.relative_to(PACKAGE).as_posix(): sorted(sdk_imports(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not path.relative_to(PACKAGE).as_posix().startswith(SDK_ROOMS) and sdk_imports(path)
+    }
+    assert found == {}
+
+
+def test_the_sdk_import_check_sees_each_form(tmp_path: pathlib.Path) -> None:
+    """The check can fail: ``from google import genai``, ``from google.genai import
+    types`` and ``import google.genai.types`` (also under TYPE_CHECKING) are all seen."""
+    module = tmp_path / "peek.py"
+    module.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from google import genai\n"
+        "import google.genai.types\n"
+        "if TYPE_CHECKING:\n"
+        "    from google.genai import types\n"
+    )
+    assert sdk_imports(module) == {"google.genai", "google.genai.types"}
+
+
 # -- no import cycles --------------------------------------------------------------------
 # Every import statement counts: at module level, under ``if TYPE_CHECKING:`` and inside
 # functions. A lazy (function-level) import only defers loading, for start-up time; the

@@ -32,10 +32,11 @@ async def _submit(emulator: RunningEmulator, paths: list[Path], journal: Path) -
 async def test_lost_journal_rerun_lists_once_not_per_file(
     emulator: RunningEmulator, tmp_path: Path, lose_lock: bool
 ) -> None:
-    """120 files, then the journal (and maybe its lock file) is lost: the rerun adopts every
-    batch with a handful of list requests (one shared listing), not one listing per file."""
-    paths = make_inputs(tmp_path / "in", 120, lines=1)
-    others = make_inputs(tmp_path / "noise", 150, lines=1, prefix="other")
+    """40 files, then the journal (and maybe its lock file) is lost: the rerun adopts every
+    batch with a handful of list requests (one shared listing), not one listing per file
+    (the project's 110 other jobs make a listing 2 pages, so per file it is 2 requests)."""
+    paths = make_inputs(tmp_path / "in", 40, lines=1)
+    others = make_inputs(tmp_path / "noise", 110, lines=1, prefix="other")
     await _submit(emulator, others, tmp_path / "other-journal.jsonl")  # the project's other jobs
     journal = tmp_path / "j.jsonl"
     await _submit(emulator, paths, journal)
@@ -49,11 +50,11 @@ async def test_lost_journal_rerun_lists_once_not_per_file(
     assert all(line["adopted"] for line in lines)
     assert {line["input_file"]: line["batch"]["name"] for line in lines} == first
     lists = emulator.state()["requests"]["list"]["count"] - before
-    pages = -(-270 // 100)  # one listing of 270 batches, 100 a page
-    assert lists <= 2 * pages, f"{lists} list requests for 120 files"
+    pages = -(-150 // 100)  # one listing of 150 batches, 100 a page
+    assert lists <= 2 * pages, f"{lists} list requests for 40 files"
     state = emulator.state()
     ours = [b for b in state["batches"] if b["displayName"].startswith(str(tmp_path / "in"))]
-    assert len(ours) == 120
+    assert len(ours) == 40
     assert_converged(
         {
             **state,

@@ -5,63 +5,84 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from gembatch_async._inputs import JobLimits, scan_file, unique_paths
 
-requests = st.fixed_dictionaries({"contents": st.just([{"parts": [{"text": "hi"}]}])})
-good_lines = st.lists(
-    st.builds(lambda k, r: {"key": k, "request": r}, st.text(min_size=1, max_size=8), requests),
-    min_size=1,
-    max_size=20,
-    unique_by=lambda obj: obj["key"],
-)
-bad_values = st.one_of(
-    st.just("not json"),
-    st.just("[1, 2]"),
-    # A key no good line uses: a bad line that shares a good line's key is also a
-    # duplicate there (two problems, rightly), which is another test's concern.
-    st.just('{"key": "not-a-good-key!"}'),
-    st.just('{"request": 5}'),
-    st.just('{"key": 7, "request": {}}'),
-)
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
+
+# hypothesis is imported inside the tests that use it (~2 CPU s of imports): every
+# xdist worker collects every module, but only the one running these tests needs it.
 
 
-@given(lines=good_lines)
-@settings(max_examples=40, deadline=None)
-def test_valid_files_pass_with_count_and_hash(
-    tmp_path_factory: object, lines: list[dict[str, object]]
-) -> None:
+def _good_lines() -> SearchStrategy[list[dict[str, object]]]:
+    from hypothesis import strategies as st
+
+    requests = st.fixed_dictionaries({"contents": st.just([{"parts": [{"text": "hi"}]}])})
+    return st.lists(
+        st.builds(lambda k, r: {"key": k, "request": r}, st.text(min_size=1, max_size=8), requests),
+        min_size=1,
+        max_size=20,
+        unique_by=lambda obj: obj["key"],
+    )
+
+
+def _bad_values() -> SearchStrategy[str]:
+    from hypothesis import strategies as st
+
+    return st.one_of(
+        st.just("not json"),
+        st.just("[1, 2]"),
+        # A key no good line uses: a bad line that shares a good line's key is also a
+        # duplicate there (two problems, rightly), which is another test's concern.
+        st.just('{"key": "not-a-good-key!"}'),
+        st.just('{"request": 5}'),
+        st.just('{"key": 7, "request": {}}'),
+    )
+
+
+def test_valid_files_pass_with_count_and_hash(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Any file of keyed request objects passes; count and sha256 are exact."""
-    folder = tmp_path_factory.mktemp("v")  # type: ignore[attr-defined]
-    path = folder / "a.jsonl"
-    data = "".join(json.dumps(obj) + "\n" for obj in lines).encode()
-    path.write_bytes(data)
-    item, problems = scan_file(str(path))
-    assert problems == []
-    assert item is not None
-    assert item.count == len(lines)
-    assert item.sha256 == hashlib.sha256(data).hexdigest()
+    from hypothesis import given, settings
+
+    @given(lines=_good_lines())
+    @settings(max_examples=40, deadline=None)
+    def check(lines: list[dict[str, object]]) -> None:
+        folder = tmp_path_factory.mktemp("v")
+        path = folder / "a.jsonl"
+        data = "".join(json.dumps(obj) + "\n" for obj in lines).encode()
+        path.write_bytes(data)
+        item, problems = scan_file(str(path))
+        assert problems == []
+        assert item is not None
+        assert item.count == len(lines)
+        assert item.sha256 == hashlib.sha256(data).hexdigest()
+
+    check()
 
 
-@given(lines=good_lines, bad=bad_values, position=st.integers(min_value=0, max_value=20))
-@settings(max_examples=40, deadline=None)
-def test_one_bad_line_is_found_at_its_number(
-    tmp_path_factory: object, lines: list[dict[str, object]], bad: str, position: int
-) -> None:
+def test_one_bad_line_is_found_at_its_number(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A broken line anywhere is reported with its exact line number."""
-    folder = tmp_path_factory.mktemp("b")  # type: ignore[attr-defined]
-    path = folder / "a.jsonl"
-    text = [json.dumps(obj) for obj in lines]
-    index = min(position, len(text))
-    text.insert(index, bad)
-    path.write_text("\n".join(text) + "\n")
-    item, problems = scan_file(str(path))
-    assert item is None
-    assert {p.line for p in problems} == {index + 1}
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @given(lines=_good_lines(), bad=_bad_values(), position=st.integers(min_value=0, max_value=20))
+    @settings(max_examples=40, deadline=None)
+    def check(lines: list[dict[str, object]], bad: str, position: int) -> None:
+        folder = tmp_path_factory.mktemp("b")
+        path = folder / "a.jsonl"
+        text = [json.dumps(obj) for obj in lines]
+        index = min(position, len(text))
+        text.insert(index, bad)
+        path.write_text("\n".join(text) + "\n")
+        item, problems = scan_file(str(path))
+        assert item is None
+        assert {p.line for p in problems} == {index + 1}
+
+    check()
 
 
 def test_blank_lines_do_not_count(tmp_path: Path) -> None:
@@ -147,39 +168,49 @@ def test_duplicate_keys_found_beyond_one_sort_run(
     ]
 
 
-@given(values=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300))
-@settings(max_examples=60, deadline=None)
-def test_external_sort_of_hashes_matches_sorted(values: list[int]) -> None:
+def test_external_sort_of_hashes_matches_sorted() -> None:
     """Spilled, merged runs give exactly sorted(), and the repeated values."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
     from gembatch_async._keysort import SortedHashes, repeated
 
-    with SortedHashes(run_size=16) as sorter:
-        for value in values:
-            sorter.add(value)
-        assert list(sorter) == sorted(values)
-        assert repeated(sorter, 10_000) == {v for v in values if values.count(v) > 1}
+    @given(values=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=300))
+    @settings(max_examples=60, deadline=None)
+    def check(values: list[int]) -> None:
+        with SortedHashes(run_size=16) as sorter:
+            for value in values:
+                sorter.add(value)
+            assert list(sorter) == sorted(values)
+            assert repeated(sorter, 10_000) == {v for v in values if values.count(v) > 1}
+
+    check()
 
 
-@given(
-    records=st.lists(st.binary(min_size=5, max_size=5), max_size=400),
-    run_size=st.integers(1, 50),
-    buffer=st.integers(1, 64),
-)
-@settings(max_examples=60, deadline=None)
-def test_external_sort_of_records_matches_sorted(
-    records: list[bytes], run_size: int, buffer: int
-) -> None:
+def test_external_sort_of_records_matches_sorted() -> None:
     """Fixed-width records, spilled in runs and merged through tiny buffers: sorted()."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
     from gembatch_async import _keysort
     from gembatch_async._keysort import SortedRecords
 
-    original = _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES
-    _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES = buffer, 1
-    try:
-        with SortedRecords(5, run_size=run_size) as sorter:
-            for record in records:
-                sorter.add(record)
-            assert list(sorter) == sorted(records)
-            assert sorter.count == len(records)
-    finally:
-        _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES = original
+    @given(
+        records=st.lists(st.binary(min_size=5, max_size=5), max_size=400),
+        run_size=st.integers(1, 50),
+        buffer=st.integers(1, 64),
+    )
+    @settings(max_examples=60, deadline=None)
+    def check(records: list[bytes], run_size: int, buffer: int) -> None:
+        original = _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES
+        _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES = buffer, 1
+        try:
+            with SortedRecords(5, run_size=run_size) as sorter:
+                for record in records:
+                    sorter.add(record)
+                assert list(sorter) == sorted(records)
+                assert sorter.count == len(records)
+        finally:
+            _keysort.MERGE_BUFFER_BYTES, _keysort._MIN_READ_BYTES = original
+
+    check()

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from gembatch_async import _schema_tables
 from gembatch_async._inputs import scan_file
@@ -340,21 +338,29 @@ def _objects(value: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | i
     return [p for p in found if not (p and p[-1] == "properties")]
 
 
-@given(
-    where=st.sampled_from(_objects(RICH_REQUEST)),
-    name=st.from_regex(r"zz[a-z]{1,8}", fullmatch=True),
-)
-@settings(max_examples=60, deadline=None)
-def test_an_unknown_key_anywhere_is_found(where: tuple[str | int, ...], name: str) -> None:
+def test_an_unknown_key_anywhere_is_found() -> None:
     """Inserting an unknown key into any object of a valid request gives exactly one
     problem, at that object's path."""
-    assert check_request(RICH_REQUEST, GENERATE) == []
-    request = copy.deepcopy(RICH_REQUEST)
-    target: Any = request
-    for step in where:
-        target = target[step]
-    target[name] = 1
-    (issue,) = check_request(request, GENERATE)
-    expected = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in (*where, name))
-    assert issue.written_path() == expected.lstrip(".")
-    assert issue.problem == "unknown"
+    # hypothesis is imported here, not at the top: only the worker running this test
+    # pays for its import (every xdist worker collects every module).
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @given(
+        where=st.sampled_from(_objects(RICH_REQUEST)),
+        name=st.from_regex(r"zz[a-z]{1,8}", fullmatch=True),
+    )
+    @settings(max_examples=60, deadline=None)
+    def check(where: tuple[str | int, ...], name: str) -> None:
+        assert check_request(RICH_REQUEST, GENERATE) == []
+        request = copy.deepcopy(RICH_REQUEST)
+        target: Any = request
+        for step in where:
+            target = target[step]
+        target[name] = 1
+        (issue,) = check_request(request, GENERATE)
+        expected = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in (*where, name))
+        assert issue.written_path() == expected.lstrip(".")
+        assert issue.problem == "unknown"
+
+    check()

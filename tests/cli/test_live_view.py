@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread
@@ -30,8 +31,32 @@ def _screen_text(raw: bytes) -> str:
     return ANSI.sub("", raw.decode("utf-8", "replace")).replace("\r", "\n")
 
 
-def _read_for(fd: int, seconds: float) -> bytes:
-    chunks: list[bytes] = []
+#: A retry warning with its age, as the live view lists the latest ones.
+WARNING_LINE = re.compile(r"^\d+m\d\ds ago: retrying ", re.MULTILINE)
+#: The last frame drawn lies within this many bytes at the end of the output (a frame of
+#: 80x24 cells with its escape sequences is a few KiB).
+FRAME_TAIL = 32 * 1024
+
+
+def _last_frame(raw: bytes) -> str:
+    """The last frame drawn: each redraw starts with the table's header."""
+    return re.split(r"^file\s", _screen_text(raw), flags=re.MULTILINE)[-1]
+
+
+def _shows_everything(raw: bytes) -> bool:
+    """The last frame drawn (whole, with its header) has the cut rows' note, the overall
+    bar and a warning."""
+    frames = re.split(r"^file\s", _screen_text(raw[-FRAME_TAIL:]), flags=re.MULTILINE)
+    if len(frames) < 2:
+        return False
+    frame = frames[-1]
+    return "more files" in frame and bool(BAR_LINE.search(frame) and WARNING_LINE.search(frame))
+
+
+def _read_until(fd: int, seconds: float, done: Callable[[bytes], bool] | None = None) -> bytes:
+    """What the child draws, until ``done`` holds for it, the child closes the terminal,
+    or ``seconds`` pass."""
+    drawn = bytearray()
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         ready, _, _ = select.select([fd], [], [], left)
@@ -43,8 +68,10 @@ def _read_for(fd: int, seconds: float) -> bytes:
             break
         if not chunk:
             break
-        chunks.append(chunk)
-    return b"".join(chunks)
+        drawn += chunk
+        if done is not None and done(bytes(drawn)):
+            break
+    return bytes(drawn)
 
 
 def test_overall_bar_stays_on_an_80x24_screen_with_more_files_than_lines(tmp_path: Path) -> None:
@@ -71,16 +98,22 @@ def test_overall_bar_stays_on_an_80x24_screen_with_more_files_than_lines(tmp_pat
         )
         os.close(secondary)
         try:
-            during = _read_for(primary, 25)
+            # Read while the jobs run (60 s each) until a frame shows everything asserted.
+            during = _read_until(primary, 60, _shows_everything)
         finally:
+            # The layout is the point, not the stop: a second Ctrl-C exits at once
+            # (the first alone lets files in flight settle for up to 2 x grace, 30 s).
             proc.send_signal(signal.SIGINT)
-            _read_for(primary, 15)
-            proc.wait(timeout=30)
+            _read_until(primary, 1)
+            proc.send_signal(signal.SIGINT)
+            # Drain the terminal until the child has exited: a terminal nobody reads
+            # blocks its writes, and the child would never exit (this test once failed
+            # so under load, when it stopped reading 15 s after the first Ctrl-C).
+            _read_until(primary, 45)
+            proc.wait(timeout=15)
             os.close(primary)
-    # Each redraw starts with the table's header; the last one drawn shows all 30 files.
-    last_frame = re.split(r"^file\s", _screen_text(during), flags=re.MULTILINE)[-1]
+    # The last frame drawn while the jobs ran shows all 30 files.
+    last_frame = _last_frame(during)
     assert "more files" in last_frame, last_frame  # more files than lines: rows were cut
     assert BAR_LINE.search(last_frame), last_frame
-    assert re.search(r"^\d+m\d\ds ago: retrying ", last_frame, re.MULTILINE), (
-        last_frame
-    )  # the warnings, with their age
+    assert WARNING_LINE.search(last_frame), last_frame  # the warnings, with their age

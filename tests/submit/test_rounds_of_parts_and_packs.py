@@ -38,6 +38,9 @@ from ..results.test_request_rounds import (
 )
 from ..services import Service
 
+#: How long a Vertex job of the "slow" cases (12 s) stays PENDING, and a cancel CANCELLING:
+#: a third of its processing time (emulator/_vertex_jobs.py, Timing.pending_seconds).
+_PENDING = 12 / 3
 #: 40 requests, 15 a job: three parts (15, 15, 10).
 SPLIT = ["--max-requests-per-job", "15"]
 
@@ -269,14 +272,13 @@ def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_r
     assert len(parts) == 2
     client = _vertex_client(service)
     names = [str(job["name"]) for job in parts]
-    wait_until(lambda: all(_vertex_state(service, n) == "JOB_STATE_RUNNING" for n in names))
-    time.sleep(1.5)
+    # The emulator's clock, not real time: past PENDING and half of the 12 s run.
+    service.emulator.advance_clock(_PENDING + 6)
+    assert all(_vertex_state(service, n) == "JOB_STATE_RUNNING" for n in names)
     for name in names:
         client.batches.cancel(name=name)
-    wait_until(
-        lambda: all(client.batches.get(name=n).state == "JOB_STATE_CANCELLED" for n in names),
-        poll=0.2,
-    )
+    service.emulator.advance_clock(_PENDING)  # CANCELLING lasts as long as PENDING
+    assert all(client.batches.get(name=n).state == "JOB_STATE_CANCELLED" for n in names)
     completed: set[str] = set()
     for job in parts:
         ended = next(j for j in service.jobs() if j["name"] == job["name"])
@@ -292,6 +294,7 @@ def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_r
         for start in (0, 20)
     )
     assert sorted(_object_bytes(service, j["input"]) for j in resumed) == expected
+    service.emulator.advance_clock(_PENDING + 12)  # the rounds end: run only collects
     result = run_cli(["run", "--interval", "0.3", *split, "q.jsonl"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(service.jobs()) == 4
@@ -317,12 +320,12 @@ def test_a_vertex_pack_cancelled_half_way_resumes_each_input_without_its_complet
     assert first.returncode == 0, first.stdout + first.stderr
     (pack,) = service.jobs()
     client = _vertex_client(service)
-    wait_until(lambda: _vertex_state(service, pack["name"]) == "JOB_STATE_RUNNING")
-    time.sleep(1.5)
+    # The emulator's clock, not real time: past PENDING and half of the 12 s run.
+    service.emulator.advance_clock(_PENDING + 6)
+    assert _vertex_state(service, pack["name"]) == "JOB_STATE_RUNNING"
     client.batches.cancel(name=pack["name"])
-    wait_until(
-        lambda: client.batches.get(name=pack["name"]).state == "JOB_STATE_CANCELLED", poll=0.2
-    )
+    service.emulator.advance_clock(_PENDING)  # CANCELLING lasts as long as PENDING
+    assert client.batches.get(name=pack["name"]).state == "JOB_STATE_CANCELLED"
     ended = next(j for j in service.jobs() if j["name"] == pack["name"])
     completed = _answered_keys(service, str(ended["outputDirectory"]))
     assert 0 < len(completed) < 40, "cancelled half-way, with some rows completed"
@@ -351,6 +354,7 @@ def test_a_vertex_pack_cancelled_half_way_resumes_each_input_without_its_complet
     for name, line in resent.items():
         sent = _object_bytes(service, jobs[line["batch"]["name"]]["input"])
         assert sent == b"".join(made[name][k] for k in left[name]), name
+    service.emulator.advance_clock(_PENDING + 12)  # the rounds end: run only collects
     result = run_cli(["run", "--interval", "0.3", "--pack", *made], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(service.jobs()) == 1 + len(resent)

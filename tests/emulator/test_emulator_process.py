@@ -191,6 +191,9 @@ _NO_AIOHTTP_SCRIPT = textwrap.dedent(
 )
 
 
+# 60 s jobs: the job is still pending when the state is read, however long the child
+# takes to exit (with 2 s jobs a loaded machine once let it end and write its output file).
+@pytest.mark.parametrize("emulator_config", [EmulatorConfig(port=0, processing_seconds=60)])
 def test_aio_without_aiohttp(emulator: RunningEmulator) -> None:
     """With aiohttp unimportable the SDK's httpx async path uploads, creates and gets."""
     result = subprocess.run(

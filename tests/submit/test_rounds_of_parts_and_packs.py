@@ -38,9 +38,15 @@ from ..results.test_request_rounds import (
 )
 from ..services import Service
 
-#: How long a Vertex job of the "slow" cases (12 s) stays PENDING, and a cancel CANCELLING:
-#: a third of its processing time (emulator/_vertex_jobs.py, Timing.pending_seconds).
-_PENDING = 12 / 3
+#: The "slow" Vertex jobs' processing time, on the emulator's clock (tests move it): long,
+#: so the real time a loaded machine lets pass between steps barely moves a job on.
+_PROCESSING = 120.0
+#: How long such a job stays PENDING, and a cancel CANCELLING: a third of its processing
+#: time (emulator/_vertex_jobs.py, Timing.pending_seconds).
+_PENDING = _PROCESSING / 3
+#: Where the cancelled-half-way tests cancel: an eighth of the rows done, so each input
+#: (or part) keeps rows to send again.
+_CANCEL_AT = _PENDING + _PROCESSING / 8
 #: 40 requests, 15 a job: three parts (15, 15, 10).
 SPLIT = ["--max-requests-per-job", "15"]
 
@@ -253,7 +259,8 @@ def test_packed_inputs_rounds_send_only_each_members_failed_requests(tmp_path: P
 
 
 @pytest.mark.parametrize(
-    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=12), id="slow")]
+    "emulator_config",
+    [pytest.param(EmulatorConfig(port=0, processing_seconds=_PROCESSING), id="slow")],
 )
 @pytest.mark.parametrize("service", ["vertex"], indirect=True)
 def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_rows(
@@ -272,8 +279,8 @@ def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_r
     assert len(parts) == 2
     client = _vertex_client(service)
     names = [str(job["name"]) for job in parts]
-    # The emulator's clock, not real time: past PENDING and half of the 12 s run.
-    service.emulator.advance_clock(_PENDING + 6)
+    # The emulator's clock, not real time: past PENDING and an eighth of the run.
+    service.emulator.advance_clock(_CANCEL_AT)
     assert all(_vertex_state(service, n) == "JOB_STATE_RUNNING" for n in names)
     for name in names:
         client.batches.cancel(name=name)
@@ -294,7 +301,7 @@ def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_r
         for start in (0, 20)
     )
     assert sorted(_object_bytes(service, j["input"]) for j in resumed) == expected
-    service.emulator.advance_clock(_PENDING + 12)  # the rounds end: run only collects
+    service.emulator.advance_clock(_PENDING + _PROCESSING)  # the rounds end: run collects
     result = run_cli(["run", "--interval", "0.3", *split, "q.jsonl"], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(service.jobs()) == 4
@@ -304,7 +311,8 @@ def test_a_split_vertex_input_cancelled_half_way_resumes_without_its_completed_r
 
 
 @pytest.mark.parametrize(
-    "emulator_config", [pytest.param(EmulatorConfig(port=0, processing_seconds=12), id="slow")]
+    "emulator_config",
+    [pytest.param(EmulatorConfig(port=0, processing_seconds=_PROCESSING), id="slow")],
 )
 @pytest.mark.parametrize("service", ["vertex"], indirect=True)
 def test_a_vertex_pack_cancelled_half_way_resumes_each_input_without_its_completed_rows(
@@ -320,8 +328,8 @@ def test_a_vertex_pack_cancelled_half_way_resumes_each_input_without_its_complet
     assert first.returncode == 0, first.stdout + first.stderr
     (pack,) = service.jobs()
     client = _vertex_client(service)
-    # The emulator's clock, not real time: past PENDING and half of the 12 s run.
-    service.emulator.advance_clock(_PENDING + 6)
+    # The emulator's clock, not real time: past PENDING and an eighth of the run.
+    service.emulator.advance_clock(_CANCEL_AT)
     assert _vertex_state(service, pack["name"]) == "JOB_STATE_RUNNING"
     client.batches.cancel(name=pack["name"])
     service.emulator.advance_clock(_PENDING)  # CANCELLING lasts as long as PENDING
@@ -354,7 +362,7 @@ def test_a_vertex_pack_cancelled_half_way_resumes_each_input_without_its_complet
     for name, line in resent.items():
         sent = _object_bytes(service, jobs[line["batch"]["name"]]["input"])
         assert sent == b"".join(made[name][k] for k in left[name]), name
-    service.emulator.advance_clock(_PENDING + 12)  # the rounds end: run only collects
+    service.emulator.advance_clock(_PENDING + _PROCESSING)  # the rounds end: run collects
     result = run_cli(["run", "--interval", "0.3", "--pack", *made], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(service.jobs()) == 1 + len(resent)

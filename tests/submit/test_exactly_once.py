@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,11 @@ def _start_cli(
     )
 
 
+def _working(service: Service, process: subprocess.Popen[str], before: int) -> Callable[[], bool]:
+    """A condition: the CLI sent its first request (its imports are done), or it ended."""
+    return lambda: process.poll() is not None or request_total(service.emulator.state()) > before
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "emulator_config",
@@ -223,13 +229,18 @@ def test_sigkill_anywhere_then_rerun_converges(service: Service, tmp_path: Path)
     for round_ in range(KILL_ROUNDS):
         # Fresh files each round, so every kill lands in real work.
         names += [p.name for p in make_inputs(tmp_path, 24, prefix=f"r{round_:02d}")]
+        before = request_total(service.emulator.state())
         process = _start_cli(tmp_path, service, names)
+        # The moment is drawn from the run's work, not its start-up: a kill during the
+        # imports (about as long as a 0.5-1.7 s draw from the start) tests nothing.
+        wait_until(_working(service, process, before))
         try:
-            process.wait(timeout=rng.uniform(0.5, 1.7))
+            process.wait(timeout=rng.uniform(0.0, 1.2))
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
             kills += 1
+    assert service.jobs(), "the killed runs created batches: the kills landed in real work"
     final = run_cli(
         ["submit", "--retry-max-delay", "0.05", *names],
         cwd=tmp_path,

@@ -4,7 +4,7 @@ Run as ``python tests/_zygote_server.py FD`` by ``tests/zygote.py``, FD the list
 socket it inherits, and a pipe from the test process as stdin (its lifeline: EOF, the test
 process is gone, and the zygote ends, killing any child still running). It imports the
 CLI and the SDK once (~1.6 CPU s that every ``python -m gembatch_async`` pays), then for
-each connection: receives the request (argv, cwd, env) and the child's three stdio fds
+each connection: receives the request (module, argv, cwd, env) and the child's three stdio fds
 (SCM_RIGHTS), forks, answers ``{"pid": N}``, and later ``{"exit": code}`` (``-signum``
 if a signal ended the child, as ``Popen.returncode`` says it).
 
@@ -211,7 +211,7 @@ def _child(
     sockets: list[socket.socket],
     selector: selectors.BaseSelector,
 ) -> None:
-    """Become ``python -m gembatch_async ARGV`` in the request's folder and environment."""
+    """Become ``python -m MODULE ARGV`` in the request's folder and environment."""
     code = 1
     try:
         _let_go_of_the_zygote(sockets, selector)
@@ -226,7 +226,7 @@ def _child(
         os.environ.clear()
         os.environ.update(request["env"])
         _fresh_stdio()
-        code = _run_main(request["argv"])
+        code = _run_main(request["module"], request["argv"])
     except BaseException:  # a bug here: say so on the child's stderr, never return
         try:
             traceback.print_exc()
@@ -266,8 +266,8 @@ def _fresh_signals() -> None:
 def _fresh_stdio() -> None:
     """sys.stdin/stdout/stderr as the interpreter builds them (Python/pylifecycle.c,
     create_stdio): the encoding and error handlers the zygote got for the same
-    environment, "\\n" newlines, stdout line-buffered on a terminal, stderr always
-    line-buffered, write-through when unbuffered (-u / PYTHONUNBUFFERED)."""
+    environment, "\\n" newlines; unbuffered (-u / PYTHONUNBUFFERED): write-through
+    and stdout/stderr unbuffered, else line-buffered on a terminal and for stderr."""
     unbuffered: bool = getattr(
         sys.stdout, "write_through", False
     )  # what -u / PYTHONUNBUFFERED gave the zygote
@@ -279,7 +279,7 @@ def _fresh_stdio() -> None:
             if (write and unbuffered)
             else (io.BufferedWriter(raw) if write else io.BufferedReader(raw))
         )
-        line_buffering = fd == 2 or (fd == 1 and raw.isatty())
+        line_buffering = not unbuffered and (fd == 2 or raw.isatty())
         stream = io.TextIOWrapper(
             buffer,
             encoding=old.encoding,
@@ -294,15 +294,15 @@ def _fresh_stdio() -> None:
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams  # type: ignore[misc]
 
 
-def _run_main(argv: list[str]) -> int:
-    """``python -m gembatch_async ARGV``'s run and exit: the code it exits with."""
+def _run_main(module: str, argv: list[str]) -> int:
+    """``python -m MODULE ARGV``'s run and exit: the code it exits with."""
     import runpy
 
     sys.argv = ["-m", *argv]  # runpy sets argv[0] to the module's file, as `-m` does
     sys.path.insert(0, os.getcwd())
     interrupted = False
     try:
-        runpy.run_module("gembatch_async", run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
         code = _system_exit_code(exc)

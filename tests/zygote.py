@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 FRESH_ENV = "GEMBATCH_TEST_FRESH_PROCESSES"
-#: The command a fresh child runs; also the ``args`` every handle reports.
-PYTHON_M = [sys.executable, "-m", "gembatch_async"]
 _SERVER = Path(__file__).with_name("_zygote_server.py")
 _HEADER = struct.Struct(">I")
 #: Environment variables the interpreter reads at start-up (encodings, paths, flags):
@@ -71,9 +69,15 @@ def fresh_processes() -> bool:
 def cli_popen(args: Sequence[str | os.PathLike[str]], **kwargs: Any) -> subprocess.Popen[Any]:
     """``subprocess.Popen([python, -m, gembatch_async, *ARGS], **kwargs)``, forked from
     the zygote when it can stand in for a fresh interpreter."""
-    command = [*PYTHON_M, *(os.fspath(arg) for arg in args)]
-    env = kwargs.get("env")
-    if not _zygote_can_start(env, kwargs):
+    return python_m_popen("gembatch_async", args, **kwargs)
+
+
+def python_m_popen(
+    module: str, args: Sequence[str | os.PathLike[str]], **kwargs: Any
+) -> subprocess.Popen[Any]:
+    """``python -m MODULE ARGS`` (the zygote's tests run modules of their own)."""
+    command = [sys.executable, "-m", module, *(os.fspath(arg) for arg in args)]
+    if not _zygote_can_start(kwargs.get("env"), kwargs):
         return subprocess.Popen(command, **kwargs)
     return ZygotePopen(command, **kwargs)
 
@@ -148,7 +152,8 @@ class ZygotePopen(subprocess.Popen[Any]):
         *rest: object,
     ) -> None:
         request = {
-            "argv": list(args[len(PYTHON_M) :]),
+            "module": args[2],  # [python, -m, MODULE, *ARGV]
+            "argv": list(args[3:]),
             "cwd": os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd()),
             "env": dict(os.environ if env is None else env),
         }

@@ -140,7 +140,15 @@ def setup_of(facts: dict[str, Any]) -> dict[str, Any]:
 def test_a_child_is_set_up_as_a_fresh_interpreter_is(probe_dir: Path) -> None:
     """stdio encodings, error handlers and buffering, signal dispositions and mask, open
     fds (0, 1, 2 only), argv, sys.path[0] and __main__: the fresh interpreter's."""
-    child = report_of(probe_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Another child running meanwhile: the zygote holds its connection and pidfd.
+    other = probe(probe_dir, "sleep", stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline() == "ready\n"
+        child = report_of(probe_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        other.kill()
+        other.communicate()
     fresh = fresh_report_of(probe_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert setup_of(child) == setup_of(fresh)
     assert child["fds"] == [0, 1, 2]
@@ -248,15 +256,21 @@ def test_two_children_each_have_their_own_folder_and_environment(tmp_path: Path)
     for index, folder in enumerate(folders):
         folder.mkdir()
         (folder / "probe.py").write_text(PROBE)
-        env = cli_env(None, ZYGOTE_TEST=str(index))
-        running.append(probe(folder, "report", str(folder / "r.json"), env=env))
+        running.append(probe(folder, "report", str(folder / "r.json"), env=_env_of(index)))
     for process in running:
         assert process.wait(timeout=30) == 0
     for index, folder in enumerate(folders):
         facts = json.loads((folder / "r.json").read_text())
         assert facts["cwd"] == str(folder)
-        assert facts["env"] == cli_env(None, ZYGOTE_TEST=str(index))
+        assert facts["env"] == _env_of(index)
         assert facts["path0"] == str(folder)
+
+
+def _env_of(index: int) -> dict[str, str]:
+    """An environment of its own: a variable more, and HOME (which the zygote has) less."""
+    env = cli_env(None, ZYGOTE_TEST=str(index))
+    del env["HOME"]
+    return env
 
 
 def test_what_a_child_changes_does_not_reach_the_next_child(probe_dir: Path) -> None:

@@ -10,7 +10,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from ..helpers import (
     write_jsonl,
 )
 from ..services import Service, _gcs
+from ..zygote import cli_popen
 
 CHAOS = ",".join(
     [
@@ -185,11 +185,8 @@ def _start_cli(
     tmp_path: Path, emulator: RunningEmulator | Service, names: list[str]
 ) -> subprocess.Popen[str]:
     service = emulator if isinstance(emulator, Service) else Service("gemini", emulator)
-    return subprocess.Popen(
+    return cli_popen(
         [
-            sys.executable,
-            "-m",
-            "gembatch_async",
             "submit",
             "-c",
             "4",
@@ -358,8 +355,8 @@ def test_upload_left_by_a_killed_run_is_reused_only_with_the_inputs_sha256(
     them: the job reads the input, never the other bytes."""
     path = write_jsonl(tmp_path / "a.jsonl", 3)
     service.set_faults("create:1:500")  # every create fails (retried after ~1 s): kill then
-    process = subprocess.Popen(  # default retry delays: seconds between the creates
-        [sys.executable, "-m", "gembatch_async", "submit", "a.jsonl"],
+    process = cli_popen(  # default retry delays: seconds between the creates
+        ["submit", "a.jsonl"],
         cwd=tmp_path,
         env=service.env(),
         stdout=subprocess.DEVNULL,

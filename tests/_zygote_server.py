@@ -77,6 +77,8 @@ def preimport() -> None:
     types: Any = sys.modules["google.genai.types"]
     types.BatchJob.model_validate({"name": "batches/warm", "state": "JOB_STATE_PENDING"})
     types.File.model_validate({"name": "files/warm", "sizeBytes": "1"})
+    if threading.active_count() != 1:  # fork copies only the calling thread
+        raise RuntimeError(f"an import started a thread: {threading.enumerate()}")
 
 
 def main() -> None:

@@ -357,3 +357,16 @@ def test_the_zygote_and_its_children_end_with_the_test_process(probe_dir: Path) 
     assert result.returncode == 0, result.stderr
     zygote, child = (int(word) for word in result.stdout.split())
     wait_until(lambda: _gone(child) and _gone(zygote), timeout=20)
+
+
+@needs_zygote
+def test_a_dead_zygote_is_started_again(probe_dir: Path) -> None:
+    """The zygote killed between two children: the next child gets a new zygote."""
+    assert probe(probe_dir, "exit", "0").wait(timeout=30) == 0
+    first = zygote_pid()
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: _gone(first), timeout=20)
+    process = probe(probe_dir, "exit", "4")
+    assert process.wait(timeout=30) == 4
+    assert zygote_pid() not in (None, first)

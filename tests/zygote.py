@@ -259,8 +259,9 @@ class _Zygote:
     @classmethod
     def _started(cls) -> str:
         with cls._lock:
-            if cls._process is None or cls._owner != os.getpid():
-                cls._start()
+            process = cls._process
+            if process is None or cls._owner != os.getpid() or process.poll() is not None:
+                cls._start()  # the first use, a forked test process, or the zygote died
             return cls._address
 
     @classmethod

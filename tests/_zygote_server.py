@@ -104,6 +104,10 @@ def main() -> None:
         for pid in children:
             _kill(pid)
         _reap(selector, children, block=True)
+        with contextlib.suppress(OSError):  # its folder, left when the test process died
+            address = listener.getsockname()
+            os.unlink(address)
+            os.rmdir(os.path.dirname(address))
 
 
 _HAS_PIDFD = hasattr(os, "pidfd_open")

@@ -325,10 +325,10 @@ def test_fresh_interpreters_where_the_zygote_cannot_stand_in(
 
 ABANDON = """
 import os, subprocess, sys
-from tests.zygote import python_m_popen, zygote_pid
+from tests.zygote import _Zygote, python_m_popen, zygote_pid
 child = python_m_popen("probe", ["sleep"], cwd=sys.argv[1], stdout=subprocess.PIPE, text=True)
 child.stdout.readline()
-print(zygote_pid(), child.pid, flush=True)
+print(zygote_pid(), child.pid, _Zygote._address, flush=True)
 os._exit(0)  # no atexit: as if the test worker were killed
 """
 
@@ -355,8 +355,9 @@ def test_the_zygote_and_its_children_end_with_the_test_process(probe_dir: Path) 
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    zygote, child = (int(word) for word in result.stdout.split())
-    wait_until(lambda: _gone(child) and _gone(zygote), timeout=20)
+    zygote, child, address = result.stdout.split()
+    wait_until(lambda: _gone(int(child)) and _gone(int(zygote)), timeout=20)
+    assert not Path(address).parent.exists(), "the zygote removes its socket's folder"
 
 
 @needs_zygote

@@ -24,6 +24,7 @@ import atexit
 import json
 import os
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -304,9 +305,7 @@ class _Zygote:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        for name in os.listdir(folder):
-            os.unlink(os.path.join(folder, name))
-        os.rmdir(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # the zygote may have removed it
 
 
 def zygote_pid() -> int | None:

@@ -54,9 +54,21 @@ PREIMPORTS = (
     "gembatch_async.emulator",  # `gembatch-async emulator`
     "rich.console",
     "google.genai.types",
+    # What the first client, request and event loop of a run import.
+    "anyio._backends._asyncio",
+    "anyio._core._signals",
+    "concurrent.futures.thread",
 )
-#: The Vertex backend's storage client, when installed.
+#: The SDK's transport and credentials of this release, the price table, and the
+#: Vertex backend's storage client: when installed.
 OPTIONAL_PREIMPORTS = (
+    "httpcore2",
+    "httpcore",
+    "truststore",
+    "google.auth.aio.credentials",
+    "genai_prices",
+    "genai_prices.data_snapshot",
+    "genai_prices.data",
     "gembatch_async._backends.vertex",
     "google.api_core.exceptions",
     "google.auth.transport.requests",

@@ -104,7 +104,9 @@ def main() -> None:
     children: dict[int, tuple[socket.socket, int | None]] = {}  # pid -> (connection, pidfd)
     try:
         while True:
-            for key, _ in selector.select(timeout=1.0 if _HAS_PIDFD else 0.05):
+            # A child without a pidfd to wake us is polled for often.
+            polled = any(pidfd is None for _, pidfd in children.values())
+            for key, _ in selector.select(timeout=0.05 if polled else 1.0):
                 if key.data == "lifeline" and not os.read(lifeline, 4096):
                     return
                 if key.data == "accept":
@@ -122,7 +124,12 @@ def main() -> None:
             os.rmdir(os.path.dirname(address))
 
 
-_HAS_PIDFD = hasattr(os, "pidfd_open")
+def _pidfd(pid: int) -> int | None:
+    """An fd that turns readable when the child ends (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _kill(pid: int) -> None:
@@ -155,7 +162,7 @@ def _serve(
         _child(request, fds, [listener, connection, *(c for c, _ in children.values())], selector)
     for fd in fds:
         os.close(fd)
-    pidfd = os.pidfd_open(pid) if _HAS_PIDFD else None
+    pidfd = _pidfd(pid)
     if pidfd is not None:
         selector.register(pidfd, selectors.EVENT_READ, "child")
     children[pid] = (connection, pidfd)

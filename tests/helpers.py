@@ -16,6 +16,7 @@ from gembatch_async import RetrySettings
 from gembatch_async.emulator import RunningEmulator
 
 from .cli_inprocess import can_run_in_process, run_cli_in_process
+from .zygote import cli_run
 
 TEST_API_KEY = "test-key-7d1c0a5e"
 
@@ -85,28 +86,38 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``gembatch-async ARGS``: in this process (see tests/cli_inprocess.py), or in a real
     subprocess when ``process`` is true or this thread cannot run the CLI (not the main
-    thread, or an event loop is running in it). A subprocess costs ~1 s of imports;
-    use one where the process itself is the point (signals, kills, memory, start-up,
-    the entry point) or where the test process holds journal locks while the CLI runs
-    (POSIX record locks are per process)."""
+    thread, or an event loop is running in it). The subprocess is a fork of the zygote
+    (tests/zygote.py), without the ~1.6 CPU s of imports of a fresh one: use it where a
+    process is the point (signals, kills) or the test process holds journal locks while
+    the CLI runs (POSIX record locks are per process); for start-up, the entry point or
+    memory, ``run_cli_process(..., fresh=True)`` or a Popen of your own."""
     if process or not can_run_in_process():
         return run_cli_process(args, cwd=cwd, env=env, timeout=timeout)
     return run_cli_in_process(args, cwd=cwd, env=env)
 
 
 def run_cli_process(
-    args: Sequence[str], *, cwd: Path, env: dict[str, str], timeout: float = 120
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout: float = 120,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """``gembatch-async ARGS`` in a real subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "gembatch_async", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """``gembatch-async ARGS`` in a real subprocess: forked from the zygote
+    (tests/zygote.py: no second of imports), or a fresh interpreter when ``fresh``
+    (the entry point, start-up)."""
+    if fresh:
+        return subprocess.run(
+            [sys.executable, "-m", "gembatch_async", *args],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    return cli_run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30, poll: float = 0.02) -> None:

@@ -19,6 +19,7 @@ from gembatch_async.cli import build_parser
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread
 
 from .helpers import cli_env, read_journal
+from .zygote import cli_run
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -140,14 +141,13 @@ def test_failed_requests_paste_is_what_run_prints(tmp_path: Path) -> None:
     config = EmulatorConfig(port=0, processing_seconds=1.0, request_errors=0.3, fault_seed=7)
     with EmulatorThread(config) as emulator:
         names = sorted(p.name for p in tmp_path.glob("*.jsonl"))
-        result = subprocess.run(
-            [sys.executable, "-m", "gembatch_async", "run", "--interval", "0.3", *names],
+        result = cli_run(
+            ["run", "--interval", "0.3", *names],
             cwd=tmp_path,
             env={**cli_env(emulator), "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,
             timeout=100,
-            check=False,
         )
     assert result.returncode == 0, result.stderr
     printed = _normalised(result.stdout).splitlines()

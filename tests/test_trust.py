@@ -32,6 +32,7 @@ from .helpers import (
     wait_until,
     write_jsonl,
 )
+from .zygote import cli_popen
 
 FAST = ["--retry-max-delay", "0.05"]
 
@@ -556,8 +557,8 @@ def test_first_stop_signal_ends_within_the_stated_bound(
     next run records the batch the create made after all."""
     write_jsonl(tmp_path / "a.jsonl", 2)
     emulator.set_faults("create:1:slow=4")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "submit", "--grace", "1", "a.jsonl"],
+    process = cli_popen(
+        ["submit", "--grace", "1", "a.jsonl"],
         cwd=tmp_path,
         env=cli_env(emulator),
         stdout=subprocess.PIPE,

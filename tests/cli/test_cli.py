@@ -22,8 +22,10 @@ from ..helpers import (
     read_journal,
     request_total,
     run_cli,
+    run_cli_process,
     write_jsonl,
 )
+from ..zygote import cli_run
 
 FAST = ["--retry-max-delay", "0.05"]
 
@@ -34,7 +36,7 @@ def test_version_and_help(tmp_path: Path) -> None:
     Every command's --help is checked in test_promises_cli.py.
     """
     # The entry point itself (python -m gembatch_async), in a real process.
-    result = run_cli(["--version"], cwd=tmp_path, env=cli_env(None), process=True)
+    result = run_cli_process(["--version"], cwd=tmp_path, env=cli_env(None), fresh=True)
     assert result.returncode == 0
     assert re.match(r"gembatch-async \d+\.\d+\.\d+", result.stdout)
     usage = run_cli(["--help"], cwd=tmp_path, env=cli_env(None))
@@ -413,12 +415,8 @@ def test_show_errors_embeddings_and_hostile_text(tmp_path: Path) -> None:
     assert result.stderr == "error: q.jsonl:5: not a results line: not valid JSON\n"
 
     # Bytes, not run_cli's text mode, whose universal newlines would turn the \r into \n.
-    as_csv = subprocess.run(
-        [sys.executable, "-m", "gembatch_async", "show", "--csv", "q.jsonl"],
-        cwd=tmp_path,
-        env=cli_env(None),
-        capture_output=True,
-        check=False,
+    as_csv = cli_run(
+        ["show", "--csv", "q.jsonl"], cwd=tmp_path, env=cli_env(None), capture_output=True
     )
     rows = list(csv.reader(io.StringIO(as_csv.stdout.decode("utf-8"), newline="")))
     assert rows[1] == ["a", "", "13 INTERNAL: An internal error has occurred."]

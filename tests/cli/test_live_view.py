@@ -10,7 +10,6 @@ import select
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread
 
 from ..helpers import cli_env, make_inputs
+from ..zygote import cli_popen
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: The overall bar: 10 to 40 cells of bar characters (it gives way to its text), then the text.
@@ -87,9 +87,8 @@ def test_overall_bar_stays_on_an_80x24_screen_with_more_files_than_lines(tmp_pat
         env["PYTHONPATH"] = str(REPO_ROOT)
         primary, secondary = pty.openpty()
         fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gembatch_async", "run", "--interval", "1", "-c", "30"]
-            + [p.name for p in paths],
+        proc = cli_popen(
+            ["run", "--interval", "1", "-c", "30"] + [p.name for p in paths],
             cwd=tmp_path,
             env=env,
             stdin=secondary,

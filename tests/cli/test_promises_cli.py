@@ -30,6 +30,7 @@ from ..helpers import (
     wait_until,
     write_jsonl,
 )
+from ..zygote import cli_popen
 
 FAST = ["--retry-max-delay", "0.05"]
 PROGRESS = re.compile(r"^\[(\d+)/(\d+)\] (submitted|skipped|error) (\S+)")
@@ -58,8 +59,8 @@ def test_sigterm_stops_like_ctrl_c_within_the_stated_bound(
     """SIGTERM while uploads hang: exit 130 after the 15 s grace (not when they would end),
     every batch created recorded, no upload left behind, nothing new started."""
     names = names_of(make_inputs(tmp_path, 40))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "submit", "-c", "4", *FAST, *names],
+    process = cli_popen(
+        ["submit", "-c", "4", *FAST, *names],
         cwd=tmp_path,
         env=cli_env(emulator),
         stdout=subprocess.PIPE,
@@ -324,7 +325,7 @@ def _big_jsonl(path: Path, size: int) -> Path:
 def _peak_rss_kib(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, int]:
     """(exit code, peak RSS in KiB) of the CLI, from the kernel's own accounting (wait4)."""
     with (cwd / "out.txt").open("w") as out:
-        process = subprocess.Popen(
+        process = subprocess.Popen(  # a fresh interpreter: its memory is the measure
             [sys.executable, "-m", "gembatch_async", *args],
             cwd=cwd,
             env=env,

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -27,6 +26,8 @@ from tests.emulator.test_emulator_support import (
     sync_client,
     wait_state,
 )
+
+from ..zygote import cli_popen
 
 pytestmark = [
     pytest.mark.filterwarnings(AIOHTTP_SUBCLASS_WARNING),
@@ -121,8 +122,8 @@ def test_config_adds_models(emulator: RunningEmulator) -> None:
 def test_cli_model_flag_adds_models() -> None:
     """`gembatch-async emulator --model NAME` (repeatable) serves the added models."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOOGLE_", "GEMINI_"))}
-    command = [sys.executable, "-m", "gembatch_async", "emulator", "--port", "0"]
-    server = subprocess.Popen(
+    command = ["emulator", "--port", "0"]
+    server = cli_popen(
         [*command, "--model", "team-flash-x", "--model", "team-embedding-x"],
         stdout=subprocess.PIPE,
         text=True,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from tests.emulator.test_emulator_support import (
     wait_state,
 )
 from tests.helpers import cli_env, sdk_httpx
+
+from ..zygote import cli_popen
 
 pytestmark = pytest.mark.filterwarnings(AIOHTTP_SUBCLASS_WARNING)
 
@@ -206,8 +207,8 @@ def test_unfinished_jobs_expire_at_48_hours_by_default() -> None:
 def test_the_kinder_answers_are_emulator_options(tmp_path: Path) -> None:
     """`gembatch-async emulator --answer-invalid-lines --refuse-field NAME` reaches the
     server: a bad line is answered in the output, a refused field refuses the create."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "emulator", "--port", "0",
+    server = cli_popen(
+        ["emulator", "--port", "0",
          "--processing-seconds", "0.5", "--answer-invalid-lines",
          "--refuse-field", "response_schema"],
         cwd=tmp_path, env=cli_env(None), stdout=subprocess.PIPE, text=True,

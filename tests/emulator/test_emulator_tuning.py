@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from google import genai
 from gembatch_async.emulator import EmulatorConfig, EmulatorThread
 
 from ..helpers import cli_env, make_inputs, read_journal, run_cli, write_jsonl
+from ..zygote import cli_popen
 
 
 def test_emulator_processing_seconds_tunes_the_built_in_emulator(tmp_path: Path) -> None:
@@ -71,8 +71,8 @@ def test_standalone_emulator_says_how_to_point_the_tool_and_the_sdk_at_it() -> N
     """The printed export line and SDK snippet work as printed, with the real SDK."""
     env = cli_env(None)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "emulator", "--port", "0"],
+    proc = cli_popen(
+        ["emulator", "--port", "0"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -147,8 +147,8 @@ def test_processing_seconds_env_tunes_the_standalone_emulator(tmp_path: Path) ->
     """The emulator command reads the same variable: a job it serves ends in about 0.5 s."""
     env = cli_env(None, GEMBATCH_EMULATOR_PROCESSING_SECONDS="0.5")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "emulator", "--port", "0"],
+    proc = cli_popen(
+        ["emulator", "--port", "0"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -35,6 +35,7 @@ from ..helpers import (
     wait_until,
     write_jsonl,
 )
+from ..zygote import cli_popen
 
 FAST = EmulatorConfig(port=0, processing_seconds=1.0)
 FAST_JOBS = pytest.mark.parametrize("emulator_config", [pytest.param(FAST, id="fast")])
@@ -378,8 +379,8 @@ def kill_while_writing_results(emulator: RunningEmulator, folder: Path) -> None:
     """Start a download and SIGKILL it while it writes the results file (retried if the
     download wins the race and finishes first)."""
     for _ in range(5):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gembatch_async", "download", "--force"],
+        process = cli_popen(
+            ["download", "--force"],
             cwd=folder,
             env=cli_env(emulator),
             stdout=subprocess.DEVNULL,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from gembatch_async.emulator._request_errors import RequestErrors
 
 from ..helpers import cli_env, finish_jobs, read_journal, run_cli, wait_until
 from ..services import LOCATION, PROJECT, Service, _gcs
+from ..zygote import cli_popen
 
 SEED = 11
 SHARE = 0.3
@@ -260,8 +260,8 @@ def test_sigkill_between_a_rounds_create_and_its_journal_line_converges(tmp_path
         # Every listing takes 6 s: the one that counts the job window first, then the
         # look-up after the lost create, in which window the kill lands.
         emulator.set_faults("create:1:lost,list:1:slow=6")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", "q.jsonl"],
+        process = cli_popen(
+            ["submit", "--retry-failed", "q.jsonl"],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -301,9 +301,9 @@ def test_two_processes_make_one_round(tmp_path: Path) -> None:
         env = cli_env(emulator)
         assert run_cli(["submit", "q.jsonl"], cwd=tmp_path, env=env).returncode == 0
         finish_jobs(emulator, 0.6)
-        command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", "q.jsonl"]
+        command = ["submit", "--retry-failed", "q.jsonl"]
         both = [
-            subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+            cli_popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
             for _ in range(2)
         ]
         for process in both:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from gembatch_async.emulator import EmulatorConfig
 
 from ..helpers import creates_reached, make_inputs, read_journal, run_cli, wait_until
 from ..services import Service
+from ..zygote import cli_popen
 
 #: How long the dead process's create is held before the server makes its job.
 HELD_S = 1.5
@@ -45,8 +45,8 @@ def test_a_late_create_of_a_killed_run_is_cancelled_not_paid_twice(
     (name,) = [p.name for p in make_inputs(tmp_path, 1, lines=2)]
     env = service.env()
     service.set_faults(f"create:1:slow={HELD_S}")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", *RUN, name],
+    first = cli_popen(
+        [*RUN, name],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

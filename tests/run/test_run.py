@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ..helpers import (
     wait_until,
 )
 from ..services import Service
+from ..zygote import cli_popen
 
 WINDOW_OF_8 = pytest.mark.parametrize(
     "emulator_config",
@@ -86,8 +86,8 @@ def test_sigkilled_run_rerun_converges(service: Service, tmp_path: Path) -> None
     names = [p.name for p in make_inputs(tmp_path, 20, lines=2)]
     env = service.env()
     for creates in (3, 10):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gembatch_async", *RUN, *names],
+        process = cli_popen(
+            [*RUN, *names],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -163,8 +163,8 @@ def test_run_writes_results_in_input_order_with_failed_requests_apart(
 def test_first_ctrl_c_stops_run(emulator: RunningEmulator, tmp_path: Path) -> None:
     """SIGINT: run stops starting files, settles, records what exists, exits 130."""
     names = [p.name for p in make_inputs(tmp_path, 4, lines=2)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", *RUN, "--grace", "2", *names],
+    process = cli_popen(
+        [*RUN, "--grace", "2", *names],
         cwd=tmp_path,
         env=cli_env(emulator),
         stdout=subprocess.PIPE,

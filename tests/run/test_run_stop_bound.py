@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from gembatch_async.emulator import RunningEmulator
 
 from ..helpers import cli_env, run_cli, wait_until, write_jsonl
+from ..zygote import cli_popen
 
 GRACE = 2.0
 #: Start-up, interpreter exit and a loaded machine: generous, but far below a stall.
@@ -42,8 +42,8 @@ def test_stop_is_bounded_whatever_the_server_stalls(
     args = [command, "--grace", str(GRACE), "--retry-attempts", "1", "a.jsonl"]
     if command == "run":
         args[1:1] = ["--interval", "0.2"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", *args],
+    process = cli_popen(
+        args,
         cwd=tmp_path,
         env=cli_env(emulator),
         stdout=subprocess.PIPE,

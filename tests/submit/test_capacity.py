@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ..helpers import (
     wait_until,
     write_jsonl,
 )
+from ..zygote import cli_popen
 
 REFUSED = (
     "the service refused new jobs (429 without a reason; 4 of the project's jobs are unfinished)"
@@ -240,8 +240,8 @@ def test_run_probes_a_window_full_of_other_jobs_with_a_doubling_wait(
     assert filled.returncode == 0, filled.stdout + filled.stderr
     name = make_inputs(tmp_path, 1)[0].name
     args = [*RUN, "--grace", "1", "--job-window", "1000", name]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", *args],
+    process = cli_popen(
+        args,
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

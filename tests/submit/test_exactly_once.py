@@ -10,10 +10,10 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +35,7 @@ from ..helpers import (
     write_jsonl,
 )
 from ..services import Service, _gcs
+from ..zygote import cli_popen
 
 CHAOS = ",".join(
     [
@@ -185,25 +186,18 @@ async def test_retry_failed_resubmits_ended_jobs(emulator: RunningEmulator, tmp_
 def _start_cli(
     tmp_path: Path, emulator: RunningEmulator | Service, names: list[str]
 ) -> subprocess.Popen[str]:
+    """``submit`` of ``names`` in a CLI process (a zygote child: its kill moments are drawn
+    after its first request, so an import-free start changes nothing they test)."""
     service = emulator if isinstance(emulator, Service) else Service("gemini", emulator)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gembatch_async",
-            "submit",
-            "-c",
-            "4",
-            "--retry-max-delay",
-            "0.05",
-            *names,
-        ],
-        cwd=tmp_path,
-        env=service.env(GEMBATCH_JOB_WINDOW=WIDE),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    args = ["submit", "-c", "4", "--retry-max-delay", "0.05", *names]
+    options: dict[str, Any] = {
+        "cwd": tmp_path,
+        "env": service.env(GEMBATCH_JOB_WINDOW=WIDE),
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.PIPE,
+        "text": True,
+    }
+    return cli_popen(args, **options)
 
 
 def _working(service: Service, process: subprocess.Popen[str], before: int) -> Callable[[], bool]:
@@ -369,8 +363,8 @@ def test_upload_left_by_a_killed_run_is_reused_only_with_the_inputs_sha256(
     them: the job reads the input, never the other bytes."""
     path = write_jsonl(tmp_path / "a.jsonl", 3)
     service.set_faults("create:1:500")  # every create fails (retried after ~1 s): kill then
-    process = subprocess.Popen(  # default retry delays: seconds between the creates
-        [sys.executable, "-m", "gembatch_async", "submit", "a.jsonl"],
+    process = cli_popen(  # default retry delays: seconds between the creates
+        ["submit", "a.jsonl"],
         cwd=tmp_path,
         env=service.env(),
         stdout=subprocess.DEVNULL,

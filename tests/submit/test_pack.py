@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from gembatch_async._backends._genai import job_of
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from ..helpers import cli_env, finish_jobs, read_journal, run_cli, wait_until
+from ..zygote import cli_popen
 
 FAST = pytest.mark.parametrize(
     "emulator_config",
@@ -155,8 +155,8 @@ def test_a_kill_mid_submit_and_a_rerun_make_each_pack_once(
     command again converges: 3 jobs, each input recorded once, no stray upload."""
     made = _inputs(tmp_path, 15)
     env = cli_env(emulator)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "submit", "-c", "1", *PACKS_OF_5, *made],
+    process = cli_popen(
+        ["submit", "-c", "1", *PACKS_OF_5, *made],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

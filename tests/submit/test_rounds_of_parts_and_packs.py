@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from ..results.test_request_rounds import (
     write_requests,
 )
 from ..services import Service
+from ..zygote import cli_popen
 
 #: The "slow" Vertex jobs' processing time, on the emulator's clock (tests move it): long,
 #: so the real time a loaded machine lets pass between steps barely moves a job on.
@@ -154,8 +154,8 @@ def test_a_kill_between_a_parts_round_create_and_its_line_converges(tmp_path: Pa
         assert len(parts) == 2
         assert len(with_errors) == 2
         emulator.set_faults("create:1:lost,list:1:slow=6")
-        command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", *SPLIT]
-        process = subprocess.Popen(
+        command = ["submit", "--retry-failed", *SPLIT]
+        process = cli_popen(
             [*command, "q.jsonl"],
             cwd=tmp_path,
             env=env,
@@ -393,9 +393,9 @@ def test_two_processes_make_one_round_per_part(tmp_path: Path) -> None:
         with_errors = [b for b in parts if _failed_keys(sent_to(state_dir, b), b)]
         assert len(parts) == 2
         assert len(with_errors) == 2
-        command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", *SPLIT]
+        command = ["submit", "--retry-failed", *SPLIT]
         both = [
-            subprocess.Popen(
+            cli_popen(
                 [*command, "q.jsonl"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
             )
             for _ in range(2)
@@ -439,8 +439,8 @@ def test_a_kill_between_a_packed_inputs_round_create_and_its_line_converges(
         )
         assert len(with_errors) >= 2
         emulator.set_faults("create:1:lost,list:1:slow=6")
-        command = [sys.executable, "-m", "gembatch_async", "submit", "--retry-failed", "--pack"]
-        process = subprocess.Popen(
+        command = ["submit", "--retry-failed", "--pack"]
+        process = cli_popen(
             [*command, *made],
             cwd=tmp_path,
             env=env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from gembatch_async.emulator import EmulatorConfig, RunningEmulator
 
 from ..helpers import cli_env, creates_reached, finish_jobs, read_journal, run_cli, wait_until
+from ..zygote import cli_popen
 
 FAST = pytest.mark.parametrize(
     "emulator_config",
@@ -96,8 +96,8 @@ def test_a_kill_between_parts_and_a_rerun_submit_no_part_twice(
     """SIGKILL after the first part's create; the rerun submits the missing parts once."""
     _input(tmp_path / "big.jsonl")
     env = cli_env(emulator)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "submit", *SPLIT, "big.jsonl"],
+    process = cli_popen(
+        ["submit", *SPLIT, "big.jsonl"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from gembatch_async.emulator import EmulatorConfig
 
 from ..helpers import creates_reached, make_inputs, read_journal, run_cli, wait_until
 from ..services import Service
+from ..zygote import cli_popen
 
 
 def _job_id(name: object) -> str:
@@ -38,8 +38,8 @@ def test_submit_cancels_a_twin_that_landed_while_its_own_create_ran(
     (name,) = [p.name for p in make_inputs(tmp_path, 1, lines=2)]
     env = service.env()
     service.set_faults("create:1:slow=2.0")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "gembatch_async", "submit", name],
+    first = cli_popen(
+        ["submit", name],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -240,7 +240,9 @@ def test_lines_that_are_not_job_lines_say_why(tmp_path: Path) -> None:
     path = tmp_path / "job-info.jsonl"
     first = encode_line(line("a.jsonl", "batches/a")).decode()
     nul = '{"input_file": "a\\u0000.jsonl", "batch": {"name": "batches/n"}}\n'
-    path.write_text(first + '[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n' + nul)
+    # A string where the batch object belongs, though its older job_name names a batch.
+    flat = '{"input_file": "b.jsonl", "batch": "batches/b", "job_name": "batches/b"}\n'
+    path.write_text(first + '[1]\n{"count": 1}\n{"input_file": 3}\n{oops\n' + nul + flat)
     view = Journal(path).open()
     assert [(p.line, p.message.split(" (")[0]) for p in view.problems] == [
         (2, "not a JSON object; line skipped"),
@@ -248,6 +250,7 @@ def test_lines_that_are_not_job_lines_say_why(tmp_path: Path) -> None:
         (4, 'no "input_file"; line skipped'),
         (5, "not valid JSON"),
         (6, '"input_file" holds a NUL character; line skipped'),
+        (7, '"batch" is not a JSON object; line skipped'),
     ]
 
 

@@ -274,7 +274,7 @@ def _batch_detail(raw: dict[str, Any]) -> BatchDetail:
     message = error.get("message") if isinstance(error, dict) else None
     # The SDK's converter drops the error (python-genai#1323): the raw one is the job's.
     text = str(message) if message else None
-    return BatchDetail(dataclasses.replace(job, error=text), stats, text)
+    return BatchDetail(dataclasses.replace(job, error=text), stats)
 
 
 class GeminiApi:
@@ -407,7 +407,7 @@ class GeminiApi:
         """``batches.get`` through the public API only: the job, with its counts unknown
         and its error only if a release of the SDK keeps it (3.x drops both)."""
         job = await self.get_batch(name)
-        return BatchDetail(job, None, job.error)
+        return BatchDetail(job, None)
 
     async def cancel_batch(self, name: str) -> None:
         with translate_errors(secret=self._secret):

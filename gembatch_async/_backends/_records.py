@@ -70,7 +70,11 @@ class BatchDetail:
 
     job: Job
     stats: BatchStats | None
-    error: str | None
+
+    @property
+    def error(self) -> str | None:
+        """The job's error message: ``job.error``, where the job commands look for it."""
+        return self.job.error
 
 
 @dataclass(frozen=True)

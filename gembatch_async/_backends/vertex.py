@@ -198,7 +198,7 @@ def detail_of(batch: types.BatchJob) -> BatchDetail:
     """A BatchPredictionJob as our record: Vertex's get and list answer it whole,
     with its counts (``completion_stats``) and its error."""
     job = job_of(batch)
-    return BatchDetail(job, stats_of(batch), job.error)
+    return BatchDetail(job, stats_of(batch))
 
 
 def stats_of(job: types.BatchJob) -> BatchStats | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -250,4 +251,5 @@ def test_a_listed_job_needs_a_get_when_the_listing_lacks_what_a_poll_needs(
         state=types.JobState(state) if state else None,
         dest=types.BatchJobDestination(file_name=output) if output else None,
     )
-    assert listing_answers(BatchDetail(job_of(job), None, error)) is answers
+    detail = BatchDetail(dataclasses.replace(job_of(job), error=error), None)
+    assert listing_answers(detail) is answers
